@@ -1,0 +1,3 @@
+from freesound.cli import main
+
+main()
