@@ -1,4 +1,26 @@
-"""The FSDKaggle2019 dataset layout: label files, the class vocabulary and corrections."""
+"""The FSDKaggle2019 dataset layout: label files, the class vocabulary and corrections files.
+
+A dataset directory holds::
+
+    train_curated.csv  train_noisy.csv     fname,labels (labels comma-separated)
+    train_curated/     train_noisy/  test/ audio files
+    sample_submission.csv                  fname + one column per class (the class order)
+
+Everything here reads files and returns plain pandas / numpy objects; nothing is cached.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from freesound.errors import FreesoundError
+from freesound.fileio import atomic_write_text
+
 
 #: The 80 FSDKaggle2019 classes, in ``sample_submission.csv`` column order (the default vocabulary).
 FSD2019_CLASSES = (
@@ -83,3 +105,163 @@ FSD2019_CLASSES = (
     "Yell",
     "Zipper_(clothing)",
 )
+
+
+SPLITS = ("train_curated", "train_noisy", "test")
+REMOVE = "remove"
+
+
+class DatasetError(FreesoundError, ValueError):
+    """The dataset's files are missing or malformed; the message names the file and the row."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One FSDKaggle2019-layout directory, read.
+
+    Attributes
+    ----------
+    root : Path
+    classes : tuple of str, the vocabulary in submission column order
+    curated, noisy : DataFrame with columns ``fname`` (str) and ``labels`` (tuple of str)
+    test_fnames : tuple of str, ``sample_submission.csv`` row order
+    """
+
+    root: Path
+    classes: tuple
+    curated: pd.DataFrame
+    noisy: pd.DataFrame
+    test_fnames: tuple
+
+    def audio_dir(self, split: str) -> Path:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
+        return self.root / split
+
+    def fnames(self, split: str) -> list:
+        if split == "train_curated":
+            return list(self.curated.fname)
+        if split == "train_noisy":
+            return list(self.noisy.fname)
+        if split == "test":
+            return list(self.test_fnames)
+        raise ValueError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
+
+    def paths(self, split: str) -> list:
+        directory = self.audio_dir(split)
+        return [directory / fname for fname in self.fnames(split)]
+
+
+def read_classes(sample_submission) -> tuple:
+    """The class vocabulary: ``sample_submission.csv``'s columns after ``fname``."""
+    path = Path(sample_submission)
+    header = pd.read_csv(path, nrows=0).columns.tolist()
+    if not header or header[0] != "fname" or len(header) < 2:
+        raise DatasetError(f"{path}: expected a header 'fname,<class>,...', got {header[:3]}")
+    return tuple(header[1:])
+
+
+def parse_labels(text, classes, *, where: str) -> tuple:
+    """Split a comma-separated label string, checking every label against the vocabulary.
+
+    ``where`` names the file and row for the error message.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise DatasetError(f"{where}: empty labels")
+    labels = tuple(label.strip() for label in text.split(","))
+    known = set(classes)
+    for label in labels:
+        if label not in known:
+            raise DatasetError(f"{where}: label {label!r} is not in the class vocabulary")
+    return labels
+
+
+def read_labels_csv(path, classes) -> pd.DataFrame:
+    """Read a ``fname,labels`` file into ``fname`` (str) and ``labels`` (tuple of str)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"fname", "labels"} - set(frame.columns)
+    if missing:
+        raise DatasetError(f"{path}: missing column(s) {sorted(missing)}; expected 'fname,labels'")
+    labels = [
+        parse_labels(text, classes, where=f"{path}, row {row + 2} ({fname})")
+        for row, (fname, text) in enumerate(zip(frame.fname, frame.labels))
+    ]
+    duplicated = frame.fname[frame.fname.duplicated()].tolist()
+    if duplicated:
+        raise DatasetError(f"{path}: fname {duplicated[0]!r} appears more than once")
+    return pd.DataFrame({"fname": frame.fname.tolist(), "labels": labels})
+
+
+def load_dataset(root) -> Dataset:
+    """Read a dataset directory's label files (no audio is decoded)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset directory {root} does not exist")
+    sample_submission = root / "sample_submission.csv"
+    if not sample_submission.is_file():
+        raise DatasetError(f"{sample_submission}: file not found (is {root} an FSDKaggle2019 directory?)")
+    classes = read_classes(sample_submission)
+    test_fnames = tuple(pd.read_csv(sample_submission, usecols=["fname"], dtype=str).fname)
+    return Dataset(
+        root=root,
+        classes=classes,
+        curated=read_labels_csv(root / "train_curated.csv", classes),
+        noisy=read_labels_csv(root / "train_noisy.csv", classes),
+        test_fnames=test_fnames,
+    )
+
+
+def multi_hot(labels, classes) -> np.ndarray:
+    """Label tuples to a float32 (N, C) 0/1 matrix in ``classes`` order."""
+    index = {name: i for i, name in enumerate(classes)}
+    target = np.zeros((len(labels), len(classes)), dtype=np.float32)
+    for row, clip_labels in enumerate(labels):
+        target[row, [index[label] for label in clip_labels]] = 1.0
+    return target
+
+
+def load_corrections(path, classes) -> dict:
+    """Read a corrections file: ``{fname: "label,label" | "remove"}``.
+
+    Returns
+    -------
+    dict mapping fname to a tuple of labels, or to ``None`` for a clip to remove.
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: corrections file not found") from None
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{path}: expected a JSON object mapping fname to labels or 'remove'")
+    return {
+        fname: None if value == REMOVE else parse_labels(value, classes, where=f"{path}, entry {fname!r}")
+        for fname, value in raw.items()
+    }
+
+
+def apply_corrections(frame: pd.DataFrame, corrections: dict, *, only_corrected: bool = False) -> pd.DataFrame:
+    """Relabel or drop rows of a ``fname,labels`` frame.
+
+    With ``only_corrected`` the result keeps just the relabelled rows: that is how the trusted
+    "corrected noisy" set is made from the noisy set.
+    """
+    relabel = {fname: labels for fname, labels in corrections.items() if labels is not None}
+    removed = {fname for fname, labels in corrections.items() if labels is None}
+    keep = ~frame.fname.isin(removed)
+    if only_corrected:
+        keep &= frame.fname.isin(relabel.keys())
+    result = frame[keep].copy()
+    result["labels"] = [relabel.get(fname, labels) for fname, labels in zip(result.fname, result.labels)]
+    return result.reset_index(drop=True)
+
+
+def write_corrections(path, corrections: dict) -> None:
+    """Write ``{fname: tuple | None}`` in the corrections format (sorted, one entry per line)."""
+    payload = {fname: REMOVE if labels is None else ",".join(labels) for fname, labels in sorted(corrections.items())}
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")

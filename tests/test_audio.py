@@ -1,0 +1,216 @@
+"""The audio front end: parity with a direct librosa computation, and its rules."""
+
+import dataclasses
+
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+
+from freesound.audio import (
+    AudioConfig,
+    AudioDecodeError,
+    read_as_melspectrogram,
+    read_audio,
+    to_log_mel,
+    trim_to_min_length,
+)
+
+SR = 44100
+
+
+def tone(seconds, sr=SR, freq=440.0, amplitude=0.5, seed=0):
+    """A tone with a little noise, float32 (n,)."""
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(seed)
+    y = amplitude * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)
+    return y.astype(np.float32)
+
+
+def reference_logmel(path):
+    """The front end written out with librosa calls and the method's numbers, independently."""
+    y, _ = librosa.load(path, sr=44100, mono=True)
+    trimmed, (start, end) = librosa.effects.trim(y, top_db=60)
+    min_samples = 22050
+    if len(trimmed) < min_samples:
+        if len(y) >= min_samples:
+            left = min(max(0, (start + end) // 2 - min_samples // 2), len(y) - min_samples)
+            trimmed = y[left:left + min_samples]
+        else:
+            pad = min_samples - len(y)
+            trimmed = np.pad(y, (pad // 2, pad - pad // 2))
+    mel = librosa.feature.melspectrogram(
+        y=trimmed, sr=44100, n_fft=2560, hop_length=690, n_mels=128, fmin=20, fmax=22050,
+        center=True, pad_mode="reflect", htk=False, norm="slaney", power=2.0,
+    )
+    return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=80)
+
+
+def test_config_numbers_are_the_methods():
+    config = AudioConfig()
+    assert (config.sample_rate, config.n_fft, config.hop_length, config.n_mels) == (44100, 2560, 690, 128)
+    assert (config.fmin, config.fmax, config.pad_mode) == (20.0, 22050.0, "reflect")
+    assert (config.trim_top_db, config.min_seconds, config.min_samples) == (60.0, 0.5, 22050)
+    assert (config.ref, config.amin, config.top_db) == (1.0, 1e-10, 80.0)
+
+
+def test_config_key_is_stable_and_sensitive():
+    assert AudioConfig().key() == AudioConfig().key()
+    assert AudioConfig().key() != AudioConfig(n_mels=64).key()
+    assert AudioConfig.from_dict(AudioConfig().to_dict()) == AudioConfig()
+    with pytest.raises(ValueError, match="n_melz"):
+        AudioConfig.from_dict({"n_melz": 3})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        AudioConfig().n_mels = 3
+
+
+FORMATS = [
+    # name, samplerate, channels, format, subtype
+    ("pcm16.wav", 44100, 1, "WAV", "PCM_16"),
+    ("pcm8.wav", 44100, 1, "WAV", "PCM_U8"),
+    ("float.wav", 44100, 1, "WAV", "FLOAT"),
+    ("clip.flac", 44100, 1, "FLAC", "PCM_16"),
+    ("clip.ogg", 44100, 1, "OGG", "VORBIS"),
+    ("stereo.wav", 44100, 2, "WAV", "PCM_16"),
+    ("sr22050.wav", 22050, 1, "WAV", "PCM_16"),
+    ("sr48000.flac", 48000, 1, "FLAC", "PCM_24"),
+    ("clip.aiff", 44100, 1, "AIFF", "PCM_16"),
+]
+
+
+@pytest.mark.parametrize("name,sr,channels,fmt,subtype", FORMATS)
+def test_front_end_matches_librosa(tmp_path, name, sr, channels, fmt, subtype):
+    y = tone(1.3, sr=sr)
+    if channels == 2:
+        y = np.stack([y, tone(1.3, sr=sr, freq=1200.0, seed=1)], axis=1)
+    path = tmp_path / name
+    sf.write(path, y, sr, format=fmt, subtype=subtype)
+    ours = read_as_melspectrogram(path)
+    expected = reference_logmel(str(path))
+    assert ours.dtype == np.float32
+    assert ours.shape == expected.shape
+    assert np.abs(ours - expected).max() <= 1e-3
+
+
+@pytest.mark.parametrize("seconds", [0.2, 0.05])
+def test_short_clip_is_padded_to_half_a_second(tmp_path, seconds):
+    path = tmp_path / "short.wav"
+    sf.write(path, tone(seconds), SR, subtype="PCM_16")
+    y = read_audio(path)
+    assert y.shape == (22050,)
+    n = int(seconds * SR)
+    left = (22050 - n) // 2
+    assert np.all(y[:left] == 0) and np.all(y[left + n:] == 0)
+    assert np.abs(y[left:left + n]).max() > 0.3
+    logmel = read_as_melspectrogram(path)
+    assert logmel.shape == (128, 1 + 22050 // 690)
+    assert np.abs(logmel - reference_logmel(str(path))).max() <= 1e-3
+
+
+def test_silence_gives_the_floor(tmp_path):
+    path = tmp_path / "silence.wav"
+    sf.write(path, np.zeros(SR, dtype=np.float32), SR, subtype="PCM_16")
+    logmel = read_as_melspectrogram(path)
+    # librosa's trim measures against the clip's own peak, so all-zero audio counts as one
+    # loud block and is kept whole (as in the original).
+    assert logmel.shape == (128, 1 + SR // 690)
+    assert np.all(logmel == -100.0)  # 10·log10(amin) with amin = 1e-10
+
+
+def test_trim_removes_silence_around_sound():
+    y = np.concatenate([np.zeros(SR), tone(1.0), np.zeros(2 * SR)]).astype(np.float32)
+    trimmed = trim_to_min_length(y)
+    # librosa's trim works on 512-sample hops, so the edges are exact to a frame.
+    assert abs(len(trimmed) - SR) <= 2048
+
+
+def test_short_sound_in_long_file_takes_half_a_second_around_it():
+    burst = tone(0.1, seed=3)
+    y = np.zeros(3 * SR, dtype=np.float32)
+    y[SR:SR + burst.size] = burst
+    out = trim_to_min_length(y)
+    assert out.shape == (22050,)
+    # The burst sits in the middle of the window (to a trim frame of 512 samples).
+    middle_of_burst = np.flatnonzero(np.abs(out) > 0.1).mean()
+    assert abs(middle_of_burst - 22050 / 2) < 600
+
+
+def test_short_sound_at_file_edge_stays_inside_file():
+    burst = tone(0.1, seed=4)
+    y = np.zeros(2 * SR, dtype=np.float32)
+    y[:burst.size] = burst
+    out = trim_to_min_length(y)
+    assert out.shape == (22050,)
+    np.testing.assert_array_equal(out, y[:22050])
+
+
+def test_stereo_is_averaged(tmp_path):
+    left, right = tone(1.0, freq=300.0), tone(1.0, freq=3000.0, seed=2)
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.stack([left, right], axis=1), SR, subtype="FLOAT")
+    y = read_audio(path, AudioConfig(trim_top_db=200.0))
+    np.testing.assert_allclose(y, (left + right) / 2, atol=1e-6)
+
+
+@pytest.mark.parametrize("subtype", ["IMA_ADPCM", "MS_ADPCM"])
+def test_adpcm_wav_decodes(tmp_path, subtype):
+    path = tmp_path / "adpcm.wav"
+    sf.write(path, tone(1.0), SR, format="WAV", subtype=subtype)
+    logmel = read_as_melspectrogram(path)
+    reference = read_as_melspectrogram(_write(tmp_path / "pcm.wav", tone(1.0)))
+    assert abs(logmel.shape[1] - reference.shape[1]) <= 2
+    # The tone's mel band dominates in both.
+    assert logmel.mean(axis=1).argmax() == reference.mean(axis=1).argmax()
+
+
+def test_mp3_decodes(tmp_path):
+    path = tmp_path / "clip.mp3"
+    try:
+        sf.write(path, tone(1.0), SR, format="MP3", subtype="MPEG_LAYER_III")
+    except (sf.LibsndfileError, ValueError, TypeError) as error:
+        pytest.skip(f"this libsndfile cannot write MP3: {error}")
+    logmel = read_as_melspectrogram(path)
+    reference = read_as_melspectrogram(_write(tmp_path / "pcm.wav", tone(1.0)))
+    assert logmel.mean(axis=1).argmax() == reference.mean(axis=1).argmax()
+
+
+def _write(path, y):
+    sf.write(path, y, SR, subtype="PCM_16")
+    return path
+
+
+def test_decode_errors_name_the_file_and_reason(tmp_path):
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.wav"
+    text.write_text("this is not audio\n" * 50)
+    truncated = tmp_path / "truncated.wav"
+    sf.write(truncated, tone(1.0), SR, subtype="PCM_16")
+    truncated.write_bytes(truncated.read_bytes()[:30])
+    header_only = tmp_path / "header_only.wav"
+    sf.write(header_only, np.zeros(0, dtype=np.float32), SR, subtype="PCM_16")
+
+    for path, reason in [
+        (empty, "empty"), (text, ""), (truncated, ""), (header_only, "no audio samples"),
+        (tmp_path / "missing.wav", "no such file"),
+    ]:
+        with pytest.raises(AudioDecodeError, match=reason) as info:
+            read_as_melspectrogram(path)
+        assert str(path) in str(info.value)
+        assert info.value.reason
+
+
+def test_nan_samples_are_rejected(tmp_path):
+    y = tone(1.0)
+    y[100] = np.nan
+    path = tmp_path / "nan.wav"
+    sf.write(path, y, SR, subtype="FLOAT")
+    with pytest.raises(AudioDecodeError, match="NaN"):
+        read_audio(path)
+
+
+def test_to_log_mel_frames_and_range():
+    y = tone(2.0)
+    logmel = to_log_mel(y)
+    assert logmel.shape == (128, 1 + y.size // 690)
+    assert logmel.max() - logmel.min() <= 80.0 + 1e-4
