@@ -1,0 +1,41 @@
+"""SimpleCNN: a plain four-block CNN baseline (no skips, no attention, one head)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from freesound.models import register_model
+from freesound.models.aux_skip_attention import ConvBlock, classifier_head
+
+__all__ = ["SimpleCNN"]
+
+
+@register_model("simple_cnn")
+class SimpleCNN(nn.Module):
+    """Four :class:`ConvBlock` s (``b, 2b, 4b, 8b`` channels), global average pool, a small head.
+
+    Parameters
+    ----------
+    num_classes : int
+        Number of output labels.
+    base_size : int
+        Width ``b`` of the first block.
+    dropout : float
+        Dropout before the head's hidden layer (``2b`` units); half of it before the output.
+
+    Notes
+    -----
+    Input ``(B, 3, H, W)`` with ``H, W >= 16``. ``forward`` returns the 1-tuple ``(main,)`` of
+    logits ``(B, num_classes)``, so that every first-level model's output starts with its main head.
+    """
+
+    def __init__(self, num_classes: int, base_size: int = 64, dropout: float = 0.2):
+        super().__init__()
+        b = base_size
+        widths = [3, b, 2 * b, 4 * b, 8 * b]
+        self.conv = nn.Sequential(*(ConvBlock(i, o) for i, o in zip(widths, widths[1:])))
+        self.fc = classifier_head(8 * b, 2 * b, num_classes, dropout)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.fc(self.conv(x).mean((2, 3))),)

@@ -1,0 +1,279 @@
+"""The model registry, the architectures' exact shapes, and the checkpoint format."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from freesound.models import (
+    CheckpointError,
+    create_model,
+    list_models,
+    load_checkpoint,
+    load_model,
+    register_model,
+    save_checkpoint,
+)
+from freesound.models.aux_skip_attention import AuxSkipAttention
+from freesound.models.fcnet import FCNet
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "argus_checkpoint_format.md"
+
+FULL_AUX_SKIP_ATTENTION = dict(
+    num_classes=80, base_size=64, dropout=0.4, ratio=16, kernel_size=7, last_filters=8, last_fc=4
+)
+FULL_FCNET = dict(in_channels=560, num_classes=80, base_size=512, reduction_scale=1)
+SMALL_AUX = dict(num_classes=10, base_size=8, dropout=0.2, ratio=4, kernel_size=7, last_filters=8, last_fc=2)
+
+
+def reference_listings() -> dict[str, tuple[dict, list[tuple[str, tuple[int, ...]]]]]:
+    """Architecture name -> (kwargs from the section title, [(key, shape), ...]) from the reference."""
+    if not REFERENCE.is_file():
+        pytest.skip(f"the original state-dict listing {REFERENCE} is not available in this checkout")
+    sections = re.findall(r"^## (\w+)\(([^)]*)\)\s*\n+```\n(.*?)```", REFERENCE.read_text(), re.M | re.S)
+    listings = {}
+    for arch, args, body in sections:
+        kwargs = {k: (float(v) if "." in v else int(v)) for k, v in re.findall(r"(\w+)=([\d.]+)", args)}
+        keys = []
+        for line in body.strip().splitlines():
+            key, shape = re.fullmatch(r"(\S+) \(([\d, ]*)\)", line.strip()).groups()
+            keys.append((key, tuple(int(n) for n in shape.replace(",", " ").split())))
+        listings[arch] = (kwargs, keys)
+    return listings
+
+
+def n_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --- exact architecture -------------------------------------------------------------------------
+
+
+def test_aux_skip_attention_full_config_parameter_count():
+    assert n_parameters(create_model("aux_skip_attention", **FULL_AUX_SKIP_ATTENTION)) == 17_326_950
+
+
+def test_fcnet_full_config_parameter_count():
+    assert n_parameters(create_model("fcnet", **FULL_FCNET)) == 1_768_626
+
+
+@pytest.mark.parametrize("arch", ["AuxSkipAttention", "FCNet"])
+def test_state_dict_keys_and_shapes_equal_the_original(arch):
+    listings = reference_listings()
+    assert arch in listings, f"no {arch} listing found in {REFERENCE}"
+    kwargs, expected = listings[arch]
+    model = create_model(arch, **kwargs)
+    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == expected
+
+
+def test_aliases_build_the_same_classes():
+    assert isinstance(create_model("AuxSkipAttention", **SMALL_AUX), AuxSkipAttention)
+    assert isinstance(create_model("FCNet", in_channels=20, num_classes=10), FCNet)
+
+
+def test_conv_blocks_start_kaiming_normal_and_batch_norm_at_identity():
+    model = create_model("aux_skip_attention", **SMALL_AUX)
+    bn = model.conv2.conv1[1]
+    assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and torch.equal(bn.bias, torch.zeros_like(bn.bias))
+    # Kaiming normal (fan_in, gain sqrt(2)): std sqrt(2 / fan_in); 8*16*9 weights is plenty to tell.
+    weight = model.conv3.conv1[0].weight
+    fan_in = weight[0].numel()
+    assert weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.1)
+
+
+# --- forward --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 128, 256), (3, 3, 128, 16), (2, 3, 64, 100)])
+def test_aux_skip_attention_returns_four_heads(shape):
+    model = create_model("aux_skip_attention", **SMALL_AUX).eval()
+    with torch.no_grad():
+        outputs = model(torch.randn(shape))
+    assert isinstance(outputs, tuple) and len(outputs) == 4
+    assert all(out.shape == (shape[0], 10) for out in outputs)
+
+
+def test_simple_cnn_returns_a_one_tuple():
+    model = create_model("simple_cnn", num_classes=7, base_size=8).eval()
+    with torch.no_grad():
+        outputs = model(torch.randn(2, 3, 128, 64))
+    assert isinstance(outputs, tuple) and len(outputs) == 1 and outputs[0].shape == (2, 7)
+
+
+def test_fcnet_returns_a_tensor():
+    model = create_model("fcnet", in_channels=40, num_classes=10, base_size=16).eval()
+    with torch.no_grad():
+        out = model(torch.rand(5, 40))
+    assert isinstance(out, torch.Tensor) and out.shape == (5, 10)
+
+
+@pytest.mark.parametrize(
+    "name, params, shape",
+    [
+        ("aux_skip_attention", SMALL_AUX, (2, 3, 128, 64)),
+        ("simple_cnn", dict(num_classes=10, base_size=8), (2, 3, 128, 64)),
+        ("fcnet", dict(in_channels=40, num_classes=10, base_size=16), (2, 40)),
+    ],
+)
+def test_eval_mode_is_deterministic(name, params, shape):
+    torch.manual_seed(0)
+    model = create_model(name, **params).eval()
+    x = torch.randn(shape)
+    with torch.no_grad():
+        first, second = model(x), model(x)
+    for a, b in zip(_as_tuple(first), _as_tuple(second)):
+        assert torch.equal(a, b)
+
+
+def test_train_mode_runs_backward_through_every_head():
+    model = create_model("aux_skip_attention", **SMALL_AUX).train()
+    loss = sum(out.sum() for out in model(torch.randn(2, 3, 64, 64)))
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def _as_tuple(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
+# --- registry -------------------------------------------------------------------------------------
+
+
+def test_list_models():
+    assert list_models() == ["aux_skip_attention", "fcnet", "simple_cnn"]
+    assert {"AuxSkipAttention", "FCNet"} <= set(list_models(aliases=True))
+
+
+def test_unknown_model_lists_the_registered_names():
+    with pytest.raises(KeyError) as info:
+        create_model("resnet50", num_classes=3)
+    for name in list_models():
+        assert name in str(info.value)
+
+
+def test_bad_params_are_named():
+    with pytest.raises(TypeError, match="base_szie") as info:
+        create_model("aux_skip_attention", num_classes=3, base_szie=8, nonsense=1)
+    assert "nonsense" in str(info.value)
+    with pytest.raises(TypeError, match="num_classes"):
+        create_model("fcnet", in_channels=8)
+
+
+def test_a_name_cannot_be_taken_twice():
+    class Impostor(nn.Module):
+        pass
+
+    before = list_models(aliases=True)
+    with pytest.raises(ValueError, match="fcnet"):
+        register_model("brand_new_name", aliases=("fcnet",))(Impostor)
+    assert list_models(aliases=True) == before
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    sample_rate: int = 44100
+    n_mels: int = 128
+
+
+def _trained_small_model():
+    torch.manual_seed(1)
+    model = create_model("aux_skip_attention", **SMALL_AUX)
+    # Move the batch-norm statistics off their defaults so that a lost buffer would show.
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 64, 64))
+    return model.eval()
+
+
+def test_save_load_roundtrip_gives_identical_outputs(tmp_path):
+    model = _trained_small_model()
+    classes = [f"class_{i}" for i in range(10)]
+    path = save_checkpoint(
+        tmp_path / "fold_0" / "model.pt",
+        model,
+        model_name="AuxSkipAttention",
+        model_params=SMALL_AUX,
+        classes=classes,
+        audio_config=_Config(),
+        epoch=12,
+        score=0.75,
+    )
+    loaded = load_model(path)
+    assert not loaded.training
+    x = torch.randn(2, 3, 128, 64)
+    with torch.no_grad():
+        for a, b in zip(model(x), loaded(x)):
+            assert torch.equal(a, b)
+
+    raw = torch.load(path, weights_only=True)
+    assert raw["model_name"] == "aux_skip_attention"  # aliases are stored by their canonical name
+    assert raw["model_params"] == SMALL_AUX
+    assert raw["classes"] == classes
+    assert raw["audio_config"] == {"sample_rate": 44100, "n_mels": 128}
+    assert (raw["epoch"], raw["score"]) == (12, 0.75)
+    assert raw.keys() == load_checkpoint(path).keys()
+
+
+def test_save_leaves_no_temporary_files_and_replaces_atomically(tmp_path, monkeypatch):
+    model = create_model("fcnet", in_channels=20, num_classes=10, base_size=8)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, model_name="fcnet", model_params={}, classes=[], audio_config={}, tag="old")
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+    def interrupted(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, model, model_name="fcnet", model_params={}, classes=[], audio_config={}, tag="new")
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+    assert load_checkpoint(path)["tag"] == "old"
+
+
+def test_save_refuses_values_weights_only_cannot_read(tmp_path):
+    model = create_model("fcnet", in_channels=20, num_classes=10, base_size=8)
+    with pytest.raises(TypeError, match="Path"):
+        save_checkpoint(
+            tmp_path / "model.pt", model, model_name="fcnet", model_params={}, classes=[], audio_config={"d": Path()}
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_and_bad_checkpoints_name_the_file(tmp_path):
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(CheckpointError, match="nope.pt"):
+        load_model(missing)
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="garbage.pt"):
+        load_model(garbage)
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match=r"foreign\.pt.*model_name"):
+        load_checkpoint(foreign)
+
+
+def test_weights_that_do_not_fit_name_the_file(tmp_path):
+    model = create_model("fcnet", in_channels=20, num_classes=10, base_size=8)
+    path = save_checkpoint(
+        tmp_path / "model.pt",
+        model,
+        model_name="fcnet",
+        model_params=dict(in_channels=20, num_classes=10, base_size=16),  # not what was saved
+        classes=[],
+        audio_config={},
+    )
+    with pytest.raises(CheckpointError, match=r"(?s)model\.pt.*linear1\.weight"):
+        load_model(path)
