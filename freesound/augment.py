@@ -1,0 +1,389 @@
+"""Train-time spectrogram transforms and the network-input builder.
+
+A log-mel is a float32 array of shape ``(n_mels, frames)`` in dB. Every transform is a small
+callable ``transform(spec, rng) -> spec`` that takes its randomness from the
+``numpy.random.Generator`` it is handed (never from a global RNG), so a seeded run is reproducible
+sample by sample. Deterministic transforms accept ``rng`` and ignore it.
+
+The method's pipelines (``train_transform`` / ``valid_transform``)::
+
+    train: pad to 256 (wrap | constant, p=0.5 each) -> random 256-frame crop
+           -> RandomResizedCrop (p=0.33) -> SpecAugment (p=0.5) -> to_network_input
+    valid: pad to 256 (constant) -> centre 256-frame crop -> to_network_input
+
+``to_network_input`` is shared with the inference tiler so train and test inputs are built the
+same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import librosa
+import numpy as np
+
+#: ``transform(spec, rng) -> spec``; deterministic transforms accept ``rng=None``.
+Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+#: Width (frames) of the delta filters and the scale the three channels are divided by.
+DELTA_WIDTH = 9
+INPUT_SCALE = 100.0
+
+
+def _check_2d(spec: np.ndarray) -> None:
+    if spec.ndim != 2 or spec.shape[0] == 0 or spec.shape[1] == 0:
+        raise ValueError(f"expected a non-empty (n_mels, frames) spectrogram, got shape {spec.shape}")
+
+
+def check_prob(prob: float, name: str = "prob") -> None:
+    """Raise ``ValueError`` unless ``0 <= prob <= 1``."""
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {prob}")
+
+
+def check_choice_probs(probs: Sequence[float] | None, n: int) -> np.ndarray | None:
+    """Validate a choice distribution over ``n`` options; ``None`` means uniform."""
+    if probs is None:
+        return None
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.shape != (n,) or np.any(probs < 0) or not math.isclose(probs.sum(), 1.0, abs_tol=1e-6):
+        raise ValueError(f"probs must be {n} non-negative numbers summing to 1, got {probs.tolist()}")
+    return probs
+
+
+# --------------------------------------------------------------------------------------------
+# Padding and cropping on the time axis
+
+
+class PadToSize:
+    """Pad the time axis to at least ``size`` frames.
+
+    Parameters
+    ----------
+    size : int
+        Minimum number of frames of the output.
+    mode : {"constant", "wrap"}
+        ``"constant"`` fills with the clip's minimum value (its silence level in dB);
+        ``"wrap"`` repeats the clip periodically.
+    placement : {"center", "random"}
+        Where the original frames sit inside the padded window. ``"center"`` puts
+        ``padding // 2`` frames on the left and the rest on the right, as the original solution
+        (and the inference tiler) does. ``"random"`` draws the left padding uniformly in
+        ``[0, padding]``.
+
+    Input ``(n_mels, frames)``; output ``(n_mels, max(frames, size))``, same dtype. A clip that is
+    already long enough is returned unchanged.
+    """
+
+    def __init__(self, size: int = 256, mode: str = "constant", placement: str = "center"):
+        if mode not in ("constant", "wrap"):
+            raise ValueError(f"mode must be 'constant' or 'wrap', got {mode!r}")
+        if placement not in ("center", "random"):
+            raise ValueError(f"placement must be 'center' or 'random', got {placement!r}")
+        self.size = size
+        self.mode = mode
+        self.placement = placement
+
+    def __call__(self, spec: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        _check_2d(spec)
+        padding = self.size - spec.shape[1]
+        if padding <= 0:
+            return spec
+        if self.placement == "center":
+            left = padding // 2
+        else:
+            left = int(rng.integers(0, padding + 1))
+        pad_width = ((0, 0), (left, padding - left))
+        if self.mode == "constant":
+            return np.pad(spec, pad_width, mode="constant", constant_values=spec.min())
+        return np.pad(spec, pad_width, mode="wrap")
+
+
+def random_pad_to_size(size: int = 256, wrap_prob: float = 0.5, placement: str = "center") -> "OneOf":
+    """Pad with ``mode="wrap"`` with probability ``wrap_prob``, else ``mode="constant"``."""
+    check_prob(wrap_prob, "wrap_prob")
+    return OneOf(
+        [PadToSize(size, "wrap", placement), PadToSize(size, "constant", placement)],
+        probs=[wrap_prob, 1.0 - wrap_prob],
+    )
+
+
+def _check_long_enough(spec: np.ndarray, size: int) -> None:
+    _check_2d(spec)
+    if spec.shape[1] < size:
+        raise ValueError(f"cannot crop {size} frames from a {spec.shape[1]}-frame spectrogram; pad first")
+
+
+class RandomCrop:
+    """Take ``size`` consecutive frames starting at a uniformly random frame.
+
+    Input ``(n_mels, frames >= size)``; output ``(n_mels, size)`` (a view).
+    """
+
+    def __init__(self, size: int = 256):
+        self.size = size
+
+    def __call__(self, spec: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        _check_long_enough(spec, self.size)
+        start = int(rng.integers(0, spec.shape[1] - self.size + 1))
+        return spec[:, start : start + self.size]
+
+
+class CenterCrop:
+    """Take the middle ``size`` frames (the left margin is ``(frames - size) // 2``).
+
+    Input ``(n_mels, frames >= size)``; output ``(n_mels, size)`` (a view).
+    """
+
+    def __init__(self, size: int = 256):
+        self.size = size
+
+    def __call__(self, spec: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        _check_long_enough(spec, self.size)
+        start = (spec.shape[1] - self.size) // 2
+        return spec[:, start : start + self.size]
+
+
+# --------------------------------------------------------------------------------------------
+# Random resized crop
+
+
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of 1-D linear resampling with half-pixel centres.
+
+    This is ``align_corners=False`` sampling (PyTorch ``interpolate``, PIL and OpenCV upscaling):
+    output sample ``i`` reads the input at ``(i + 0.5) * n_in / n_out - 0.5``, clamped to the edges.
+    """
+    position = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    position = np.clip(position, 0.0, n_in - 1)
+    low = np.floor(position).astype(np.intp)
+    high = np.minimum(low + 1, n_in - 1)
+    return low, high, position - low
+
+
+def resize_bilinear(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinearly resize a 2-D array to ``shape`` (``align_corners=False``).
+
+    Every output value is a convex combination of input values, so the output stays within the
+    input's range. Same dtype as the input.
+    """
+    low, high, weight = _linear_taps(image.shape[0], shape[0])
+    rows = image[low] * (1.0 - weight)[:, None] + image[high] * weight[:, None]
+    low, high, weight = _linear_taps(image.shape[1], shape[1])
+    out = rows[:, low] * (1.0 - weight) + rows[:, high] * weight
+    return out.astype(image.dtype, copy=False)
+
+
+class RandomResizedCrop:
+    """Crop a random box and stretch it back to the input's shape (Inception-style crop).
+
+    The box covers a fraction ``U(scale)`` of the spectrogram's area and has a width/height
+    (frames/mel bands) ratio drawn log-uniformly from ``ratio``; its position is uniform. A box that
+    does not fit is redrawn, up to ``attempts`` times, after which the whole window is used (the
+    input is returned unchanged).
+
+    Parameters
+    ----------
+    scale : (float, float)
+        Range of the box's area as a fraction of the input's area.
+    ratio : (float, float)
+        Range of the box's width / height.
+    attempts : int
+        Draws before falling back to the full window.
+
+    Input and output ``(n_mels, frames)``, same shape and dtype.
+    """
+
+    def __init__(self, scale=(0.8, 1.0), ratio=(1.7, 2.3), attempts: int = 10):
+        if not (0.0 < scale[0] <= scale[1] <= 1.0):
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+        if not (0.0 < ratio[0] <= ratio[1]):
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}")
+        self.scale = tuple(scale)
+        self.ratio = tuple(ratio)
+        self.attempts = attempts
+
+    def sample_box(self, shape: tuple[int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """Return ``(top, left, height, width)`` of a box inside ``shape`` (``(H, W)``)."""
+        height, width = shape
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(self.attempts):
+            area = rng.uniform(*self.scale) * height * width
+            aspect = math.exp(rng.uniform(*log_ratio))
+            box_w = int(round(math.sqrt(area * aspect)))
+            box_h = int(round(math.sqrt(area / aspect)))
+            if 0 < box_w <= width and 0 < box_h <= height:
+                top = int(rng.integers(0, height - box_h + 1))
+                left = int(rng.integers(0, width - box_w + 1))
+                return top, left, box_h, box_w
+        return 0, 0, height, width
+
+    def __call__(self, spec: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        _check_2d(spec)
+        top, left, box_h, box_w = self.sample_box(spec.shape, rng)
+        if (box_h, box_w) == spec.shape:
+            return spec
+        return resize_bilinear(spec[top : top + box_h, left : left + box_w], spec.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# SpecAugment
+
+
+class SpecAugment:
+    """Frequency and time masking (SpecAugment without time warping).
+
+    Draws ``k`` masks, ``k`` uniform in ``num_masks`` (inclusive). Each mask blanks one band of
+    ``int(U(0, freq_fraction) * n_mels)`` mel bands and one span of
+    ``int(U(0, time_fraction) * frames)`` frames, each at a uniform position, with the
+    spectrogram's minimum (taken before masking, i.e. the clip's silence level).
+
+    Input and output ``(n_mels, frames)``; the input is not modified.
+    """
+
+    def __init__(self, num_masks=(1, 2), freq_fraction: float = 0.15, time_fraction: float = 0.2):
+        if not (0 <= num_masks[0] <= num_masks[1]):
+            raise ValueError(f"num_masks must be (min, max) with 0 <= min <= max, got {num_masks}")
+        check_prob(freq_fraction, "freq_fraction")
+        check_prob(time_fraction, "time_fraction")
+        self.num_masks = tuple(num_masks)
+        self.freq_fraction = freq_fraction
+        self.time_fraction = time_fraction
+
+    def __call__(self, spec: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        _check_2d(spec)
+        n_mels, frames = spec.shape
+        fill = spec.min()
+        spec = spec.copy()
+        for _ in range(int(rng.integers(self.num_masks[0], self.num_masks[1] + 1))):
+            band = int(rng.uniform(0.0, self.freq_fraction) * n_mels)
+            f0 = int(rng.integers(0, n_mels - band + 1))
+            spec[f0 : f0 + band, :] = fill
+            span = int(rng.uniform(0.0, self.time_fraction) * frames)
+            t0 = int(rng.integers(0, frames - span + 1))
+            spec[:, t0 : t0 + span] = fill
+        return spec
+
+
+# --------------------------------------------------------------------------------------------
+# Combinators
+
+
+class Compose:
+    """Apply ``transforms`` in order, passing the same ``rng`` to each."""
+
+    def __init__(self, transforms: Sequence[Transform]):
+        self.transforms = list(transforms)
+
+    def __call__(self, spec: np.ndarray, rng: np.random.Generator | None = None):
+        for transform in self.transforms:
+            spec = transform(spec, rng)
+        return spec
+
+
+class OneOf:
+    """Apply one of ``transforms``, chosen with ``probs`` (uniform when ``None``)."""
+
+    def __init__(self, transforms: Sequence[Transform], probs: Sequence[float] | None = None):
+        self.transforms = list(transforms)
+        if not self.transforms:
+            raise ValueError("OneOf needs at least one transform")
+        self.probs = check_choice_probs(probs, len(self.transforms))
+
+    def __call__(self, spec: np.ndarray, rng: np.random.Generator):
+        index = int(rng.choice(len(self.transforms), p=self.probs))
+        return self.transforms[index](spec, rng)
+
+
+class UseWithProb:
+    """Apply ``transform`` with probability ``prob``, else return the input unchanged."""
+
+    def __init__(self, transform: Transform, prob: float):
+        check_prob(prob)
+        self.transform = transform
+        self.prob = prob
+
+    def __call__(self, spec: np.ndarray, rng: np.random.Generator):
+        if rng.random() < self.prob:
+            return self.transform(spec, rng)
+        return spec
+
+
+# --------------------------------------------------------------------------------------------
+# Network input
+
+
+def to_network_input(window: np.ndarray) -> np.ndarray:
+    """Stack a log-mel window with its first and second deltas, scaled for the network.
+
+    Parameters
+    ----------
+    window : np.ndarray
+        Log-mel window ``(n_mels, frames)`` in dB, ``frames >= 9`` (the delta filter's width).
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``(3, n_mels, frames)``: the window, ``librosa.feature.delta(width=9)`` and the
+        order-2 delta (both along time, computed on this window alone), all divided by 100.
+    """
+    _check_2d(window)
+    if window.shape[1] < DELTA_WIDTH:
+        raise ValueError(f"deltas need at least {DELTA_WIDTH} frames, got {window.shape[1]}")
+    delta = librosa.feature.delta(window, width=DELTA_WIDTH)
+    delta2 = librosa.feature.delta(window, order=2, width=DELTA_WIDTH)
+    # Cast before scaling, as the original did, so imported weights see the same inputs.
+    return np.stack([window, delta, delta2]).astype(np.float32) / np.float32(INPUT_SCALE)
+
+
+class ToNetworkInput:
+    """``to_network_input`` as a pipeline step (ignores ``rng``)."""
+
+    def __call__(self, spec: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        return to_network_input(spec)
+
+
+# --------------------------------------------------------------------------------------------
+# The method's pipelines
+
+
+def train_transform(
+    size: int = 256,
+    wrap_pad_prob: float = 0.5,
+    pad_placement: str = "center",
+    resize_prob: float = 0.33,
+    resize_scale=(0.8, 1.0),
+    resize_ratio=(1.7, 2.3),
+    spec_prob: float = 0.5,
+    spec_num_masks=(1, 2),
+    spec_freq_fraction: float = 0.15,
+    spec_time_fraction: float = 0.2,
+) -> Compose:
+    """The method's train-time pipeline; the defaults are the original solution's numbers.
+
+    Returns ``f(spec, rng) -> np.ndarray`` mapping a log-mel ``(n_mels, frames)`` of any length to
+    a float32 network input ``(3, n_mels, size)``.
+    """
+    check_prob(resize_prob, "resize_prob")
+    check_prob(spec_prob, "spec_prob")
+    return Compose(
+        [
+            random_pad_to_size(size, wrap_prob=wrap_pad_prob, placement=pad_placement),
+            RandomCrop(size),
+            UseWithProb(RandomResizedCrop(scale=resize_scale, ratio=resize_ratio), resize_prob),
+            UseWithProb(
+                SpecAugment(spec_num_masks, freq_fraction=spec_freq_fraction, time_fraction=spec_time_fraction),
+                spec_prob,
+            ),
+            ToNetworkInput(),
+        ]
+    )
+
+
+def valid_transform(size: int = 256) -> Compose:
+    """The validation pipeline: constant pad (centred), centre crop, network input.
+
+    Deterministic; returns ``f(spec, rng=None) -> np.ndarray`` float32 ``(3, n_mels, size)``.
+    """
+    return Compose([PadToSize(size, "constant"), CenterCrop(size), ToNetworkInput()])
