@@ -1,0 +1,125 @@
+"""Ensembles: first-level experiments, stackers on their probabilities, and the blend.
+
+An ensemble is described for prediction by a plain, JSON-able *spec*::
+
+    {
+      "name": "ensemble",
+      "experiments": {"small": ["small/fold_0/model.pt", ...], ...},   # first level, in order
+      "stackers": {"ensemble_stacker": ["ensemble_stacker/fold_0/model.pt", ...]},
+    }
+
+Paths are relative to the weights folder (``<work>/experiments`` locally, the Kaggle weights
+dataset in a kernel); ``resolve`` turns them into files. A single experiment is the same spec
+with one experiment and no stackers, so local prediction and both kernels share one code path.
+
+Prediction: each experiment's folds are combined by ``Tagger`` (tile mean, fold geometric mean);
+each stacker sees the experiments' probabilities concatenated in spec order and its folds are
+combined by geometric mean; the blend is the geometric mean of every experiment and stacker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from freesound.audio import AudioConfig
+from freesound.errors import FreesoundError
+from freesound.models import load_checkpoint, load_model
+from freesound.predict import Tagger, experiment_checkpoints, geometric_mean, predict_logmels_from_files
+
+
+class EnsemblePredictor:
+    """Predicts with every experiment of a spec, its stackers and the blend.
+
+    Parameters
+    ----------
+    taggers : dict name -> Tagger, the first-level experiments in stacking order
+    stackers : dict name -> list of nn.Module (FCNet folds)
+    """
+
+    def __init__(self, taggers: dict, stackers: dict | None = None, device="cpu", workers: int = 0):
+        if not taggers:
+            raise FreesoundError("an ensemble needs at least one experiment")
+        first = next(iter(taggers.values()))
+        for name, tagger in taggers.items():
+            if tagger.classes != first.classes:
+                raise FreesoundError(f"experiment {name!r} predicts other classes than the first experiment")
+            if tagger.audio_config != first.audio_config:
+                raise FreesoundError(f"experiment {name!r} uses another audio config than the first experiment")
+        self.taggers = dict(taggers)
+        self.stackers = {name: [m.to(device).eval() for m in models] for name, models in (stackers or {}).items()}
+        self.classes = first.classes
+        self.audio_config = first.audio_config
+        self.device = torch.device(device)
+        self.workers = workers
+
+    @classmethod
+    def from_spec(cls, spec: dict, resolve, *, device="cpu", batch_size: int = 64, workers: int = 0,
+                  tile_step: int = 64) -> "EnsemblePredictor":
+        """Load every checkpoint named by ``spec``; ``resolve(relative_path) -> Path``."""
+        taggers = {
+            name: Tagger.from_checkpoints([resolve(p) for p in paths], device=device, batch_size=batch_size,
+                                          tile_step=tile_step)
+            for name, paths in spec["experiments"].items()
+        }
+        stackers = {name: [load_model(resolve(p), device=device) for p in paths]
+                    for name, paths in spec.get("stackers", {}).items()}
+        return cls(taggers, stackers, device=device, workers=workers)
+
+    def level_probabilities(self, logmels) -> dict:
+        """Every experiment's and stacker's clip probabilities: name -> (N, C) float32."""
+        logmels = list(logmels)
+        levels = {name: tagger.predict_spectrograms(logmels) for name, tagger in self.taggers.items()}
+        if self.stackers:
+            stack_input = np.concatenate([levels[name] for name in self.taggers], axis=1)
+            for name, models in self.stackers.items():
+                levels[name] = predict_stacker(models, stack_input, self.device)
+        return levels
+
+    def predict_spectrograms(self, logmels) -> np.ndarray:
+        """The blend: geometric mean over experiments and stackers, (N, C) float32."""
+        levels = self.level_probabilities(logmels)
+        return geometric_mean(np.stack(list(levels.values())))
+
+    def predict_files(self, paths, *, on_error: str = "raise", failures: list | None = None) -> pd.DataFrame:
+        """Like ``Tagger.predict_files``: each file is decoded once for all models."""
+        names, logmels = predict_logmels_from_files(
+            paths, self.audio_config, on_error=on_error, failures=failures, workers=self.workers
+        )
+        return pd.DataFrame(self.predict_spectrograms(logmels), index=pd.Index(names, name="fname"),
+                            columns=self.classes)
+
+
+def predict_stacker(models, features: np.ndarray, device="cpu") -> np.ndarray:
+    """Geometric mean over stacker folds of ``sigmoid(FCNet(features))``: (N, C) float32."""
+    inputs = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
+    with torch.inference_mode():
+        probs = [torch.sigmoid(model(inputs)).float().cpu().numpy() for model in models]
+    return geometric_mean(np.stack(probs))
+
+
+def spec_files(spec: dict) -> list:
+    """Every weight file a spec needs, relative to the weights folder, in spec order."""
+    return [p for group in ("experiments", "stackers") for paths in spec.get(group, {}).values() for p in paths]
+
+
+def checkpoint_classes(path) -> list:
+    return list(load_checkpoint(Path(path))["classes"])
+
+
+def audio_config_of(path) -> AudioConfig:
+    return AudioConfig.from_dict(load_checkpoint(Path(path)).get("audio_config") or {})
+
+
+def experiment_spec(name: str, work, folds=None) -> dict:
+    """The spec of one trained (or imported) experiment: its fold checkpoints, no stackers."""
+    weights_root = Path(work) / "experiments"
+    paths = experiment_checkpoints(weights_root / name, folds)
+    return {
+        "name": name,
+        "experiments": {name: [path.relative_to(weights_root).as_posix() for path in paths]},
+        "stackers": {},
+    }

@@ -1,0 +1,131 @@
+"""Tiling and the Tagger."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from freesound.audio import read_as_melspectrogram
+from freesound.augment import to_network_input
+from freesound.models import create_model, save_checkpoint
+from freesound.predict import (
+    Tagger,
+    experiment_checkpoints,
+    geometric_mean,
+    make_tiles,
+    reference_predict,
+    silent_logmel,
+    tile_layout,
+)
+
+
+@pytest.mark.parametrize("width,expected", [
+    (1, (1, 127, 128)),        # far shorter than a tile: padded to 256
+    (100, (1, 78, 78)),
+    (192, (1, 32, 32)),
+    (255, (1, 0, 1)),
+    (256, (1, 0, 0)),          # exactly one tile
+    (257, (2, 31, 32)),        # one frame over: a second tile, 63 frames of padding
+    (320, (2, 0, 0)),
+    (1000, (13, 12, 12)),      # long: 13 tiles cover 1024 = 1000 + 24
+])
+def test_tile_layout_hand_checked(width, expected):
+    assert tile_layout(width, step=64) == expected
+    n_tiles, left, right = expected
+    # The tiles exactly cover the padded clip.
+    assert (n_tiles - 1) * 64 + 256 == width + left + right
+
+
+def test_tile_layout_other_step():
+    assert tile_layout(300, step=128) == (2, 42, 42)
+    with pytest.raises(ValueError):
+        tile_layout(0)
+
+
+def test_tiles_pad_with_clip_minimum_and_carry_deltas():
+    rng = np.random.default_rng(0)
+    logmel = rng.uniform(-60, 0, size=(128, 100)).astype(np.float32)
+    tiles = make_tiles(logmel)
+    assert tiles.shape == (1, 3, 128, 256) and tiles.dtype == np.float32
+    base = tiles[0, 0] * 100
+    np.testing.assert_allclose(base[:, :78], logmel.min(), rtol=1e-6)
+    np.testing.assert_allclose(base[:, 78:178], logmel, rtol=1e-6)
+    np.testing.assert_allclose(base[:, 178:], logmel.min(), rtol=1e-6)
+    padded = np.pad(logmel, ((0, 0), (78, 78)), constant_values=logmel.min())
+    np.testing.assert_allclose(tiles[0], to_network_input(padded), rtol=1e-6)
+
+
+def test_tiles_of_a_long_clip_start_at_multiples_of_step():
+    logmel = np.arange(128 * 400, dtype=np.float32).reshape(128, 400)
+    tiles = make_tiles(logmel)
+    n, left, _ = tile_layout(400)
+    assert len(tiles) == n
+    padded = np.pad(logmel, ((0, 0), (left, 0)), constant_values=logmel.min())
+    for i in range(n):
+        window = padded[:, i * 64:i * 64 + 256]
+        if window.shape[1] == 256:
+            np.testing.assert_allclose(tiles[i, 0] * 100, window, rtol=1e-6)
+
+
+def test_geometric_mean():
+    p = np.array([[0.25, 0.5], [0.64, 0.5]], dtype=np.float32)
+    np.testing.assert_allclose(geometric_mean(p), [0.4, 0.5], rtol=1e-6)
+
+
+def small_models(n=2, classes=5):
+    models = []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        model = create_model("aux_skip_attention", num_classes=classes, base_size=8).eval()
+        # Non-trivial batch-norm statistics, so eval mode matters.
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+        models.append(model)
+    return models
+
+
+def test_tagger_equals_per_clip_reference():
+    rng = np.random.default_rng(1)
+    logmels = [rng.uniform(-80, 0, size=(128, w)).astype(np.float32) for w in (30, 256, 257, 700, 1500, 90)]
+    models = small_models()
+    tagger = Tagger(models, classes=list("abcde"), batch_size=7)
+    ours = tagger.predict_spectrograms(logmels)
+    expected = np.stack([reference_predict(models, m) for m in logmels])
+    assert ours.shape == (6, 5) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+    per_tile = tagger.tile_probabilities(logmels)
+    assert [p.shape for p in per_tile] == [(2, tile_layout(m.shape[1])[0], 5) for m in logmels]
+
+
+def test_predict_files_policies(tmp_path):
+    good = tmp_path / "good.wav"
+    sf.write(good, np.sin(np.arange(44100) / 10).astype(np.float32) * 0.3, 44100, subtype="PCM_16")
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF garbage")
+    tagger = Tagger(small_models(1), classes=list("abcde"))
+    with pytest.raises(Exception, match="bad.wav"):
+        tagger.predict_files([good, bad])
+    failures = []
+    frame = tagger.predict_files([bad, good], on_error="skip", failures=failures)
+    assert list(frame.index) == ["good.wav"] and list(frame.columns) == list("abcde")
+    assert failures and failures[0][0] == "bad.wav"
+    frame = tagger.predict_files([bad, good], on_error="silence")
+    assert list(frame.index) == ["bad.wav", "good.wav"]
+    np.testing.assert_allclose(frame.loc["bad.wav"].to_numpy(), tagger.predict_spectrograms([silent_logmel()])[0])
+    np.testing.assert_allclose(frame.loc["good.wav"].to_numpy(),
+                               tagger.predict_spectrograms([read_as_melspectrogram(good)])[0])
+
+
+def test_from_experiment_loads_all_folds_and_names_missing(tmp_path):
+    models = small_models(2)
+    for fold, model in enumerate(models):
+        save_checkpoint(tmp_path / f"fold_{fold}" / "model.pt", model, model_name="aux_skip_attention",
+                        model_params={"num_classes": 5, "base_size": 8}, classes=list("abcde"), audio_config={})
+    tagger = Tagger.from_experiment(tmp_path)
+    assert len(tagger.models) == 2 and tagger.classes == list("abcde")
+    logmel = np.random.default_rng(2).uniform(-80, 0, (128, 300)).astype(np.float32)
+    np.testing.assert_allclose(tagger.predict_spectrograms([logmel])[0], reference_predict(models, logmel), atol=1e-5)
+    with pytest.raises(Exception, match="fold.s. 3"):
+        experiment_checkpoints(tmp_path, folds=[0, 3])
