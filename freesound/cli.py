@@ -118,3 +118,201 @@ def make_folds_command(data_dir, work_dir, n_folds, seed):
     path = write_folds(work_dir, folds)
     sizes = ", ".join(str(n) for n in folds.fold.value_counts().sort_index())
     click.echo(f"folds: {n_folds} folds of {sizes} clips -> {path}")
+
+
+def experiments_dir_option(function):
+    return click.option(
+        "--experiments", "experiments_dir", default="experiments", show_default=True,
+        type=click.Path(path_type=Path), help="Folder of experiment TOML files.",
+    )(function)
+
+
+def device_option(function):
+    return click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")(function)
+
+
+@main.command()
+@click.argument("experiment")
+@data_option
+@work_option
+@experiments_dir_option
+@click.option("--fold", "folds", type=int, multiple=True, help="Train only this fold (repeatable).")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Override the experiment's max_epochs.")
+@device_option
+@click.option("--resume", is_flag=True, help="Continue interrupted folds from their saved state.")
+def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device, resume):
+    """Train EXPERIMENT (a name under experiments/ or a TOML path) on every fold."""
+    from freesound.config import load_experiment
+    from freesound.data import load_dataset
+    from freesound.train import experiment_dir, train_experiment
+
+    config = load_experiment(experiment, experiments_dir)
+    dataset = load_dataset(data_dir)
+    results = train_experiment(
+        config, dataset, work_dir, folds=list(folds) or None, device=device or settings.default_device(),
+        max_epochs=epochs, resume=resume, log=click.echo,
+    )
+    click.echo(f"\n{config.name}: best val lwlrap per fold (centre crop)")
+    for result in results:
+        click.echo(f"  fold {result.fold}: {result.best_lwlrap:.4f} at epoch {result.best_epoch} of {result.epochs}")
+    click.echo(f"weights -> {experiment_dir(work_dir, config.name)}")
+
+
+def _load_spec(name, work_dir, experiments_dir):
+    """(spec, is_ensemble) for an experiment or ensemble name/path."""
+    from freesound.config import find_experiment_file, is_ensemble_file, load_experiment
+    from freesound.ensemble import ensemble_spec, experiment_spec
+
+    path = find_experiment_file(name, experiments_dir)
+    if is_ensemble_file(path):
+        return ensemble_spec(path, work_dir, experiments_dir), True
+    return experiment_spec(load_experiment(path).name, work_dir), False
+
+
+def _report_failures(failures, errors_csv):
+    """Name every undecodable file on stderr and in a CSV; True when there were any."""
+    if not failures:
+        return False
+    import pandas as pd
+
+    from freesound.fileio import atomic_write_csv
+
+    atomic_write_csv(errors_csv, pd.DataFrame(failures, columns=["fname", "reason"]), index=False)
+    for fname, reason in failures:
+        click.echo(f"failed: {fname}: {reason}", err=True)
+    click.echo(f"{len(failures)} file(s) could not be decoded; listed in {errors_csv}", err=True)
+    return True
+
+
+@main.command()
+@click.argument("experiment")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Dataset directory: predicts its test set in sample_submission.csv order "
+                   "(and, for an experiment, its out-of-fold clips).")
+@work_option
+@experiments_dir_option
+@click.option("--audio", "audio_dir", type=click.Path(path_type=Path), default=None,
+              help="Predict every audio file under this folder instead of a test set.")
+@click.option("--out", "out_csv", type=click.Path(path_type=Path), default=None,
+              help="Output CSV (default: <work>/predictions/<name>/test.csv or audio.csv).")
+@click.option("--no-oof", is_flag=True, help="Skip the out-of-fold prediction of an experiment.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Tiles per forward pass.")
+@click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
+              help="Processes decoding audio while the model runs.")
+@device_option
+def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, out_csv, no_oof, batch_size, workers, device):
+    """Predict with a trained EXPERIMENT or ENSEMBLE (name under experiments/ or TOML path).
+
+    Writes a submission-format CSV: fname, then one probability column per class. Undecodable
+    files are named on stderr and in <out>.errors.csv, and the exit status is 1: on a test set
+    their rows are predicted from silence (the submission stays complete), under --audio they
+    are left out.
+    """
+    from freesound.data import load_dataset
+    from freesound.ensemble import EnsemblePredictor
+    from freesound.fileio import atomic_write_csv
+    from freesound.evaluate import format_scores
+    from freesound.oof import predict_oof, predictions_dir
+
+    if (data_dir is None) == (audio_dir is None):
+        raise click.UsageError("give exactly one of --data (a dataset's test set) or --audio (a folder)")
+    device = device or settings.default_device()
+    spec, is_ensemble = _load_spec(experiment, work_dir, experiments_dir)
+    name = spec["name"]
+    dataset = load_dataset(data_dir) if data_dir else None
+    if dataset is not None and not is_ensemble and not no_oof:
+        scores = predict_oof(name, dataset, work_dir, device=device, batch_size=batch_size, log=click.echo)
+        click.echo(format_scores(name, scores, top=10))
+    predictor = EnsemblePredictor.from_spec(spec, lambda p: Path(work_dir) / "experiments" / p, device=device,
+                                            batch_size=batch_size, workers=workers)
+    if dataset is not None:
+        paths, on_error, default_name = dataset.paths("test"), "silence", "test.csv"
+    else:
+        from freesound.audio import find_audio_files
+
+        paths, on_error, default_name = find_audio_files(audio_dir), "skip", "audio.csv"
+    out_csv = out_csv or predictions_dir(work_dir, name) / default_name
+    failures = []
+    frame = predictor.predict_files(paths, on_error=on_error, failures=failures)
+    atomic_write_csv(out_csv, frame.reset_index(), index=False)
+    click.echo(f"{name}: predicted {len(frame)} clips with {sum(len(p) for p in spec['experiments'].values())} "
+               f"first-level and {sum(len(p) for p in spec['stackers'].values())} stacker checkpoints -> {out_csv}")
+    if _report_failures(failures, Path(str(out_csv).removesuffix(".csv") + ".errors.csv")):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("ensemble")
+@data_option
+@work_option
+@experiments_dir_option
+@device_option
+def stack(ensemble, data_dir, work_dir, experiments_dir, device):
+    """Train ENSEMBLE's stackers on its experiments' out-of-fold predictions and score the blend."""
+    from freesound.config import load_ensemble
+    from freesound.data import load_dataset
+    from freesound.oof import predict_oof, predictions_dir
+    from freesound.stack import train_stackers
+
+    device = device or settings.default_device()
+    config = load_ensemble(ensemble, experiments_dir)
+    dataset = load_dataset(data_dir)
+    for name in config.experiments:
+        if not (predictions_dir(work_dir, name) / "oof_tiles.npz").is_file():
+            predict_oof(name, dataset, work_dir, device=device, log=click.echo)
+    cv = train_stackers(config, dataset, work_dir, device=device, log=click.echo)
+    click.echo(f"\n{config.name}: OOF lwlrap")
+    for name, score in cv.items():
+        click.echo(f"  {name:<32} {score:.4f}")
+
+
+@main.command()
+@click.argument("predictions_csv", type=click.Path(path_type=Path))
+@click.option("--labels", "labels_csv", required=True, type=click.Path(path_type=Path),
+              help="fname,labels CSV with the true labels (e.g. test_labels.csv).")
+@click.option("--top", type=click.IntRange(1), default=None, help="Show only the N worst classes.")
+def evaluate(predictions_csv, labels_csv, top):
+    """Score a submission-format CSV: overall and per-class lwlrap."""
+    from freesound.evaluate import evaluate_csv, format_scores
+
+    scores = evaluate_csv(predictions_csv, labels_csv)
+    click.echo(format_scores(predictions_csv.name, scores, top=top))
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--experiment", required=True, help="A trained experiment name (under <work>/experiments/).")
+@work_option
+@click.option("--top", type=click.IntRange(1), default=5, show_default=True)
+@device_option
+def tag(files, experiment, work_dir, top, device):
+    """Print the top classes of each audio FILE."""
+    from freesound.predict import Tagger
+
+    tagger = Tagger.from_experiment(Path(work_dir) / "experiments" / experiment,
+                                    device=device or settings.default_device())
+    failures = []
+    frame = tagger.predict_files(files, on_error="skip", failures=failures)
+    for fname, row in frame.iterrows():
+        click.echo(fname)
+        for label, prob in row.sort_values(ascending=False).head(top).items():
+            click.echo(f"  {prob:6.3f}  {'#' * int(round(prob * 20)):<20}  {label}")
+    for fname, reason in failures:
+        click.echo(f"failed: {fname}: {reason}", err=True)
+    if failures:
+        sys.exit(1)
+
+
+@main.command("import-argus")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Experiment name to import as.")
+@work_option
+@click.option("--stacker", is_flag=True, help="SRC holds FCNet stacker checkpoints.")
+def import_argus_command(src, name, work_dir, stacker):
+    """Import the original team's pytorch-argus checkpoints (SRC/fold_<k>/model-*.pth)."""
+    from freesound.argus_import import import_argus
+    from freesound.audio import AudioConfig
+
+    written = import_argus(src, name, work_dir, stacker=stacker, audio_config=None if stacker else AudioConfig())
+    for path in written:
+        click.echo(f"imported -> {path}")

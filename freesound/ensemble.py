@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from freesound.audio import AudioConfig
+from freesound.config import EnsembleConfig, load_ensemble
 from freesound.errors import FreesoundError
 from freesound.models import load_checkpoint, load_model
 from freesound.predict import Tagger, experiment_checkpoints, geometric_mean, predict_logmels_from_files
@@ -114,12 +115,24 @@ def audio_config_of(path) -> AudioConfig:
     return AudioConfig.from_dict(load_checkpoint(Path(path)).get("audio_config") or {})
 
 
+def _relative_checkpoints(weights_root: Path, name: str, folds=None) -> list:
+    return [path.relative_to(weights_root).as_posix() for path in experiment_checkpoints(weights_root / name, folds)]
+
+
 def experiment_spec(name: str, work, folds=None) -> dict:
     """The spec of one trained (or imported) experiment: its fold checkpoints, no stackers."""
     weights_root = Path(work) / "experiments"
-    paths = experiment_checkpoints(weights_root / name, folds)
+    return {"name": name, "experiments": {name: _relative_checkpoints(weights_root, name, folds)}, "stackers": {}}
+
+
+def ensemble_spec(ensemble, work, experiments_dir="experiments") -> dict:
+    """The spec of a trained ensemble; ``ensemble`` is an ``EnsembleConfig``, a name or a path."""
+    if not isinstance(ensemble, EnsembleConfig):
+        ensemble = load_ensemble(ensemble, experiments_dir)
+    weights_root = Path(work) / "experiments"
     return {
-        "name": name,
-        "experiments": {name: [path.relative_to(weights_root).as_posix() for path in paths]},
-        "stackers": {},
+        "name": ensemble.name,
+        "experiments": {name: _relative_checkpoints(weights_root, name) for name in ensemble.experiments},
+        "stackers": {ensemble.stacker_dir_name(s): _relative_checkpoints(weights_root, ensemble.stacker_dir_name(s))
+                     for s in ensemble.stackers},
     }

@@ -44,7 +44,7 @@ def atomic_save_npy(path, array: np.ndarray) -> None:
         np.save(handle, array)
 
 
-def atomic_write_csv(path, frame, **to_csv_kwargs) -> None:
-    """``DataFrame.to_csv`` through a temporary file."""
+def atomic_write_csv(path, frame, *, index: bool = False) -> None:
+    """``DataFrame.to_csv`` through a temporary file (without the index unless asked)."""
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, **to_csv_kwargs)
+        frame.to_csv(tmp, index=index)

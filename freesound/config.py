@@ -1,0 +1,253 @@
+"""Experiments as plain data: one TOML file in ``experiments/`` per experiment.
+
+A file only states what differs from the method's defaults; ``load_experiment`` fills in the rest,
+checks every key (an unknown key is an error naming the valid ones) and returns a frozen
+``Experiment``. ``dump_experiment`` writes the resolved config back as TOML, the copy kept beside
+each trained fold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from freesound.audio import AudioConfig
+from freesound.errors import FreesoundError
+
+
+class ConfigError(FreesoundError, ValueError):
+    """A bad experiment or ensemble file."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "aux_skip_attention"
+    params: dict = field(default_factory=lambda: {
+        "base_size": 64, "dropout": 0.4, "ratio": 16, "kernel_size": 7, "last_filters": 8, "last_fc": 4,
+    })
+    #: Loss weights of the heads, main head first (the model returns main, aux3, aux2, aux1).
+    aux_weights: tuple = (1.0, 0.4, 0.2, 0.1)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """``curated`` and ``noisy`` are loss specs, e.g. ``{name = "lsoft", beta = 0.7}``."""
+
+    curated: dict = field(default_factory=lambda: {"name": "bce"})
+    noisy: dict = field(default_factory=lambda: {"name": "lsoft", "beta": 0.7})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 9e-4
+    batch_size: int = 128
+    #: Samples drawn per epoch (128 batches of 256 in the original).
+    epoch_size: int = 128 * 256
+    max_epochs: int = 700
+    plateau_patience: int = 6
+    plateau_factor: float = 0.6
+    early_stop_patience: int = 18
+    #: Mixed precision (fp16 autocast + GradScaler); only ever used on CUDA.
+    amp: bool = True
+    workers: int = 4
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Probabilities of drawing a training sample from each source (renormalised over the
+    sources that have clips)."""
+
+    curated: float = 0.57
+    corrected_noisy: float = 0.42
+    noisy: float = 0.01
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    crop: int = 256
+    resized_crop_prob: float = 0.33
+    spec_augment_prob: float = 0.5
+
+
+@dataclass(frozen=True)
+class MixerConfig:
+    prob: float = 0.8
+    sigmoid_concat: float = 0.6
+    add: float = 0.4
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Corrections files (paths relative to the experiment file), empty for none."""
+
+    corrections: str = ""
+    noisy_corrections: str = ""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    transforms: TransformConfig = field(default_factory=TransformConfig)
+    mixers: MixerConfig = field(default_factory=MixerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    #: The folder of the TOML file, for resolving relative paths ("" when built in code).
+    source_dir: str = ""
+
+    def resolve_path(self, value: str) -> Path | None:
+        if not value:
+            return None
+        path = Path(value)
+        return path if path.is_absolute() else Path(self.source_dir or ".") / path
+
+    def to_dict(self) -> dict:
+        values = dataclasses.asdict(self)
+        values.pop("source_dir")
+        return values
+
+
+def _build(cls, values: dict, where: str):
+    """Instantiate a config dataclass from a dict, recursing into nested sections."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source_dir"}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in values.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}" if where else name)
+        elif isinstance(default, tuple):
+            kwargs[name] = tuple(value)
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            kwargs[name] = float(value)
+        elif isinstance(default, dict) or type(value) is type(default):
+            kwargs[name] = value
+        else:
+            raise ConfigError(f"{where}.{name}: expected {type(default).__name__}, got {value!r}")
+    return cls(**kwargs)
+
+
+def experiment_from_dict(values: dict, *, name: str = "default", source_dir: str = "", where: str = "") -> Experiment:
+    values = dict(values)
+    values.setdefault("name", name)
+    experiment = _build(Experiment, values, where)
+    return dataclasses.replace(experiment, source_dir=source_dir)
+
+
+def find_experiment_file(spec, experiments_dir="experiments") -> Path:
+    """``small`` -> ``experiments/small.toml``; a path to a ``.toml`` file is taken as is."""
+    path = Path(spec)
+    if path.suffix == ".toml" or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"experiment file {path} not found")
+        return path
+    candidate = Path(experiments_dir) / f"{spec}.toml"
+    if not candidate.is_file():
+        known = sorted(p.stem for p in Path(experiments_dir).glob("*.toml"))
+        raise ConfigError(f"unknown experiment {spec!r}; known in {experiments_dir}/: {', '.join(known) or 'none'}")
+    return candidate
+
+
+def read_toml(path) -> dict:
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+
+
+def load_experiment(spec, experiments_dir="experiments") -> Experiment:
+    """Read an experiment by name or path, filling defaults and checking every key."""
+    path = find_experiment_file(spec, experiments_dir)
+    return experiment_from_dict(read_toml(path), name=path.stem, source_dir=str(path.parent), where=str(path))
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def dump_toml(values: dict) -> str:
+    """Write a two-level dict (scalars at the top, then tables of scalars) as TOML."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    for section, table in values.items():
+        if isinstance(table, dict):
+            lines += ["", f"[{section}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def dump_experiment(experiment: Experiment) -> str:
+    return dump_toml(experiment.to_dict())
+
+
+@dataclass(frozen=True)
+class StackerConfig:
+    """An ``FCNet`` stacker trained on out-of-fold tile probabilities."""
+
+    name: str = "stacker"
+    base_size: int = 64
+    reduction_scale: int = 8
+    p_dropout: float = 0.2
+    lr: float = 1e-3
+    batch_size: int = 64
+    #: Samples drawn per epoch (random tile subsets of random training clips).
+    epoch_size: int = 2048
+    max_epochs: int = 100
+    plateau_patience: int = 5
+    plateau_factor: float = 0.6
+    early_stop_patience: int = 12
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """First-level experiments (stacked in this order), stackers, and their geometric-mean blend."""
+
+    name: str
+    experiments: tuple
+    stackers: tuple = ()
+
+    def stacker_dir_name(self, stacker: StackerConfig) -> str:
+        """Stackers are stored beside experiments as ``<ensemble>_<stacker>``."""
+        return f"{self.name}_{stacker.name}"
+
+
+def is_ensemble_file(path) -> bool:
+    return "experiments" in read_toml(path)
+
+
+def load_ensemble(spec, experiments_dir="experiments") -> EnsembleConfig:
+    """Read an ensemble file: ``experiments = [...]`` and ``[[stackers]]`` tables."""
+    path = find_experiment_file(spec, experiments_dir)
+    values = read_toml(path)
+    unknown = sorted(set(values) - {"experiments", "stackers", "name"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys are experiments, name, stackers")
+    experiments = values.get("experiments")
+    if not isinstance(experiments, list) or not experiments or not all(isinstance(e, str) for e in experiments):
+        raise ConfigError(f"{path}: 'experiments' must be a non-empty list of experiment names")
+    stackers = tuple(_build(StackerConfig, table, f"{path}: stackers[{i}]")
+                     for i, table in enumerate(values.get("stackers", [])))
+    names = [s.name for s in stackers]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: stacker names must be unique, got {names}")
+    return EnsembleConfig(name=values.get("name", path.stem), experiments=tuple(experiments), stackers=stackers)

@@ -1,0 +1,103 @@
+"""Out-of-fold prediction: each fold's model on the curated clips it never trained on.
+
+Written to ``<work>/predictions/<experiment>/``::
+
+    oof_tiles.npz    fnames (N,), folds (N,), offsets (N+1,), probs (total tiles, C) float32:
+                     clip i's tile probabilities are probs[offsets[i]:offsets[i+1]]
+    oof.csv          fname + class columns: each clip's mean over tiles
+    oof_scores.json  lwlrap overall, per fold and per class
+
+The stacker trains on the per-tile probabilities; the clip means give the experiment's CV score.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from freesound.data import Dataset, multi_hot
+from freesound.errors import FreesoundError
+from freesound.features import load_features
+from freesound.fileio import atomic_path, atomic_write_csv, atomic_write_text
+from freesound.evaluate import probability_frame, score_predictions
+from freesound.folds import read_folds
+from freesound.predict import Tagger, experiment_checkpoints
+
+
+@dataclass(frozen=True)
+class OOFTiles:
+    """Per-tile out-of-fold probabilities of one experiment."""
+
+    fnames: np.ndarray
+    folds: np.ndarray
+    offsets: np.ndarray
+    probs: np.ndarray
+
+    def clip(self, index: int) -> np.ndarray:
+        """(n_tiles, C) probabilities of clip ``index``."""
+        return self.probs[self.offsets[index]:self.offsets[index + 1]]
+
+    def clip_means(self) -> np.ndarray:
+        """(N, C) mean over each clip's tiles."""
+        sums = np.add.reduceat(self.probs.astype(np.float64), self.offsets[:-1], axis=0)
+        return (sums / np.diff(self.offsets)[:, None]).astype(np.float32)
+
+    def reorder(self, fnames) -> "OOFTiles":
+        """The same clips in another order (e.g. another experiment's)."""
+        position = {name: i for i, name in enumerate(self.fnames)}
+        order = [position[name] for name in fnames]
+        pieces = [self.clip(i) for i in order]
+        offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces])])
+        return OOFTiles(self.fnames[order], self.folds[order], offsets, np.concatenate(pieces))
+
+
+def predictions_dir(work, name: str) -> Path:
+    return Path(work) / "predictions" / name
+
+
+def predict_oof(name: str, dataset: Dataset, work, *, device="cpu", batch_size: int = 64, log=print) -> dict:
+    """Predict every fold's validation clips with that fold's model; write and score them.
+
+    Returns
+    -------
+    dict with ``lwlrap`` (overall), ``per_fold`` and ``per_class`` scores (as written to JSON)
+    """
+    folds = read_folds(work, dataset.curated.fname)
+    checkpoints = experiment_checkpoints(Path(work) / "experiments" / name, sorted(set(folds.fold)))
+    fnames, fold_ids, tiles = [], [], []
+    for fold, checkpoint in zip(sorted(set(folds.fold)), checkpoints):
+        tagger = Tagger.from_checkpoints([checkpoint], device=device, batch_size=batch_size)
+        if tagger.classes != list(dataset.classes):
+            raise FreesoundError(f"{checkpoint} was trained on other classes than {dataset.root}")
+        valid = folds[folds.fold == fold].fname.tolist()
+        logmels = load_features(dataset, work, "train_curated", valid, tagger.audio_config)
+        tiles += [probs[0] for probs in tagger.tile_probabilities(logmels)]
+        fnames += valid
+        fold_ids += [fold] * len(valid)
+        log(f"{name}: fold {fold} predicted {len(valid)} validation clips")
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t in tiles])])
+    oof = OOFTiles(np.array(fnames), np.array(fold_ids), offsets, np.concatenate(tiles).astype(np.float32))
+    out_dir = predictions_dir(work, name)
+    save_oof_tiles(out_dir / "oof_tiles.npz", oof)
+    clip_probs = oof.clip_means()
+    atomic_write_csv(out_dir / "oof.csv", probability_frame(oof.fnames, clip_probs, dataset.classes), index=False)
+    labels = dataset.curated.set_index("fname").loc[list(oof.fnames), "labels"]
+    scores = score_predictions(multi_hot(labels, dataset.classes), clip_probs, dataset.classes, oof.folds)
+    atomic_write_text(out_dir / "oof_scores.json", json.dumps(scores, indent=2) + "\n")
+    return scores
+
+
+def save_oof_tiles(path, oof: OOFTiles) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, fnames=oof.fnames, folds=oof.folds, offsets=oof.offsets, probs=oof.probs)
+
+
+def load_oof_tiles(path) -> OOFTiles:
+    path = Path(path)
+    if not path.is_file():
+        raise FreesoundError(f"{path} not found; run `freesound predict` on the experiment first")
+    with np.load(path) as data:
+        return OOFTiles(data["fnames"], data["folds"], data["offsets"], data["probs"])

@@ -1,0 +1,163 @@
+"""Second level: ``FCNet`` stackers on the first-level experiments' out-of-fold tile probabilities.
+
+A clip's stacker input is, for a random subset of its tiles, the mean over those tiles of the
+experiments' tile probabilities concatenated (E·C values). Training draws subsets two ways, half
+the time each: a random contiguous run of tiles, or every s-th tile from a random offset.
+Validation and prediction use all tiles. At test time the stacker sees each experiment's
+fold-geometric-mean clip probabilities instead (``freesound.ensemble``).
+
+Stackers reuse ``folds.csv``: fold k trains on the OOF clips of the other folds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from freesound.config import EnsembleConfig, StackerConfig
+from freesound.data import Dataset, multi_hot
+from freesound.errors import FreesoundError
+from freesound.fileio import atomic_write_csv, atomic_write_text
+from freesound.metrics import lwlrap
+from freesound.models import create_model, save_checkpoint
+from freesound.oof import OOFTiles, load_oof_tiles, predictions_dir, probability_frame, score_predictions
+from freesound.predict import geometric_mean
+
+
+def stacked_oof(experiments, work) -> OOFTiles:
+    """Concatenate the experiments' OOF tile probabilities along the class axis.
+
+    Returns
+    -------
+    OOFTiles whose ``probs`` is (total tiles, E·C), clips in the first experiment's order.
+    """
+    tiles = [load_oof_tiles(predictions_dir(work, name) / "oof_tiles.npz") for name in experiments]
+    first = tiles[0]
+    aligned = [first] + [t.reorder(first.fnames) for t in tiles[1:]]
+    for name, other in zip(experiments[1:], aligned[1:]):
+        if not np.array_equal(other.offsets, first.offsets):
+            raise FreesoundError(f"experiment {name!r} has other tiles per clip than {experiments[0]!r}")
+    return OOFTiles(first.fnames, first.folds, first.offsets, np.concatenate([t.probs for t in aligned], axis=1))
+
+
+def random_tile_subset(n_tiles: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of a random contiguous run or a random strided subset of ``n_tiles`` tiles."""
+    if rng.random() < 0.5:
+        length = int(rng.integers(1, n_tiles + 1))
+        start = int(rng.integers(0, n_tiles - length + 1))
+        return np.arange(start, start + length)
+    stride = int(rng.integers(1, min(4, n_tiles) + 1))
+    return np.arange(int(rng.integers(0, stride)), n_tiles, stride)
+
+
+def sample_batch(oof: OOFTiles, clips: np.ndarray, size: int, rng: np.random.Generator) -> tuple:
+    """``size`` random (clip, tile subset) samples: (indices (size,), features (size, E·C))."""
+    chosen = rng.choice(clips, size=size)
+    features = np.stack([oof.clip(i)[random_tile_subset(oof.offsets[i + 1] - oof.offsets[i], rng)].mean(axis=0)
+                         for i in chosen])
+    return chosen, features.astype(np.float32)
+
+
+def train_stacker_fold(stacker: StackerConfig, oof: OOFTiles, targets: np.ndarray, fold: int, out_dir: Path,
+                       *, classes, device="cpu", log=print) -> tuple:
+    """Train one fold's stacker; keep the best-val-lwlrap checkpoint at ``out_dir/model.pt``.
+
+    Returns
+    -------
+    (best val lwlrap, validation clip indices, their predictions (n, C) at the best epoch)
+    """
+    train_clips = np.flatnonzero(oof.folds != fold)
+    valid_clips = np.flatnonzero(oof.folds == fold)
+    valid_features = torch.from_numpy(oof.clip_means()[valid_clips]).to(device)
+    params = {"in_channels": oof.probs.shape[1], "num_classes": targets.shape[1], "base_size": stacker.base_size,
+              "reduction_scale": stacker.reduction_scale, "p_dropout": stacker.p_dropout}
+    torch.manual_seed(stacker.seed + fold)
+    rng = np.random.default_rng((stacker.seed, fold))
+    model = create_model("fcnet", **params).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=stacker.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=stacker.plateau_factor, patience=stacker.plateau_patience)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    best, best_probs, bad_epochs, rows = -1.0, None, 0, []
+    for epoch in range(1, stacker.max_epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        losses = []
+        for _ in range(max(1, stacker.epoch_size // stacker.batch_size)):
+            chosen, features = sample_batch(oof, train_clips, stacker.batch_size, rng)
+            logits = model(torch.from_numpy(features).to(device))
+            loss = loss_fn(logits, torch.from_numpy(targets[chosen]).to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        model.eval()
+        with torch.inference_mode():
+            probs = torch.sigmoid(model(valid_features)).cpu().numpy()
+        score = lwlrap(targets[valid_clips], probs)
+        scheduler.step(score)
+        rows.append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": float(np.mean(losses)),
+                     "val_lwlrap": score, "seconds": time.perf_counter() - started})
+        if score > best:
+            best, best_probs, bad_epochs = score, probs, 0
+            save_checkpoint(out_dir / "model.pt", model, model_name="fcnet", model_params=params,
+                            classes=list(classes), audio_config={}, fold=fold, epoch=epoch, val_lwlrap=float(score))
+        else:
+            bad_epochs += 1
+            if bad_epochs >= stacker.early_stop_patience:
+                break
+    atomic_write_csv(out_dir / "log.csv", pd.DataFrame(rows), index=False)
+    log(f"  stacker fold {fold}: best val lwlrap {best:.4f} after {len(rows)} epochs")
+    return best, valid_clips, best_probs
+
+
+def train_stackers(ensemble: EnsembleConfig, dataset: Dataset, work, *, device="cpu", log=print) -> dict:
+    """Train every stacker of an ensemble on every fold, then score the stackers and the blend.
+
+    Writes ``<work>/experiments/<ensemble>_<stacker>/fold_<k>/model.pt`` and, under
+    ``<work>/predictions/<ensemble>/``, the stackers' OOF predictions and ``cv_scores.json``.
+
+    Returns
+    -------
+    dict: name -> OOF lwlrap for every experiment, stacker and ``blend``.
+    """
+    if not ensemble.stackers:
+        raise FreesoundError(f"ensemble {ensemble.name!r} has no stackers to train")
+    oof = stacked_oof(ensemble.experiments, work)
+    labels = dataset.curated.set_index("fname").loc[list(oof.fnames), "labels"]
+    targets = multi_hot(labels, dataset.classes)
+    num_classes = len(dataset.classes)
+    if oof.probs.shape[1] != num_classes * len(ensemble.experiments):
+        raise FreesoundError("the experiments' OOF predictions do not match this dataset's classes")
+    clip_means = oof.clip_means()
+    levels = {name: clip_means[:, i * num_classes:(i + 1) * num_classes]
+              for i, name in enumerate(ensemble.experiments)}
+    for stacker in ensemble.stackers:
+        name = ensemble.stacker_dir_name(stacker)
+        log(f"{name}: training on {oof.probs.shape[1]} stacked probabilities")
+        stacked = np.zeros_like(levels[ensemble.experiments[0]])
+        for fold in sorted(set(oof.folds)):
+            out_dir = Path(work) / "experiments" / name / f"fold_{fold}"
+            _, clips, probs = train_stacker_fold(stacker, oof, targets, fold, out_dir, classes=dataset.classes,
+                                                 device=device, log=log)
+            stacked[clips] = probs
+        levels[name] = stacked
+    out_dir = predictions_dir(work, ensemble.name)
+    for name in levels:
+        if name not in ensemble.experiments:
+            atomic_write_csv(out_dir / f"{name}_oof.csv", probability_frame(oof.fnames, levels[name], dataset.classes),
+                             index=False)
+    blend = geometric_mean(np.stack(list(levels.values())))
+    atomic_write_csv(out_dir / "blend_oof.csv", probability_frame(oof.fnames, blend, dataset.classes), index=False)
+    cv = {name: float(lwlrap(targets, probs)) for name, probs in levels.items()}
+    cv["blend"] = float(lwlrap(targets, blend))
+    atomic_write_text(out_dir / "cv_scores.json", json.dumps(cv, indent=2) + "\n")
+    atomic_write_text(out_dir / "blend_scores.json",
+                      json.dumps(score_predictions(targets, blend, dataset.classes, oof.folds), indent=2) + "\n")
+    return cv
+

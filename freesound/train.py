@@ -1,0 +1,258 @@
+"""The training loop: one fold of one experiment, with explicit hooks.
+
+Per epoch: train on ``epoch_size`` sampled clips, validate on the held-out curated fold
+(centre-cropped), then, in this order: step the plateau scheduler on val lwlrap, keep the
+checkpoint if val lwlrap improved, write ``log.csv``, save the resumable state, and stop early
+after ``early_stop_patience`` epochs without improvement.
+
+Files in ``<work>/experiments/<name>/fold_<k>/``::
+
+    model.pt    best checkpoint (``freesound.models.load_model`` reads it)
+    state.pt    everything needed to resume (model, optimiser, scheduler, scaler, RNG, log)
+    config.toml the resolved experiment
+    log.csv     epoch, lr, train_loss, val_loss, val_lwlrap, seconds
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from freesound.augment import train_transform, valid_transform
+from freesound.config import Experiment, dump_experiment
+from freesound.data import Dataset, apply_corrections, load_corrections, multi_hot
+from freesound.features import load_features
+from freesound.fileio import atomic_path, atomic_write_csv, atomic_write_text
+from freesound.folds import read_folds
+from freesound.losses import AuxLoss, NoisyCuratedLoss, make_loss
+from freesound.metrics import lwlrap
+from freesound.mixers import method_mixer
+from freesound.models import create_model, save_checkpoint
+from freesound.training_data import ClipSource, SamplingDataset, ValidationDataset
+
+LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_lwlrap", "seconds"]
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    fold: int
+    best_epoch: int
+    best_lwlrap: float
+    epochs: int
+    checkpoint: Path
+
+
+def experiment_dir(work, name: str) -> Path:
+    return Path(work) / "experiments" / name
+
+
+def fold_dir(work, name: str, fold: int) -> Path:
+    return experiment_dir(work, name) / f"fold_{fold}"
+
+
+def build_sources(experiment: Experiment, dataset: Dataset, work, fold: int):
+    """The fold's training sources and its validation set.
+
+    Returns
+    -------
+    sources : list of ClipSource (curated, corrected_noisy, noisy), in SamplingConfig order
+    probs : list of float
+    valid : (specs, targets, fnames) of the held-out curated fold
+    """
+    classes = dataset.classes
+    folds = read_folds(work, dataset.curated.fname)
+    if fold not in set(folds.fold):
+        raise ValueError(f"fold {fold} is not in folds.csv (folds: {sorted(set(folds.fold))})")
+    curated = dataset.curated.merge(folds, on="fname")
+    corrections_path = experiment.resolve_path(experiment.data.corrections)
+    if corrections_path:
+        curated = apply_corrections(curated, load_corrections(corrections_path, classes))
+    noisy = dataset.noisy
+    corrected_noisy = noisy.iloc[:0]
+    noisy_corrections_path = experiment.resolve_path(experiment.data.noisy_corrections)
+    if noisy_corrections_path:
+        noisy_corrections = load_corrections(noisy_corrections_path, classes)
+        corrected_noisy = apply_corrections(noisy, noisy_corrections, only_corrected=True)
+        noisy = noisy[~noisy.fname.isin(noisy_corrections.keys())]
+
+    train_curated = curated[curated.fold != fold]
+    valid = curated[curated.fold == fold]
+
+    def source(name, frame, split, is_noisy):
+        specs = load_features(dataset, work, split, frame.fname, experiment.audio)
+        return ClipSource(name, specs, multi_hot(frame.labels, classes), is_noisy)
+
+    sampling = experiment.sampling
+    sources = [
+        source("curated", train_curated, "train_curated", False),
+        source("corrected_noisy", corrected_noisy, "train_noisy", False),
+        source("noisy", noisy, "train_noisy", True),
+    ]
+    probs = [sampling.curated, sampling.corrected_noisy, sampling.noisy]
+    valid_specs = load_features(dataset, work, "train_curated", valid.fname, experiment.audio)
+    return sources, probs, (valid_specs, multi_hot(valid.labels, classes), list(valid.fname))
+
+
+def build_loss(experiment: Experiment):
+    noisy_curated = NoisyCuratedLoss(
+        make_loss(**experiment.loss.curated), make_loss(**experiment.loss.noisy)
+    )
+    return AuxLoss(noisy_curated, weights=experiment.model.aux_weights)
+
+
+def train_fold(
+    experiment: Experiment,
+    dataset: Dataset,
+    work,
+    fold: int,
+    *,
+    device: str = "cpu",
+    max_epochs: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log=print,
+) -> FoldResult:
+    """Train one fold; with ``resume``, continue from ``state.pt`` exactly where it stopped."""
+    cfg = experiment.train
+    out_dir = fold_dir(work, experiment.name, fold)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state_path = out_dir / "state.pt"
+    max_epochs = cfg.max_epochs if max_epochs is None else max_epochs
+    device = torch.device(device)
+    use_amp = cfg.amp and device.type == "cuda"
+
+    sources, probs, (valid_specs, valid_targets, _) = build_sources(experiment, dataset, work, fold)
+    transforms = experiment.transforms
+    train_set = SamplingDataset(
+        sources, probs, cfg.epoch_size,
+        transform=train_transform(
+            transforms.crop, resize_prob=transforms.resized_crop_prob,
+            spec_prob=transforms.spec_augment_prob,
+        ),
+        mixer=method_mixer(experiment.mixers.prob, experiment.mixers.sigmoid_concat, experiment.mixers.add),
+        seed=cfg.seed + 1000 * fold,
+    )
+    valid_set = ValidationDataset(valid_specs, valid_targets, valid_transform(transforms.crop))
+
+    torch.manual_seed(cfg.seed + fold)
+    model = create_model(experiment.model.name, num_classes=len(dataset.classes), **experiment.model.params).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    loss_fn = build_loss(experiment)
+    valid_loss_fn = make_loss(**experiment.loss.curated)
+
+    epoch, best_lwlrap, best_epoch, bad_epochs, rows = 0, -1.0, -1, 0, []
+    if resume and state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"].cpu())
+        epoch, best_lwlrap, best_epoch, bad_epochs = state["epoch"], state["best_lwlrap"], state["best_epoch"], state["bad_epochs"]
+        rows = [dict(zip(LOG_COLUMNS, row)) for row in state["log"]]
+        log(f"fold {fold}: resuming after epoch {epoch} (best val lwlrap {best_lwlrap:.4f} at epoch {best_epoch})")
+        if state["finished"]:
+            return FoldResult(fold, best_epoch, best_lwlrap, epoch, out_dir / "model.pt")
+    atomic_write_text(out_dir / "config.toml", dump_experiment(experiment))
+
+    workers = cfg.workers
+    finished = False
+    while epoch < max_epochs and not finished:
+        started = time.perf_counter()
+        train_set.set_epoch(epoch)
+        loader = DataLoader(
+            train_set, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
+            drop_last=True, pin_memory=device.type == "cuda",
+        )
+        train_loss = _train_epoch(
+            model, loader, loss_fn, optimizer, scaler, device, use_amp,
+            desc=f"fold {fold} epoch {epoch + 1}", progress=progress,
+        )
+        val_loss, val_scores = _validate(model, valid_set, valid_loss_fn, cfg.batch_size, device, use_amp)
+        val_lwlrap = lwlrap(valid_targets, val_scores)
+        scheduler.step(val_lwlrap)
+        epoch += 1
+        rows.append(dict(zip(LOG_COLUMNS, [
+            epoch, optimizer.param_groups[0]["lr"], train_loss, val_loss, val_lwlrap, time.perf_counter() - started,
+        ])))
+        if val_lwlrap > best_lwlrap:
+            best_lwlrap, best_epoch, bad_epochs = val_lwlrap, epoch, 0
+            save_checkpoint(
+                out_dir / "model.pt", model,
+                model_name=experiment.model.name,
+                model_params={"num_classes": len(dataset.classes), **experiment.model.params},
+                classes=list(dataset.classes), audio_config=experiment.audio.to_dict(),
+                experiment=experiment.name, fold=fold, epoch=epoch, val_lwlrap=float(val_lwlrap),
+            )
+        else:
+            bad_epochs += 1
+        finished = bad_epochs >= cfg.early_stop_patience
+        atomic_write_csv(out_dir / "log.csv", pd.DataFrame(rows, columns=LOG_COLUMNS), index=False)
+        _save_state(state_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "rng": torch.get_rng_state(), "epoch": epoch, "best_lwlrap": float(best_lwlrap),
+            "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+            "log": [[row[c] for c in LOG_COLUMNS] for row in rows],
+            "finished": finished,
+        })
+        log(f"fold {fold} epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+            f"val lwlrap {val_lwlrap:.4f}{' *' if best_epoch == epoch else ''}")
+    return FoldResult(fold, best_epoch, best_lwlrap, epoch, out_dir / "model.pt")
+
+
+def _save_state(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _train_epoch(model, loader, loss_fn, optimizer, scaler, device, use_amp, *, desc, progress) -> float:
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")
+    for images, targets, noisy in bar:
+        images, targets, noisy = images.to(device), targets.to(device), noisy.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            outputs = model(images)
+        loss = loss_fn(tuple(head.float() for head in outputs), targets, noisy)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total += loss.item() * len(images)
+        count += len(images)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(count, 1)
+
+
+@torch.inference_mode()
+def _validate(model, valid_set, loss_fn, batch_size, device, use_amp):
+    model.eval()
+    losses, scores = [], []
+    for images, targets in DataLoader(valid_set, batch_size=batch_size):
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            logits = model(images.to(device))[0].float()
+        losses.append(loss_fn(logits, targets.to(device)).item() * len(images))
+        scores.append(torch.sigmoid(logits).cpu().numpy())
+    return sum(losses) / len(valid_set), np.concatenate(scores)
+
+
+def train_experiment(
+    experiment: Experiment, dataset: Dataset, work, folds=None, **kwargs
+) -> list:
+    """Train the given folds (default: every fold in ``folds.csv``)."""
+    if folds is None:
+        folds = sorted(set(read_folds(work, dataset.curated.fname).fold))
+    return [train_fold(experiment, dataset, work, fold, **kwargs) for fold in folds]
+

@@ -1,0 +1,39 @@
+"""Shared fixtures: one tiny synthetic dataset with cached features and folds per test session."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from freesound.data import load_dataset
+from freesound.features import cache_features
+from freesound.folds import make_folds, write_folds
+from freesound.synth import synthesize_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """(dataset, work) for a 6-class synthetic dataset: 60 curated, 30 noisy, 18 test clips.
+
+    Features are cached and 3 folds made; tests that write into ``work`` should copy it
+    (``tiny_work``).
+    """
+    root = tmp_path_factory.mktemp("tiny")
+    synthesize_dataset(root / "data", num_classes=6, num_curated=60, num_noisy=30, num_test=18, seed=7, progress=False)
+    dataset = load_dataset(root / "data")
+    work = root / "work"
+    report = cache_features(dataset, work, workers=2, progress=False)
+    assert not report.failures
+    write_folds(work, make_folds(dataset.curated.fname, n_folds=3, seed=42))
+    return dataset, work
+
+
+@pytest.fixture
+def tiny_work(tiny_data, tmp_path):
+    """A private copy of the tiny dataset's work directory (features and folds)."""
+    dataset, work = tiny_data
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    return dataset, copy

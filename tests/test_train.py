@@ -1,0 +1,174 @@
+"""Experiments as TOML, the sampling dataset, and the training loop (determinism, resume)."""
+
+import dataclasses
+import tomllib
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from freesound.config import (
+    ConfigError,
+    Experiment,
+    dump_experiment,
+    experiment_from_dict,
+    load_ensemble,
+    load_experiment,
+)
+from freesound.models import load_checkpoint, load_model
+from freesound.train import LOG_COLUMNS, build_sources, train_fold
+from freesound.training_data import ClipSource, SamplingDataset
+
+from conftest import REPO
+
+EXPERIMENTS = REPO / "experiments"
+
+
+def test_default_experiment_is_the_method():
+    e = load_experiment("default", EXPERIMENTS)
+    assert e.model.name == "aux_skip_attention"
+    assert e.model.params == {"base_size": 64, "dropout": 0.4, "ratio": 16, "kernel_size": 7,
+                              "last_filters": 8, "last_fc": 4}
+    assert e.model.aux_weights == (1.0, 0.4, 0.2, 0.1)
+    assert e.loss.curated == {"name": "bce"} and e.loss.noisy == {"name": "lsoft", "beta": 0.7}
+    t = e.train
+    assert (t.lr, t.batch_size, t.epoch_size, t.max_epochs) == (9e-4, 128, 128 * 256, 700)
+    assert (t.plateau_patience, t.plateau_factor, t.early_stop_patience, t.amp) == (6, 0.6, 18, True)
+    assert (e.sampling.curated, e.sampling.corrected_noisy, e.sampling.noisy) == (0.57, 0.42, 0.01)
+    assert (e.transforms.crop, e.transforms.resized_crop_prob, e.transforms.spec_augment_prob) == (256, 0.33, 0.5)
+    assert (e.mixers.prob, e.mixers.sigmoid_concat, e.mixers.add) == (0.8, 0.6, 0.4)
+    # The file only restates the defaults.
+    assert dataclasses.replace(e, source_dir="") == Experiment()
+
+
+@pytest.mark.parametrize("name", ["small", "small_cnn", "default"])
+def test_shipped_experiments_load_and_round_trip(name):
+    e = load_experiment(name, EXPERIMENTS)
+    again = experiment_from_dict(tomllib.loads(dump_experiment(e)), source_dir=e.source_dir)
+    assert again == e
+
+
+def test_unknown_keys_name_the_valid_ones(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[train]\nlearning_rate = 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path)
+    assert "learning_rate" in str(info.value) and "lr" in str(info.value) and "bad.toml" in str(info.value)
+    path.write_text("[trian]\nlr = 0.1\n")
+    with pytest.raises(ConfigError, match="trian.*valid keys are .*train"):
+        load_experiment(path)
+    path.write_text('[train]\nlr = "fast"\n')
+    with pytest.raises(ConfigError, match="lr: expected float"):
+        load_experiment(path)
+    with pytest.raises(ConfigError, match="unknown experiment 'nope'.*small"):
+        load_experiment("nope", EXPERIMENTS)
+
+
+def test_ensemble_file():
+    ensemble = load_ensemble("ensemble", EXPERIMENTS)
+    assert ensemble.experiments == ("small", "small_cnn")
+    assert [s.name for s in ensemble.stackers] == ["fcnet"]
+    assert ensemble.stacker_dir_name(ensemble.stackers[0]) == "ensemble_fcnet"
+
+
+def sources(n=5):
+    rng = np.random.default_rng(0)
+    specs = [rng.normal(size=(128, int(w))).astype(np.float32) for w in rng.integers(20, 400, size=n)]
+    targets = np.eye(n, dtype=np.float32)
+    return [ClipSource("curated", specs, targets, False), ClipSource("noisy", specs[:2], targets[:2], True),
+            ClipSource("empty", [], np.zeros((0, n), np.float32), False)]
+
+
+def identity_transform(spec, rng):
+    start = int(rng.integers(0, max(1, spec.shape[1] - 16)))
+    return np.stack([spec[:, start:start + 16]] * 3)
+
+
+def test_sampling_dataset_is_seeded_per_epoch_and_index():
+    a = SamplingDataset(sources(), [0.5, 0.5, 0.3], size=12, transform=identity_transform, seed=3)
+    b = SamplingDataset(sources(), [0.5, 0.5, 0.3], size=12, transform=identity_transform, seed=3)
+    # The empty source is dropped and the rest renormalised.
+    assert len(a.sources) == 2 and np.allclose(a.probs, [0.5, 0.5])
+    items_a = [a[i] for i in range(12)]
+    items_b = [b[i] for i in reversed(range(12))][::-1]
+    for (xa, ya, na), (xb, yb, nb) in zip(items_a, items_b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and bool(na) == bool(nb)
+    assert {bool(n) for _, _, n in items_a} == {True, False}
+    a.set_epoch(1)
+    assert not all(torch.equal(a[i][0], items_a[i][0]) for i in range(12))
+    with pytest.raises(ValueError, match="no training clips"):
+        SamplingDataset(sources()[2:], [1.0], size=4, transform=identity_transform)
+
+
+def tiny_experiment(**train):
+    values = {
+        "name": "tiny",
+        "model": {"name": "simple_cnn", "params": {"base_size": 4}, "aux_weights": [1.0]},
+        "train": {"batch_size": 8, "epoch_size": 16, "max_epochs": 2, "workers": 0, "lr": 3e-3, **train},
+        "sampling": {"curated": 0.7, "corrected_noisy": 0.0, "noisy": 0.3},
+    }
+    return experiment_from_dict(values)
+
+
+def test_build_sources_splits_by_fold(tiny_data):
+    dataset, work = tiny_data
+    sources_, probs, (valid_specs, valid_targets, valid_fnames) = build_sources(tiny_experiment(), dataset, work, 1)
+    folds = pd.read_csv(work / "folds.csv")
+    assert sorted(valid_fnames) == sorted(folds.fname[folds.fold == 1])
+    assert [s.name for s in sources_] == ["curated", "corrected_noisy", "noisy"]
+    assert len(sources_[0]) + len(valid_specs) == len(dataset.curated)
+    assert len(sources_[1]) == 0 and len(sources_[2]) == len(dataset.noisy)
+    assert sources_[2].noisy and not sources_[0].noisy
+    assert valid_targets.shape == (len(valid_fnames), len(dataset.classes))
+
+
+def test_train_fold_writes_checkpoint_log_and_config(tiny_work):
+    dataset, work = tiny_work
+    result = train_fold(tiny_experiment(), dataset, work, 0, progress=False, log=lambda *_: None)
+    out = work / "experiments" / "tiny" / "fold_0"
+    log = pd.read_csv(out / "log.csv")
+    assert list(log.columns) == LOG_COLUMNS and list(log.epoch) == [1, 2]
+    assert result.best_lwlrap == pytest.approx(log.val_lwlrap.max())
+    checkpoint = load_checkpoint(out / "model.pt")
+    assert checkpoint["model_name"] == "simple_cnn" and checkpoint["classes"] == list(dataset.classes)
+    assert checkpoint["epoch"] == result.best_epoch
+    torch.load(out / "model.pt", weights_only=True)
+    assert load_experiment(out / "config.toml").train.epoch_size == 16
+    model = load_model(out / "model.pt")
+    assert not model.training
+    assert sorted(p.name for p in out.iterdir()) == ["config.toml", "log.csv", "model.pt", "state.pt"]
+
+
+def test_seeded_training_is_reproducible_and_resume_is_exact(tiny_data, tmp_path):
+    import shutil
+
+    dataset, work = tiny_data
+    runs = {}
+    for run in ("straight", "again", "resumed"):
+        run_work = tmp_path / run
+        shutil.copytree(work, run_work)
+        if run == "resumed":
+            # Stop after one epoch, as an interrupted run would, then resume to the end.
+            train_fold(tiny_experiment(max_epochs=1), dataset, run_work, 0, progress=False, log=lambda *_: None)
+        experiment = tiny_experiment(max_epochs=3)
+        train_fold(experiment, dataset, run_work, 0, resume=run == "resumed", progress=False, log=lambda *_: None)
+        state = torch.load(run_work / "experiments" / "tiny" / "fold_0" / "state.pt", weights_only=True)
+        runs[run] = state
+    for run in ("again", "resumed"):
+        assert runs[run]["epoch"] == 3
+        for key, value in runs["straight"]["model"].items():
+            assert torch.equal(value, runs[run]["model"][key]), (run, key)
+        assert runs[run]["log"][:][0][2:5] == runs["straight"]["log"][0][2:5]
+
+
+def test_early_stopping_and_finished_state(tiny_work):
+    dataset, work = tiny_work
+    experiment = tiny_experiment(max_epochs=30, early_stop_patience=1, lr=1e-9)
+    result = train_fold(experiment, dataset, work, 0, progress=False, log=lambda *_: None)
+    assert result.epochs < 30
+    state = torch.load(work / "experiments" / "tiny" / "fold_0" / "state.pt", weights_only=True)
+    assert state["finished"] and state["bad_epochs"] == 1
+    # Resuming a finished fold does nothing more.
+    again = train_fold(experiment, dataset, work, 0, resume=True, progress=False, log=lambda *_: None)
+    assert again.epochs == result.epochs
