@@ -316,3 +316,36 @@ def import_argus_command(src, name, work_dir, stacker):
     written = import_argus(src, name, work_dir, stacker=stacker, audio_config=None if stacker else AudioConfig())
     for path in written:
         click.echo(f"imported -> {path}")
+
+
+@main.command()
+@click.argument("experiment")
+@data_option
+@work_option
+@experiments_dir_option
+@click.option("--curated-below", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Propose new labels for curated clips whose OOF precision is below this.")
+@click.option("--promote-at", type=click.FloatRange(0, 1), default=0.8, show_default=True,
+              help="Propose noisy clips as trusted when their given labels score at least this.")
+@click.option("--remove-below", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="Propose removing noisy clips whose every given label scores below this.")
+@device_option
+def relabel(experiment, data_dir, work_dir, experiments_dir, curated_below, promote_at, remove_below, device):
+    """Propose label corrections from a trained EXPERIMENT's predictions, for review."""
+    from freesound.config import load_experiment
+    from freesound.data import load_dataset
+    from freesound.oof import predict_oof, predictions_dir
+    from freesound.relabel import propose_relabels
+
+    name = load_experiment(experiment, experiments_dir).name
+    dataset = load_dataset(data_dir)
+    device = device or settings.default_device()
+    if not (predictions_dir(work_dir, name) / "oof_tiles.npz").is_file():
+        predict_oof(name, dataset, work_dir, device=device, log=click.echo)
+    result = propose_relabels(name, dataset, work_dir, device=device, curated_below=curated_below,
+                              promote_at=promote_at, remove_below=remove_below)
+    removed = sum(labels is None for labels in result.noisy_proposals.values())
+    click.echo(f"{name}: {len(result.curated_proposals)} curated relabels -> {result.paths['curated']}")
+    click.echo(f"{name}: {len(result.noisy_proposals) - removed} noisy clips to trust, {removed} to remove "
+               f"-> {result.paths['noisy']}")
+    click.echo(f"review table (worst curated first, best noisy first) -> {result.paths['review']}")

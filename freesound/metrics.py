@@ -82,3 +82,14 @@ def lwlrap(truth, scores) -> float:
     carry no weight."""
     truth, scores = _validate(truth, scores)
     return float(_precision_at_hits(truth, scores).sum() / truth.sum())
+
+
+def per_clip_lrap(truth, scores) -> np.ndarray:
+    """Each clip's label-ranking average precision ``(N,)`` (NaN for a clip with no label).
+
+    The mean precision over the clip's positive labels: 1 when its true classes are ranked first.
+    """
+    truth, scores = _validate(truth, scores)
+    counts = truth.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, _precision_at_hits(truth, scores).sum(axis=1) / counts, np.nan)

@@ -141,7 +141,7 @@ def train_stackers(ensemble: EnsembleConfig, dataset: Dataset, work, *, device="
         name = ensemble.stacker_dir_name(stacker)
         log(f"{name}: training on {oof.probs.shape[1]} stacked probabilities")
         stacked = np.zeros_like(levels[ensemble.experiments[0]])
-        for fold in sorted(set(oof.folds)):
+        for fold in sorted(set(oof.folds.tolist())):
             out_dir = Path(work) / "experiments" / name / f"fold_{fold}"
             _, clips, probs = train_stacker_fold(stacker, oof, targets, fold, out_dir, classes=dataset.classes,
                                                  device=device, log=log)

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from freesound.augment import train_transform, valid_transform
 from freesound.config import Experiment, dump_experiment
 from freesound.data import Dataset, apply_corrections, load_corrections, multi_hot
+from freesound.errors import FreesoundError
 from freesound.features import load_features
 from freesound.fileio import atomic_path, atomic_write_csv, atomic_write_text
 from freesound.folds import read_folds
@@ -69,7 +70,7 @@ def build_sources(experiment: Experiment, dataset: Dataset, work, fold: int):
     classes = dataset.classes
     folds = read_folds(work, dataset.curated.fname)
     if fold not in set(folds.fold):
-        raise ValueError(f"fold {fold} is not in folds.csv (folds: {sorted(set(folds.fold))})")
+        raise FreesoundError(f"fold {fold} is not in folds.csv (folds: {sorted(set(folds.fold))})")
     curated = dataset.curated.merge(folds, on="fname")
     corrections_path = experiment.resolve_path(experiment.data.corrections)
     if corrections_path:
