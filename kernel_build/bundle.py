@@ -1,0 +1,213 @@
+"""Build the Kaggle kernels: one script per ensemble spec, plus the Kaggle CLI metadata files.
+
+``build_kernels`` renders ``kernel/kernel.py`` (one experiment, all its folds) and
+``kernel/ensemble_kernel.py`` (experiments, stackers, blend). Each script embeds the whole
+``freesound`` package (``kernel_build.payload``) and a weight manifest (``kernel_build.manifest``);
+at run time it calls ``freesound.kaggle.run_kernel``. Two builds of the same sources and weights
+are byte-identical: nothing rendered depends on the clock or on local paths.
+
+Alongside, ``kernel/kernel-metadata.json`` (for ``kaggle kernels push``) and
+``<work>/experiments/dataset-metadata.json`` (for ``kaggle datasets create``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import jinja2
+
+import freesound
+from freesound.ensemble import ensemble_spec, experiment_spec
+from freesound.errors import FreesoundError
+from freesound.fileio import atomic_write_text
+from freesound.kaggle import COMPETITION
+from kernel_build.manifest import build_manifest, missing_weights
+from kernel_build.payload import encode_sources, package_sources
+
+TEMPLATES = Path(__file__).parent / "templates"
+DEFAULT_DATASET_ID = "<user>/freesound-weights"
+# kind -> (template, script file name)
+KERNELS = {
+    "experiment": ("kernel.py.j2", "kernel.py"),
+    "ensemble": ("ensemble_kernel.py.j2", "ensemble_kernel.py"),
+}
+
+
+def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dataset_id=DEFAULT_DATASET_ID,
+                  kernel_id=None, title=None, experiments_dir="experiments", log=print) -> dict:
+    """Render the kernel scripts and the Kaggle metadata files.
+
+    Parameters
+    ----------
+    work : path-like, the work folder; its ``experiments/`` is the weights dataset
+    experiment : str or dict, optional; a trained experiment's name, or a spec dict, for ``kernel.py``
+    ensemble : str or dict, optional; an ensemble file's name (``ensemble_spec``), or a spec dict,
+        for ``ensemble_kernel.py``
+    out_dir : path-like, where the scripts and ``kernel-metadata.json`` go
+    dataset_id : str, ``owner/slug`` of the weights dataset on Kaggle
+    kernel_id, title : str, optional; the pushed kernel's ``owner/slug`` and title (by default
+        derived from the dataset's owner and the pushed spec's name; Kaggle links slug and title)
+    experiments_dir : path-like, where ensemble files are looked up
+    log : callable taking one line
+
+    Returns
+    -------
+    dict: ``kernel`` and/or ``ensemble_kernel`` (script paths), ``kernel_metadata``,
+    ``dataset_metadata``
+
+    Raises
+    ------
+    FreesoundError
+        Neither kernel asked for, or a weight file a manifest needs is missing; nothing is written.
+    """
+    weights_root = Path(work) / "experiments"
+    specs = {
+        kind: resolve_spec(kind, value, work, experiments_dir)
+        for kind, value in (("experiment", experiment), ("ensemble", ensemble)) if value
+    }
+    if not specs:
+        raise FreesoundError("nothing to build: name an experiment, an ensemble or both")
+    # Check every spec before writing anything, so a failed build leaves the old kernels intact.
+    missing = {spec["name"]: missing_weights(spec, weights_root) for spec in specs.values()}
+    if any(missing.values()):
+        details = "; ".join(f"{name}: {', '.join(paths)}" for name, paths in missing.items() if paths)
+        raise FreesoundError(f"cannot build the kernel: weight files missing under {weights_root} ({details}); "
+                             "train them first or fix the experiment or ensemble name")
+
+    sources = package_sources(Path(freesound.__file__).parent)
+    package = encode_sources(sources)
+    log(f"package: freesound {freesound.__version__}, {len(sources)} files, "
+        f"{sum(len(text.encode()) for text in sources.values()) / 1e3:.1f} kB of source, "
+        f"{len(package) / 1e3:.1f} kB embedded")
+
+    out_dir = Path(out_dir)
+    written = {}
+    for kind, spec in specs.items():
+        template, script_name = KERNELS[kind]
+        manifest = build_manifest(spec, weights_root)
+        script = render_kernel(template, script_name, package, manifest, dataset_id)
+        path = out_dir / script_name
+        atomic_write_text(path, script)
+        written[Path(script_name).stem] = path
+        log_kernel(path, spec, manifest, script, weights_root, log)
+
+    pushed_kind = "ensemble" if "ensemble" in specs else "experiment"
+    pushed_name = specs[pushed_kind]["name"]
+    title = title or f"Freesound {pushed_name.replace('_', ' ')}"
+    kernel_id = kernel_id or f"{dataset_id.split('/')[0]}/{slugify(title)}"
+    written["kernel_metadata"] = out_dir / "kernel-metadata.json"
+    atomic_write_text(written["kernel_metadata"],
+                      to_json(kernel_metadata(KERNELS[pushed_kind][1], kernel_id, title, dataset_id)))
+    log(f"{written['kernel_metadata']}: pushes {KERNELS[pushed_kind][1]} as {kernel_id} "
+        f"(kaggle kernels push -p {out_dir})")
+
+    written["dataset_metadata"] = weights_root / "dataset-metadata.json"
+    atomic_write_text(written["dataset_metadata"], to_json(dataset_metadata(dataset_id)))
+    log(f"{written['dataset_metadata']}: the weights dataset {dataset_id} "
+        f"(kaggle datasets create -p {weights_root} --dir-mode zip; {folder_mb(weights_root):.1f} MB in the folder)")
+    if dataset_id.startswith("<user>/"):
+        log("note: replace <user> with your Kaggle user name (--dataset-id) before uploading")
+    return written
+
+
+def resolve_spec(kind: str, value, work, experiments_dir) -> dict:
+    """A spec dict from a name (an experiment under ``<work>/experiments`` or an ensemble file)."""
+    if isinstance(value, dict):
+        return value
+    if kind == "experiment":
+        return experiment_spec(value, work)
+    return ensemble_spec(value, work, experiments_dir=experiments_dir)
+
+
+def render_kernel(template: str, script_name: str, package: str, manifest: dict, dataset_id: str) -> str:
+    """The kernel script's text: header, the package payload, the manifest and the entry point."""
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+        autoescape=False,
+    )
+    manifest_json = manifest_literal(manifest)
+    spec = manifest["spec"]
+    return environment.get_template(template).render(
+        name=spec["name"],
+        experiments=list(spec["experiments"]),
+        stackers=list(spec.get("stackers", {})),
+        n_weights=len(manifest["weights"]),
+        weights_mb=f"{weights_bytes(manifest) / 1e6:.1f}",
+        dataset_id=dataset_id,
+        script_name=script_name,
+        template_name=template,
+        version=freesound.__version__,
+        content_sha256=hashlib.sha256((package + manifest_json).encode("utf-8")).hexdigest(),
+        package=package,
+        manifest=manifest_json,
+    )
+
+
+def manifest_literal(manifest: dict) -> str:
+    """The manifest as JSON that can sit in a raw ``r'''...'''`` string.
+
+    JSON only has single quotes inside strings, where ``\\u0027`` means the same, so escaping
+    them rules out a ``'''`` in a config ending the literal early.
+    """
+    return json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=True).replace("'", "\\u0027")
+
+
+def weights_bytes(manifest: dict) -> int:
+    return sum(weight["bytes"] for weight in manifest["weights"])
+
+
+def log_kernel(path: Path, spec: dict, manifest: dict, script: str, weights_root: Path, log) -> None:
+    """What a kernel embeds: its spec, every weight with size and hash, its configs, its size."""
+    stackers = list(spec.get("stackers", {}))
+    log(f"{path}: {spec['name']!r}, experiments {', '.join(spec['experiments'])}"
+        f"{'; stackers ' + ', '.join(stackers) if stackers else ''}")
+    log(f"  weights ({len(manifest['weights'])} files, {weights_bytes(manifest) / 1e6:.1f} MB, "
+        f"relative to {weights_root}):")
+    for weight in manifest["weights"]:
+        log(f"    {weight['path']}  {weight['bytes'] / 1e6:.2f} MB  sha256 {weight['sha256'][:16]}")
+    log(f"  configs: {', '.join(manifest['configs']) or 'none found'}")
+    log(f"  script: {len(script.encode()) / 1e3:.1f} kB")
+
+
+def kernel_metadata(code_file: str, kernel_id: str, title: str, dataset_id: str) -> dict:
+    """``kernel-metadata.json`` for ``kaggle kernels push``.
+
+    ``enable_internet`` is written out because the CLI treats a missing field as true, and the
+    competition's kernels had to run offline.
+    """
+    return {
+        "id": kernel_id,
+        "title": title,
+        "code_file": code_file,
+        "language": "python",
+        "kernel_type": "script",
+        "is_private": True,
+        "enable_gpu": True,
+        "enable_internet": False,
+        "dataset_sources": [dataset_id],
+        "competition_sources": [COMPETITION],
+        "kernel_sources": [],
+    }
+
+
+def dataset_metadata(dataset_id: str) -> dict:
+    """``dataset-metadata.json`` for ``kaggle datasets create``: title, id and exactly one licence."""
+    slug = dataset_id.split("/")[-1]
+    return {"title": slug.replace("-", " ").capitalize(), "id": dataset_id, "licenses": [{"name": "CC0-1.0"}]}
+
+
+def slugify(title: str) -> str:
+    """Kaggle's kernel slug for a title: lower case, runs of other characters as one dash."""
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def folder_mb(folder: Path) -> float:
+    """Everything a ``--dir-mode zip`` upload of ``folder`` sends (resume states included)."""
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) / 1e6
+
+
+def to_json(value: dict) -> str:
+    return json.dumps(value, indent=2) + "\n"

@@ -1,0 +1,64 @@
+"""The weight manifest a kernel carries: what to load, and how to know it is the right file.
+
+::
+
+    {"format": 1, "freesound_version": "0.1.0", "spec": {...ensemble spec...},
+     "weights": [{"path": "small/fold_0/model.pt", "bytes": 123, "sha256": "..."}, ...],
+     "configs": {"small": "<config.toml text>", ...}}
+
+Paths are relative to the weights dataset, which is ``<work>/experiments`` uploaded as is.
+``freesound.kaggle`` reads it at run time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import freesound
+from freesound.ensemble import spec_files
+from freesound.errors import FreesoundError
+from freesound.kaggle import MANIFEST_FORMAT, file_sha256
+
+
+def missing_weights(spec: dict, weights_root) -> list:
+    """The spec's weight files (relative paths) that are not files under ``weights_root``."""
+    return [path for path in spec_files(spec) if not (Path(weights_root) / path).is_file()]
+
+
+def experiment_config(paths: list, weights_root: Path) -> str | None:
+    """The resolved ``config.toml`` training wrote beside the first fold's checkpoint that has one."""
+    for path in paths:
+        config = weights_root / Path(path).parent / "config.toml"
+        if config.is_file():
+            return config.read_text(encoding="utf-8")
+    return None
+
+
+def build_manifest(spec: dict, weights_root) -> dict:
+    """Hash every weight a spec needs and collect each experiment's and stacker's config.
+
+    Raises
+    ------
+    FreesoundError
+        A weight file is missing; the message names every missing file.
+    """
+    weights_root = Path(weights_root)
+    missing = missing_weights(spec, weights_root)
+    if missing:
+        raise FreesoundError(
+            f"cannot build a kernel for {spec['name']!r}: {len(missing)} weight file(s) missing under "
+            f"{weights_root}: {', '.join(missing)}"
+        )
+    weights = [
+        {"path": path, "bytes": (weights_root / path).stat().st_size, "sha256": file_sha256(weights_root / path)}
+        for path in spec_files(spec)
+    ]
+    groups = {**spec["experiments"], **spec.get("stackers", {})}
+    configs = {name: experiment_config(paths, weights_root) for name, paths in groups.items()}
+    return {
+        "format": MANIFEST_FORMAT,
+        "freesound_version": freesound.__version__,
+        "spec": spec,
+        "weights": weights,
+        "configs": {name: text for name, text in configs.items() if text is not None},
+    }

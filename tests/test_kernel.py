@@ -1,0 +1,263 @@
+"""The Kaggle kernels: built here, run in a simulated Kaggle tree by a Python that can import
+neither the installed freesound nor click, jinja2 or tqdm, and compared with local prediction."""
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+import freesound
+from freesound.ensemble import EnsemblePredictor, experiment_spec
+from freesound.errors import FreesoundError
+from freesound.kaggle import COMPETITION, run_kernel
+from freesound.models import create_model, save_checkpoint
+from freesound.predict import silent_logmel
+from kernel_build import build_kernels
+from kernel_build.manifest import build_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["Bark", "Meow", "Church_bell", "Applause", "Drip"]
+# Row order of sample_submission.csv: deliberately not sorted.
+TEST_CLIPS = {"d4.wav": 5.0, "broken.wav": None, "a1.wav": 0.3, "c3.wav": 2.5, "b2.wav": 1.0}
+# A TOML multi-line literal string: the manifest must survive quotes inside configs.
+CONFIG = "[model]\nname = \"aux_skip_attention\"\nnote = '''it's \"quoted\"\\n'''\n"
+
+RUNNER = r'''
+import importlib.abc, importlib.util, os, runpy, sys
+
+BLOCKED = {"click", "jinja2", "tqdm", "kernel_build", "matplotlib"}
+
+
+class NotOnKaggle(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"{name} is not available in this simulated Kaggle image")
+        return None
+
+
+repo, script = sys.argv[1], sys.argv[2]
+sys.meta_path.insert(0, NotOnKaggle())
+# The repo (the checkout, or an editable install's path entry) goes; site-packages stays.
+sys.path[:] = [p for p in sys.path if p not in ("", ".") and os.path.realpath(p) != os.path.realpath(repo)]
+if importlib.util.find_spec("freesound") is not None:
+    sys.exit("the installed freesound is importable; the test would prove nothing")
+sys.argv = [script]
+runpy.run_path(script, run_name="__main__")
+'''
+
+
+def save_fold(path, name, params, seed):
+    torch.manual_seed(seed)
+    model = create_model(name, **params).eval()
+    save_checkpoint(path, model, model_name=name, model_params=params, classes=CLASSES, audio_config={})
+
+
+def write_weights(weights_root: Path) -> None:
+    """Two tiny experiments of two folds each and an FCNet stacker on their probabilities."""
+    for fold in range(2):
+        save_fold(weights_root / f"exp_a/fold_{fold}/model.pt", "aux_skip_attention",
+                  {"num_classes": len(CLASSES), "base_size": 4}, seed=fold)
+        save_fold(weights_root / f"exp_b/fold_{fold}/model.pt", "simple_cnn",
+                  {"num_classes": len(CLASSES), "base_size": 4}, seed=10 + fold)
+        save_fold(weights_root / f"ens_stacker/fold_{fold}/model.pt", "fcnet",
+                  {"in_channels": 2 * len(CLASSES), "num_classes": len(CLASSES), "base_size": 8}, seed=20 + fold)
+        (weights_root / f"exp_a/fold_{fold}/config.toml").write_text(CONFIG)
+
+
+def write_competition(folder: Path) -> None:
+    """Short synthetic clips, one undecodable file and a sample_submission.csv in unsorted order."""
+    rng = np.random.default_rng(0)
+    (folder / "test").mkdir(parents=True)
+    for index, (fname, seconds) in enumerate(TEST_CLIPS.items()):
+        if seconds is None:
+            (folder / "test" / fname).write_bytes(rng.bytes(600))
+            continue
+        t = np.arange(int(seconds * 44100)) / 44100
+        clip = 0.3 * np.sin(2 * np.pi * (300 + 200 * index) * t) + 0.05 * rng.standard_normal(t.size)
+        sf.write(folder / "test" / fname, clip.astype(np.float32), 44100, subtype="PCM_16")
+    sample = pd.DataFrame(0.0, index=pd.Index(list(TEST_CLIPS), name="fname"), columns=CLASSES).reset_index()
+    sample.to_csv(folder / "sample_submission.csv", index=False)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    base = tmp_path_factory.mktemp("kernel")
+    work = base / "work"
+    write_weights(work / "experiments")
+    write_competition(base / "competition")
+    ensemble = {
+        "name": "ens",
+        "experiments": {name: experiment_spec(name, work)["experiments"][name] for name in ("exp_a", "exp_b")},
+        "stackers": {"ens_stacker": ["ens_stacker/fold_0/model.pt", "ens_stacker/fold_1/model.pt"]},
+    }
+    lines = []
+    written = build_kernels(work, experiment="exp_a", ensemble=ensemble, out_dir=base / "kernel",
+                            dataset_id="tester/freesound-weights", log=lines.append)
+    return {"base": base, "work": work, "written": written, "log": lines,
+            "specs": {"kernel": experiment_spec("exp_a", work), "ensemble_kernel": ensemble}}
+
+
+def kaggle_tree(built, root: Path) -> Path:
+    """The competition data, and the weights dataset one level deeper (as zip dir-mode serves it)."""
+    shutil.copytree(built["base"] / "competition", root / "input" / COMPETITION)
+    shutil.copytree(built["work"] / "experiments", root / "input" / "freesound-weights" / "experiments")
+    (root / "working").mkdir()
+    return root
+
+
+def run_script(script: Path, root: Path, tmp_dir: Path) -> subprocess.CompletedProcess:
+    runner = root / "runner.py"
+    runner.write_text(RUNNER)
+    tmp_dir.mkdir()
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    # CPU like the local reference (CUDA would predict in fp16); TMPDIR shows the unpack folder.
+    env.update(FREESOUND_KAGGLE_ROOT=str(root), CUDA_VISIBLE_DEVICES="", TMPDIR=str(tmp_dir))
+    return subprocess.run([sys.executable, str(runner), str(REPO), str(script)], cwd=root / "working",
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def embedded_manifest(script: str) -> dict:
+    return json.loads(re.search(r"MANIFEST = json.loads\(r'''(.*?)'''\)", script, re.S).group(1))
+
+
+def local_prediction(built, spec):
+    paths = [built["base"] / "competition" / "test" / fname for fname in TEST_CLIPS]
+    predictor = EnsemblePredictor.from_spec(spec, lambda p: built["work"] / "experiments" / p)
+    failures = []
+    return predictor.predict_files(paths, on_error="silence", failures=failures), predictor, failures
+
+
+@pytest.mark.parametrize("kernel", ["kernel", "ensemble_kernel"])
+def test_kernel_reproduces_local_prediction_offline(built, kernel, tmp_path):
+    root = kaggle_tree(built, tmp_path / "kaggle")
+    result = run_script(built["written"][kernel], root, tmp_path / "tmp")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    # Only the embedded copy, unpacked outside the working directory and removed at exit, served.
+    package = re.search(r"\(package (.+)\)", result.stdout).group(1)
+    assert Path(package).is_relative_to(tmp_path / "tmp") and not Path(package).exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert [p.name for p in (root / "working").iterdir()] == ["submission.csv"]
+
+    submission = pd.read_csv(root / "working" / "submission.csv")
+    expected, predictor, failures = local_prediction(built, built["specs"][kernel])
+    assert list(submission.columns) == ["fname", *CLASSES]
+    assert list(submission["fname"]) == list(TEST_CLIPS)
+    np.testing.assert_allclose(submission[CLASSES].to_numpy(), expected[CLASSES].to_numpy(), rtol=0, atol=1e-5)
+
+    # The broken clip is predicted from silence and listed with its reason.
+    assert [fname for fname, _ in failures] == ["broken.wav"]
+    assert re.search(r"undecodable clips \(predicted from silence\): 1\n  broken.wav: \S", result.stdout)
+    silent = predictor.predict_spectrograms([silent_logmel()])[0]
+    np.testing.assert_allclose(submission.set_index("fname").loc["broken.wav"].to_numpy(), silent, atol=1e-5)
+    assert "sha256 verified" in result.stdout and "5 clips" in result.stdout
+
+
+def test_corrupt_weight_stops_the_kernel_naming_file_and_hashes(built, tmp_path):
+    root = kaggle_tree(built, tmp_path / "kaggle")
+    corrupt = root / "input" / "freesound-weights" / "experiments" / "exp_b" / "fold_1" / "model.pt"
+    data = bytearray(corrupt.read_bytes())
+    data[-100] ^= 0xFF  # same size, different bytes
+    corrupt.write_bytes(bytes(data))
+    manifest = embedded_manifest(built["written"]["ensemble_kernel"].read_text())
+    expected_hash = next(w["sha256"] for w in manifest["weights"] if w["path"] == "exp_b/fold_1/model.pt")
+
+    result = run_script(built["written"]["ensemble_kernel"], root, tmp_path / "tmp")
+    assert result.returncode == 1
+    assert "exp_b/fold_1/model.pt" in result.stderr and expected_hash in result.stderr
+    assert str(root / "input" / "freesound-weights" / "experiments") in result.stderr
+    assert hashlib.sha256(bytes(data)).hexdigest() in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list((root / "working").iterdir()) == []
+
+
+def test_missing_weight_at_run_time_names_file_and_folders(built, tmp_path):
+    root = kaggle_tree(built, tmp_path / "kaggle")
+    (root / "input" / "freesound-weights" / "experiments" / "exp_a" / "fold_0" / "model.pt").unlink()
+    manifest = build_manifest(built["specs"]["kernel"], built["work"] / "experiments")
+    with pytest.raises(FreesoundError, match=r"exp_a/fold_0/model.pt is missing.*Folders searched: .*freesound-weights"):
+        run_kernel(manifest, root, device="cpu", log=lambda line: None)
+
+
+def test_weights_may_be_nested_differently_per_experiment(built, tmp_path):
+    # zip dir-mode: each experiment's archive may unpack one level deeper on its own.
+    root = tmp_path / "kaggle"
+    shutil.copytree(built["base"] / "competition", root / "input" / COMPETITION)
+    shutil.copytree(built["work"] / "experiments" / "exp_a", root / "input" / "weights" / "exp_a" / "exp_a")
+    manifest = build_manifest(built["specs"]["kernel"], built["work"] / "experiments")
+    summary = run_kernel(manifest, root, device="cpu", workers=0, log=lambda line: None)
+    assert summary["clips"] == len(TEST_CLIPS)
+    assert summary["weights"] == [str(root / "input" / "weights" / "exp_a")]
+    assert summary["package"] == freesound.__file__
+
+
+def test_rebuild_is_byte_identical(built, tmp_path):
+    # Two builds back to back, in other folders (the package sources may change during a session).
+    first, second = (build_kernels(built["work"], experiment="exp_a", ensemble=built["specs"]["ensemble_kernel"],
+                                   out_dir=tmp_path / name, dataset_id="tester/freesound-weights",
+                                   log=lambda line: None) for name in ("one", "two"))
+    for key in ("kernel", "ensemble_kernel", "kernel_metadata"):
+        assert first[key].read_bytes() == second[key].read_bytes()
+
+
+def test_kernel_embeds_every_module_and_the_manifest(built):
+    script = built["written"]["ensemble_kernel"].read_text()
+    payload = re.search(r'PACKAGE = """(.*?)"""', script, re.S).group(1)
+    sources = json.loads(gzip.decompress(base64.b64decode(payload)))
+    package = Path(freesound.__file__).parent
+    expected = sorted(p.relative_to(package.parent).as_posix() for p in package.rglob("*.py")
+                      if "__pycache__" not in p.parts)
+    assert sorted(sources) == expected and "freesound/kaggle.py" in sources
+    assert sources["freesound/predict.py"] == (package / "predict.py").read_text()
+    manifest = embedded_manifest(script)
+    assert manifest["spec"] == built["specs"]["ensemble_kernel"]
+    assert manifest["configs"] == {"exp_a": CONFIG} and manifest["freesound_version"] == freesound.__version__
+    assert [w["path"] for w in manifest["weights"]][-1] == "ens_stacker/fold_1/model.pt"
+    assert all(len(w["sha256"]) == 64 and w["bytes"] > 0 for w in manifest["weights"])
+    assert script.startswith("# freesound Kaggle kernel: ensemble ens")
+    code = script.replace(payload, "")
+    assert "os.system" not in code and "subprocess" not in code and "pip" not in code
+    assert any("6 files" in line for line in built["log"]) and any("script:" in line for line in built["log"])
+
+
+def test_metadata_files(built):
+    kernel = json.loads(built["written"]["kernel_metadata"].read_text())
+    assert kernel == {
+        "id": "tester/freesound-ens", "title": "Freesound ens", "code_file": "ensemble_kernel.py",
+        "language": "python", "kernel_type": "script", "is_private": True, "enable_gpu": True,
+        "enable_internet": False, "dataset_sources": ["tester/freesound-weights"],
+        "competition_sources": ["freesound-audio-tagging-2019"], "kernel_sources": [],
+    }
+    dataset = json.loads((built["work"] / "experiments" / "dataset-metadata.json").read_text())
+    assert dataset == {"title": "Freesound weights", "id": "tester/freesound-weights",
+                       "licenses": [{"name": "CC0-1.0"}]}
+
+
+def test_missing_weight_refuses_the_build_and_writes_nothing(built, tmp_path):
+    spec = {"name": "broken", "experiments": {"exp_a": ["exp_a/fold_0/model.pt", "exp_a/fold_7/model.pt"]},
+            "stackers": {}}
+    with pytest.raises(FreesoundError, match=r"missing .*exp_a/fold_7/model.pt"):
+        build_kernels(built["work"], experiment="exp_a", ensemble=spec, out_dir=tmp_path / "kernel",
+                      log=lambda line: None)
+    assert not (tmp_path / "kernel").exists()
+    with pytest.raises(FreesoundError, match="no trained folds"):
+        build_kernels(built["work"], experiment="nope", out_dir=tmp_path / "kernel", log=lambda line: None)
+
+
+def test_build_kernel_script_reports_errors_in_one_line(built, tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "build_kernel.py"), "--work", str(built["work"]),
+                             "--experiment", "nope", "--ensemble", "", "--out", str(tmp_path / "k")],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
