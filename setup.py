@@ -1,13 +1,13 @@
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
-version = {}
-exec(Path("freesound/__init__.py").read_text().split("\n\n")[0], version)
+VERSION = re.search(r'^__version__ = "([^"]+)"', Path("freesound/__init__.py").read_text(), re.M).group(1)
 
 setup(
     name="freesound",
-    version=version["__version__"],
+    version=VERSION,
     description="Multi-label audio tagging the way the Freesound Audio Tagging 2019 winners did it, "
     "with offline prediction and self-contained Kaggle kernels.",
     long_description=Path("README.md").read_text(),

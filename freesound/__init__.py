@@ -1,5 +1,3 @@
-__version__ = "0.1.0"
-
 """freesound: multi-label audio tagging after the Freesound Audio Tagging 2019 winners.
 
 The library is organised top-down:
@@ -12,6 +10,10 @@ The library is organised top-down:
 - ``models``     the model registry (``create_model``, ``load_model``)
 - ``losses``, ``metrics``  noisy-label losses and lwlrap
 - ``train``      the training loop
-- ``predict``    tiled inference (``Tagger``), out-of-fold, stacking and blending
+- ``predict``    tiled inference (``Tagger``); ``oof``, ``stack``, ``ensemble``: out-of-fold
+                 predictions, stackers and the blend
+- ``kaggle``     the kernel runtime (what ``kernel/*.py`` runs on Kaggle)
 - ``cli``        the thin click layer (``freesound --help``)
 """
+
+__version__ = "0.1.0"

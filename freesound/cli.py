@@ -77,7 +77,7 @@ def synth(out_dir, num_classes, num_curated, num_noisy, num_test, seed):
 
     summary = synthesize_dataset(
         out_dir, num_classes=num_classes, num_curated=num_curated, num_noisy=num_noisy,
-        num_test=num_test, seed=seed,
+        num_test=num_test, seed=seed, workers=settings.default_workers(),
     )
     click.echo(f"wrote {summary}")
 
@@ -349,3 +349,80 @@ def relabel(experiment, data_dir, work_dir, experiments_dir, curated_below, prom
     click.echo(f"{name}: {len(result.noisy_proposals) - removed} noisy clips to trust, {removed} to remove "
                f"-> {result.paths['noisy']}")
     click.echo(f"review table (worst curated first, best noisy first) -> {result.paths['review']}")
+
+
+@main.command("build-kernel")
+@click.option("--experiment", default=None, help="Trained experiment for kernel/kernel.py.")
+@click.option("--ensemble", default=None, help="Ensemble file for kernel/ensemble_kernel.py.")
+@work_option
+@experiments_dir_option
+@click.option("--out", "out_dir", default="kernel", show_default=True, type=click.Path(path_type=Path),
+              help="Where the kernel scripts and kernel-metadata.json go.")
+@click.option("--dataset-id", default=None, help="owner/slug of the weights dataset on Kaggle.")
+@click.option("--kernel-id", default=None, help="owner/slug of the pushed kernel (default: from its title).")
+def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, dataset_id, kernel_id):
+    """Bundle the package, a weight manifest and an entry point into self-contained Kaggle kernels.
+
+    Also writes kernel/kernel-metadata.json (kaggle kernels push) and
+    <work>/experiments/dataset-metadata.json (kaggle datasets create).
+    """
+    from kernel_build import DEFAULT_DATASET_ID, build_kernels
+
+    if not experiment and not ensemble:
+        raise click.UsageError("give --experiment, --ensemble or both")
+    build_kernels(work_dir, experiment=experiment, ensemble=ensemble, out_dir=out_dir,
+                  dataset_id=dataset_id or DEFAULT_DATASET_ID, kernel_id=kernel_id,
+                  experiments_dir=experiments_dir, log=click.echo)
+
+
+@main.command()
+@click.argument("experiment")
+@work_option
+@experiments_dir_option
+@click.option("--out", "out_dir", default=None, type=click.Path(path_type=Path),
+              help="Where the PNGs go (default: <work>/predictions/<name>/).")
+@click.option("--example", "example_audio", default=None, type=click.Path(path_type=Path),
+              help="Also draw the train-time augmentations of this audio file.")
+def report(experiment, work_dir, experiments_dir, out_dir, example_audio):
+    """Plot a trained EXPERIMENT's training curves and per-class lwlrap; print its CV table."""
+    from freesound.audio import read_as_melspectrogram
+    from freesound.config import load_experiment
+    from freesound.plots import report as make_report
+
+    name = load_experiment(experiment, experiments_dir).name
+    example = read_as_melspectrogram(example_audio) if example_audio else None
+    result = make_report(name, work_dir, out_dir=out_dir, example_logmel=example)
+    click.echo(result["table"])
+    for png in result["pngs"]:
+        click.echo(f"plot -> {png}")
+
+
+@main.command()
+@click.option("--experiment", required=True, help="A trained experiment name (under <work>/experiments/).")
+@work_option
+@click.option("--file", "audio_file", default=None, type=click.Path(path_type=Path),
+              help="Replay this file through the rolling window instead of the microphone.")
+@click.option("--window", type=click.FloatRange(0.5), default=5.0, show_default=True, help="Seconds tagged at once.")
+@click.option("--hop", type=click.FloatRange(0.1), default=1.0, show_default=True, help="Seconds between outputs.")
+@click.option("--top", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--input-device", default=None, help="sounddevice input device (name or index).")
+@click.option("--duration", type=click.FloatRange(0), default=None, help="Stop after this many seconds.")
+@device_option
+def listen(experiment, work_dir, audio_file, window, hop, top, input_device, duration, device):
+    """Tag microphone audio (or --file) in a rolling window, printing the top classes every hop.
+
+    The microphone needs the optional sounddevice package: pip install 'freesound[listen]'.
+    """
+    from freesound.listen import format_tags, listen_microphone, replay_file
+    from freesound.predict import Tagger
+
+    tagger = Tagger.from_experiment(Path(work_dir) / "experiments" / experiment,
+                                    device=device or settings.default_device())
+    if audio_file is not None:
+        for time_s, tags in replay_file(audio_file, tagger, window_seconds=window, hop_seconds=hop, top=top):
+            click.echo(format_tags(time_s, tags))
+        return
+    if input_device is not None and input_device.isdigit():
+        input_device = int(input_device)
+    listen_microphone(tagger, window, hop, top, input_device=input_device, duration_seconds=duration,
+                      print_fn=click.echo)

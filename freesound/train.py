@@ -8,9 +8,12 @@ after ``early_stop_patience`` epochs without improvement.
 Files in ``<work>/experiments/<name>/fold_<k>/``::
 
     model.pt    best checkpoint (``freesound.models.load_model`` reads it)
-    state.pt    everything needed to resume (model, optimiser, scheduler, scaler, RNG, log)
     config.toml the resolved experiment
     log.csv     epoch, lr, train_loss, val_loss, val_lwlrap, seconds
+
+and ``<work>/train_state/<name>/fold_<k>/state.pt``: everything needed to resume (model,
+optimiser, scheduler, scaler, RNG, log). It lives outside ``experiments/`` because that folder is
+the weights dataset uploaded to Kaggle, which needs only ``model.pt``.
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ def experiment_dir(work, name: str) -> Path:
 
 def fold_dir(work, name: str, fold: int) -> Path:
     return experiment_dir(work, name) / f"fold_{fold}"
+
+
+def state_path(work, name: str, fold: int) -> Path:
+    return Path(work) / "train_state" / name / f"fold_{fold}" / "state.pt"
 
 
 def build_sources(experiment: Experiment, dataset: Dataset, work, fold: int):
@@ -124,7 +131,7 @@ def train_fold(
     cfg = experiment.train
     out_dir = fold_dir(work, experiment.name, fold)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state_path = out_dir / "state.pt"
+    resume_path = state_path(work, experiment.name, fold)
     max_epochs = cfg.max_epochs if max_epochs is None else max_epochs
     device = torch.device(device)
     use_amp = cfg.amp and device.type == "cuda"
@@ -153,8 +160,8 @@ def train_fold(
     valid_loss_fn = make_loss(**experiment.loss.curated)
 
     epoch, best_lwlrap, best_epoch, bad_epochs, rows = 0, -1.0, -1, 0, []
-    if resume and state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=True)
+    if resume and resume_path.is_file():
+        state = torch.load(resume_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -200,7 +207,7 @@ def train_fold(
             bad_epochs += 1
         finished = bad_epochs >= cfg.early_stop_patience
         atomic_write_csv(out_dir / "log.csv", pd.DataFrame(rows, columns=LOG_COLUMNS), index=False)
-        _save_state(state_path, {
+        _save_state(resume_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "rng": torch.get_rng_state(), "epoch": epoch, "best_lwlrap": float(best_lwlrap),

@@ -17,7 +17,7 @@ from freesound.config import (
     load_experiment,
 )
 from freesound.models import load_checkpoint, load_model
-from freesound.train import LOG_COLUMNS, build_sources, train_fold
+from freesound.train import LOG_COLUMNS, build_sources, state_path, train_fold
 from freesound.training_data import ClipSource, SamplingDataset
 
 from conftest import REPO
@@ -137,7 +137,9 @@ def test_train_fold_writes_checkpoint_log_and_config(tiny_work):
     assert load_experiment(out / "config.toml").train.epoch_size == 16
     model = load_model(out / "model.pt")
     assert not model.training
-    assert sorted(p.name for p in out.iterdir()) == ["config.toml", "log.csv", "model.pt", "state.pt"]
+    # The weights folder holds only what a kernel needs; the resumable state lives beside it.
+    assert sorted(p.name for p in out.iterdir()) == ["config.toml", "log.csv", "model.pt"]
+    assert state_path(work, "tiny", 0).is_file()
 
 
 def test_seeded_training_is_reproducible_and_resume_is_exact(tiny_data, tmp_path):
@@ -153,7 +155,7 @@ def test_seeded_training_is_reproducible_and_resume_is_exact(tiny_data, tmp_path
             train_fold(tiny_experiment(max_epochs=1), dataset, run_work, 0, progress=False, log=lambda *_: None)
         experiment = tiny_experiment(max_epochs=3)
         train_fold(experiment, dataset, run_work, 0, resume=run == "resumed", progress=False, log=lambda *_: None)
-        state = torch.load(run_work / "experiments" / "tiny" / "fold_0" / "state.pt", weights_only=True)
+        state = torch.load(state_path(run_work, "tiny", 0), weights_only=True)
         runs[run] = state
     for run in ("again", "resumed"):
         assert runs[run]["epoch"] == 3
@@ -167,7 +169,7 @@ def test_early_stopping_and_finished_state(tiny_work):
     experiment = tiny_experiment(max_epochs=30, early_stop_patience=1, lr=1e-9)
     result = train_fold(experiment, dataset, work, 0, progress=False, log=lambda *_: None)
     assert result.epochs < 30
-    state = torch.load(work / "experiments" / "tiny" / "fold_0" / "state.pt", weights_only=True)
+    state = torch.load(state_path(work, "tiny", 0), weights_only=True)
     assert state["finished"] and state["bad_epochs"] == 1
     # Resuming a finished fold does nothing more.
     again = train_fold(experiment, dataset, work, 0, resume=True, progress=False, log=lambda *_: None)
