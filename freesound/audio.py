@@ -11,6 +11,7 @@ three public steps, each usable on its own::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import warnings
@@ -140,7 +141,93 @@ def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """Resample mono float32 audio with librosa's default (soxr high quality) resampler."""
     if orig_sr == target_sr:
         return y
-    return librosa.resample(y, orig_sr=orig_sr, target_sr=target_sr).astype(np.float32)
+    return librosa.resample(y, orig_sr=orig_sr, target_sr=target_sr).astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Silence trimming: librosa.effects.trim's decision, computed cheaply.
+#
+# librosa.effects.trim(y, top_db) frames the signal (2048-sample frames, hop 512, zero-padded by
+# 1024 on both sides), takes each frame's RMS in float32, converts it to dB relative to the
+# loudest frame and keeps the span from the first to the last frame above -top_db. Squaring
+# every sample four times over (the frames overlap 4x) is most of its cost. Here the frame
+# energies come from sums of 512-sample blocks in float64 (each frame is four blocks), and only
+# the frames whose level lies within a hair of the threshold, and the candidates for the
+# loudest frame, are recomputed with librosa's own float32 arithmetic, so the decision, and the
+# trim indices, are librosa's to the bit.
+
+_TRIM_FRAME = 2048
+_TRIM_HOP = 512
+#: Frames whose float64 level is this close (dB) to the threshold are decided in exact float32.
+_TRIM_MARGIN_DB = 0.01
+#: Frames whose float64 energy is within this fraction of the loudest are loudest candidates
+#: (float32 and float64 frame energies differ by at most ~2e-6 relative).
+_TRIM_REF_MARGIN = 1e-4
+#: librosa.amplitude_to_db's default amin (1e-5), squared as librosa squares it.
+_TRIM_AMIN = 1e-5 ** 2
+
+
+def _trim_frame_rms_exact(y32: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """librosa.feature.rms(y, 2048, 512, center=True) of the given frames, bit for bit (float32)."""
+    n = y32.shape[0]
+    starts = np.asarray(frames, dtype=np.int64) * _TRIM_HOP - _TRIM_FRAME // 2  # in y; may overhang
+    # A C-contiguous (k, 2048) block: the same pairwise summation along contiguous memory as
+    # librosa's mean over its (2048, frames) F-ordered squares.
+    block = np.zeros((len(starts), _TRIM_FRAME), dtype=np.float32)
+    inside = (starts >= 0) & (starts + _TRIM_FRAME <= n)
+    if inside.sum() > 32:  # many frames (a steady signal): gather them at once
+        block[inside] = np.lib.stride_tricks.sliding_window_view(y32, _TRIM_FRAME)[starts[inside]]
+        rows = np.flatnonzero(~inside)
+    else:
+        rows = range(len(starts))
+    for row in rows:  # frames one by one; those reaching into librosa's zero padding are cut
+        lo = int(starts[row])
+        a, b = max(lo, 0), min(lo + _TRIM_FRAME, n)
+        if b > a:
+            block[row, a - lo:b - lo] = y32[a:b]
+    return np.sqrt(np.mean(np.square(block), axis=-1))
+
+
+def _trim_db_exact(rms: np.ndarray, ref_rms: np.float32) -> np.ndarray:
+    """librosa.amplitude_to_db(rms, ref=<the max>, top_db=None) in librosa's float32 steps."""
+    log_spec = 10.0 * np.log10(np.maximum(_TRIM_AMIN, np.square(rms)))
+    log_spec -= 10.0 * np.log10(np.maximum(_TRIM_AMIN, ref_rms ** 2))
+    return log_spec
+
+
+def _trim_bounds(y: np.ndarray, top_db: float) -> tuple[int, int]:
+    """``librosa.effects.trim(y, top_db=top_db)[1]`` for mono audio, as ``(start, end)``."""
+    n = y.shape[0]
+    y32 = np.asarray(y, dtype=np.float32)
+    n_frames = 1 + n // _TRIM_HOP
+    n_blocks = -(-n // _TRIM_HOP)
+    squares = np.zeros(n_blocks * _TRIM_HOP, dtype=np.float32)
+    np.square(y32, out=squares[:n])
+    # Frame i covers y[512 i - 1024 : 512 i + 1024], i.e. blocks i - 2 .. i + 1.
+    blocks = np.zeros(n_blocks + 4, dtype=np.float64)
+    blocks[2:2 + n_blocks] = squares.reshape(n_blocks, _TRIM_HOP).sum(axis=1)
+    energy = blocks[0:n_frames] + blocks[1:n_frames + 1] + blocks[2:n_frames + 2] + blocks[3:n_frames + 3]
+    mse = energy / _TRIM_FRAME
+    loudest = mse.max()
+    if not np.isfinite(loudest):
+        _, (start, end) = librosa.effects.trim(y, top_db=top_db)
+        return int(start), int(end)
+
+    # The loudest frame, exactly as librosa finds it.
+    candidates = np.flatnonzero(mse >= loudest * (1.0 - _TRIM_REF_MARGIN))
+    ref_rms = _trim_frame_rms_exact(y32, candidates).max()
+
+    with np.errstate(divide="ignore"):
+        db = 10.0 * np.log10(np.maximum(_TRIM_AMIN, mse)) - 10.0 * np.log10(max(_TRIM_AMIN, float(ref_rms) ** 2))
+    threshold = -float(top_db)
+    loud = db > threshold
+    close = np.flatnonzero(np.abs(db - threshold) <= _TRIM_MARGIN_DB)
+    if close.size:
+        loud[close] = _trim_db_exact(_trim_frame_rms_exact(y32, close), ref_rms) > threshold
+    nonzero = np.flatnonzero(loud)
+    if nonzero.size == 0:
+        return 0, 0
+    return int(nonzero[0]) * _TRIM_HOP, min(n, (int(nonzero[-1]) + 1) * _TRIM_HOP)
 
 
 def trim_to_min_length(y: np.ndarray, config: AudioConfig = DEFAULT_CONFIG) -> np.ndarray:
@@ -160,7 +247,10 @@ def trim_to_min_length(y: np.ndarray, config: AudioConfig = DEFAULT_CONFIG) -> n
     np.ndarray, float32, shape (m,) with m >= config.min_samples
     """
     min_samples = config.min_samples
-    _, (start, end) = librosa.effects.trim(y, top_db=config.trim_top_db)
+    if y.ndim == 1 and y.shape[0] > 0:
+        start, end = _trim_bounds(y, config.trim_top_db)
+    else:
+        _, (start, end) = librosa.effects.trim(y, top_db=config.trim_top_db)
     if end - start >= min_samples:
         return y[start:end]
     if len(y) >= min_samples:
@@ -190,15 +280,129 @@ def read_audio(path, config: AudioConfig | None = None) -> np.ndarray:
 
 def mel_filterbank(config: AudioConfig = DEFAULT_CONFIG) -> np.ndarray:
     """Slaney-scale, Slaney-normalised mel filters: float32 (n_mels, n_fft // 2 + 1)."""
-    return librosa.filters.mel(
-        sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels,
-        fmin=config.fmin, fmax=config.fmax, htk=False, norm="slaney",
+    return _mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax).copy()
+
+
+@functools.lru_cache(maxsize=16)
+def _mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    filters = librosa.filters.mel(
+        sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=False, norm="slaney",
     ).astype(np.float32)
+    filters.flags.writeable = False
+    return filters
 
 
 def power_to_db(power: np.ndarray, config: AudioConfig = DEFAULT_CONFIG) -> np.ndarray:
     """``librosa.power_to_db`` with the config's ref, amin and top_db, in float32."""
-    return librosa.power_to_db(power, ref=config.ref, amin=config.amin, top_db=config.top_db).astype(np.float32)
+    power = np.asarray(power)
+    if (power.dtype not in (np.float32, np.float64) or power.size == 0 or not config.amin > 0
+            or (config.top_db is not None and config.top_db < 0)):
+        # Odd input (complex, integer, empty) or settings librosa refuses: let librosa decide.
+        return np.asarray(
+            librosa.power_to_db(power, ref=config.ref, amin=config.amin, top_db=config.top_db), dtype=np.float32
+        )
+    # librosa's own steps, in place; for float32 input they round exactly as librosa's do.
+    log_spec = np.maximum(power, config.amin)
+    np.log10(log_spec, out=log_spec)
+    log_spec *= 10.0
+    offset = 10.0 * np.log10(np.maximum(config.amin, np.abs(config.ref)))
+    if offset != 0.0:  # ref = 1 (the method's) subtracts an exact 0: skip the pass
+        log_spec -= offset
+    if config.top_db is not None:
+        np.maximum(log_spec, log_spec.max() - config.top_db, out=log_spec)
+    return log_spec.astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class _MelPlan:
+    """What ``to_log_mel`` precomputes once per config.
+
+    ``bands`` splits the mel filterbank into groups of consecutive filters with the bin range
+    ``lo:hi`` that holds all their non-zero weights: a slaney filter covers only the bins between
+    its neighbours' centres, so most of each row is zero and the groups do about an eighth of a
+    dense product's work.
+    """
+
+    window: np.ndarray  # float64 (n_fft,), periodic Hann
+    bands: tuple  # ((row_start, row_end, lo, hi, float32 (rows, hi - lo)), ...)
+    n_mels: int
+
+
+_MEL_GROUP = 8
+#: Frames per FFT batch: small enough that a batch's spectrum stays in the CPU cache.
+_STFT_CHUNK = 32
+
+
+@functools.lru_cache(maxsize=16)
+def _mel_plan(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> _MelPlan:
+    filters = _mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
+    bands = []
+    for start in range(0, n_mels, _MEL_GROUP):
+        group = filters[start:start + _MEL_GROUP]
+        used = np.flatnonzero(group.any(axis=0))
+        if used.size == 0:
+            continue  # all-zero filters: their rows stay 0, as in a dense product
+        lo, hi = int(used[0]), int(used[-1]) + 1
+        bands.append((start, start + len(group), lo, hi, np.ascontiguousarray(group[:, lo:hi])))
+    window = librosa.filters.get_window("hann", n_fft, fftbins=True).astype(np.float64)
+    return _MelPlan(window=window, bands=tuple(bands), n_mels=n_mels)
+
+
+def _centered_frames(y: np.ndarray, n_fft: int, hop_length: int, pad_mode: str) -> np.ndarray:
+    """librosa.stft's centred frames as a strided view (frames, n_fft) over one padded copy."""
+    half = n_fft // 2
+    n = y.shape[0]
+    padded = np.empty(n + 2 * half, dtype=y.dtype)
+    padded[half:half + n] = y
+    if pad_mode == "reflect":
+        padded[:half] = y[1:half + 1][::-1]
+        padded[half + n:] = y[n - half - 1:n - 1][::-1]
+    else:  # "constant": zeros
+        padded[:half] = 0
+        padded[half + n:] = 0
+    return np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
+
+
+def _power_spectrogram(frames: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """|rfft(window * frame)|^2 of every frame: float32 (frames, n_fft // 2 + 1).
+
+    The FFT runs in float64, as librosa's does (a float32 FFT drifts by up to 0.2 dB on clips with
+    steep spectra), in cache-sized batches of frames.
+    """
+    n_frames, n_fft = frames.shape
+    power = np.empty((n_frames, n_fft // 2 + 1), dtype=np.float32)
+    chunk = min(_STFT_CHUNK, n_frames)
+    windowed = np.empty((chunk, n_fft), dtype=np.float64)
+    spectrum = np.empty((chunk, n_fft // 2 + 1), dtype=np.complex128)
+    for start in range(0, n_frames, chunk):
+        stop = min(start + chunk, n_frames)
+        rows = stop - start
+        np.multiply(frames[start:stop], window, out=windowed[:rows])
+        np.fft.rfft(windowed[:rows], axis=-1, out=spectrum[:rows])
+        parts = spectrum[:rows].view(np.float64)  # re, im interleaved
+        np.square(parts, out=parts)
+        real = parts[:, 0::2]
+        np.add(real, parts[:, 1::2], out=real)
+        power[start:stop] = real
+    return power
+
+
+def _apply_mel(power: np.ndarray, plan: _MelPlan) -> np.ndarray:
+    """``filters @ power.T`` via the banded groups: float32 (n_mels, frames)."""
+    mel = np.zeros((plan.n_mels, power.shape[0]), dtype=np.float32)
+    for start, stop, lo, hi, weights in plan.bands:
+        np.matmul(weights, power[:, lo:hi].T, out=mel[start:stop])
+    return mel
+
+
+def _to_log_mel_librosa(y: np.ndarray, config: AudioConfig) -> np.ndarray:
+    """The straightforward librosa computation (used for inputs the fast path does not take)."""
+    stft = librosa.stft(
+        y, n_fft=config.n_fft, hop_length=config.hop_length, window="hann",
+        center=True, pad_mode=config.pad_mode,
+    )
+    power = np.abs(stft) ** 2
+    return power_to_db(mel_filterbank(config) @ power, config)
 
 
 def to_log_mel(y: np.ndarray, config: AudioConfig | None = None) -> np.ndarray:
@@ -216,12 +420,19 @@ def to_log_mel(y: np.ndarray, config: AudioConfig | None = None) -> np.ndarray:
     np.ndarray, float32, shape (n_mels, 1 + n // hop_length), in dB
     """
     config = config or DEFAULT_CONFIG
-    stft = librosa.stft(
-        y, n_fft=config.n_fft, hop_length=config.hop_length, window="hann",
-        center=True, pad_mode=config.pad_mode,
-    )
-    power = np.abs(stft) ** 2
-    return power_to_db(mel_filterbank(config) @ power, config)
+    y = np.asarray(y)
+    if (y.ndim != 1 or y.dtype not in (np.float32, np.float64) or y.shape[0] < config.n_fft
+            or config.pad_mode not in ("reflect", "constant")):
+        # Clips shorter than a frame (librosa warns), other pad modes and multichannel input
+        # keep librosa's behaviour exactly.
+        return _to_log_mel_librosa(y, config)
+    plan = _mel_plan(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax)
+    frames = _centered_frames(y, config.n_fft, config.hop_length, config.pad_mode)
+    mel = _apply_mel(_power_spectrogram(frames, plan.window), plan)
+    if not np.isfinite(mel).all():
+        # NaN or infinite samples (or float32 overflow): librosa raises or returns what it does.
+        return _to_log_mel_librosa(y, config)
+    return power_to_db(mel, config)
 
 
 def read_as_melspectrogram(path, config: AudioConfig | None = None) -> np.ndarray:

@@ -337,6 +337,36 @@ def to_network_input(window: np.ndarray) -> np.ndarray:
     return np.stack([window, delta, delta2]).astype(np.float32) / np.float32(INPUT_SCALE)
 
 
+def to_network_input_batch(windows: np.ndarray) -> np.ndarray:
+    """``to_network_input`` of a stack of windows in one go.
+
+    Parameters
+    ----------
+    windows : np.ndarray
+        ``(N, n_mels, frames)`` log-mel windows in dB (any strides: a stack of overlapping views
+        works), ``frames >= 9``.
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``(N, 3, n_mels, frames)``; item ``i`` equals ``to_network_input(windows[i])``.
+        The deltas are the same Savitzky-Golay filters along time, applied to every window at
+        once; each window's deltas still see that window alone.
+    """
+    windows = np.asarray(windows)
+    if windows.ndim != 3 or 0 in windows.shape:
+        raise ValueError(f"expected a non-empty (N, n_mels, frames) stack of windows, got shape {windows.shape}")
+    if windows.shape[2] < DELTA_WIDTH:
+        raise ValueError(f"deltas need at least {DELTA_WIDTH} frames, got {windows.shape[2]}")
+    out = np.empty((windows.shape[0], 3) + windows.shape[1:], dtype=np.float32)
+    out[:, 0] = windows
+    out[:, 1] = librosa.feature.delta(windows, width=DELTA_WIDTH, axis=-1)
+    out[:, 2] = librosa.feature.delta(windows, order=2, width=DELTA_WIDTH, axis=-1)
+    # Same cast-then-scale order as ``to_network_input``.
+    out /= np.float32(INPUT_SCALE)
+    return out
+
+
 class ToNetworkInput:
     """``to_network_input`` as a pipeline step (ignores ``rng``)."""
 

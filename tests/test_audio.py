@@ -194,7 +194,7 @@ def test_decode_errors_name_the_file_and_reason(tmp_path):
         (empty, "empty"), (text, ""), (truncated, ""), (header_only, "no audio samples"),
         (tmp_path / "missing.wav", "no such file"),
     ]:
-        with pytest.raises(AudioDecodeError, match=reason) as info:
+        with pytest.raises(AudioDecodeError, match=reason or None) as info:
             read_as_melspectrogram(path)
         assert str(path) in str(info.value)
         assert info.value.reason

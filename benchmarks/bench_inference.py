@@ -1,0 +1,123 @@
+"""Inference benchmark: ``freesound.predict.Tagger`` against ``reference_predict`` (one clip at a
+time, batches of 16 tiles, fp32, ``torch.no_grad``) with the full-size AuxSkipAttention on the CPU.
+
+    .venv/bin/python benchmarks/bench_inference.py [--quick] [--threads N]
+
+Both sides use the same torch thread count (default: torch's own, one per core) and their own
+copy of the same weights. Prints Markdown tables and exits with status 1 when the two disagree
+by more than 1e-4 on any clip probability.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from common import header, interleaved, median, table  # noqa: E402
+from freesound.models import create_model  # noqa: E402
+from freesound.predict import Tagger, make_tiles, reference_predict, tile_layout  # noqa: E402
+
+TOLERANCE = 1e-4
+SR, HOP = 44100, 690
+MODEL = dict(num_classes=80, base_size=64, dropout=0.4, ratio=16, kernel_size=7, last_filters=8, last_fc=4)
+
+
+def full_size_model(seed: int = 0) -> torch.nn.Module:
+    """The method's AuxSkipAttention with random weights and non-trivial batch-norm statistics."""
+    torch.manual_seed(seed)
+    model = create_model("aux_skip_attention", **MODEL).eval()
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.copy_(torch.rand(module.running_mean.shape, generator=generator) * 0.2 - 0.1)
+            module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+    return model
+
+
+def clip_logmels(durations, seed: int = 0) -> list:
+    """Log-mel-like arrays (128, 1 + n // 690) for clips of the given durations."""
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(-80.0, 0.0, (128, 1 + int(round(d * SR)) // HOP)).astype(np.float32) for d in durations]
+
+
+def tiles_timing(logmels, rounds: int) -> tuple:
+    """make_tiles (vectorised deltas) against the per-tile loop it replaced, ms for all clips."""
+    from freesound.augment import to_network_input
+
+    def per_tile(logmel, step=64, tile=256):
+        n_tiles, left, right = tile_layout(logmel.shape[1], step, tile)
+        padded = np.pad(logmel, ((0, 0), (left, right)), constant_values=logmel.min())
+        return np.stack([to_network_input(padded[:, i * step:i * step + tile]) for i in range(n_tiles)])
+
+    worst = max(float(np.abs(make_tiles(m) - per_tile(m)).max()) for m in logmels)
+    times = interleaved({"per-tile loop": lambda: [per_tile(m) for m in logmels],
+                         "make_tiles": lambda: [make_tiles(m) for m in logmels]}, rounds)
+    return median(times["per-tile loop"]), median(times["make_tiles"]), worst
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run (fewer clips and rounds)")
+    parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default 3, quick 1)")
+    parser.add_argument("--threads", type=int, help="torch threads for both sides (default: torch's)")
+    parser.add_argument("--batch-size", type=int, default=64, help="Tagger batch size (default 64)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rounds = args.rounds or (1 if args.quick else 3)
+    durations = [1.0, 3.0, 6.5, 12.0] if args.quick else [1.0, 1.5, 2.0, 3.0, 4.0, 5.5, 7.0, 9.0, 10.5, 12.0]
+
+    print(header("Inference: Tagger vs reference_predict, full-size AuxSkipAttention on the CPU"))
+    print(f"torch threads {torch.get_num_threads()}; model {MODEL}")
+    logmels = clip_logmels(durations)
+    n_tiles = sum(tile_layout(m.shape[1])[0] for m in logmels)
+    print(f"{len(logmels)} clips of {durations[0]:g}-{durations[-1]:g} s, {n_tiles} tiles of 256 frames at step 64\n")
+
+    model = full_size_model()
+    reference_model = copy.deepcopy(model)  # the reference never sees anything the Tagger does
+    tagger = Tagger([model], classes=[f"c{i}" for i in range(MODEL["num_classes"])], batch_size=args.batch_size)
+
+    start = time.perf_counter()
+    ours = tagger.predict_spectrograms(logmels)  # also builds the Tagger's inference copy once
+    first_call = time.perf_counter() - start
+    expected = np.stack([reference_predict([reference_model], m) for m in logmels])
+    worst = float(np.abs(ours - expected).max())
+
+    times = interleaved({
+        "reference_predict (per clip, batch 16, no_grad, NCHW)":
+            lambda: [reference_predict([reference_model], m) for m in logmels],
+        f"Tagger (batch {args.batch_size}, BN folded, channels_last, inference_mode)":
+            lambda: tagger.predict_spectrograms(logmels),
+    }, rounds, warmup=0)
+    ref_name, ours_name = list(times)
+    ref_t, ours_t = median(times[ref_name]), median(times[ours_name])
+    audio_s = sum(durations)
+    print(table(["predictor", "s (median)", "tiles/s", "audio-s/s", "speed-up"], [
+        (ref_name, f"{ref_t:.2f}", f"{n_tiles / ref_t:.2f}", f"{audio_s / ref_t:.1f}", "1.00x"),
+        (ours_name, f"{ours_t:.2f}", f"{n_tiles / ours_t:.2f}", f"{audio_s / ours_t:.1f}", f"{ref_t / ours_t:.2f}x"),
+    ]))
+    print(f"\nrounds {rounds}; all times: reference {[round(t, 2) for t in times[ref_name]]}, "
+          f"ours {[round(t, 2) for t in times[ours_name]]}; Tagger's first call (incl. building its "
+          f"inference copy) {first_call:.2f} s")
+
+    loop_t, tiles_t, tiles_diff = tiles_timing(logmels, max(3, rounds * 3))
+    print(f"\nmake_tiles for all clips: per-tile loop {loop_t * 1e3:.1f} ms, vectorised {tiles_t * 1e3:.1f} ms "
+          f"({loop_t / tiles_t:.2f}x), max |diff| {tiles_diff:.1e}")
+
+    print(f"\nmax |diff| of clip probabilities: {worst:.2e} (tolerance {TOLERANCE:g})")
+    if not worst <= TOLERANCE:
+        print("FAIL: Tagger disagrees with reference_predict", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
