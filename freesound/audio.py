@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import librosa
+import librosa.effects  # noqa: F401  (eager: librosa loads submodules lazily, in every worker)
+import librosa.feature  # noqa: F401
 import numpy as np
 import soundfile as sf
 
@@ -128,7 +130,7 @@ def _decode_fallback(path: Path, sf_error: Exception) -> tuple[np.ndarray, int]:
             warnings.simplefilter("ignore")
             y, sr = librosa.load(str(path), sr=None, mono=False)
     except Exception as fallback_error:
-        raise AudioDecodeError(path, f"{sf_error}; fallback decoder: {fallback_error}") from fallback_error
+        raise AudioDecodeError(path, f"{sf_error}; fallback decoder: {type(fallback_error).__name__} {fallback_error}".rstrip()) from fallback_error
     return np.atleast_2d(y).astype(np.float32), int(sr)
 
 

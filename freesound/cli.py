@@ -426,3 +426,19 @@ def listen(experiment, work_dir, audio_file, window, hop, top, input_device, dur
         input_device = int(input_device)
     listen_microphone(tagger, window, hop, top, input_device=input_device, duration_seconds=duration,
                       print_fn=click.echo)
+
+
+@main.command()
+@click.option("--work", "work_dir", default="data/demo", show_default=True, type=click.Path(path_type=Path),
+              help="Where the demo's dataset, weights, predictions and plots go.")
+@experiments_dir_option
+@click.option("--ensemble", default="ensemble", show_default=True, help="Ensemble file to train and blend.")
+@click.option("--workers", type=click.IntRange(1), default=None, help="Processes for synthesis and features.")
+def demo(work_dir, experiments_dir, ensemble, workers):
+    """Run the whole chain on a synthetic dataset: synth, features, folds, train, stack, blend,
+    kernels, a simulated Kaggle run, plots. Re-running skips what is done."""
+    from freesound.demo import format_summary, run_demo
+
+    summary = run_demo(work_dir, experiments_dir=experiments_dir, ensemble=ensemble,
+                       workers=workers or settings.default_workers(), log=click.echo)
+    click.echo(format_summary(summary))
