@@ -9,7 +9,6 @@ install: $(VENV_STAMP)
 # unpinned torch would pull a multi-GB CUDA build.
 $(VENV_STAMP): setup.py
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(VENV_STAMP)
