@@ -174,3 +174,26 @@ def test_early_stopping_and_finished_state(tiny_work):
     # Resuming a finished fold does nothing more.
     again = train_fold(experiment, dataset, work, 0, resume=True, progress=False, log=lambda *_: None)
     assert again.epochs == result.epochs
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+class TestCudaMixedPrecision:
+    """One AMP training step on the GPU: fp16 autocast, GradScaler active, finite loss."""
+
+    def test_one_amp_step(self):
+        from freesound.models import create_model
+        from freesound.train import _train_epoch, build_loss
+
+        experiment = load_experiment("default", EXPERIMENTS)
+        device = torch.device("cuda")
+        model = create_model(experiment.model.name, num_classes=80, **experiment.model.params).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=experiment.train.lr)
+        scaler = torch.amp.GradScaler("cuda", enabled=True)
+        batch = [(torch.randn(8, 3, 128, 256), (torch.rand(8, 80) > 0.95).float(), torch.rand(8) > 0.5)]
+        before = [p.detach().clone() for p in model.parameters()]
+        loss = _train_epoch(model, batch, build_loss(experiment), optimizer, scaler, device, True,
+                            desc="amp", progress=False)
+        assert np.isfinite(loss)
+        assert scaler.is_enabled() and scaler.get_scale() > 0
+        assert any(not torch.equal(b, p.detach()) for b, p in zip(before, model.parameters()))
