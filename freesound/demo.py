@@ -134,7 +134,7 @@ def format_summary(summary: dict) -> str:
         f"{summary['baseline_test_lwlrap']:.4f})",
         f"kernel vs local predict: max |diff| {summary['kernel_max_diff']:.2e}",
         f"test predictions: {summary['test_csv']}",
-        *[f"kernel: {path}" for path in summary["kernels"].values()],
+        *[f"{kind}: {path}" for kind, path in summary["kernels"].items()],
         *[f"plot: {path}" for path in summary["pngs"]],
         f"done in {summary['seconds'] / 60:.1f} min",
     ]
