@@ -50,7 +50,10 @@ class NotOnKaggle(importlib.abc.MetaPathFinder):
 repo, script = sys.argv[1], sys.argv[2]
 sys.meta_path.insert(0, NotOnKaggle())
 # The repo (the checkout, or an editable install's path entry) goes; site-packages stays.
-sys.path[:] = [p for p in sys.path if p not in ("", ".") and os.path.realpath(p) != os.path.realpath(repo)]
+sys.path[:] = [p for p in sys.path if p not in ("", ".") and os.path.realpath(p) != os.path.realpath(repo)
+               and "__editable__" not in p]
+# pip's editable installs also add a finder of their own to sys.meta_path.
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
 if importlib.util.find_spec("freesound") is not None:
     sys.exit("the installed freesound is importable; the test would prove nothing")
 sys.argv = [script]
