@@ -9,9 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from freesound.cli import main
-from freesound.data import load_corrections
+from freesound.data import load_corrections, multi_hot, read_labels_csv
 from freesound.metrics import lwlrap
-from freesound.data import multi_hot, read_labels_csv
 from freesound.oof import load_oof_tiles
 from freesound.predict import Tagger, geometric_mean
 from freesound.stack import random_tile_subset
@@ -178,3 +177,14 @@ def test_random_tile_subsets():
             assert len(subset) >= 1 and subset.min() >= 0 and subset.max() < n
             steps = np.diff(subset)
             assert len(set(steps)) <= 1  # contiguous (step 1) or strided (one stride)
+
+
+def test_stacker_and_blend_cv_scores_match_their_oof_files(trained):
+    dataset, work, _, _ = trained
+    cv = json.loads((work / "predictions" / "tiny_ens" / "cv_scores.json").read_text())
+    blend = pd.read_csv(work / "predictions" / "tiny_ens" / "blend_oof.csv")
+    labels = dataset.curated.set_index("fname").loc[blend.fname, "labels"]
+    assert cv["blend"] == pytest.approx(lwlrap(multi_hot(labels, dataset.classes), blend.drop(columns="fname").to_numpy()))
+    stacker = pd.read_csv(work / "predictions" / "tiny_ens" / "tiny_ens_mlp_oof.csv").set_index("fname")
+    assert cv["tiny_ens_mlp"] == pytest.approx(lwlrap(multi_hot(labels, dataset.classes),
+                                                      stacker.loc[blend.fname].to_numpy()))
