@@ -25,10 +25,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from freesound.audio import AudioConfig
 from freesound.config import EnsembleConfig, load_ensemble
 from freesound.errors import FreesoundError
-from freesound.models import load_checkpoint, load_model
+from freesound.models import load_model
 from freesound.predict import Tagger, experiment_checkpoints, geometric_mean, predict_logmels_from_files
 
 
@@ -105,14 +104,6 @@ def predict_stacker(models, features: np.ndarray, device="cpu") -> np.ndarray:
 def spec_files(spec: dict) -> list:
     """Every weight file a spec needs, relative to the weights folder, in spec order."""
     return [p for group in ("experiments", "stackers") for paths in spec.get(group, {}).values() for p in paths]
-
-
-def checkpoint_classes(path) -> list:
-    return list(load_checkpoint(Path(path))["classes"])
-
-
-def audio_config_of(path) -> AudioConfig:
-    return AudioConfig.from_dict(load_checkpoint(Path(path)).get("audio_config") or {})
 
 
 def _relative_checkpoints(weights_root: Path, name: str, folds=None) -> list:
