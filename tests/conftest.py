@@ -37,3 +37,19 @@ def tiny_work(tiny_data, tmp_path):
     copy = tmp_path / "work"
     shutil.copytree(work, copy)
     return dataset, copy
+
+
+def random_model(seed=0, classes=5):
+    """A small AuxSkipAttention with random weights and non-trivial batch-norm statistics, so that
+    eval mode matters."""
+    import torch
+
+    from freesound.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model("aux_skip_attention", num_classes=classes, base_size=8).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    return model

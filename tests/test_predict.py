@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from freesound.audio import read_as_melspectrogram
 from freesound.augment import to_network_input
-from freesound.models import create_model, save_checkpoint
+from freesound.models import save_checkpoint
 from freesound.predict import (
     Tagger,
     experiment_checkpoints,
@@ -17,6 +16,8 @@ from freesound.predict import (
     silent_logmel,
     tile_layout,
 )
+
+from conftest import random_model
 
 
 @pytest.mark.parametrize("width,expected", [
@@ -73,17 +74,7 @@ def test_geometric_mean():
 
 
 def small_models(n=2, classes=5):
-    models = []
-    for seed in range(n):
-        torch.manual_seed(seed)
-        model = create_model("aux_skip_attention", num_classes=classes, base_size=8).eval()
-        # Non-trivial batch-norm statistics, so eval mode matters.
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-        models.append(model)
-    return models
+    return [random_model(seed, classes) for seed in range(n)]
 
 
 def test_tagger_equals_per_clip_reference():

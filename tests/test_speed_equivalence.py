@@ -15,8 +15,9 @@ import torch
 from freesound import audio
 from freesound.audio import AudioConfig, mel_filterbank, power_to_db, to_log_mel, trim_to_min_length
 from freesound.augment import to_network_input, to_network_input_batch
-from freesound.models import create_model
 from freesound.predict import Tagger, make_tiles, reference_predict, tile_layout
+
+from conftest import random_model
 
 SR = 44100
 TOLERANCE_DB = 1e-3
@@ -184,16 +185,6 @@ def test_make_tiles_equals_per_tile_loop(width):
     np.testing.assert_array_equal(make_tiles(logmel), expected)
 
 
-def small_model(seed=0, classes=5):
-    torch.manual_seed(seed)
-    model = create_model("aux_skip_attention", num_classes=classes, base_size=8).eval()
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    return model
-
-
 def logmels():
     rng = np.random.default_rng(4)
     return [rng.uniform(-80, 0, (128, w)).astype(np.float32) for w in (30, 256, 257, 700, 1500, 90, 400)]
@@ -201,7 +192,7 @@ def logmels():
 
 @pytest.mark.parametrize("batch_size", [1, 5, 16, 64])
 def test_tagger_full_batches_match_reference(batch_size):
-    model = small_model()
+    model = random_model()
     tagger = Tagger([model], classes=list("abcde"), batch_size=batch_size)
     clips = logmels()
     ours = tagger.predict_spectrograms(clips)
@@ -213,7 +204,7 @@ def test_tagger_full_batches_match_reference(batch_size):
 
 
 def test_tagger_leaves_the_model_alone_and_follows_weight_changes():
-    model = small_model()
+    model = random_model()
     before = copy.deepcopy(model.state_dict())
     tagger = Tagger([model], classes=list("abcde"))
     clip = logmels()[3]
