@@ -28,7 +28,7 @@ import torch
 from freesound.config import EnsembleConfig, load_ensemble
 from freesound.errors import FreesoundError
 from freesound.models import load_model
-from freesound.predict import Tagger, experiment_checkpoints, geometric_mean, predict_logmels_from_files
+from freesound.predict import Tagger, experiment_checkpoints, geometric_mean, predict_files
 
 
 class EnsemblePredictor:
@@ -86,11 +86,7 @@ class EnsemblePredictor:
 
     def predict_files(self, paths, *, on_error: str = "raise", failures: list | None = None) -> pd.DataFrame:
         """Like ``Tagger.predict_files``: each file is decoded once for all models."""
-        names, logmels = predict_logmels_from_files(
-            paths, self.audio_config, on_error=on_error, failures=failures, workers=self.workers
-        )
-        return pd.DataFrame(self.predict_spectrograms(logmels), index=pd.Index(names, name="fname"),
-                            columns=self.classes)
+        return predict_files(self, paths, on_error=on_error, failures=failures)
 
 
 def predict_stacker(models, features: np.ndarray, device="cpu") -> np.ndarray:

@@ -260,11 +260,20 @@ class Tagger:
         -------
         DataFrame indexed by ``fname`` with one column per class, in the input order.
         """
-        names, logmels = predict_logmels_from_files(
-            paths, self.audio_config, on_error=on_error, failures=failures, workers=self.workers
-        )
-        return pd.DataFrame(self.predict_spectrograms(logmels), index=pd.Index(names, name="fname"),
-                            columns=self.classes)
+        return predict_files(self, paths, on_error=on_error, failures=failures)
+
+
+def predict_files(predictor, paths, *, on_error: str = "raise", failures: list | None = None) -> pd.DataFrame:
+    """``predictor.predict_spectrograms`` on decoded files, as a DataFrame indexed by ``fname``.
+
+    ``predictor`` is a ``Tagger`` or an ``EnsemblePredictor``: anything with ``audio_config``,
+    ``workers``, ``classes`` and ``predict_spectrograms``. Each file is decoded once.
+    """
+    names, logmels = predict_logmels_from_files(
+        paths, predictor.audio_config, on_error=on_error, failures=failures, workers=predictor.workers
+    )
+    return pd.DataFrame(predictor.predict_spectrograms(logmels), index=pd.Index(names, name="fname"),
+                        columns=predictor.classes)
 
 
 def predict_logmels_from_files(paths, config: AudioConfig, *, on_error: str = "raise",
