@@ -29,6 +29,7 @@ kernel: install
 bench: install
 	$(PY) benchmarks/bench_frontend.py
 	$(PY) benchmarks/bench_inference.py
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache

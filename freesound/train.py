@@ -183,7 +183,7 @@ def train_fold(
             train_set, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
             drop_last=True, pin_memory=device.type == "cuda",
         )
-        train_loss = _train_epoch(
+        train_loss = train_epoch(
             model, loader, loss_fn, optimizer, scaler, device, use_amp,
             desc=f"fold {fold} epoch {epoch + 1}", progress=progress,
         )
@@ -225,7 +225,12 @@ def _save_state(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def _train_epoch(model, loader, loss_fn, optimizer, scaler, device, use_amp, *, desc, progress) -> float:
+def train_epoch(model, loader, loss_fn, optimizer, scaler, device, use_amp, *, desc="train", progress=False) -> float:
+    """One pass over ``loader``'s ``(images, targets, noisy)`` batches; returns the mean loss.
+
+    ``use_amp`` runs the forward pass under fp16 autocast (CUDA); ``scaler`` is a
+    ``torch.amp.GradScaler``, disabled when AMP is off.
+    """
     model.train()
     total, count = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")

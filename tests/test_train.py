@@ -183,7 +183,7 @@ class TestCudaMixedPrecision:
 
     def test_one_amp_step(self):
         from freesound.models import create_model
-        from freesound.train import _train_epoch, build_loss
+        from freesound.train import train_epoch, build_loss
 
         experiment = load_experiment("default", EXPERIMENTS)
         device = torch.device("cuda")
@@ -192,7 +192,7 @@ class TestCudaMixedPrecision:
         scaler = torch.amp.GradScaler("cuda", enabled=True)
         batch = [(torch.randn(8, 3, 128, 256), (torch.rand(8, 80) > 0.95).float(), torch.rand(8) > 0.5)]
         before = [p.detach().clone() for p in model.parameters()]
-        loss = _train_epoch(model, batch, build_loss(experiment), optimizer, scaler, device, True,
+        loss = train_epoch(model, batch, build_loss(experiment), optimizer, scaler, device, True,
                             desc="amp", progress=False)
         assert np.isfinite(loss)
         assert scaler.is_enabled() and scaler.get_scale() > 0
