@@ -3,7 +3,7 @@
 The numbers follow the winning FSDKaggle2019 solution exactly (see ``AudioConfig``). The pipeline is
 three public steps, each usable on its own::
 
-    y = read_audio(path, config)          # float32 mono at 44.1 kHz, trimmed, >= 0.5 s
+    y = read_audio(path, config)          # float32 mono at 44.1 kHz, <= 600 s, trimmed, >= 0.5 s
     logmel = to_log_mel(y, config)        # float32 (n_mels, frames), dB
     logmel = read_as_melspectrogram(path) # both at once
 """
@@ -24,7 +24,11 @@ import librosa.feature  # noqa: F401
 import numpy as np
 import soundfile as sf
 
-from freesound.errors import FreesoundError
+from freesound.errors import FreesoundError, FreesoundWarning
+
+#: Sample rates a file may declare, in Hz: telephone-grade to the fastest audio converters. A
+#: header outside this range is corrupt (or not audio), and resampling it would make nonsense.
+SAMPLE_RATE_RANGE = (1000, 768_000)
 
 
 class AudioDecodeError(FreesoundError):
@@ -34,6 +38,10 @@ class AudioDecodeError(FreesoundError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"cannot decode {self.path}: {reason}")
+
+
+class AudioCroppedWarning(FreesoundWarning):
+    """A file longer than ``AudioConfig.max_seconds`` was cropped; the message names it and its length."""
 
 
 @dataclass(frozen=True)
@@ -55,13 +63,19 @@ class AudioConfig:
     amin: float = 1e-10
     top_db: float = 80.0
     pad_mode: str = "reflect"
+    #: Longer files are cropped to their first ``max_seconds`` (with a warning), bounding the
+    #: memory and time one file can take. FSDKaggle2019 clips are at most 30 s long.
+    max_seconds: float = 600.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "AudioConfig":
-        """Build from a plain dict (a checkpoint's or a TOML file's); unknown keys are an error."""
+        """Build from a plain dict (a checkpoint's or a TOML file's); unknown keys are an error.
+
+        Missing keys take their defaults, so checkpoints saved before a field existed still load.
+        """
         values = dict(values or {})
         valid = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - valid)
@@ -82,7 +96,7 @@ class AudioConfig:
 DEFAULT_CONFIG = AudioConfig()
 
 
-def decode(path) -> tuple[np.ndarray, int]:
+def decode(path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Decode an audio file to float32 samples.
 
     Parameters
@@ -90,6 +104,10 @@ def decode(path) -> tuple[np.ndarray, int]:
     path : str or Path
         Any format libsndfile reads (wav incl. 8-bit and ADPCM, flac, ogg, mp3, aiff); other
         formats go through librosa's fallback decoder when one is installed.
+    max_seconds : float, optional
+        Keep only the first ``max_seconds`` of a longer file and warn (``AudioCroppedWarning``,
+        naming the file and its length). libsndfile then reads only those frames, so an
+        absurdly long file costs no more memory than the limit.
 
     Returns
     -------
@@ -99,23 +117,52 @@ def decode(path) -> tuple[np.ndarray, int]:
     Raises
     ------
     AudioDecodeError
-        Missing, empty, truncated or non-audio files, and files holding NaN or infinite samples.
+        Missing, empty, truncated or non-audio files (headerless ones included), sample rates
+        outside ``SAMPLE_RATE_RANGE``, and files holding NaN or infinite samples.
     """
     path = Path(path)
+    if path.is_dir():
+        raise AudioDecodeError(path, "it is a folder, not a file")
     if not path.is_file():
         raise AudioDecodeError(path, "no such file")
     if path.stat().st_size == 0:
         raise AudioDecodeError(path, "the file is empty (0 bytes)")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-        samples = data.T
+        with sf.SoundFile(str(path)) as handle:
+            if handle.format == "RAW":
+                # libsndfile guessed headerless audio from the name (.au, .snd, .vox, .gsm): any
+                # bytes at all would "decode" as noise.
+                raise AudioDecodeError(path, f"no audio header (only its name suggests {handle.subtype} audio)")
+            sr, total = handle.samplerate, handle.frames
+            _check_sample_rate(path, sr)
+            keep = _frames_to_keep(total, sr, max_seconds)
+            samples = handle.read(keep, dtype="float32", always_2d=True).T
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as sf_error:
         samples, sr = _decode_fallback(path, sf_error)
+        _check_sample_rate(path, sr)
+        total = samples.shape[-1]
+        keep = _frames_to_keep(total, sr, max_seconds)
+        samples = samples[:, :keep]
+    # A truncated file's header may promise more frames than it holds: warn only when the limit cut.
+    if keep < total and samples.shape[-1] == keep:
+        warnings.warn(AudioCroppedWarning(
+            f"{path} is {total / sr:.1f} s long; only its first {max_seconds:g} s are used (max_seconds)"
+        ), stacklevel=2)
     if samples.shape[-1] == 0:
         raise AudioDecodeError(path, "the file holds no audio samples")
     if not np.isfinite(samples).all():
         raise AudioDecodeError(path, "the file holds NaN or infinite samples")
     return np.ascontiguousarray(samples, dtype=np.float32), int(sr)
+
+
+def _check_sample_rate(path: Path, sr: int) -> None:
+    low, high = SAMPLE_RATE_RANGE
+    if not low <= sr <= high:
+        raise AudioDecodeError(path, f"the sample rate {sr} Hz is outside {low}-{high} Hz")
+
+
+def _frames_to_keep(total: int, sr: int, max_seconds: float | None) -> int:
+    return total if max_seconds is None else min(total, int(round(max_seconds * sr)))
 
 
 def _decode_fallback(path: Path, sf_error: Exception) -> tuple[np.ndarray, int]:
@@ -264,7 +311,7 @@ def trim_to_min_length(y: np.ndarray, config: AudioConfig = DEFAULT_CONFIG) -> n
 
 
 def read_audio(path, config: AudioConfig | None = None) -> np.ndarray:
-    """Decode, mix to mono, resample and trim a clip.
+    """Decode (at most ``config.max_seconds``), mix to mono, resample and trim a clip.
 
     Returns
     -------
@@ -275,7 +322,7 @@ def read_audio(path, config: AudioConfig | None = None) -> np.ndarray:
     AudioDecodeError
     """
     config = config or DEFAULT_CONFIG
-    samples, sr = decode(path)
+    samples, sr = decode(path, config.max_seconds)
     y = resample(to_mono(samples), sr, config.sample_rate)
     return trim_to_min_length(y, config)
 

@@ -2,29 +2,41 @@
 
 Every command calls one library function; anything it prints is a summary of that function's
 result. A ``FreesoundError`` becomes one sentence on stderr and exit status 1 (``--debug`` shows
-the traceback instead).
+the traceback instead); a ``FreesoundWarning`` becomes one ``warning:`` line on stderr.
 """
 
 from __future__ import annotations
 
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import click
 
 from freesound import __version__, settings
-from freesound.errors import FreesoundError
+from freesound.errors import FreesoundError, FreesoundWarning
 
 WORK_DEFAULT = "data"
 
 
 class FreesoundGroup(click.Group):
-    """Turns the library's user-facing errors into one clear sentence."""
+    """Turns the library's user-facing errors into one clear sentence, and its warnings into one line."""
 
     def invoke(self, ctx):
+        show_python_warning = warnings.showwarning
+
+        def show_warning(message, category, *args, **kwargs):
+            if issubclass(category, FreesoundWarning):
+                click.echo(f"warning: {message}", err=True)
+            else:
+                show_python_warning(message, category, *args, **kwargs)
+
         try:
-            return super().invoke(ctx)
+            # Worker processes (features, predict --workers) are forked inside, so they inherit it.
+            with warnings.catch_warnings():
+                warnings.showwarning = show_warning
+                return super().invoke(ctx)
         except FreesoundError as error:
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
@@ -87,16 +99,20 @@ def synth(out_dir, num_classes, num_curated, num_noisy, num_test, seed):
 @work_option
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Worker processes (default: all available CPUs).")
-def features(data_dir, work_dir, workers):
+@click.option("--max-seconds", type=click.FloatRange(0, min_open=True), default=None,
+              help="Crop longer files to their first MAX_SECONDS, with a warning (default: 600); "
+                   "must match the [audio] max_seconds of the experiments trained on them.")
+def features(data_dir, work_dir, workers, max_seconds):
     """Compute and cache the log-mel spectrogram of every clip (resumable)."""
     from freesound.data import load_dataset
     from freesound.features import cache_features, cache_root
     from freesound.audio import AudioConfig
 
+    config = AudioConfig() if max_seconds is None else AudioConfig(max_seconds=max_seconds)
     dataset = load_dataset(data_dir)
-    report = cache_features(dataset, work_dir, workers=workers or settings.default_workers())
+    report = cache_features(dataset, work_dir, config, workers=workers or settings.default_workers())
     click.echo(f"features: {report.computed} computed, {report.cached} already cached, "
-               f"{len(report.failures)} failed -> {cache_root(work_dir, dataset.root, AudioConfig())}")
+               f"{len(report.failures)} failed -> {cache_root(work_dir, dataset.root, config)}")
     for split, fname, reason in report.failures:
         click.echo(f"  failed: {split}/{fname}: {reason}", err=True)
     if report.failures:
@@ -127,8 +143,25 @@ def experiments_dir_option(function):
     )(function)
 
 
+def _check_device(ctx, param, value):
+    if value is None:
+        return None
+    import torch
+
+    try:
+        torch.device(value)
+    except RuntimeError:
+        raise click.BadParameter(f"{value!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    try:
+        torch.empty(0, device=value)
+    except (AssertionError, RuntimeError):  # torch asserts when built without CUDA
+        raise click.BadParameter(f"device {value!r} is not available on this machine") from None
+    return value
+
+
 def device_option(function):
-    return click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")(function)
+    return click.option("--device", default=None, callback=_check_device,
+                        help="torch device (default: cuda when present, else cpu).")(function)
 
 
 @main.command()
@@ -266,6 +299,105 @@ def stack(ensemble, data_dir, work_dir, experiments_dir, device):
         click.echo(f"  {name:<32} {score:.4f}")
 
 
+@main.command("select-ensemble")
+@click.argument("experiments", nargs=-1, required=True)
+@data_option
+@work_option
+@experiments_dir_option
+@click.option("--max-size", type=click.IntRange(1), default=None,
+              help="Most experiments in a subset (default: all given).")
+@click.option("--out", "out_file", type=click.Path(path_type=Path), default=None,
+              help="Ensemble file to write (default: <experiments>/selected.toml).")
+@click.option("--top", type=click.IntRange(1), default=10, show_default=True, help="Subsets shown and plotted.")
+@click.option("--stackers-from", default=None,
+              help="Copy the [[stackers]] tables of this ensemble file (default: one FCNet with default settings).")
+@click.option("--no-stacker", is_flag=True, help="Write a plain geometric-mean blend with no stacker.")
+@device_option
+def select_ensemble_command(experiments, data_dir, work_dir, experiments_dir, max_size, out_file, top,
+                            stackers_from, no_stacker, device):
+    """Pick the subset of trained EXPERIMENTS whose geometric-mean blend has the best OOF lwlrap.
+
+    Every subset of 1..--max-size experiments is scored while there are at most 20,000 of them
+    (e.g. all subsets of 14 experiments); beyond that, greedy forward selection adds the
+    experiment that most improves the blend until nothing improves or the subset is full.
+    Experiments without OOF predictions are predicted first. Prints the top subsets and writes the
+    best as an ensemble file for `stack`, `predict` and `build-kernel`, with the table beside it
+    (<out>.selection.csv, every subset; <out>.selection.png, the top ones).
+    """
+    from freesound.config import StackerConfig, load_ensemble
+    from freesound.data import load_dataset
+    from freesound.select import (ensure_oof, experiment_names, format_selection, load_oof_set, save_selection,
+                                  select_ensemble)
+
+    if no_stacker and stackers_from:
+        raise click.UsageError("give at most one of --stackers-from and --no-stacker")
+    stackers = (() if no_stacker else load_ensemble(stackers_from, experiments_dir).stackers if stackers_from
+                else (StackerConfig(),))
+    names = experiment_names(experiments, experiments_dir)
+    dataset = load_dataset(data_dir)
+    ensure_oof(names, dataset, work_dir, device=device or settings.default_device(), log=click.echo)
+    selection = select_ensemble(load_oof_set(names, dataset, work_dir, log=click.echo), max_size)
+    click.echo(format_selection(selection, top))
+    paths = save_selection(selection, out_file or Path(experiments_dir) / "selected.toml", stackers=stackers, top=top)
+    click.echo(f"ensemble -> {paths['ensemble']}\ntable -> {paths['csv']}\nplot -> {paths['png']}")
+
+
+@main.command()
+@click.argument("experiment")
+@data_option
+@work_option
+@experiments_dir_option
+@click.option("--trials", type=click.IntRange(1), required=True,
+              help="Total number of trials; finished ones are kept, so rerunning resumes.")
+@click.option("--space", "space_file", type=click.Path(path_type=Path), default=None,
+              help="Search space TOML (default: see above).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Trial i's settings depend on (seed, i) only.")
+@click.option("--fold", "folds", type=int, multiple=True, help="Train and score trials on this fold only (repeatable).")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Override max_epochs in every trial (the best config keeps its own).")
+@click.option("--name", default=None, help="Search name (default: EXPERIMENT's); trials train as <name>-trial<i>.")
+@click.option("--out", "out_file", type=click.Path(path_type=Path), default=None,
+              help="Best config file (default: <experiments>/<name>-best.toml).")
+@device_option
+def search(experiment, data_dir, work_dir, experiments_dir, trials, space_file, seed, folds, epochs, name, out_file,
+           device):
+    """Random search over EXPERIMENT's settings, or an ENSEMBLE's first stacker's, by OOF lwlrap.
+
+    Each trial trains with the normal training code and is scored by its out-of-fold lwlrap on
+    the trained folds. Results go to <work>/search/<name>/trials.csv as trials finish (a killed
+    search resumes where it stopped and never repeats a finished trial) with progress.png beside
+    it; the best trial's config is written as a new experiment (or ensemble) file.
+
+    \b
+    The space is TOML, one entry per config key (experiments: dotted keys such as train.lr,
+    model.params.dropout, mixers.prob; ensembles: stacker fields such as lr, p_dropout):
+      "train.lr" = { loguniform = [1e-4, 1e-2] }
+      "model.params.dropout" = { uniform = [0.1, 0.5] }
+      "model.params.base_size" = { int = [4, 16] }
+      "mixers.prob" = { choice = [0.0, 0.5, 0.8] }
+      "train.max_epochs" = 20          (a plain value is fixed)
+
+    \b
+    Default space for an experiment:
+      train.lr loguniform [1e-4, 1e-2], model.params.dropout uniform [0.0, 0.5],
+      mixers.prob uniform [0.4, 1.0], transforms.spec_augment_prob uniform [0.2, 0.8]
+    Default space for an ensemble's stacker:
+      lr loguniform [1e-4, 1e-2], p_dropout uniform [0.0, 0.5],
+      base_size choice [32, 64, 128, 256], reduction_scale choice [1, 2, 4, 8]
+    """
+    from freesound.data import load_dataset
+    from freesound.search import TrialSetup, format_trials, load_space, load_target, run_search
+
+    target = load_target(experiment, experiments_dir)
+    space = load_space(space_file, target)
+    setup = TrialSetup.create(load_dataset(data_dir), work_dir, folds, device=device or settings.default_device(),
+                              max_epochs=epochs)
+    result = run_search(target, space, setup, trials=trials, seed=seed, name=name, out=out_file,
+                        experiments_dir=experiments_dir, log=click.echo)
+    click.echo(f"\n{name or target.name}: best of {len(result.trials)} trials by OOF lwlrap")
+    click.echo(format_trials(result.trials))
+    click.echo(f"trials -> {result.paths['csv']}\nplot -> {result.paths['png']}\nbest config -> {result.paths['best']}")
+
+
 @main.command()
 @click.argument("predictions_csv", type=click.Path(path_type=Path))
 @click.option("--labels", "labels_csv", required=True, type=click.Path(path_type=Path),
@@ -286,10 +418,14 @@ def evaluate(predictions_csv, labels_csv, top):
 @click.option("--top", type=click.IntRange(1), default=5, show_default=True)
 @device_option
 def tag(files, experiment, work_dir, top, device):
-    """Print the top classes of each audio FILE."""
+    """Print the top classes of each audio FILE.
+
+    An undecodable FILE gets one error line on stderr and exit status 1; the others are still tagged.
+    """
+    from freesound.folds import recorded_folds
     from freesound.predict import Tagger
 
-    tagger = Tagger.from_experiment(Path(work_dir) / "experiments" / experiment,
+    tagger = Tagger.from_experiment(Path(work_dir) / "experiments" / experiment, required=recorded_folds(work_dir),
                                     device=device or settings.default_device())
     failures = []
     frame = tagger.predict_files(files, on_error="skip", failures=failures)
@@ -298,7 +434,7 @@ def tag(files, experiment, work_dir, top, device):
         for label, prob in row.sort_values(ascending=False).head(top).items():
             click.echo(f"  {prob:6.3f}  {'#' * int(round(prob * 20)):<20}  {label}")
     for fname, reason in failures:
-        click.echo(f"failed: {fname}: {reason}", err=True)
+        click.echo(f"error: cannot decode {fname}: {reason}", err=True)
     if failures:
         sys.exit(1)
 
@@ -413,10 +549,11 @@ def listen(experiment, work_dir, audio_file, window, hop, top, input_device, dur
 
     The microphone needs the optional sounddevice package: pip install 'freesound[listen]'.
     """
+    from freesound.folds import recorded_folds
     from freesound.listen import format_tags, listen_microphone, replay_file
     from freesound.predict import Tagger
 
-    tagger = Tagger.from_experiment(Path(work_dir) / "experiments" / experiment,
+    tagger = Tagger.from_experiment(Path(work_dir) / "experiments" / experiment, required=recorded_folds(work_dir),
                                     device=device or settings.default_device())
     if audio_file is not None:
         for time_s, tags in replay_file(audio_file, tagger, window_seconds=window, hop_seconds=hop, top=top):

@@ -152,10 +152,23 @@ class Dataset:
         return [directory / fname for fname in self.fnames(split)]
 
 
+def read_csv(path, **kwargs) -> pd.DataFrame:
+    """``pandas.read_csv``, with a missing or unreadable file (not text, not a table, lacking the
+    asked-for columns or types) as one ``DatasetError`` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        return pd.read_csv(path, **kwargs)
+    except ValueError as error:  # pandas' ParserError and EmptyDataError, and UnicodeDecodeError, are ValueErrors
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise DatasetError(f"{path}: not a readable CSV file ({reason})") from error
+
+
 def read_classes(sample_submission) -> tuple:
     """The class vocabulary: ``sample_submission.csv``'s columns after ``fname``."""
     path = Path(sample_submission)
-    header = pd.read_csv(path, nrows=0).columns.tolist()
+    header = read_csv(path, nrows=0).columns.tolist()
     if not header or header[0] != "fname" or len(header) < 2:
         raise DatasetError(f"{path}: expected a header 'fname,<class>,...', got {header[:3]}")
     return tuple(header[1:])
@@ -179,9 +192,7 @@ def parse_labels(text, classes, *, where: str) -> tuple:
 def read_labels_csv(path, classes) -> pd.DataFrame:
     """Read a ``fname,labels`` file into ``fname`` (str) and ``labels`` (tuple of str)."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame = read_csv(path, dtype=str, keep_default_na=False)
     missing = {"fname", "labels"} - set(frame.columns)
     if missing:
         raise DatasetError(f"{path}: missing column(s) {sorted(missing)}; expected 'fname,labels'")
@@ -204,7 +215,7 @@ def load_dataset(root) -> Dataset:
     if not sample_submission.is_file():
         raise DatasetError(f"{sample_submission}: file not found (is {root} an FSDKaggle2019 directory?)")
     classes = read_classes(sample_submission)
-    test_fnames = tuple(pd.read_csv(sample_submission, usecols=["fname"], dtype=str).fname)
+    test_fnames = tuple(read_csv(sample_submission, usecols=["fname"], dtype=str).fname)
     return Dataset(
         root=root,
         classes=classes,

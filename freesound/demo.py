@@ -24,7 +24,7 @@ from freesound.data import load_dataset, multi_hot, read_labels_csv
 from freesound.ensemble import EnsemblePredictor, ensemble_spec
 from freesound.errors import FreesoundError
 from freesound.features import cache_features, load_features
-from freesound.fileio import atomic_write_csv
+from freesound.fileio import atomic_write_csv, atomic_write_text
 from freesound.folds import FOLDS_FILE, make_folds, write_folds
 from freesound.kaggle import COMPETITION
 from freesound.metrics import lwlrap
@@ -92,7 +92,7 @@ def run_demo(work="data/demo", *, experiments_dir="experiments", ensemble="ensem
     summary = {"cv": cv, "test_lwlrap": test_score, "baseline_test_lwlrap": baseline_score,
                "kernel_max_diff": kernel_diff, "test_csv": str(test_csv), "kernels": {k: str(v) for k, v in kernels.items()},
                "pngs": [str(p) for p in pngs], "seconds": time.perf_counter() - started}
-    (work / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(work / "demo_summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

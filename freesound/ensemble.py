@@ -27,6 +27,7 @@ import torch
 
 from freesound.config import EnsembleConfig, load_ensemble
 from freesound.errors import FreesoundError
+from freesound.folds import recorded_folds
 from freesound.models import load_model
 from freesound.predict import Tagger, experiment_checkpoints, geometric_mean, predict_files
 
@@ -102,24 +103,25 @@ def spec_files(spec: dict) -> list:
     return [p for group in ("experiments", "stackers") for paths in spec.get(group, {}).values() for p in paths]
 
 
-def _relative_checkpoints(weights_root: Path, name: str, folds=None) -> list:
-    return [path.relative_to(weights_root).as_posix() for path in experiment_checkpoints(weights_root / name, folds)]
+def _relative_checkpoints(work, name: str, folds=None) -> list:
+    """Checkpoints relative to ``<work>/experiments``; every fold of ``<work>/folds.csv`` must be there."""
+    weights_root = Path(work) / "experiments"
+    paths = experiment_checkpoints(weights_root / name, folds, required=recorded_folds(work))
+    return [path.relative_to(weights_root).as_posix() for path in paths]
 
 
 def experiment_spec(name: str, work, folds=None) -> dict:
     """The spec of one trained (or imported) experiment: its fold checkpoints, no stackers."""
-    weights_root = Path(work) / "experiments"
-    return {"name": name, "experiments": {name: _relative_checkpoints(weights_root, name, folds)}, "stackers": {}}
+    return {"name": name, "experiments": {name: _relative_checkpoints(work, name, folds)}, "stackers": {}}
 
 
 def ensemble_spec(ensemble, work, experiments_dir="experiments") -> dict:
     """The spec of a trained ensemble; ``ensemble`` is an ``EnsembleConfig``, a name or a path."""
     if not isinstance(ensemble, EnsembleConfig):
         ensemble = load_ensemble(ensemble, experiments_dir)
-    weights_root = Path(work) / "experiments"
     return {
         "name": ensemble.name,
-        "experiments": {name: _relative_checkpoints(weights_root, name) for name in ensemble.experiments},
-        "stackers": {ensemble.stacker_dir_name(s): _relative_checkpoints(weights_root, ensemble.stacker_dir_name(s))
+        "experiments": {name: _relative_checkpoints(work, name) for name in ensemble.experiments},
+        "stackers": {ensemble.stacker_dir_name(s): _relative_checkpoints(work, ensemble.stacker_dir_name(s))
                      for s in ensemble.stackers},
     }

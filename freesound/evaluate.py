@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from freesound.data import multi_hot, read_labels_csv
+from freesound.data import multi_hot, read_csv, read_labels_csv
 from freesound.errors import FreesoundError
 from freesound.metrics import lwlrap, per_class_lwlrap
 
@@ -50,9 +50,7 @@ def format_scores(name: str, scores: dict, top: int | None = None) -> str:
 def evaluate_csv(predictions_csv, labels_csv) -> dict:
     """Score a submission-format CSV against a ``fname,labels`` CSV (rows matched by fname)."""
     predictions_csv, labels_csv = Path(predictions_csv), Path(labels_csv)
-    if not predictions_csv.is_file():
-        raise FreesoundError(f"{predictions_csv}: file not found")
-    predictions = pd.read_csv(predictions_csv)
+    predictions = read_csv(predictions_csv)
     if "fname" not in predictions.columns:
         raise FreesoundError(f"{predictions_csv}: expected a 'fname' column followed by class columns")
     classes = [c for c in predictions.columns if c != "fname"]

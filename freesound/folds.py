@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import KFold
 
+from freesound.data import read_csv
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_csv
 
@@ -37,12 +38,21 @@ def write_folds(work, folds: pd.DataFrame) -> Path:
     return path
 
 
+def recorded_folds(work) -> list | None:
+    """The fold numbers of ``<work>/folds.csv``, or None when there is none: the folds a trained
+    experiment under ``work`` must have."""
+    path = Path(work) / FOLDS_FILE
+    if not path.is_file():
+        return None
+    return sorted(set(read_csv(path, usecols=["fold"], dtype={"fold": int}).fold))
+
+
 def read_folds(work, curated_fnames) -> pd.DataFrame:
     """Read ``folds.csv``, checking that it covers exactly the dataset's curated clips."""
     path = Path(work) / FOLDS_FILE
     if not path.is_file():
         raise FreesoundError(f"{path} not found; run `freesound make-folds` first")
-    folds = pd.read_csv(path, dtype={"fname": str, "fold": int})
+    folds = read_csv(path, dtype={"fname": str, "fold": int})
     if set(folds.fname) != set(curated_fnames):
         raise FreesoundError(f"{path} does not match this dataset's curated clips; rerun `freesound make-folds`")
     return folds

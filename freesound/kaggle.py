@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 import freesound
+from freesound.data import read_csv
 from freesound.ensemble import EnsemblePredictor
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_csv
@@ -129,7 +130,7 @@ def read_sample_submission(competition_dir: Path) -> pd.DataFrame:
     path = competition_dir / "sample_submission.csv"
     if not path.is_file():
         raise FreesoundError(f"{path} not found: attach the {COMPETITION} competition data to the kernel")
-    sample = pd.read_csv(path)
+    sample = read_csv(path)
     if sample.columns[0] != "fname":
         raise FreesoundError(f"{path}: the first column must be fname, found {sample.columns[0]!r}")
     if sample.empty:

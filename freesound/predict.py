@@ -170,9 +170,10 @@ class Tagger:
         return cls(models, first["classes"], **kwargs)
 
     @classmethod
-    def from_experiment(cls, directory, folds=None, **kwargs) -> "Tagger":
-        """Every ``fold_<k>/model.pt`` of a trained (or imported) experiment directory."""
-        return cls.from_checkpoints(experiment_checkpoints(directory, folds), **kwargs)
+    def from_experiment(cls, directory, folds=None, required=None, **kwargs) -> "Tagger":
+        """Every ``fold_<k>/model.pt`` of a trained (or imported) experiment directory (see
+        ``experiment_checkpoints`` for ``folds`` and ``required``)."""
+        return cls.from_checkpoints(experiment_checkpoints(directory, folds, required), **kwargs)
 
     # -- spectrograms -------------------------------------------------------------------------
 
@@ -312,23 +313,31 @@ def silent_logmel(config: AudioConfig | None = None) -> np.ndarray:
     return to_log_mel(np.zeros(config.min_samples, dtype=np.float32), config)
 
 
-def experiment_checkpoints(directory, folds=None) -> list:
+def experiment_checkpoints(directory, folds=None, required=None) -> list:
     """``fold_<k>/model.pt`` paths of an experiment directory, sorted by fold.
 
-    With ``folds`` given, every named fold must be there; an error names the missing ones.
+    With ``folds`` given, exactly those folds, each of which must be there. Otherwise every fold
+    found, and none may be missing: no fold numbered below the highest one, no ``fold_<k>``
+    folder without its ``model.pt`` (a training that never finished an epoch) and none of
+    ``required`` (e.g. the folds of ``folds.csv``, ``freesound.folds.recorded_folds``). A
+    prediction from some of the folds would silently differ from the ensemble's, so an error
+    names the missing ones.
     """
     directory = Path(directory)
-    found = {
-        int(path.parent.name.removeprefix("fold_")): path
-        for path in directory.glob("fold_*/model.pt") if path.parent.name.removeprefix("fold_").isdigit()
-    }
+    fold_dirs = {int(path.name.removeprefix("fold_")): path for path in directory.glob("fold_*")
+                 if path.is_dir() and path.name.removeprefix("fold_").isdigit()}
+    found = {k: path / "model.pt" for k, path in fold_dirs.items() if (path / "model.pt").is_file()}
     if folds is None:
         if not found:
             raise FreesoundError(f"no trained folds in {directory} (expected fold_<k>/model.pt)")
+        expected = set(range(max(found) + 1)) | set(fold_dirs) | set(required or ())
         folds = sorted(found)
-    missing = [k for k in folds if k not in found]
+    else:
+        expected = set(folds)
+    missing = sorted(expected - set(found))
     if missing:
-        raise FreesoundError(f"{directory}: fold(s) {', '.join(map(str, missing))} have no model.pt")
+        raise FreesoundError(f"{directory}: fold(s) {', '.join(map(str, missing))} have no model.pt "
+                             f"(expected folds {', '.join(map(str, sorted(expected)))})")
     return [found[k] for k in folds]
 
 

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from freesound.augment import train_transform, valid_transform
-from freesound.config import Experiment, dump_experiment
+from freesound.config import ConfigError, Experiment, dump_experiment
 from freesound.data import Dataset, apply_corrections, load_corrections, multi_hot
 from freesound.errors import FreesoundError
 from freesound.features import load_features
@@ -261,10 +261,23 @@ def _validate(model, valid_set, loss_fn, batch_size, device, use_amp):
     return sum(losses) / len(valid_set), np.concatenate(scores)
 
 
+def check_experiment(experiment: Experiment, num_classes: int) -> None:
+    """Build the experiment's model and losses once, so that an unknown model or loss name or a
+    bad parameter is one ``ConfigError`` before any data is loaded."""
+    try:
+        create_model(experiment.model.name, num_classes=num_classes, **experiment.model.params)
+        build_loss(experiment)
+        make_loss(**experiment.loss.curated)
+    except (KeyError, TypeError, ValueError) as error:
+        # KeyError's str() quotes its message; the first argument is the sentence itself.
+        raise ConfigError(f"experiment {experiment.name!r}: {error.args[0] if error.args else error}") from error
+
+
 def train_experiment(
     experiment: Experiment, dataset: Dataset, work, folds=None, **kwargs
 ) -> list:
     """Train the given folds (default: every fold in ``folds.csv``)."""
+    check_experiment(experiment, len(dataset.classes))
     if folds is None:
         folds = sorted(set(read_folds(work, dataset.curated.fname).fold))
     return [train_fold(experiment, dataset, work, fold, **kwargs) for fold in folds]

@@ -1,6 +1,7 @@
 """The audio front end: parity with a direct librosa computation, and its rules."""
 
 import dataclasses
+import warnings
 
 import librosa
 import numpy as np
@@ -8,7 +9,9 @@ import pytest
 import soundfile as sf
 
 from freesound.audio import (
+    SAMPLE_RATE_RANGE,
     AudioConfig,
+    AudioCroppedWarning,
     AudioDecodeError,
     read_as_melspectrogram,
     read_audio,
@@ -200,13 +203,85 @@ def test_decode_errors_name_the_file_and_reason(tmp_path):
         assert info.value.reason
 
 
-def test_nan_samples_are_rejected(tmp_path):
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_and_infinite_samples_are_rejected(tmp_path, bad):
     y = tone(1.0)
-    y[100] = np.nan
-    path = tmp_path / "nan.wav"
+    y[100] = bad
+    path = tmp_path / "bad.wav"
     sf.write(path, y, SR, subtype="FLOAT")
-    with pytest.raises(AudioDecodeError, match="NaN"):
+    with pytest.raises(AudioDecodeError, match="NaN or infinite"):
         read_audio(path)
+
+
+@pytest.mark.parametrize("sr", [SR, 22050])
+def test_long_file_is_cropped_to_max_seconds_with_a_warning(tmp_path, sr):
+    y = tone(3.0, sr=sr)
+    path = tmp_path / "long.wav"
+    sf.write(path, y, sr, subtype="FLOAT")
+    first = tmp_path / "first.wav"
+    sf.write(first, y[:sr], sr, subtype="FLOAT")
+    config = AudioConfig(max_seconds=1.0)
+    with pytest.warns(AudioCroppedWarning) as caught:
+        cropped = read_as_melspectrogram(path, config)
+    # The crop is the first second of the file, in the file's own sample rate, before anything else.
+    np.testing.assert_array_equal(cropped, read_as_melspectrogram(first, config))
+    message = str(caught[0].message)
+    assert str(path) in message and "3.0 s long" in message and "first 1 s" in message
+
+
+def test_files_within_max_seconds_are_left_alone(tmp_path):
+    path = tmp_path / "exact.wav"
+    sf.write(path, tone(1.0), SR, subtype="FLOAT")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(read_audio(path, AudioConfig(max_seconds=1.0)), read_audio(path))
+    # The default never touches FSDKaggle2019 clips (at most 30 s).
+    assert AudioConfig().max_seconds >= 30
+
+
+def test_max_seconds_keys_the_cache_and_old_configs_still_load():
+    assert AudioConfig(max_seconds=30.0).key() != AudioConfig().key()
+    # A checkpoint saved before max_seconds existed stores the other fields only.
+    old = {k: v for k, v in AudioConfig().to_dict().items() if k != "max_seconds"}
+    assert AudioConfig.from_dict(old) == AudioConfig()
+
+
+@pytest.mark.parametrize("sr", [SAMPLE_RATE_RANGE[0] - 1, 1, SAMPLE_RATE_RANGE[1] + 1])
+def test_sample_rates_outside_the_range_are_rejected(tmp_path, sr):
+    path = tmp_path / "odd_rate.wav"
+    sf.write(path, tone(0.1, sr=44100), sr, subtype="PCM_16")
+    with pytest.raises(AudioDecodeError, match=f"sample rate {sr} Hz"):
+        read_audio(path)
+
+
+def test_low_sample_rate_is_resampled(tmp_path):
+    path = tmp_path / "phone.wav"
+    sf.write(path, tone(1.0, sr=8000, freq=300.0), 8000, subtype="PCM_16")
+    assert read_audio(path, AudioConfig(trim_top_db=200.0)).shape == (SR,)
+
+
+def test_many_channels_are_averaged(tmp_path):
+    channels = np.stack([tone(1.0, freq=200.0 * (k + 1), seed=k) for k in range(6)], axis=1)
+    path = tmp_path / "surround.wav"
+    sf.write(path, channels, SR, subtype="FLOAT")
+    np.testing.assert_allclose(read_audio(path, AudioConfig(trim_top_db=200.0)), channels.mean(axis=1), atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".au", ".snd", ".vox", ".gsm"])
+def test_headerless_files_are_not_guessed_from_their_name(tmp_path, suffix):
+    # libsndfile reads any bytes named *.au as 8 kHz mu-law: noise, not a clip.
+    path = tmp_path / f"noise{suffix}"
+    path.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(AudioDecodeError, match="no audio header"):
+        read_audio(path)
+    real = tmp_path / "real.au"
+    sf.write(real, tone(1.0, sr=8000), 8000, format="AU", subtype="ULAW")
+    assert read_audio(real).shape[0] >= 22050
+
+
+def test_a_folder_is_not_a_file(tmp_path):
+    with pytest.raises(AudioDecodeError, match="folder"):
+        read_audio(tmp_path)
 
 
 def test_to_log_mel_frames_and_range():
