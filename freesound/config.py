@@ -231,6 +231,11 @@ class EnsembleConfig:
         return f"{self.name}_{stacker.name}"
 
 
+def stacker_from_dict(values: dict, *, where: str = "stacker") -> StackerConfig:
+    """A ``StackerConfig`` from a table; unknown keys are a ``ConfigError`` naming the valid ones."""
+    return _build(StackerConfig, values, where)
+
+
 def is_ensemble_file(path) -> bool:
     return "experiments" in read_toml(path)
 
@@ -245,7 +250,7 @@ def load_ensemble(spec, experiments_dir="experiments") -> EnsembleConfig:
     experiments = values.get("experiments")
     if not isinstance(experiments, list) or not experiments or not all(isinstance(e, str) for e in experiments):
         raise ConfigError(f"{path}: 'experiments' must be a non-empty list of experiment names")
-    stackers = tuple(_build(StackerConfig, table, f"{path}: stackers[{i}]")
+    stackers = tuple(stacker_from_dict(table, where=f"{path}: stackers[{i}]")
                      for i, table in enumerate(values.get("stackers", [])))
     names = [s.name for s in stackers]
     if len(set(names)) != len(names):

@@ -8,7 +8,8 @@ these precisions over all positive labels, which equals scikit-learn's
 same precisions by class gives per-class scores whose label-count-weighted sum is lwlrap.
 
 Everything is vectorised: one row-wise sort of the ``(N, C)`` scores, no Python loop over clips or
-classes.
+classes. ``label_precisions`` scores many score matrices against one truth at once (ensemble
+selection scores thousands of candidate blends) by counting at each positive label instead.
 """
 
 from __future__ import annotations
@@ -93,3 +94,34 @@ def per_clip_lrap(truth, scores) -> np.ndarray:
     counts = truth.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, _precision_at_hits(truth, scores).sum(axis=1) / counts, np.nan)
+
+
+def label_precisions(rows, labels, row_truth) -> np.ndarray:
+    """Precision at each positive label of ``B`` score matrices; lwlrap is their mean.
+
+    For a positive label ``(i, j)`` the rank is ``|{k : s_ik >= s_ij}|`` and the hits are the
+    positives among them, ties included as in ``lwlrap``: ``O(B · P · C)`` comparisons for ``P``
+    positive labels, much cheaper than ``B`` row-wise sorts when clips have few labels. With
+    ``clips, labels = np.nonzero(truth)``,
+    ``label_precisions(scores[:, clips], labels, truth[clips]).mean(axis=1)`` is the lwlrap of
+    each ``scores[b]``. Inputs are not validated here.
+
+    Parameters
+    ----------
+    rows : np.ndarray ``(B, P, C)``
+        For ``B`` score matrices, the scores of the clip of each of ``P`` positive labels (a clip
+        with two labels has its row twice).
+    labels : np.ndarray ``(P,)`` int
+        The class of each positive label.
+    row_truth : np.ndarray ``(P, C)`` bool
+        The truth row of each positive label's clip.
+
+    Returns
+    -------
+    np.ndarray ``(B, P)`` float64
+    """
+    at_hit = np.take_along_axis(rows, np.broadcast_to(labels[None, :, None], (len(rows), len(labels), 1)), axis=2)
+    at_or_above = rows >= at_hit
+    ranks = np.count_nonzero(at_or_above, axis=2)
+    hits = np.count_nonzero(at_or_above & row_truth[None], axis=2)
+    return hits / ranks

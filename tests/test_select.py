@@ -1,0 +1,260 @@
+"""Ensemble selection: subset enumeration, vectorised blend scores, greedy selection, the ensemble
+file, and the CLI on tiny trained experiments."""
+
+from math import comb
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from freesound.cli import main
+from freesound.config import StackerConfig, load_ensemble, load_experiment
+from freesound.data import Dataset
+from freesound.errors import FreesoundError
+from freesound.evaluate import probability_frame
+from freesound.metrics import label_precisions, lwlrap
+from freesound.oof import predictions_dir
+from freesound.predict import geometric_mean
+from freesound.select import (
+    count_subsets,
+    enumerate_subsets,
+    experiment_names,
+    load_oof_set,
+    save_selection,
+    score_subsets,
+    select_ensemble,
+    write_ensemble_file,
+)
+
+CLASSES = ("a", "b", "c", "d", "e", "f", "g")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads; on a busy shared machine they lose a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fake_dataset(n_clips=80, seed=0):
+    """A Dataset with labels only (selection never reads audio): 1-3 labels per clip."""
+    rng = np.random.default_rng(seed)
+    labels = [tuple(rng.choice(CLASSES, size=rng.integers(1, 4), replace=False)) for _ in range(n_clips)]
+    curated = pd.DataFrame({"fname": [f"clip{i:03d}.wav" for i in range(n_clips)], "labels": labels})
+    return Dataset(Path("fake"), CLASSES, curated, curated.iloc[:0], ())
+
+
+def write_oof(work, name, fnames, probs, classes=CLASSES):
+    path = predictions_dir(work, name) / "oof.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    probability_frame(fnames, probs, classes).to_csv(path, index=False)
+
+
+def fake_experiments(work, dataset, n_experiments, seed=0):
+    """Noisy OOF probabilities of varying quality; returns {name: (N, C) probs} in clip order."""
+    rng = np.random.default_rng(seed)
+    truth = np.array([[c in labels for c in CLASSES] for labels in dataset.curated.labels], dtype=float)
+    probs = {}
+    for e in range(n_experiments):
+        noise = rng.normal(scale=0.5 + 0.3 * e, size=truth.shape)
+        probs[f"exp{e}"] = (1 / (1 + np.exp(-(2 * truth - 1 + noise)))).astype(np.float32)
+        write_oof(work, f"exp{e}", dataset.curated.fname, probs[f"exp{e}"])
+    return probs
+
+
+@pytest.mark.parametrize("n, max_size", [(1, 1), (4, 4), (5, 2), (6, 3), (3, 10), (10, 10)])
+def test_subset_enumeration_counts(n, max_size):
+    masks = enumerate_subsets(n, max_size)
+    expected = sum(comb(n, k) for k in range(1, min(n, max_size) + 1))
+    assert count_subsets(n, max_size) == expected == len(masks)
+    assert len({row.tobytes() for row in masks}) == len(masks)  # no subset twice
+    sizes = masks.sum(axis=1)
+    assert sizes.min() == 1 and sizes.max() == min(n, max_size)
+    assert (np.diff(sizes) >= 0).all()  # by size
+
+
+def test_label_precisions_average_to_lwlrap_with_ties():
+    rng = np.random.default_rng(1)
+    truth = rng.random((40, 9)) < 0.25
+    truth[np.arange(40), rng.integers(0, 9, 40)] = True
+    truth[3] = False  # a clip with no label carries no weight
+    scores = np.round(rng.random((6, 40, 9)), 1)  # many ties
+    clips, labels = np.nonzero(truth)
+    batch = label_precisions(scores[:, clips], labels, truth[clips]).mean(axis=1)
+    np.testing.assert_allclose(batch, [lwlrap(truth, s) for s in scores], rtol=0, atol=1e-12)
+
+
+def test_blend_score_equals_direct_geometric_mean(tmp_path):
+    dataset = fake_dataset()
+    probs = fake_experiments(tmp_path, dataset, 6)
+    oof = load_oof_set(list(probs), dataset, tmp_path)
+    truth = oof.truth
+    rng = np.random.default_rng(2)
+    masks = rng.random((25, 6)) < 0.5
+    masks[np.arange(25), rng.integers(0, 6, 25)] = True
+    scores = score_subsets(oof, masks)
+    stacked = np.stack(list(probs.values()))
+    for mask, score in zip(masks, scores):
+        assert score == pytest.approx(lwlrap(truth, geometric_mean(stacked[mask])), abs=1e-9)
+
+
+def test_exhaustive_selection_scores_every_subset_best_first(tmp_path):
+    dataset = fake_dataset()
+    probs = fake_experiments(tmp_path, dataset, 5)
+    selection = select_ensemble(load_oof_set(list(probs), dataset, tmp_path), max_size=3)
+    assert selection.method == "exhaustive"
+    assert len(selection.scores) == count_subsets(5, 3)
+    assert (np.diff(selection.scores) <= 0).all()
+    assert selection.best_score == selection.scores.max()
+    assert set(selection.single_scores()) == set(probs)
+    table = selection.table(4)
+    assert list(table.columns) == ["rank", "size", "lwlrap", "experiments"] and len(table) == 4
+    assert table.experiments[0] == " + ".join(selection.best)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_greedy_never_worse_than_best_single(tmp_path, seed):
+    dataset = fake_dataset(seed=seed)
+    probs = fake_experiments(tmp_path, dataset, 6, seed=seed)
+    oof = load_oof_set(list(probs), dataset, tmp_path)
+    greedy = select_ensemble(oof, max_size=4, limit=0)  # limit 0 forces greedy
+    assert greedy.method == "greedy"
+    assert len(greedy.best) <= 4
+    assert greedy.best_score >= max(greedy.single_scores().values())
+    assert len(greedy.single_scores()) == 6
+    exhaustive = select_ensemble(oof, max_size=4)
+    assert greedy.best_score <= exhaustive.best_score
+    assert greedy.best_score == pytest.approx(score_subsets(oof, greedy.masks[:1])[0])
+
+
+def test_greedy_beyond_the_exhaustive_limit(tmp_path):
+    dataset = fake_dataset(n_clips=30)
+    probs = fake_experiments(tmp_path, dataset, 16)
+    oof = load_oof_set(list(probs), dataset, tmp_path)
+    assert count_subsets(16, 4) == 2516 and select_ensemble(oof, max_size=4).method == "exhaustive"
+    assert count_subsets(16, 16) == 65535 and select_ensemble(oof).method == "greedy"
+
+
+def test_oof_sets_are_aligned_by_fname_on_common_clips(tmp_path):
+    dataset = fake_dataset()
+    probs = fake_experiments(tmp_path, dataset, 2)
+    fnames = list(dataset.curated.fname)
+    order = np.random.default_rng(0).permutation(len(fnames))[:-5]  # shuffled, 5 clips missing
+    write_oof(tmp_path, "exp1", np.array(fnames)[order], probs["exp1"][order])
+    messages = []
+    oof = load_oof_set(["exp0", "exp1"], dataset, tmp_path, log=messages.append)
+    assert len(oof.fnames) == len(fnames) - 5 and "exp0 has 80" in messages[0]
+    keep = np.isin(fnames, oof.fnames)
+    both = np.stack([probs["exp0"][keep], probs["exp1"][keep]])
+    assert score_subsets(oof, [[True, True]])[0] == pytest.approx(lwlrap(oof.truth, geometric_mean(both)))
+
+
+def test_mismatched_or_missing_oof_is_a_clear_error(tmp_path):
+    dataset = fake_dataset()
+    probs = fake_experiments(tmp_path, dataset, 2)
+    write_oof(tmp_path, "other", dataset.curated.fname, probs["exp0"][:, ::-1], classes=CLASSES[::-1])
+    with pytest.raises(FreesoundError, match="other.*class columns.*another order"):
+        load_oof_set(["exp0", "other"], dataset, tmp_path)
+    write_oof(tmp_path, "fewer", dataset.curated.fname, probs["exp0"][:, :-1], classes=CLASSES[:-1])
+    with pytest.raises(FreesoundError, match="lacks g"):
+        load_oof_set(["exp0", "fewer"], dataset, tmp_path)
+    with pytest.raises(FreesoundError, match="missing.*freesound predict"):
+        load_oof_set(["exp0", "missing"], dataset, tmp_path)
+    with pytest.raises(FreesoundError, match="more than once: exp0"):
+        experiment_names(["exp0", "exp1", "exp0"])
+
+
+def test_saved_selection_is_a_loadable_ensemble(tmp_path):
+    dataset = fake_dataset()
+    probs = fake_experiments(tmp_path, dataset, 4)
+    selection = select_ensemble(load_oof_set(list(probs), dataset, tmp_path))
+    stacker = StackerConfig(name="mlp", base_size=16, lr=2e-3)
+    paths = save_selection(selection, tmp_path / "experiments" / "best_blend.toml", stackers=[stacker], top=5)
+    ensemble = load_ensemble(paths["ensemble"])
+    assert ensemble.name == "best_blend"
+    assert ensemble.experiments == selection.best
+    assert ensemble.stackers == (stacker,)
+    table = pd.read_csv(paths["csv"])
+    assert len(table) == 15 and table.lwlrap.iloc[0] == pytest.approx(selection.best_score)
+    assert paths["png"].stat().st_size > 1000
+    experiment_file = tmp_path / "experiments" / "small.toml"
+    experiment_file.write_text("[train]\nlr = 0.001\n")
+    with pytest.raises(FreesoundError, match="not an ensemble file"):
+        write_ensemble_file(experiment_file, ["exp0"])
+    assert load_experiment(experiment_file).train.lr == 0.001
+
+
+TINY = """
+[model]
+name = "simple_cnn"
+params = { base_size = 4, dropout = 0.2 }
+aux_weights = [1.0]
+
+[train]
+lr = {lr}
+batch_size = 8
+epoch_size = 16
+max_epochs = 1
+workers = 0
+
+[sampling]
+curated = 0.7
+corrected_noisy = 0.0
+noisy = 0.3
+"""
+
+STACKERS = """
+experiments = ["tiny_a"]
+
+[[stackers]]
+name = "mlp"
+base_size = 8
+reduction_scale = 2
+epoch_size = 32
+batch_size = 16
+max_epochs = 2
+"""
+
+
+def run(*args, expect=0):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == expect, result.output + str(result.exception)
+    return result
+
+
+def test_select_ensemble_command_end_to_end(tiny_work, tmp_path):
+    """Train two tiny experiments, select (OOF predicted on the way), then stack and predict."""
+    dataset, work = tiny_work
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    for name, lr in (("tiny_a", 3e-3), ("tiny_b", 3e-2)):
+        (experiments / f"{name}.toml").write_text(TINY.replace("{lr}", str(lr)))
+    (experiments / "stackers.toml").write_text(STACKERS)
+    common = ["--data", dataset.root, "--work", work, "--experiments", experiments, "--device", "cpu"]
+    for name in ("tiny_a", "tiny_b"):
+        run("train", name, *common)
+    out = run("select-ensemble", "tiny_a", experiments / "tiny_b.toml", *common,
+              "--stackers-from", "stackers", "--top", "2").output
+    assert "exhaustive selection over 2 experiments: 3 subsets" in out
+    assert "best single experiment:" in out
+    ensemble = load_ensemble(experiments / "selected.toml")
+    table = pd.read_csv(experiments / "selected.selection.csv")
+    assert len(table) == 3 and table.experiments[0] == " + ".join(ensemble.experiments)
+    assert f"{table.lwlrap[0]:.4f}" in out
+    assert (experiments / "selected.selection.png").is_file()
+    assert [s.name for s in ensemble.stackers] == ["mlp"]
+    stacked = run("stack", "selected", *common).output
+    assert "selected_mlp" in stacked and "blend" in stacked
+    run("predict", "selected", *common)
+    submission = pd.read_csv(work / "predictions" / "selected" / "test.csv")
+    assert list(submission.fname) == list(dataset.test_fnames)
+    # The same selection as a plain blend: no stacker to train, predict works at once.
+    run("select-ensemble", "tiny_a", "tiny_b", *common, "--no-stacker", "--out", experiments / "plain.toml")
+    assert load_ensemble(experiments / "plain.toml").stackers == ()
+    result = run("select-ensemble", "tiny_a", "nope", *common, expect=1)
+    assert "nope" in result.output and "Traceback" not in result.output
