@@ -67,6 +67,13 @@ class AudioConfig:
     #: memory and time one file can take. FSDKaggle2019 clips are at most 30 s long.
     max_seconds: float = 600.0
 
+    def __post_init__(self):
+        for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "min_seconds", "max_seconds", "amin"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"audio {name} must be positive, got {getattr(self, name)!r}")
+        if self.max_seconds < self.min_seconds:
+            raise ValueError(f"audio max_seconds ({self.max_seconds:g}) is below min_seconds ({self.min_seconds:g})")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

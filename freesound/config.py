@@ -134,7 +134,10 @@ def _build(cls, values: dict, where: str):
             kwargs[name] = value
         else:
             raise ConfigError(f"{where}.{name}: expected {type(default).__name__}, got {value!r}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as error:  # a section's own range checks (e.g. AudioConfig's)
+        raise ConfigError(f"{where}: {error}" if where else str(error)) from error
 
 
 def experiment_from_dict(values: dict, *, name: str = "default", source_dir: str = "", where: str = "") -> Experiment:

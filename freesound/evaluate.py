@@ -46,7 +46,6 @@ def format_scores(name: str, scores: dict, top: int | None = None) -> str:
     return "\n".join(lines)
 
 
-
 def evaluate_csv(predictions_csv, labels_csv) -> dict:
     """Score a submission-format CSV against a ``fname,labels`` CSV (rows matched by fname)."""
     predictions_csv, labels_csv = Path(predictions_csv), Path(labels_csv)
@@ -59,4 +58,10 @@ def evaluate_csv(predictions_csv, labels_csv) -> dict:
     if missing:
         raise FreesoundError(f"{labels_csv} has no labels for {len(missing)} predicted clip(s), e.g. {missing[0]}")
     truth = multi_hot(labels.loc[predictions.fname, "labels"], classes)
-    return score_predictions(truth, predictions[classes].to_numpy(dtype=np.float32), classes)
+    probs = predictions[classes].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
+    bad = np.argwhere(~np.isfinite(probs))
+    if len(bad):
+        row, column = bad[0]
+        raise FreesoundError(f"{predictions_csv}: {len(bad)} prediction(s) are not finite numbers, e.g. "
+                             f"{classes[column]!r} of {predictions.fname.iloc[row]} is {predictions[classes[column]].iloc[row]!r}")
+    return score_predictions(truth, probs, classes)

@@ -147,6 +147,21 @@ def unknown_model(env):
             ["'bad'", "resnet_nope", "aux_skip_attention"])
 
 
+def out_of_range_audio_setting(env):
+    (env.experiments / "bad.toml").write_text("[audio]\nmax_seconds = 0.0\n")
+    return (["train", "bad", "--data", env.dataset.root, "--work", env.work, "--experiments", env.experiments],
+            ["bad.toml", "audio", "max_seconds must be positive"])
+
+
+def non_numeric_predictions(env):
+    frame = pd.read_csv(env.csvs / "sample_submission.csv")
+    frame[frame.columns[1]] = frame[frame.columns[1]].astype(object)
+    frame.loc[2, frame.columns[1]] = "high"
+    frame.to_csv(env.tmp / "predictions.csv", index=False)
+    return (["evaluate", env.tmp / "predictions.csv", "--labels", env.csvs / "test_labels.csv"],
+            [env.tmp / "predictions.csv", "not finite numbers", frame.fname[2], "'high'"])
+
+
 def label_not_in_vocabulary(env):
     fname = damage_label(env.csvs / "train_curated.csv")
     return (["make-folds", "--data", env.csvs, "--work", env.tmp / "w"],
@@ -176,7 +191,7 @@ def missing_fold(env):
 
 
 CLI_ERRORS = [unknown_experiment, missing_dataset_folder, missing_csv, unknown_config_key, unknown_model,
-              label_not_in_vocabulary, missing_weights, unreadable_audio_for_tag, unreadable_csv, missing_fold]
+              out_of_range_audio_setting, non_numeric_predictions, label_not_in_vocabulary, missing_weights, unreadable_audio_for_tag, unreadable_csv, missing_fold]
 
 
 @pytest.mark.parametrize("case", CLI_ERRORS, ids=[case.__name__ for case in CLI_ERRORS])
