@@ -39,6 +39,41 @@ def tiny_work(tiny_data, tmp_path):
     return dataset, copy
 
 
+def tiny_experiment_toml(model="simple_cnn", *, base_size=4, lr=3e-3, epoch_size=16, max_epochs=1,
+                         extra_params="") -> str:
+    """An experiment TOML that trains in about a second a fold on the tiny dataset."""
+    aux = "[1.0, 0.4, 0.2, 0.1]" if model == "aux_skip_attention" else "[1.0]"
+    return f"""
+[model]
+name = "{model}"
+params = {{ base_size = {base_size}{extra_params} }}
+aux_weights = {aux}
+
+[train]
+lr = {lr}
+batch_size = 8
+epoch_size = {epoch_size}
+max_epochs = {max_epochs}
+workers = 0
+
+[sampling]
+curated = 0.7
+corrected_noisy = 0.0
+noisy = 0.3
+"""
+
+
+def run_cli(*args, expect=0):
+    """Invoke the CLI in-process; assert the exit status and return click's result."""
+    from click.testing import CliRunner
+
+    from freesound.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == expect, result.output + str(result.exception)
+    return result
+
+
 def random_model(seed=0, classes=5):
     """A small AuxSkipAttention with random weights and non-trivial batch-norm statistics, so that
     eval mode matters."""

@@ -6,33 +6,14 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from freesound.cli import main
 from freesound.data import load_corrections, multi_hot, read_labels_csv
 from freesound.metrics import lwlrap
 from freesound.oof import load_oof_tiles
 from freesound.predict import Tagger, geometric_mean
 from freesound.stack import random_tile_subset
 
-TINY = """
-[model]
-name = "{model}"
-params = {{ base_size = 4 }}
-aux_weights = {aux}
-
-[train]
-lr = 3e-3
-batch_size = 8
-epoch_size = 24
-max_epochs = 2
-workers = 0
-
-[sampling]
-curated = 0.7
-corrected_noisy = 0.0
-noisy = 0.3
-"""
+from conftest import run_cli as run, tiny_experiment_toml
 
 ENSEMBLE = """
 experiments = ["tiny_a", "tiny_b"]
@@ -47,11 +28,6 @@ max_epochs = 4
 """
 
 
-def run(*args, expect=0):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == expect, result.output + str(result.exception)
-    return result
-
 
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
@@ -62,8 +38,8 @@ def trained(tiny_data, tmp_path_factory):
     shutil.copytree(base_work, work)
     experiments = root / "experiments"
     experiments.mkdir()
-    (experiments / "tiny_a.toml").write_text(TINY.format(model="aux_skip_attention", aux="[1.0, 0.4, 0.2, 0.1]"))
-    (experiments / "tiny_b.toml").write_text(TINY.format(model="simple_cnn", aux="[1.0]"))
+    (experiments / "tiny_a.toml").write_text(tiny_experiment_toml("aux_skip_attention", epoch_size=24, max_epochs=2))
+    (experiments / "tiny_b.toml").write_text(tiny_experiment_toml("simple_cnn", epoch_size=24, max_epochs=2))
     (experiments / "tiny_ens.toml").write_text(ENSEMBLE)
     common = ["--data", dataset.root, "--work", work, "--experiments", experiments, "--device", "cpu"]
     for name in ("tiny_a", "tiny_b"):

@@ -41,26 +41,7 @@ from freesound.predict import Tagger, silent_logmel
 from freesound.synth import synthesize_dataset
 from freesound.train import state_path
 
-from conftest import REPO
-
-STUB = """
-[model]
-name = "simple_cnn"
-params = { base_size = 4 }
-aux_weights = [1.0]
-
-[train]
-lr = 3e-3
-batch_size = 8
-epoch_size = %(epoch_size)d
-max_epochs = %(max_epochs)d
-workers = 0
-
-[sampling]
-curated = 0.7
-corrected_noisy = 0.0
-noisy = 0.3
-"""
+from conftest import REPO, tiny_experiment_toml
 
 
 def cli(*args):
@@ -105,7 +86,7 @@ def env(tiny_work, tmp_path):
         shutil.copy(dataset.root / name, csvs / name)
     experiments = tmp_path / "experiments"
     experiments.mkdir()
-    (experiments / "stub.toml").write_text(STUB % {"epoch_size": 16, "max_epochs": 1})
+    (experiments / "stub.toml").write_text(tiny_experiment_toml(epoch_size=16, max_epochs=1))
     save_stub_folds(work, "stub", dataset.classes)
     return SimpleNamespace(dataset=dataset, work=work, csvs=csvs, experiments=experiments, tmp=tmp_path)
 
@@ -231,7 +212,7 @@ def corrections_file(env, key="corrections", split="curated"):
     frame = env.dataset.curated if split == "curated" else env.dataset.noisy
     fname = frame.fname[1]
     (env.experiments / "fixes.json").write_text(json.dumps({fname: f"{frame.labels[1][0]},Not_a_class"}))
-    (env.experiments / "fixed.toml").write_text(STUB % {"epoch_size": 16, "max_epochs": 1}
+    (env.experiments / "fixed.toml").write_text(tiny_experiment_toml(epoch_size=16, max_epochs=1)
                                                 + f'\n[data]\n{key} = "fixes.json"\n')
     return (["train", "fixed", "--data", env.dataset.root, "--work", env.work, "--experiments", env.experiments,
              "--device", "cpu"], env.experiments / "fixes.json", fname)
@@ -290,7 +271,7 @@ def test_predict_keeps_every_test_row_and_names_every_failure(small_dataset, tmp
     work, experiments = tmp_path / "work", tmp_path / "experiments"
     save_stub_folds(work, "stub", classes, folds=(0, 1))
     experiments.mkdir()
-    (experiments / "stub.toml").write_text(STUB % {"epoch_size": 16, "max_epochs": 1})
+    (experiments / "stub.toml").write_text(tiny_experiment_toml(epoch_size=16, max_epochs=1))
     result = cli("predict", "stub", "--data", root, "--work", work, "--experiments", experiments, "--no-oof",
                  "--device", "cpu")
     assert result.exit_code == 1
@@ -371,7 +352,7 @@ def test_features_and_training_with_another_max_seconds(tmp_path):
     assert result.stderr.count("warning: ") == len(long)
 
     experiments.mkdir()
-    stub = STUB % {"epoch_size": 8, "max_epochs": 1}
+    stub = tiny_experiment_toml(epoch_size=8, max_epochs=1)
     (experiments / "short.toml").write_text(stub + "\n[audio]\nmax_seconds = 2.0\n")
     (experiments / "default_audio.toml").write_text(stub)
     common = ["--data", root, "--work", work, "--experiments", experiments, "--device", "cpu", "--fold", "0"]
@@ -507,7 +488,7 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tiny_data, tmp_path
     dataset, base_work = tiny_data
     experiments = tmp_path / "experiments"
     experiments.mkdir()
-    (experiments / "tiny.toml").write_text(STUB % {"epoch_size": 16, "max_epochs": 3})
+    (experiments / "tiny.toml").write_text(tiny_experiment_toml(epoch_size=16, max_epochs=3))
     runs = {}
     for run in ("straight", "killed"):
         work = tmp_path / run

@@ -30,24 +30,7 @@ from freesound.search import (
     run_search,
 )
 
-TINY = """
-[model]
-name = "simple_cnn"
-params = { base_size = 4, dropout = 0.2 }
-aux_weights = [1.0]
-
-[train]
-lr = 3e-3
-batch_size = 8
-epoch_size = 16
-max_epochs = 1
-workers = 0
-
-[sampling]
-curated = 0.7
-corrected_noisy = 0.0
-noisy = 0.3
-"""
+from conftest import tiny_experiment_toml
 
 SPACE = """
 "train.lr" = { loguniform = [1e-3, 1e-2] }
@@ -83,7 +66,7 @@ def one_thread():
 def experiments(tmp_path):
     folder = tmp_path / "experiments"
     folder.mkdir()
-    (folder / "tiny.toml").write_text(TINY)
+    (folder / "tiny.toml").write_text(tiny_experiment_toml(extra_params=", dropout = 0.2"))
     (folder / "ens.toml").write_text(ENSEMBLE)
     (folder / "space.toml").write_text(SPACE)
     return folder

@@ -8,9 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 
-from freesound.cli import main
 from freesound.config import StackerConfig, load_ensemble, load_experiment
 from freesound.data import Dataset
 from freesound.errors import FreesoundError
@@ -28,6 +26,8 @@ from freesound.select import (
     select_ensemble,
     write_ensemble_file,
 )
+
+from conftest import run_cli as run, tiny_experiment_toml
 
 CLASSES = ("a", "b", "c", "d", "e", "f", "g")
 
@@ -189,25 +189,6 @@ def test_saved_selection_is_a_loadable_ensemble(tmp_path):
     assert load_experiment(experiment_file).train.lr == 0.001
 
 
-TINY = """
-[model]
-name = "simple_cnn"
-params = { base_size = 4, dropout = 0.2 }
-aux_weights = [1.0]
-
-[train]
-lr = {lr}
-batch_size = 8
-epoch_size = 16
-max_epochs = 1
-workers = 0
-
-[sampling]
-curated = 0.7
-corrected_noisy = 0.0
-noisy = 0.3
-"""
-
 STACKERS = """
 experiments = ["tiny_a"]
 
@@ -221,11 +202,6 @@ max_epochs = 2
 """
 
 
-def run(*args, expect=0):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == expect, result.output + str(result.exception)
-    return result
-
 
 def test_select_ensemble_command_end_to_end(tiny_work, tmp_path):
     """Train two tiny experiments, select (OOF predicted on the way), then stack and predict."""
@@ -233,7 +209,7 @@ def test_select_ensemble_command_end_to_end(tiny_work, tmp_path):
     experiments = tmp_path / "experiments"
     experiments.mkdir()
     for name, lr in (("tiny_a", 3e-3), ("tiny_b", 3e-2)):
-        (experiments / f"{name}.toml").write_text(TINY.replace("{lr}", str(lr)))
+        (experiments / f"{name}.toml").write_text(tiny_experiment_toml(lr=lr, extra_params=", dropout = 0.2"))
     (experiments / "stackers.toml").write_text(STACKERS)
     common = ["--data", dataset.root, "--work", work, "--experiments", experiments, "--device", "cpu"]
     for name in ("tiny_a", "tiny_b"):
