@@ -63,6 +63,22 @@ noisy = 0.3
 """
 
 
+def tiny_ensemble_toml(experiments, *, base_size=8, epoch_size=32, max_epochs=2) -> str:
+    """An ensemble file over ``experiments`` with one tiny FCNet stacker named ``mlp``."""
+    names = ", ".join(f'"{name}"' for name in experiments)
+    return f"""
+experiments = [{names}]
+
+[[stackers]]
+name = "mlp"
+base_size = {base_size}
+reduction_scale = 2
+epoch_size = {epoch_size}
+batch_size = 16
+max_epochs = {max_epochs}
+"""
+
+
 def run_cli(*args, expect=0):
     """Invoke the CLI in-process; assert the exit status and return click's result."""
     from click.testing import CliRunner

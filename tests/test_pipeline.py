@@ -13,20 +13,9 @@ from freesound.oof import load_oof_tiles
 from freesound.predict import Tagger, geometric_mean
 from freesound.stack import random_tile_subset
 
-from conftest import run_cli as run, tiny_experiment_toml
+from conftest import run_cli as run, tiny_experiment_toml, tiny_ensemble_toml
 
-ENSEMBLE = """
-experiments = ["tiny_a", "tiny_b"]
-
-[[stackers]]
-name = "mlp"
-base_size = 16
-reduction_scale = 2
-epoch_size = 64
-batch_size = 16
-max_epochs = 4
-"""
-
+ENSEMBLE = tiny_ensemble_toml(["tiny_a", "tiny_b"], base_size=16, epoch_size=64, max_epochs=4)
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from freesound.search import (
     run_search,
 )
 
-from conftest import tiny_experiment_toml
+from conftest import tiny_experiment_toml, tiny_ensemble_toml
 
 SPACE = """
 "train.lr" = { loguniform = [1e-3, 1e-2] }
@@ -40,17 +40,7 @@ prob = { uniform = [0.2, 0.9] }
 dropout = { choice = [0.1, 0.3] }
 """
 
-ENSEMBLE = """
-experiments = ["fake_a", "fake_b"]
-
-[[stackers]]
-name = "mlp"
-base_size = 8
-reduction_scale = 2
-epoch_size = 32
-batch_size = 16
-max_epochs = 2
-"""
+ENSEMBLE = tiny_ensemble_toml(["fake_a", "fake_b"])
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -27,7 +27,7 @@ from freesound.select import (
     write_ensemble_file,
 )
 
-from conftest import run_cli as run, tiny_experiment_toml
+from conftest import run_cli as run, tiny_experiment_toml, tiny_ensemble_toml
 
 CLASSES = ("a", "b", "c", "d", "e", "f", "g")
 
@@ -189,18 +189,7 @@ def test_saved_selection_is_a_loadable_ensemble(tmp_path):
     assert load_experiment(experiment_file).train.lr == 0.001
 
 
-STACKERS = """
-experiments = ["tiny_a"]
-
-[[stackers]]
-name = "mlp"
-base_size = 8
-reduction_scale = 2
-epoch_size = 32
-batch_size = 16
-max_epochs = 2
-"""
-
+STACKERS = tiny_ensemble_toml(["tiny_a"])
 
 
 def test_select_ensemble_command_end_to_end(tiny_work, tmp_path):
