@@ -284,15 +284,13 @@ def stack(ensemble, data_dir, work_dir, experiments_dir, device):
     """Train ENSEMBLE's stackers on its experiments' out-of-fold predictions and score the blend."""
     from freesound.config import load_ensemble
     from freesound.data import load_dataset
-    from freesound.oof import predict_oof, predictions_dir
+    from freesound.oof import ensure_oof
     from freesound.stack import train_stackers
 
     device = device or settings.default_device()
     config = load_ensemble(ensemble, experiments_dir)
     dataset = load_dataset(data_dir)
-    for name in config.experiments:
-        if not (predictions_dir(work_dir, name) / "oof_tiles.npz").is_file():
-            predict_oof(name, dataset, work_dir, device=device, log=click.echo)
+    ensure_oof(config.experiments, dataset, work_dir, device=device, log=click.echo)
     cv = train_stackers(config, dataset, work_dir, device=device, log=click.echo)
     click.echo(f"\n{config.name}: OOF lwlrap")
     for name, score in cv.items():
@@ -326,7 +324,8 @@ def select_ensemble_command(experiments, data_dir, work_dir, experiments_dir, ma
     """
     from freesound.config import StackerConfig, load_ensemble
     from freesound.data import load_dataset
-    from freesound.select import (ensure_oof, experiment_names, format_selection, load_oof_set, save_selection,
+    from freesound.oof import ensure_oof
+    from freesound.select import (experiment_names, format_selection, load_oof_set, save_selection,
                                   select_ensemble)
 
     if no_stacker and stackers_from:
@@ -470,14 +469,13 @@ def relabel(experiment, data_dir, work_dir, experiments_dir, curated_below, prom
     """Propose label corrections from a trained EXPERIMENT's predictions, for review."""
     from freesound.config import load_experiment
     from freesound.data import load_dataset
-    from freesound.oof import predict_oof, predictions_dir
+    from freesound.oof import ensure_oof
     from freesound.relabel import propose_relabels
 
     name = load_experiment(experiment, experiments_dir).name
     dataset = load_dataset(data_dir)
     device = device or settings.default_device()
-    if not (predictions_dir(work_dir, name) / "oof_tiles.npz").is_file():
-        predict_oof(name, dataset, work_dir, device=device, log=click.echo)
+    ensure_oof([name], dataset, work_dir, device=device, log=click.echo)
     result = propose_relabels(name, dataset, work_dir, device=device, curated_below=curated_below,
                               promote_at=promote_at, remove_below=remove_below)
     removed = sum(labels is None for labels in result.noisy_proposals.values())

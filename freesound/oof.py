@@ -81,6 +81,9 @@ def predict_oof(name: str, dataset: Dataset, work, *, device="cpu", batch_size: 
     offsets = np.concatenate([[0], np.cumsum([len(t) for t in tiles])])
     oof = OOFTiles(np.array(fnames), np.array(fold_ids), offsets, np.concatenate(tiles).astype(np.float32))
     out_dir = predictions_dir(work, name)
+    # oof_scores.json is written last and marks a complete set: a run killed part-way through
+    # the three files leaves no marker, and the next one redoes them (``oof_is_current``).
+    (out_dir / "oof_scores.json").unlink(missing_ok=True)
     save_oof_tiles(out_dir / "oof_tiles.npz", oof)
     clip_probs = oof.clip_means()
     atomic_write_csv(out_dir / "oof.csv", probability_frame(oof.fnames, clip_probs, dataset.classes), index=False)
@@ -88,6 +91,24 @@ def predict_oof(name: str, dataset: Dataset, work, *, device="cpu", batch_size: 
     scores = score_predictions(multi_hot(labels, dataset.classes), clip_probs, dataset.classes, oof.folds)
     atomic_write_text(out_dir / "oof_scores.json", json.dumps(scores, indent=2) + "\n")
     return scores
+
+
+def oof_is_current(work, name: str) -> bool:
+    """Whether ``predictions/<name>/`` holds a complete OOF set newer than every fold's weights."""
+    out_dir = predictions_dir(work, name)
+    files = [out_dir / f for f in ("oof_tiles.npz", "oof.csv", "oof_scores.json")]
+    if not all(f.is_file() for f in files):
+        return False
+    weights = list((Path(work) / "experiments" / name).glob("fold_*/model.pt"))
+    return all(files[-1].stat().st_mtime >= w.stat().st_mtime for w in weights)
+
+
+def ensure_oof(names, dataset: Dataset, work, *, device="cpu", log=print) -> None:
+    """Predict out of fold every experiment whose OOF files are missing, incomplete or older than
+    its weights (a retrained experiment)."""
+    for name in names:
+        if not oof_is_current(work, name):
+            predict_oof(name, dataset, work, device=device, log=log)
 
 
 def save_oof_tiles(path, oof: OOFTiles) -> None:

@@ -80,9 +80,10 @@ from freesound.features import load_features
 from freesound.fileio import atomic_write_csv, atomic_write_text
 from freesound.folds import read_folds
 from freesound.metrics import lwlrap
+from freesound.oof import ensure_oof
 from freesound.plots import plot_search_progress
 from freesound.predict import Tagger, experiment_checkpoints
-from freesound.select import ensemble_file_text, ensure_oof
+from freesound.select import ensemble_file_text
 from freesound.stack import stacked_oof, train_stacker_fold
 from freesound.train import check_experiment, experiment_dir, fold_dir, train_fold
 

@@ -37,7 +37,7 @@ from freesound.data import Dataset, multi_hot
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_csv, atomic_write_text
 from freesound.metrics import label_precisions
-from freesound.oof import predict_oof, predictions_dir
+from freesound.oof import predictions_dir
 from freesound.plots import plot_selection
 
 #: The most subsets scored exhaustively; above it, greedy forward selection.
@@ -127,14 +127,6 @@ def experiment_names(specs, experiments_dir="experiments") -> tuple:
     if repeated:
         raise FreesoundError(f"experiment(s) given more than once: {', '.join(repeated)}")
     return names
-
-
-def ensure_oof(names, dataset: Dataset, work, *, device="cpu", log=print) -> None:
-    """Predict out of fold (``freesound.oof.predict_oof``) every experiment without ``oof.csv``,
-    as ``freesound stack`` does for its experiments."""
-    for name in names:
-        if not (predictions_dir(work, name) / "oof.csv").is_file():
-            predict_oof(name, dataset, work, device=device, log=log)
 
 
 def _read_oof_csv(path: Path, classes) -> pd.DataFrame:

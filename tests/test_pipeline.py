@@ -1,6 +1,7 @@
 """The chain on tiny data through the CLI: train -> OOF -> stack -> predict -> evaluate -> relabel."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from freesound.data import load_corrections, multi_hot, read_labels_csv
 from freesound.metrics import lwlrap
-from freesound.oof import load_oof_tiles
+from freesound.oof import ensure_oof, load_oof_tiles, oof_is_current
 from freesound.predict import Tagger, geometric_mean
 from freesound.stack import random_tile_subset
 
@@ -54,6 +55,27 @@ def test_oof_files_and_scores(trained):
     assert scores["lwlrap"] == pytest.approx(lwlrap(multi_hot(labels, dataset.classes), oof.clip_means()))
     assert set(scores["per_fold"]) == {"0", "1", "2"}
     assert sum(v["weight"] for v in scores["per_class"].values()) == pytest.approx(1.0)
+
+
+def test_oof_is_redone_when_incomplete_or_older_than_the_weights(trained, tmp_path):
+    dataset, base_work, _, _ = trained
+    work = tmp_path / "work"
+    shutil.copytree(base_work, work)
+    out = work / "predictions" / "tiny_a"
+    assert oof_is_current(work, "tiny_a")
+    expected = (out / "oof.csv").read_text()
+
+    (out / "oof_scores.json").unlink()  # a run killed before its last file
+    assert not oof_is_current(work, "tiny_a")
+    ensure_oof(["tiny_a"], dataset, work, log=lambda *_: None)
+    assert oof_is_current(work, "tiny_a") and (out / "oof.csv").read_text() == expected
+
+    weights = work / "experiments" / "tiny_a" / "fold_1" / "model.pt"  # retrained after the OOF
+    earlier = weights.stat().st_mtime - 10
+    os.utime(out / "oof_scores.json", (earlier, earlier))
+    assert not oof_is_current(work, "tiny_a")
+    ensure_oof(["tiny_a"], dataset, work, log=lambda *_: None)
+    assert (out / "oof_scores.json").stat().st_mtime >= weights.stat().st_mtime
 
 
 def test_experiment_test_prediction_is_fold_geometric_mean(trained):

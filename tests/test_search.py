@@ -200,6 +200,7 @@ def test_stacker_search_writes_a_loadable_ensemble(tiny_work, experiments):
         save_oof_tiles(predictions_dir(work, name) / "oof_tiles.npz", tiles)
         probability_frame(tiles.fnames, tiles.clip_means(), dataset.classes).to_csv(
             predictions_dir(work, name) / "oof.csv", index=False)
+        (predictions_dir(work, name) / "oof_scores.json").write_text("{}")
     ens = target(experiments, "ens")
     space = parse_space({"lr": {"loguniform": [1e-3, 1e-2]}, "base_size": {"choice": [4, 8]}}, ens)
     setup = TrialSetup.create(dataset, work, [0, 1], device="cpu", max_epochs=1)
