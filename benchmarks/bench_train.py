@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/bench_train.py [--quick] [--device cuda] [--batch-size N]
 
 1. Model steps: samples/s of ``freesound.train.train_epoch`` (the training loop's own step, with
-   the method's loss) on the full-size AuxSkipAttention, fp32 against fp16 autocast + GradScaler
-   (CUDA only) and AMP with channels-last inputs, on the same fixed batches.
+   the method's loss and channels-last layout) on the full-size AuxSkipAttention, fp32 against
+   fp16 autocast + GradScaler (CUDA only), on the same fixed batches.
 2. Data pipeline: samples/s that ``SamplingDataset`` (the method's transforms and mixers) delivers
    through a DataLoader with 0..N worker processes, on random log-mels with the real data's mean
    clip lengths, against the model's fastest rate from 1.: does the CPU keep the device busy?
@@ -19,7 +19,6 @@ by more than 2% (same weights, same batch).
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import subprocess
 import sys
@@ -37,8 +36,7 @@ from common import REPO, header, median, table  # noqa: E402
 from freesound.augment import train_transform  # noqa: E402
 from freesound.config import load_experiment  # noqa: E402
 from freesound.mixers import method_mixer  # noqa: E402
-from freesound.models import create_model  # noqa: E402
-from freesound.train import build_loss, train_epoch  # noqa: E402
+from freesound.train import build_loss, create_training_model, train_epoch  # noqa: E402
 from freesound.training_data import ClipSource, SamplingDataset  # noqa: E402
 
 FRAMES_PER_SECOND = 44100 / 690
@@ -70,13 +68,10 @@ def sampling_dataset(experiment, num_classes: int, size: int, rng: np.random.Gen
     )
 
 
-def step_throughput(experiment, num_classes, batches, device, use_amp, channels_last) -> tuple:
+def step_throughput(experiment, num_classes, batches, device, use_amp) -> tuple:
     """(samples/s over ``batches`` after one warm-up batch, loss of the warm-up batch)."""
     torch.manual_seed(0)
-    model = create_model(experiment.model.name, num_classes=num_classes, **experiment.model.params).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        batches = [(x.contiguous(memory_format=torch.channels_last), y, n) for x, y, n in batches]
+    model = create_training_model(experiment, num_classes, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=experiment.train.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = build_loss(experiment)
@@ -169,11 +164,10 @@ def main(argv=None) -> int:
     dataset = sampling_dataset(experiment, num_classes, (steps + 1) * batch_size, rng)
     batches = list(DataLoader(dataset, batch_size=batch_size, drop_last=True))
 
-    modes = [("fp32", False, False)] + ([("AMP fp16", True, False), ("AMP fp16 + channels_last", True, True)]
-                                         if cuda else [])
+    modes = [("fp32", False)] + ([("AMP fp16", True)] if cuda else [])
     results, failed = {}, False
-    for name, use_amp, channels_last in modes:
-        results[name] = step_throughput(experiment, num_classes, copy.copy(batches), device, use_amp, channels_last)
+    for name, use_amp in modes:
+        results[name] = step_throughput(experiment, num_classes, batches, device, use_amp)
         failed |= not np.isfinite(results[name][1])
     fp32_rate, fp32_loss = results["fp32"]
     print(table(["mode", "samples/s", "vs fp32", "first-step loss"],

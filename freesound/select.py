@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from freesound.config import ConfigError, StackerConfig, dump_toml, is_ensemble_file, load_experiment
-from freesound.data import Dataset, multi_hot
+from freesound.data import Dataset, multi_hot, read_csv
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_csv, atomic_write_text
 from freesound.metrics import label_precisions
@@ -133,7 +133,7 @@ def _read_oof_csv(path: Path, classes) -> pd.DataFrame:
     """One experiment's ``oof.csv``, indexed by fname, columns checked against ``classes``."""
     if not path.is_file():
         raise FreesoundError(f"{path} not found; run `freesound predict` on the experiment first")
-    frame = pd.read_csv(path, dtype={"fname": str})
+    frame = read_csv(path, dtype={"fname": str})
     if frame.columns[0] != "fname":
         raise FreesoundError(f"{path}: expected a 'fname' column followed by class columns")
     columns = list(frame.columns[1:])
