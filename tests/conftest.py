@@ -30,6 +30,18 @@ def tiny_data(tmp_path_factory):
     return dataset, work
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module: tiny models gain nothing from intra-op threads, and on a
+    busy shared machine they lose a lot."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_work(tiny_data, tmp_path):
     """A private copy of the tiny dataset's work directory (features and folds)."""

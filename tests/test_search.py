@@ -8,7 +8,6 @@ import tomllib
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from click.testing import CliRunner
 
 import freesound.search as search_module
@@ -43,13 +42,7 @@ dropout = { choice = [0.1, 0.3] }
 ENSEMBLE = tiny_ensemble_toml(["fake_a", "fake_b"])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy shared machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from freesound.config import StackerConfig, load_ensemble, load_experiment
 from freesound.data import Dataset
@@ -32,13 +31,7 @@ from conftest import run_cli as run, tiny_experiment_toml, tiny_ensemble_toml
 CLASSES = ("a", "b", "c", "d", "e", "f", "g")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy shared machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fake_dataset(n_clips=80, seed=0):
