@@ -72,6 +72,13 @@ def work_option(function):
     )(function)
 
 
+def experiments_dir_option(function):
+    return click.option(
+        "--experiments", "experiments_dir", default="experiments", show_default=True,
+        type=click.Path(path_type=Path), help="Folder of experiment TOML files.",
+    )(function)
+
+
 @main.command()
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--classes", "num_classes", type=click.IntRange(2, 80), default=20, show_default=True,
@@ -99,16 +106,28 @@ def synth(out_dir, num_classes, num_curated, num_noisy, num_test, seed):
 @work_option
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Worker processes (default: all available CPUs).")
+@click.option("--experiment", default=None,
+              help="Use this experiment's [audio] settings (default: the method's front end).")
+@experiments_dir_option
 @click.option("--max-seconds", type=click.FloatRange(0, min_open=True), default=None,
-              help="Crop longer files to their first MAX_SECONDS, with a warning (default: 600); "
-                   "must match the [audio] max_seconds of the experiments trained on them.")
-def features(data_dir, work_dir, workers, max_seconds):
-    """Compute and cache the log-mel spectrogram of every clip (resumable)."""
+              help="Crop longer files to their first MAX_SECONDS, with a warning (default: 600, or the "
+                   "experiment's); must match the [audio] max_seconds of the experiments trained on them.")
+def features(data_dir, work_dir, workers, experiment, experiments_dir, max_seconds):
+    """Compute and cache the log-mel spectrogram of every clip (resumable).
+
+    The cache is keyed by the audio settings, so experiments with other [audio] settings each get
+    their own: cache them with --experiment.
+    """
+    import dataclasses
+
+    from freesound.audio import AudioConfig
+    from freesound.config import load_experiment
     from freesound.data import load_dataset
     from freesound.features import cache_features, cache_root
-    from freesound.audio import AudioConfig
 
-    config = AudioConfig() if max_seconds is None else AudioConfig(max_seconds=max_seconds)
+    config = load_experiment(experiment, experiments_dir).audio if experiment else AudioConfig()
+    if max_seconds is not None:
+        config = dataclasses.replace(config, max_seconds=max_seconds)
     dataset = load_dataset(data_dir)
     report = cache_features(dataset, work_dir, config, workers=workers or settings.default_workers())
     click.echo(f"features: {report.computed} computed, {report.cached} already cached, "
@@ -134,13 +153,6 @@ def make_folds_command(data_dir, work_dir, n_folds, seed):
     path = write_folds(work_dir, folds)
     sizes = ", ".join(str(n) for n in folds.fold.value_counts().sort_index())
     click.echo(f"folds: {n_folds} folds of {sizes} clips -> {path}")
-
-
-def experiments_dir_option(function):
-    return click.option(
-        "--experiments", "experiments_dir", default="experiments", show_default=True,
-        type=click.Path(path_type=Path), help="Folder of experiment TOML files.",
-    )(function)
 
 
 def _check_device(ctx, param, value):

@@ -156,5 +156,7 @@ def load_features(dataset: Dataset, work, split: str, fnames=None, config: Audio
         raise MissingFeaturesError(
             f"{len(missing)} {split} clip(s) have no cached features ({shown}); "
             f"run `freesound features --data {dataset.root}` first"
+            + ("" if config == AudioConfig() else
+               " with --experiment naming the experiment (its [audio] settings differ from the default)")
         )
     return [np.load(path) for path in paths]

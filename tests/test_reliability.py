@@ -34,6 +34,7 @@ from click.testing import CliRunner
 
 from freesound.audio import AudioConfig, read_as_melspectrogram
 from freesound.cli import main
+from freesound.config import load_experiment
 from freesound.data import SPLITS, load_dataset
 from freesound.features import cache_root
 from freesound.models import create_model, save_checkpoint
@@ -362,6 +363,27 @@ def test_features_and_training_with_another_max_seconds(tmp_path):
     assert checkpoint["audio_config"]["max_seconds"] == 2.0
     # The cache is keyed by max_seconds: the default front end's features were never computed.
     assert_one_error(cli("train", "default_audio", *common), "no cached features", "freesound features")
+
+
+def test_features_for_an_experiment_with_its_own_audio_settings(tmp_path):
+    root, work, experiments = tmp_path / "data", tmp_path / "work", tmp_path / "experiments"
+    synthesize_dataset(root, num_classes=3, num_curated=6, num_noisy=2, num_test=2, seed=5, progress=False)
+    experiments.mkdir()
+    (experiments / "own.toml").write_text(tiny_experiment_toml(epoch_size=8, max_epochs=1)
+                                          + "\n[audio]\nmax_seconds = 3.0\ntrim_top_db = 50.0\n")
+    common = ["--data", root, "--work", work, "--experiments", experiments, "--device", "cpu", "--fold", "0"]
+    assert cli("make-folds", "--data", root, "--work", work, "--folds", "2").exit_code == 0
+    assert cli("features", "--data", root, "--work", work, "--workers", "1").exit_code == 0
+    assert_one_error(cli("train", "own", *common), "no cached features", "--experiment")
+
+    result = cli("features", "--data", root, "--work", work, "--workers", "1", "--experiment", "own",
+                 "--experiments", experiments)
+    assert result.exit_code == 0, result.output
+    own = load_experiment("own", experiments).audio
+    assert str(cache_root(work, root, own)) in result.output
+    assert cli("train", "own", *common).exit_code == 0
+    checkpoint = torch.load(work / "experiments" / "own" / "fold_0" / "model.pt", weights_only=True)
+    assert (checkpoint["audio_config"]["max_seconds"], checkpoint["audio_config"]["trim_top_db"]) == (3.0, 50.0)
 
 
 def test_checkpoints_from_before_max_seconds_still_load_and_predict(env):
