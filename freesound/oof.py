@@ -58,6 +58,31 @@ def predictions_dir(work, name: str) -> Path:
     return Path(work) / "predictions" / name
 
 
+def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device="cpu", batch_size: int = 64,
+                       log=print) -> OOFTiles:
+    """Each of ``folds``' models (default: every fold of ``folds.csv``) on its held-out curated
+    clips, tile by tile.
+
+    Every named fold must have its ``fold_<k>/model.pt``, trained on this dataset's classes.
+    """
+    assignment = read_folds(work, dataset.curated.fname)
+    folds = sorted(set(assignment.fold)) if folds is None else list(folds)
+    checkpoints = experiment_checkpoints(Path(work) / "experiments" / name, folds)
+    fnames, fold_ids, tiles = [], [], []
+    for fold, checkpoint in zip(folds, checkpoints):
+        tagger = Tagger.from_checkpoints([checkpoint], device=device, batch_size=batch_size)
+        if tagger.classes != list(dataset.classes):
+            raise FreesoundError(f"{checkpoint} was trained on other classes than {dataset.root}")
+        valid = assignment[assignment.fold == fold].fname.tolist()
+        logmels = load_features(dataset, work, "train_curated", valid, tagger.audio_config)
+        tiles += [probs[0] for probs in tagger.tile_probabilities(logmels)]
+        fnames += valid
+        fold_ids += [fold] * len(valid)
+        log(f"{name}: fold {fold} predicted {len(valid)} validation clips")
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t in tiles])])
+    return OOFTiles(np.array(fnames), np.array(fold_ids), offsets, np.concatenate(tiles).astype(np.float32))
+
+
 def predict_oof(name: str, dataset: Dataset, work, *, device="cpu", batch_size: int = 64, log=print) -> dict:
     """Predict every fold's validation clips with that fold's model; write and score them.
 
@@ -65,21 +90,7 @@ def predict_oof(name: str, dataset: Dataset, work, *, device="cpu", batch_size: 
     -------
     dict with ``lwlrap`` (overall), ``per_fold`` and ``per_class`` scores (as written to JSON)
     """
-    folds = read_folds(work, dataset.curated.fname)
-    checkpoints = experiment_checkpoints(Path(work) / "experiments" / name, sorted(set(folds.fold)))
-    fnames, fold_ids, tiles = [], [], []
-    for fold, checkpoint in zip(sorted(set(folds.fold)), checkpoints):
-        tagger = Tagger.from_checkpoints([checkpoint], device=device, batch_size=batch_size)
-        if tagger.classes != list(dataset.classes):
-            raise FreesoundError(f"{checkpoint} was trained on other classes than {dataset.root}")
-        valid = folds[folds.fold == fold].fname.tolist()
-        logmels = load_features(dataset, work, "train_curated", valid, tagger.audio_config)
-        tiles += [probs[0] for probs in tagger.tile_probabilities(logmels)]
-        fnames += valid
-        fold_ids += [fold] * len(valid)
-        log(f"{name}: fold {fold} predicted {len(valid)} validation clips")
-    offsets = np.concatenate([[0], np.cumsum([len(t) for t in tiles])])
-    oof = OOFTiles(np.array(fnames), np.array(fold_ids), offsets, np.concatenate(tiles).astype(np.float32))
+    oof = predict_fold_tiles(name, dataset, work, device=device, batch_size=batch_size, log=log)
     out_dir = predictions_dir(work, name)
     # oof_scores.json is written last and marks a complete set: a run killed part-way through
     # the three files leaves no marker, and the next one redoes them (``oof_is_current``).

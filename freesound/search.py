@@ -76,16 +76,14 @@ from freesound.config import (
 )
 from freesound.data import Dataset, multi_hot
 from freesound.errors import FreesoundError
-from freesound.features import load_features
 from freesound.fileio import atomic_write_csv, atomic_write_text
 from freesound.folds import read_folds
 from freesound.metrics import lwlrap
-from freesound.oof import ensure_oof
+from freesound.oof import ensure_oof, predict_fold_tiles
 from freesound.plots import plot_search_progress
-from freesound.predict import Tagger, experiment_checkpoints
 from freesound.select import ensemble_file_text
-from freesound.stack import stacked_oof, train_stacker_fold
-from freesound.train import check_experiment, experiment_dir, fold_dir, train_fold
+from freesound.stack import stacker_inputs, train_stacker_fold
+from freesound.train import check_experiment, fold_dir, train_fold
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 TRIALS_CSV = "trials.csv"
@@ -326,22 +324,11 @@ def _finite_lwlrap(truth: np.ndarray, probs: np.ndarray) -> float:
 
 
 def fold_oof_lwlrap(name: str, setup: TrialSetup) -> float:
-    """OOF lwlrap of a trained experiment on the validation clips of ``setup.folds``.
-
-    Each fold's model predicts its held-out curated clips (mean over tiles of the main head's
-    sigmoid, as ``freesound predict`` does); the clips of every fold are scored together.
-    """
-    folds = read_folds(setup.work, setup.dataset.curated.fname)
-    checkpoints = experiment_checkpoints(experiment_dir(setup.work, name), setup.folds)
-    fnames, probs = [], []
-    for fold, checkpoint in zip(setup.folds, checkpoints):
-        tagger = Tagger.from_checkpoints([checkpoint], device=setup.device)
-        valid = folds[folds.fold == fold].fname.tolist()
-        probs.append(tagger.predict_spectrograms(
-            load_features(setup.dataset, setup.work, "train_curated", valid, tagger.audio_config)))
-        fnames += valid
-    labels = setup.dataset.curated.set_index("fname").loc[fnames, "labels"]
-    return _finite_lwlrap(multi_hot(labels, setup.dataset.classes), np.concatenate(probs))
+    """OOF lwlrap of a trained experiment on the validation clips of ``setup.folds``: each fold's
+    model on its held-out curated clips, as ``freesound predict`` does for all folds."""
+    oof = predict_fold_tiles(name, setup.dataset, setup.work, setup.folds, device=setup.device, log=lambda *_: None)
+    labels = setup.dataset.curated.set_index("fname").loc[list(oof.fnames), "labels"]
+    return _finite_lwlrap(multi_hot(labels, setup.dataset.classes), oof.clip_means())
 
 
 class ExperimentTarget:
@@ -433,10 +420,7 @@ class StackerTarget:
         """Loads the experiments' OOF tiles once (predicting them first where missing)."""
         classes = setup.dataset.classes
         ensure_oof(self.ensemble.experiments, setup.dataset, setup.work, device=setup.device, log=log)
-        oof = stacked_oof(self.ensemble.experiments, setup.work)
-        if oof.probs.shape[1] != len(classes) * len(self.ensemble.experiments):
-            raise FreesoundError("the experiments' OOF predictions do not match this dataset's classes")
-        truth = multi_hot(setup.dataset.curated.set_index("fname").loc[list(oof.fnames), "labels"], classes)
+        oof, truth = stacker_inputs(self.ensemble.experiments, setup.dataset, setup.work)
 
         def run(trial_name: str, params: dict) -> float:
             stacker = self.config(params, setup.max_epochs)

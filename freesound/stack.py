@@ -45,6 +45,18 @@ def stacked_oof(experiments, work) -> OOFTiles:
     return OOFTiles(first.fnames, first.folds, first.offsets, np.concatenate([t.probs for t in aligned], axis=1))
 
 
+def stacker_inputs(experiments, dataset: Dataset, work) -> tuple:
+    """The stacked OOF tiles of ``experiments`` and their clips' (N, C) curated targets.
+
+    Raises ``FreesoundError`` when the experiments' predictions are not over this dataset's classes.
+    """
+    oof = stacked_oof(experiments, work)
+    if oof.probs.shape[1] != len(dataset.classes) * len(experiments):
+        raise FreesoundError("the experiments' OOF predictions do not match this dataset's classes")
+    labels = dataset.curated.set_index("fname").loc[list(oof.fnames), "labels"]
+    return oof, multi_hot(labels, dataset.classes)
+
+
 def random_tile_subset(n_tiles: int, rng: np.random.Generator) -> np.ndarray:
     """Indices of a random contiguous run or a random strided subset of ``n_tiles`` tiles."""
     if rng.random() < 0.5:
@@ -128,12 +140,8 @@ def train_stackers(ensemble: EnsembleConfig, dataset: Dataset, work, *, device="
     """
     if not ensemble.stackers:
         raise FreesoundError(f"ensemble {ensemble.name!r} has no stackers to train")
-    oof = stacked_oof(ensemble.experiments, work)
-    labels = dataset.curated.set_index("fname").loc[list(oof.fnames), "labels"]
-    targets = multi_hot(labels, dataset.classes)
+    oof, targets = stacker_inputs(ensemble.experiments, dataset, work)
     num_classes = len(dataset.classes)
-    if oof.probs.shape[1] != num_classes * len(ensemble.experiments):
-        raise FreesoundError("the experiments' OOF predictions do not match this dataset's classes")
     clip_means = oof.clip_means()
     levels = {name: clip_means[:, i * num_classes:(i + 1) * num_classes]
               for i, name in enumerate(ensemble.experiments)}
