@@ -46,6 +46,9 @@ NUM_LABELS_P = (0.72, 0.2, 0.08)
 #: Class anchors (the frequency each class is built around) spread over this range, Hz.
 ANCHOR_RANGE_HZ = (90.0, 9000.0)
 MANIFEST = ".synth.json"
+#: Bumped whenever the same arguments render different audio (2: twins glide in pitch), so an
+#: older synth output can be told from a current one (``synth_manifest``).
+GENERATOR_VERSION = 2
 
 SPLITS = ("train_curated", "train_noisy", "test")
 # Stream keys for np.random.SeedSequence(seed, spawn_key=...): one independent stream per purpose.
@@ -80,7 +83,10 @@ class ClassSignature:
     event_rate_hz: float
     attack_s: float
     decay_s: float
-    #: Render backwards in time: the twin of a class, same spectrum, opposite envelope.
+    #: Pitch glide of the tones within each event: the frequency moves towards
+    #: ``(1 + glide)`` times its start with the time constant ``decay_s`` (0: steady pitch).
+    glide: float = 0.0
+    #: Render backwards in time: the twin of a class, same spectrum, opposite time course.
     reversed: bool = False
 
 
@@ -290,15 +296,27 @@ def _envelope(since_s: np.ndarray, attack_s: float, decay_s: float) -> np.ndarra
     return np.minimum(since_s / attack, 1.0) * np.exp((attack - np.maximum(since_s, attack)) / decay)
 
 
-def _tones(n: int, sig: ClassSignature, freq_scale: float, rng: np.random.Generator) -> np.ndarray:
-    """(n,) float32 sum of the signature's partials, with vibrato and random phases."""
+def _tones(n: int, sig: ClassSignature, freq_scale: float, rng: np.random.Generator,
+           since_s: np.ndarray | None = None) -> np.ndarray:
+    """(n,) float32 sum of the signature's partials, with vibrato, glides and random phases.
+
+    ``since_s`` (n,) seconds since the latest event onset (``time_since_event``) times the glides.
+    """
     block = 1024
     blocks = -(-n // block)
     t = (np.arange(blocks * block) / SAMPLE_RATE).reshape(blocks, block)
-    warped = t  # vibrato as a warp of time: the phase of f(1 + d sin(2 pi v t)) in closed form
+    # Vibrato and glide as warps of time: the phase of f(1 + d sin(2 pi v t)), and of
+    # f(1 + g (1 - exp(-s / decay))) with s restarting at every onset, in closed form.
+    warped = t
     if sig.vibrato_hz:
         omega = 2 * np.pi * sig.vibrato_hz
         warped = t + sig.vibrato_depth * (1.0 - np.cos(omega * t)) / omega
+    if sig.glide and since_s is not None:
+        s = np.zeros(blocks * block)
+        s[:n] = since_s
+        s = s.reshape(blocks, block)
+        # The phase jumps at an onset, where the event's envelope is zero.
+        warped = warped + sig.glide * (s - sig.decay_s * -np.expm1(-s / sig.decay_s))
     freqs = np.asarray(sig.partials_hz) * freq_scale
     # Phase = 2 pi f warped(t), split so that float32 stays exact on long clips with no (P, n)
     # float64 pass: the phase at each block start, modulo 2 pi in float64 (few values), plus
@@ -322,7 +340,8 @@ def render_source(sig: ClassSignature, n: int, rng: np.random.Generator) -> np.n
     """
     freq_scale = float(np.exp(rng.normal(0.0, 0.03)))
     rate_scale = float(np.exp(rng.normal(0.0, 0.15)))
-    x = _tones(n, sig, freq_scale, rng) if sig.partials_hz else np.zeros(n, dtype=np.float32)
+    since = time_since_event(n, sig.event_rate_hz * rate_scale, rng) if sig.event_rate_hz else None
+    x = _tones(n, sig, freq_scale, rng, since) if sig.partials_hz else np.zeros(n, dtype=np.float32)
     if sig.noise_gain:
         x += np.float32(sig.noise_gain) * band_noise(n, tuple(f * freq_scale for f in sig.noise_band_hz), rng)
     if sig.click_gain:
@@ -330,8 +349,8 @@ def render_source(sig: ClassSignature, n: int, rng: np.random.Generator) -> np.n
         clicks *= np.exp(time_since_event(n, sig.click_rate_hz * rate_scale, rng) / np.float32(-sig.click_decay_s))
         x += np.float32(sig.click_gain) * _unit_rms(clicks)
     t = _time(n)
-    if sig.event_rate_hz:
-        x *= _envelope(time_since_event(n, sig.event_rate_hz * rate_scale, rng), sig.attack_s, sig.decay_s)
+    if since is not None:
+        x *= _envelope(since, sig.attack_s, sig.decay_s)
     else:  # one sustained event: attack at the start, a 50 ms release at the end
         x *= np.minimum(np.minimum(t / np.float32(sig.attack_s), (t[-1] - t) / np.float32(0.05)), 1.0)
     if sig.tremolo_hz:
@@ -343,10 +362,13 @@ def render_source(sig: ClassSignature, n: int, rng: np.random.Generator) -> np.n
 def twin_signatures(num_classes: int, seed: int) -> tuple:
     """Every class's signature, in twin pairs.
 
-    Class 2m is a percussive sound (events with a sharp attack and a long decay); class 2m+1 is
-    the same sound played backwards (a slow swell cut off sharply). A pair has the same spectrum,
-    so per-band statistics cannot tell its classes apart: only the time course can, which is what
-    a spectrogram CNN (with its delta channels) should learn and a bag-of-bands model cannot.
+    Class 2m is a percussive sound (events with a sharp attack, a long decay and a pitch glide up
+    or down); class 2m+1 is the same sound played backwards (a slow swell cut off sharply, gliding
+    the other way). A pair has the same spectrum, and a clip's log-mel reversed in time has the
+    same per-band statistics, so a bag-of-bands model cannot tell twins apart: only the time
+    course can, which is what a spectrogram CNN should learn. The glide's direction is a local,
+    oriented pattern (a first-order feature for a convolution); the envelope alone differs only
+    in how fast a band rises and falls, which a linear filter averaged over time cannot see.
     """
     signatures = []
     for i in range(num_classes):
@@ -355,11 +377,17 @@ def twin_signatures(num_classes: int, seed: int) -> tuple:
             continue
         rng = _generator(seed, _CLASS, i)
         base = class_signature(i, rng)
+        partials, gains = base.partials_hz, base.partial_gains
+        if not partials:  # every twin has tones to glide: a soft one at the class anchor
+            partials, gains = (class_anchor_hz(i),), (0.5,)
         signatures.append(dataclasses.replace(
             base,
+            partials_hz=partials,
+            partial_gains=gains,
             event_rate_hz=_log_uniform(rng, 0.7, 3.0),
             attack_s=_log_uniform(rng, 0.002, 0.015),
             decay_s=_log_uniform(rng, 0.12, 0.5),
+            glide=float(rng.choice((-1.0, 1.0)) * rng.uniform(0.3, 0.6)),
         ))
     return tuple(signatures)
 
@@ -577,6 +605,26 @@ def _write_clip(plan: ClipPlan, signatures: tuple, seed: int, staging: Path) -> 
     (staging / plan.split / plan.fname).write_bytes(wav_bytes(audio))
 
 
+def synth_manifest(*, num_classes: int, num_curated: int, num_noisy: int, num_test: int, seed: int,
+                   noise_rate: float = 0.3) -> dict:
+    """What ``synthesize_dataset`` records in ``DIR/.synth.json``: its arguments and the generator
+    version. Equal manifests mean byte-identical datasets."""
+    return {"generator": "freesound.synth", "version": GENERATOR_VERSION, "num_classes": num_classes,
+            "num_curated": num_curated, "num_noisy": num_noisy, "num_test": num_test, "seed": seed,
+            "noise_rate": noise_rate}
+
+
+def read_synth_manifest(root) -> dict | None:
+    """The manifest of the synth output in ``root``, or None when there is none; ``SynthError`` when
+    it cannot be read."""
+    try:
+        return json.loads((Path(root) / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise SynthError(f"cannot read {Path(root) / MANIFEST}: {error}") from error
+
+
 def synthesize_dataset(out_dir, *, num_classes: int = 20, num_curated: int = 400, num_noisy: int = 600,
                        num_test: int = 200, seed: int = 0, noise_rate: float = 0.3, workers: int = 1,
                        progress: bool = True) -> SynthSummary:
@@ -614,9 +662,8 @@ def synthesize_dataset(out_dir, *, num_classes: int = 20, num_curated: int = 400
             for _ in tqdm(written, total=len(plans), desc="synth", unit="clip", disable=not progress):
                 pass
         _write_tables(staging, plans, classes)
-        arguments = dict(num_classes=num_classes, num_curated=num_curated, num_noisy=num_noisy,
-                         num_test=num_test, seed=seed, noise_rate=noise_rate)
-        manifest = {"generator": "freesound.synth", **arguments}
+        manifest = synth_manifest(num_classes=num_classes, num_curated=num_curated, num_noisy=num_noisy,
+                                  num_test=num_test, seed=seed, noise_rate=noise_rate)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if out_dir.exists():
             os.replace(out_dir, Path(tmp) / "previous")  # removed with tmp

@@ -7,8 +7,9 @@ dataset's own tiles like any experiment: a per-tile logistic regression on the m
 deviation of the low mel bands (0-39), and one on the high bands (40-127). Their out-of-fold tile
 probabilities go through the real ``train_stackers`` code path.
 
-Measured on 2026-11-23 (CPU): low bands 0.639, high bands 0.744, stacker 0.779, blend 0.785 OOF
-lwlrap; other stacker seeds and sizes gave 0.760-0.774, all above both inputs.
+Measured on 2026-11-24 (CPU, synth generator version 2): low bands 0.585, high bands 0.745,
+stacker 0.802, blend 0.748 OOF lwlrap. (On 2026-11-23, with version 1's data: 0.639, 0.744, 0.779
+and 0.785; other stacker seeds and sizes gave 0.760-0.774, all above both inputs.)
 """
 
 import shutil

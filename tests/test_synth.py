@@ -12,20 +12,24 @@ import soundfile as sf
 from freesound.data import FSD2019_CLASSES, load_dataset
 from freesound.errors import FreesoundError
 from freesound.synth import (
+    GENERATOR_VERSION,
     MAX_DURATION_S,
     MIN_DURATION_S,
     SAMPLE_RATE,
     SPLITS,
     ClassSignature,
     SynthError,
+    _tones,
     class_signature,
     render_source,
     synth_classes,
     twin_signatures,
     corrupt_labels,
     plan_dataset,
+    read_synth_manifest,
     render_clip,
     sample_duration,
+    synth_manifest,
     synthesize_dataset,
 )
 
@@ -134,6 +138,11 @@ def test_same_seed_same_bytes_in_any_process_other_seed_other_bytes(tmp_path):
     other = all_files(synthesize_dataset(tmp_path / "c", seed=8, **arguments).root)
     assert first == second
     assert len(first) == 3 + 3 + 2 + 5  # wavs, four csvs and the manifest
+    sizes = dict(num_classes=4, num_curated=3, num_noisy=3, num_test=2)
+    assert read_synth_manifest(tmp_path / "a") == synth_manifest(seed=7, **sizes)
+    assert read_synth_manifest(tmp_path / "c") != synth_manifest(seed=7, **sizes)
+    assert synth_manifest(seed=7, **sizes)["version"] == GENERATOR_VERSION
+    assert read_synth_manifest(tmp_path) is None
     wavs = lambda files: {name: data for name, data in files.items() if name.suffix == ".wav"}  # noqa: E731
     assert not set(wavs(first)) & set(wavs(other))
     assert not set(wavs(first).values()) & set(wavs(other).values())
@@ -252,9 +261,35 @@ def test_twins_share_a_signature_and_reverse_it():
         assert not even.reversed and odd.reversed
         assert dataclasses.replace(odd, reversed=False) == even
         assert even.event_rate_hz > 0 and even.attack_s < 0.02 < even.decay_s
+        assert even.partials_hz and 0.3 <= abs(even.glide) <= 0.6
     forward = render_source(signatures[0], 20000, np.random.default_rng(1))
     backward = render_source(signatures[1], 20000, np.random.default_rng(1))
     np.testing.assert_allclose(backward, forward[::-1], atol=1e-6)
+
+
+def peak_hz(x):
+    """The strongest frequency of a Hann-windowed stretch of audio, Hz (to within a bin)."""
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size)))
+    return float(np.argmax(spectrum) * SAMPLE_RATE / x.size)
+
+
+@pytest.mark.parametrize("glide", [0.5, -0.4])
+def test_a_glide_moves_the_pitch_towards_its_end_ratio_within_an_event(glide):
+    """One event of a 1 kHz tone: the frequency is f (1 + g (1 - exp(-s / decay))) at s seconds;
+    the reversed twin glides back the other way."""
+    decay, window = 0.3, 4096
+    sig = dataclasses.replace(class_signature(0, np.random.default_rng(0)), partials_hz=(1000.0,),
+                              partial_gains=(1.0,), vibrato_hz=0.0, glide=glide, decay_s=decay)
+    n = SAMPLE_RATE
+    since = np.arange(n, dtype=np.float32) / SAMPLE_RATE  # a single event from the first sample
+    tone = _tones(n, sig, 1.0, np.random.default_rng(0), since)
+    for start in (0, 13000, 30000):
+        middle = (start + window / 2) / SAMPLE_RATE
+        expected = 1000.0 * (1.0 + glide * (1.0 - np.exp(-middle / decay)))
+        assert peak_hz(tone[start:start + window]) == pytest.approx(expected, rel=0.02)
+    assert (peak_hz(tone[-window:]) - peak_hz(tone[:window])) * glide > 300 * abs(glide)
+    backward = tone[::-1]
+    assert (peak_hz(backward[-window:]) - peak_hz(backward[:window])) * glide < 0
 
 
 def test_class_signatures_differ_and_render_to_the_asked_length():
