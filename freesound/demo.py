@@ -1,8 +1,10 @@
 """``make demo``: the whole chain on a synthetic dataset, on a CPU, in minutes.
 
 Each step calls the same library function as its CLI command and is skipped when its output
-already exists (synthesized data, cached features, folds, trained folds), so a second run only
-redoes prediction, stacking, the kernels and the summary.
+already exists and is current (synthesized data, cached features, folds, trained folds), so a
+second run only redoes prediction, stacking, the kernels and the summary. A dataset from an older
+synth generator is synthesized again and every experiment retrained; an experiment whose
+settings changed is retrained.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from freesound.metrics import lwlrap
 from freesound.oof import predict_oof, predictions_dir
 from freesound.plots import plot_augmentations, report
 from freesound.stack import train_stackers
-from freesound.synth import synthesize_dataset
-from freesound.train import train_experiment
+from freesound.synth import read_synth_manifest, synth_manifest, synthesize_dataset
+from freesound.train import resume_conflicts, train_experiment
 
 #: Big enough for the scores to mean something, small enough for 2 CPU cores.
 DEMO_SIZE = {"num_classes": 10, "num_curated": 300, "num_noisy": 200, "num_test": 150}
@@ -46,7 +48,10 @@ def run_demo(work="data/demo", *, experiments_dir="experiments", ensemble="ensem
     work = Path(work)
     data_dir = work / "synth"
     config = load_ensemble(ensemble, experiments_dir)
-    if not (data_dir / "sample_submission.csv").is_file():
+    # An earlier run's dataset is reused only if this freesound would synthesize the same one,
+    # and its trained folds only if they were trained on it with the same settings.
+    fresh_data = read_synth_manifest(data_dir) != synth_manifest(seed=seed, **DEMO_SIZE)
+    if fresh_data:
         log(f"[1/8] synthesizing a dataset in {data_dir}")
         synthesize_dataset(data_dir, seed=seed, workers=workers, **DEMO_SIZE)
     dataset = load_dataset(data_dir)
@@ -54,12 +59,16 @@ def run_demo(work="data/demo", *, experiments_dir="experiments", ensemble="ensem
     failures = cache_features(dataset, work, workers=workers).failures
     if failures:
         raise FreesoundError(f"{len(failures)} demo clips could not be decoded, e.g. {failures[0]}")
-    if not (work / FOLDS_FILE).is_file():
+    if fresh_data or not (work / FOLDS_FILE).is_file():
         write_folds(work, make_folds(dataset.curated.fname, n_folds=DEMO_FOLDS, seed=42))
     cv = {}
     for step, name in enumerate(config.experiments):
         log(f"[3/8] training {name} ({step + 1}/{len(config.experiments)})")
-        train_experiment(load_experiment(name, experiments_dir), dataset, work, resume=True, log=log)
+        experiment = load_experiment(name, experiments_dir)
+        changed = sorted({key for fold in range(DEMO_FOLDS) for key in resume_conflicts(experiment, work, fold)})
+        if changed:
+            log(f"{name}'s settings changed since its last demo training ({', '.join(changed)}): training it afresh")
+        train_experiment(experiment, dataset, work, resume=not (fresh_data or changed), log=log)
         cv[name] = predict_oof(name, dataset, work, log=log)["lwlrap"]
     log(f"[4/8] stacking {ensemble}")
     cv.update(train_stackers(config, dataset, work, log=log))

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from freesound.augment import train_transform, valid_transform
-from freesound.config import ConfigError, Experiment, dump_experiment
+from freesound.config import ConfigError, Experiment, dump_experiment, experiment_from_dict, read_toml
 from freesound.data import Dataset, apply_corrections, load_corrections, multi_hot
 from freesound.errors import FreesoundError
 from freesound.features import load_features
@@ -42,6 +42,13 @@ from freesound.models import create_model, save_checkpoint
 from freesound.training_data import ClipSource, SamplingDataset, ValidationDataset
 
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_lwlrap", "seconds"]
+#: Settings a resumed run may change: how long it trains and how many loader processes it uses.
+#: Any other change would continue old weights under new rules, so resuming then is refused.
+RESUMABLE_SETTINGS = ("train.max_epochs", "train.workers")
+
+
+class StaleTrainingStateError(FreesoundError):
+    """``--resume`` on a fold whose saved state was trained with other settings."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,39 @@ def fold_dir(work, name: str, fold: int) -> Path:
 
 def state_path(work, name: str, fold: int) -> Path:
     return Path(work) / "train_state" / name / f"fold_{fold}" / "state.pt"
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_settings(saved: dict, current: dict) -> list:
+    """Dotted keys (``"model.params.base_size"``) whose values differ between two
+    ``Experiment.to_dict()`` dicts, except ``RESUMABLE_SETTINGS``; sorted."""
+    saved, current = _flatten(saved), _flatten(current)
+    return sorted(key for key in saved.keys() | current.keys()
+                  if key not in RESUMABLE_SETTINGS and saved.get(key) != current.get(key))
+
+
+def resume_conflicts(experiment: Experiment, work, fold: int) -> list:
+    """The settings that differ between ``experiment`` and the fold's saved training state
+    (empty when there is no saved state, or it matches)."""
+    path = state_path(work, experiment.name, fold)
+    if not path.is_file():
+        return []
+    saved = torch.load(path, map_location="cpu", weights_only=True).get("experiment")
+    if saved is None:  # states from before the settings were saved in them
+        config = fold_dir(work, experiment.name, fold) / "config.toml"
+        if not config.is_file():
+            return []
+        saved = experiment_from_dict(read_toml(config), name=experiment.name).to_dict()
+    return changed_settings(saved, experiment.to_dict())
 
 
 def build_sources(experiment: Experiment, dataset: Dataset, work, fold: int):
@@ -169,6 +209,12 @@ def train_fold(
 
     epoch, best_lwlrap, best_epoch, bad_epochs, rows = 0, -1.0, -1, 0, []
     if resume and resume_path.is_file():
+        conflicts = resume_conflicts(experiment, work, fold)
+        if conflicts:
+            raise StaleTrainingStateError(
+                f"fold {fold} of {experiment.name!r} was trained with other settings "
+                f"({', '.join(conflicts)} changed), so it cannot be resumed; train it again without "
+                f"--resume (its state in {resume_path.parent} is then replaced)")
         state = torch.load(resume_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -221,7 +267,7 @@ def train_fold(
             "rng": torch.get_rng_state(), "epoch": epoch, "best_lwlrap": float(best_lwlrap),
             "best_epoch": best_epoch, "bad_epochs": bad_epochs,
             "log": [[row[c] for c in LOG_COLUMNS] for row in rows],
-            "finished": finished,
+            "finished": finished, "experiment": experiment.to_dict(),
         })
         log(f"fold {fold} epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
             f"val lwlrap {val_lwlrap:.4f}{' *' if best_epoch == epoch else ''}")

@@ -17,7 +17,15 @@ from freesound.config import (
     load_experiment,
 )
 from freesound.models import load_checkpoint, load_model
-from freesound.train import LOG_COLUMNS, build_sources, state_path, train_fold
+from freesound.train import (
+    LOG_COLUMNS,
+    StaleTrainingStateError,
+    build_sources,
+    changed_settings,
+    resume_conflicts,
+    state_path,
+    train_fold,
+)
 from freesound.training_data import ClipSource, SamplingDataset
 
 from conftest import REPO
@@ -174,6 +182,42 @@ def test_early_stopping_and_finished_state(tiny_work):
     # Resuming a finished fold does nothing more.
     again = train_fold(experiment, dataset, work, 0, resume=True, progress=False, log=lambda *_: None)
     assert again.epochs == result.epochs
+
+
+def test_resume_refuses_a_fold_trained_with_other_settings(tiny_work):
+    """Resuming under new settings would continue old weights under new rules: refused, with
+    the changed keys named and the saved state untouched. A longer run may resume."""
+    dataset, work = tiny_work
+    quiet = dict(progress=False, log=lambda *_: None)
+    train_fold(tiny_experiment(max_epochs=1), dataset, work, 0, **quiet)
+    state = state_path(work, "tiny", 0)
+    saved = state.read_bytes()
+    changed = tiny_experiment(max_epochs=1, lr=1e-4, batch_size=4)
+    assert resume_conflicts(changed, work, 0) == ["train.batch_size", "train.lr"]
+    with pytest.raises(StaleTrainingStateError,
+                       match=r"fold 0 of 'tiny' .*\(train\.batch_size, train\.lr changed\).*without --resume"):
+        train_fold(changed, dataset, work, 0, resume=True, **quiet)
+    assert state.read_bytes() == saved
+
+    assert resume_conflicts(tiny_experiment(max_epochs=5, workers=1), work, 0) == []
+    assert resume_conflicts(changed, work, 1) == []  # fold 1 has no saved state
+    # States saved before they held their settings are checked against the fold's config.toml.
+    legacy = torch.load(state, weights_only=True)
+    del legacy["experiment"]
+    torch.save(legacy, state)
+    assert resume_conflicts(changed, work, 0) == ["train.batch_size", "train.lr"]
+
+    # Training afresh replaces the state, which then resumes under the new settings.
+    train_fold(changed, dataset, work, 0, **quiet)
+    assert resume_conflicts(changed, work, 0) == []
+    assert train_fold(changed, dataset, work, 0, resume=True, **quiet).epochs == 1
+
+
+def test_changed_settings_compares_nested_keys():
+    a = {"model": {"name": "x", "params": {"base_size": 8}}, "train": {"lr": 1.0, "max_epochs": 3}}
+    b = {"model": {"name": "x", "params": {"base_size": 4, "ratio": 2}}, "train": {"lr": 1.0, "max_epochs": 9}}
+    assert changed_settings(a, b) == ["model.params.base_size", "model.params.ratio"]
+    assert changed_settings(a, a) == []
 
 
 @pytest.mark.cuda
