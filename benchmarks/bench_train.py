@@ -10,7 +10,8 @@
    clip lengths, against the model's fastest rate from 1.: does the CPU keep the device busy?
 3. Memory: bytes of RAM per audio-second for log-mels held in memory, measured, and what that
    means for the full FSDKaggle2019 shape (10.5 h curated + 80 h noisy), plus the peak resident
-   memory of ``cache_features`` on a synthetic dataset.
+   memory of ``cache_features`` on a synthetic dataset, and whether forked DataLoader workers
+   share the held log-mels or copy them.
 
 Exits with status 1 when a step's loss is not finite or AMP's first-step loss differs from fp32's
 by more than 2% (same weights, same batch).
@@ -51,15 +52,17 @@ def random_logmels(n: int, mean_seconds: float, rng: np.random.Generator) -> lis
     return [rng.uniform(-80.0, 0.0, (128, int(s * FRAMES_PER_SECOND) + 1)).astype(np.float32) for s in seconds]
 
 
-def sampling_dataset(experiment, num_classes: int, size: int, rng: np.random.Generator) -> SamplingDataset:
+def sampling_dataset(experiment, num_classes: int, size: int, rng: np.random.Generator,
+                     clips_per_source: int = 200) -> SamplingDataset:
     """The experiment's sampler, transforms and mixers over random clips shaped like the real sets."""
     def source(name, n, seconds, noisy):
         targets = (rng.random((n, num_classes)) < 1.5 / num_classes).astype(np.float32)
         return ClipSource(name, random_logmels(n, seconds, rng), targets, noisy)
 
     sampling, transforms, mixers = experiment.sampling, experiment.transforms, experiment.mixers
-    sources = [source("curated", 200, 7.6, False), source("corrected_noisy", 200, 14.5, False),
-               source("noisy", 200, 14.5, True)]
+    sources = [source("curated", clips_per_source, 7.6, False),
+               source("corrected_noisy", clips_per_source, 14.5, False),
+               source("noisy", clips_per_source, 14.5, True)]
     return SamplingDataset(
         sources, [sampling.curated, sampling.corrected_noisy, sampling.noisy], size,
         transform=train_transform(transforms.crop, resize_prob=transforms.resized_crop_prob,
@@ -110,6 +113,53 @@ def peak_rss_mib(code: str) -> tuple:
     return int(lines[-1]) / 1024, lines[:-1]
 
 
+#: Run in a fresh process by ``worker_sharing_rows``: hold log-mels, fork DataLoader workers that
+#: sample from them, and print each process's memory (kB, from /proc/<pid>/smaps_rollup).
+SHARING_CODE = """
+import sys
+import numpy as np
+from pathlib import Path
+from torch.utils.data import DataLoader
+sys.path.insert(0, 'benchmarks')
+from bench_train import sampling_dataset
+from freesound.config import load_experiment
+
+def memory(pid):
+    fields = dict(line.split()[:2] for line in Path(f'/proc/{pid}/smaps_rollup').read_text().splitlines()[1:])
+    return int(fields['Rss:']), int(fields['Pss:']), int(fields['Private_Clean:']) + int(fields['Private_Dirty:'])
+
+dataset = sampling_dataset(load_experiment('default', 'experiments'), 80, 10 ** 6, np.random.default_rng(0),
+                           clips_per_source=CLIPS)
+held = sum(spec.nbytes for source in dataset.sources for spec in source.specs) // 1024
+iterator = iter(DataLoader(dataset, batch_size=16, num_workers=WORKERS))
+for _ in range(BATCHES):
+    next(iterator)
+print(held, *memory('self'), *(value for worker in iterator._workers for value in memory(worker.pid)))
+"""
+
+
+def worker_sharing_rows(quick: bool, workers: int = 2) -> list:
+    """Do forked DataLoader workers share the held log-mels (copy-on-write) or copy them?
+
+    A worker's private memory (pages only it maps) is what it costs on top of the main process;
+    proportional set sizes (shared pages split between the processes that map them) sum to the
+    whole job's real footprint.
+    """
+    code = (SHARING_CODE.replace("CLIPS", "100" if quick else "600")
+            .replace("WORKERS", str(workers)).replace("BATCHES", "4" if quick else "20"))
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    held, main_rss, main_pss, _, *per_worker = (int(v) / 1024 for v in child.stdout.split())
+    workers_rss, workers_pss, workers_private = (per_worker[i::3] for i in range(3))
+    return [
+        (f"training with {workers} DataLoader workers: log-mels held", f"{held:.0f} MiB",
+         f"main process RSS {main_rss:.0f} MiB"),
+        ("  each worker's private memory", f"{max(workers_private):.0f} MiB",
+         f"{max(workers_private) / held:.0%} of the held log-mels (worker RSS {max(workers_rss):.0f} MiB, the rest shared)"),
+        ("  whole job, sum of PSS", f"{main_pss + sum(workers_pss):.0f} MiB",
+         f"{main_rss + workers * held:.0f} MiB if each worker copied the log-mels"),
+    ]
+
+
 def memory_rows(quick: bool) -> list:
     n, seconds = (50, 14.5) if quick else (200, 14.5)
     prelude = "import sys\nimport numpy as np\nsys.path.insert(0, 'benchmarks')\nfrom bench_train import random_logmels\n"
@@ -139,7 +189,7 @@ def memory_rows(quick: bool) -> list:
                                 f"workers=1, progress=False)")
     rows.append((f"cache_features peak RSS ({2 * clips + 4} clips, 1 worker)", f"{features:.0f} MiB",
                  f"its imports alone: {imports_alone:.0f} MiB"))
-    return rows
+    return rows + worker_sharing_rows(quick)
 
 
 def main(argv=None) -> int:
