@@ -50,7 +50,7 @@ def test_default_experiment_is_the_method():
     assert dataclasses.replace(e, source_dir="") == Experiment()
 
 
-@pytest.mark.parametrize("name", ["small", "small_cnn", "default"])
+@pytest.mark.parametrize("name", ["small", "small_lq", "small_cnn", "default"])
 def test_shipped_experiments_load_and_round_trip(name):
     e = load_experiment(name, EXPERIMENTS)
     again = experiment_from_dict(tomllib.loads(dump_experiment(e)), source_dir=e.source_dir)
@@ -75,7 +75,7 @@ def test_unknown_keys_name_the_valid_ones(tmp_path):
 
 def test_ensemble_file():
     ensemble = load_ensemble("ensemble", EXPERIMENTS)
-    assert ensemble.experiments == ("small", "small_cnn")
+    assert ensemble.experiments == ("small", "small_lq")
     assert [s.name for s in ensemble.stackers] == ["fcnet"]
     assert ensemble.stacker_dir_name(ensemble.stackers[0]) == "ensemble_fcnet"
 
