@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import sys
 import traceback
-import warnings
 from pathlib import Path
 
 import click
 
 from freesound import __version__, settings
-from freesound.errors import FreesoundError, FreesoundWarning
+from freesound.errors import FreesoundError, one_line_warnings
 
 WORK_DEFAULT = "data"
 
@@ -24,18 +23,8 @@ class FreesoundGroup(click.Group):
     """Turns the library's user-facing errors into one clear sentence, and its warnings into one line."""
 
     def invoke(self, ctx):
-        show_python_warning = warnings.showwarning
-
-        def show_warning(message, category, *args, **kwargs):
-            if issubclass(category, FreesoundWarning):
-                click.echo(f"warning: {message}", err=True)
-            else:
-                show_python_warning(message, category, *args, **kwargs)
-
         try:
-            # Worker processes (features, predict --workers) are forked inside, so they inherit it.
-            with warnings.catch_warnings():
-                warnings.showwarning = show_warning
+            with one_line_warnings(lambda line: click.echo(line, err=True)):
                 return super().invoke(ctx)
         except FreesoundError as error:
             if ctx.obj and ctx.obj.get("debug"):

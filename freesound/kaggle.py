@@ -33,7 +33,7 @@ import torch
 import freesound
 from freesound.data import read_csv
 from freesound.ensemble import EnsemblePredictor
-from freesound.errors import FreesoundError
+from freesound.errors import FreesoundError, one_line_warnings
 from freesound.fileio import atomic_write_csv
 from freesound.settings import default_device, default_workers, kaggle_root
 
@@ -240,10 +240,12 @@ def log_summary(summary: dict, log) -> None:
 def main(manifest: dict) -> dict:
     """The kernel script's entry point: ``run_kernel`` with a one-sentence error and exit status 1.
 
-    Undecodable clips do not fail the run: the submission is complete and they are listed.
+    Undecodable clips do not fail the run: the submission is complete and they are listed. A
+    ``FreesoundWarning`` (a cropped clip) is one ``warning:`` line, as in the CLI.
     """
     try:
-        return run_kernel(manifest)
+        with one_line_warnings(lambda line: print(line, file=sys.stderr, flush=True)):
+            return run_kernel(manifest)
     except FreesoundError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None

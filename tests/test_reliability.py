@@ -340,6 +340,33 @@ def test_long_file_is_cropped_with_a_warning_the_cli_shows(env):
     assert result.stdout.splitlines()[0] == "long.wav"
 
 
+def test_the_kernel_shows_a_freesound_warning_as_one_line_too(monkeypatch, capsys):
+    import warnings
+
+    from freesound import kaggle
+    from freesound.audio import AudioCroppedWarning
+
+    def run_kernel(manifest):
+        warnings.warn(AudioCroppedWarning("x.wav is 700.0 s long; only its first 600 s are used (max_seconds)"))
+        return {"clips": 1}
+
+    monkeypatch.setattr(kaggle, "run_kernel", run_kernel)
+    assert kaggle.main({}) == {"clips": 1}
+    assert capsys.readouterr().err == "warning: x.wav is 700.0 s long; only its first 600 s are used (max_seconds)\n"
+
+
+def test_one_line_warnings_leaves_other_warnings_to_python():
+    import warnings
+
+    from freesound.errors import FreesoundWarning, one_line_warnings
+
+    lines = []
+    with pytest.warns(UserWarning, match="not ours"), one_line_warnings(lines.append):
+        warnings.warn(FreesoundWarning("ours"))
+        warnings.warn(UserWarning("not ours"))
+    assert lines == ["warning: ours"]
+
+
 def test_features_and_training_with_another_max_seconds(tmp_path):
     root, work, experiments = tmp_path / "data", tmp_path / "work", tmp_path / "experiments"
     synthesize_dataset(root, num_classes=3, num_curated=6, num_noisy=2, num_test=2, seed=5, progress=False)
