@@ -173,12 +173,20 @@ def device_option(function):
 @click.option("--fold", "folds", type=int, multiple=True, help="Train only this fold (repeatable).")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Override the experiment's max_epochs.")
 @device_option
-@click.option("--resume", is_flag=True, help="Continue interrupted folds from their saved state.")
-def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device, resume):
-    """Train EXPERIMENT (a name under experiments/ or a TOML path) on every fold."""
+@click.option("--resume", is_flag=True, help="Continue interrupted folds from their saved state (refused, naming the settings, if the experiment changed since; max_epochs and workers may change).")
+@click.option("--no-oof", is_flag=True, help="Skip the out-of-fold prediction once every fold is trained.")
+def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device, resume, no_oof):
+    """Train EXPERIMENT (a name under experiments/ or a TOML path) on every fold.
+
+    Once every fold in folds.csv has weights, predicts each fold's held-out clips (tiled, as
+    `predict` does) and reports the per-fold and overall out-of-fold lwlrap.
+    """
     from freesound.config import load_experiment
     from freesound.data import load_dataset
-    from freesound.train import experiment_dir, train_experiment
+    from freesound.evaluate import format_scores
+    from freesound.folds import read_folds
+    from freesound.oof import predict_oof
+    from freesound.train import experiment_dir, fold_dir, train_experiment
 
     config = load_experiment(experiment, experiments_dir)
     dataset = load_dataset(data_dir)
@@ -190,6 +198,16 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
     for result in results:
         click.echo(f"  fold {result.fold}: {result.best_lwlrap:.4f} at epoch {result.best_epoch} of {result.epochs}")
     click.echo(f"weights -> {experiment_dir(work_dir, config.name)}")
+    if no_oof:
+        return
+    untrained = [fold for fold in sorted(set(read_folds(work_dir, dataset.curated.fname).fold))
+                 if not (fold_dir(work_dir, config.name, fold) / "model.pt").is_file()]
+    if untrained:
+        click.echo(f"out-of-fold lwlrap once fold(s) {', '.join(map(str, untrained))} are trained too")
+        return
+    click.echo("")
+    scores = predict_oof(config.name, dataset, work_dir, device=device or settings.default_device(), log=click.echo)
+    click.echo(format_scores(config.name, scores, top=10))
 
 
 def _load_spec(name, work_dir, experiments_dir):

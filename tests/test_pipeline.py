@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -35,8 +36,10 @@ def trained(tiny_data, tmp_path_factory):
     for name in ("tiny_a", "tiny_b"):
         out = run("train", name, *common).output
         assert "fold 2:" in out
-        out = run("predict", name, *common).output
-        assert "OOF lwlrap" in out
+        # Every fold trained: train scores them out of fold, as predict does.
+        assert re.search(r"OOF lwlrap \d\.\d{4}", out) and re.search(r"per fold: 0: \S+ +1: \S+ +2: \S+", out), out
+    assert "OOF lwlrap" in run("predict", "tiny_a", *common).output
+    assert "OOF lwlrap" not in run("predict", "tiny_b", *common, "--no-oof").output
     stacked = run("stack", "tiny_ens", *common).output
     run("predict", "tiny_ens", *common)
     return dataset, work, experiments, stacked

@@ -385,7 +385,9 @@ def test_features_and_training_with_another_max_seconds(tmp_path):
     (experiments / "default_audio.toml").write_text(stub)
     common = ["--data", root, "--work", work, "--experiments", experiments, "--device", "cpu", "--fold", "0"]
     assert cli("make-folds", "--data", root, "--work", work, "--folds", "2").exit_code == 0
-    assert cli("train", "short", *common).exit_code == 0
+    trained = cli("train", "short", *common)
+    assert trained.exit_code == 0
+    assert "out-of-fold lwlrap once fold(s) 1 are trained too" in trained.stdout  # not scored yet
     checkpoint = torch.load(work / "experiments" / "short" / "fold_0" / "model.pt", weights_only=True)
     assert checkpoint["audio_config"]["max_seconds"] == 2.0
     # The cache is keyed by max_seconds: the default front end's features were never computed.
