@@ -84,10 +84,11 @@ def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dat
         f"{len(package) / 1e3:.1f} kB embedded")
 
     out_dir = Path(out_dir)
-    written = {}
+    written, used = {}, set()
     for kind, spec in specs.items():
         template, script_name = KERNELS[kind]
         manifest = build_manifest(spec, weights_root)
+        used |= {Path(weight["path"]).parts[0] for weight in manifest["weights"]}
         script = render_kernel(template, script_name, package, manifest, dataset_id)
         path = out_dir / script_name
         atomic_write_text(path, script)
@@ -108,6 +109,12 @@ def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dat
     atomic_write_text(written["dataset_metadata"], to_json(dataset_metadata(dataset_id)))
     log(f"{written['dataset_metadata']}: the weights dataset {dataset_id} "
         f"(kaggle datasets create -p {weights_root} --dir-mode zip; {folder_mb(weights_root):.1f} MB in the folder)")
+    unused = sorted(path for path in weights_root.iterdir() if path.is_dir() and path.name not in used)
+    if unused:
+        names = ", ".join(path.name for path in unused[:5]) + (", ..." if len(unused) > 5 else "")
+        log(f"note: {len(unused)} folder(s) in {weights_root} that these kernels do not use ({names}; "
+            f"{sum(folder_mb(path) for path in unused):.1f} MB) would be uploaded too; move them out first "
+            "to upload less")
     if dataset_id.startswith("<user>/"):
         log("note: replace <user> with your Kaggle user name (--dataset-id) before uploading")
     return written

@@ -264,3 +264,19 @@ def test_build_kernel_script_reports_errors_in_one_line(built, tmp_path):
                              "--experiment", "nope", "--ensemble", "", "--out", str(tmp_path / "k")],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_build_names_weight_folders_the_kernels_do_not_use(built, tmp_path):
+    """`kaggle datasets create` uploads the whole experiments/ folder: say what it would carry in vain."""
+    work = tmp_path / "work"
+    shutil.copytree(built["work"], work)
+    trial = work / "experiments" / "exp_a-trial0" / "fold_0"
+    trial.mkdir(parents=True)
+    (trial / "model.pt").write_bytes(b"\0" * 300_000)
+    lines = []
+    build_kernels(work, experiment="exp_a", out_dir=tmp_path / "kernel", log=lines.append)
+    notes = [line for line in lines if "do not use" in line]
+    assert len(notes) == 1, lines
+    assert re.search(r"note: 3 folder\(s\) in \S+ that these kernels do not use "
+                     r"\(ens_stacker, exp_a-trial0, exp_b; [\d.]+ MB\)", notes[0]), notes
+    assert not any("do not use" in line for line in built["log"])  # both kernels use every folder
