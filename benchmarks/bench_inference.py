@@ -28,6 +28,25 @@ from freesound.predict import Tagger, make_tiles, reference_predict, tile_layout
 TOLERANCE = 1e-4
 SR, HOP = 44100, 690
 MODEL = dict(num_classes=80, base_size=64, dropout=0.4, ratio=16, kernel_size=7, last_filters=8, last_fc=4)
+#: The competition's hidden test set and kernel limits (DESIGN.md), and the original ensemble's
+#: size: 7 experiments x 5 folds of full-size models (its 3 MLP stackers cost next to nothing).
+KAGGLE_TEST_CLIPS, KAGGLE_TEST_HOURS = 4481, 12.9
+KAGGLE_CPU_LIMIT_HOURS, KAGGLE_GPU_LIMIT_HOURS = 4.0, 1.0
+ENSEMBLE_MODELS = 7 * 5
+
+
+def kaggle_estimate(tiles_per_second: float) -> dict:
+    """What the full ensemble's model passes would take on Kaggle's test set at this tile rate.
+
+    Tiles per model are approximated as clips x the tiles of a clip of the mean length (10.4 s,
+    untrimmed); clips under 4 s get one tile each, so the true count is somewhat higher.
+    """
+    mean_frames = 1 + int(KAGGLE_TEST_HOURS * 3600 / KAGGLE_TEST_CLIPS * SR) // HOP
+    tiles = KAGGLE_TEST_CLIPS * tile_layout(mean_frames)[0]
+    seconds_per_model = tiles / tiles_per_second
+    return {"tiles_per_model": tiles, "ensemble_hours": ENSEMBLE_MODELS * seconds_per_model / 3600,
+            "models_within_cpu_limit": int(KAGGLE_CPU_LIMIT_HOURS * 3600 // seconds_per_model),
+            "gpu_tiles_per_second_needed": ENSEMBLE_MODELS * tiles / (KAGGLE_GPU_LIMIT_HOURS * 3600)}
 
 
 def full_size_model(seed: int = 0) -> torch.nn.Module:
@@ -107,6 +126,14 @@ def main(argv=None) -> int:
     print(f"\nrounds {rounds}; all times: reference {[round(t, 2) for t in times[ref_name]]}, "
           f"ours {[round(t, 2) for t in times[ours_name]]}; Tagger's first call (incl. building its "
           f"inference copy) {first_call:.2f} s")
+
+    estimate = kaggle_estimate(n_tiles / ours_t)
+    print(f"\nKaggle's test set ({KAGGLE_TEST_CLIPS} clips, {KAGGLE_TEST_HOURS} h) at the Tagger's rate: about "
+          f"{estimate['tiles_per_model']} tiles per model; the {ENSEMBLE_MODELS} fold models of a 7-experiment "
+          f"ensemble would take {estimate['ensemble_hours']:.0f} h here, against a CPU kernel's "
+          f"{KAGGLE_CPU_LIMIT_HOURS:g} h limit ({estimate['models_within_cpu_limit']} full-size models fit); "
+          f"within a GPU kernel's {KAGGLE_GPU_LIMIT_HOURS:g} h it needs at least "
+          f"{estimate['gpu_tiles_per_second_needed']:.0f} tiles/s")
 
     loop_t, tiles_t, tiles_diff = tiles_timing(logmels, max(3, rounds * 3))
     print(f"\nmake_tiles for all clips: per-tile loop {loop_t * 1e3:.1f} ms, vectorised {tiles_t * 1e3:.1f} ms "
