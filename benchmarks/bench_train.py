@@ -113,8 +113,9 @@ def peak_rss_mib(code: str) -> tuple:
     return int(lines[-1]) / 1024, lines[:-1]
 
 
-#: Run in a fresh process by ``worker_sharing_rows``: hold log-mels, fork DataLoader workers that
-#: sample from them, and print each process's memory (kB, from /proc/<pid>/smaps_rollup).
+#: Run in a fresh process by ``worker_sharing_rows`` with arguments CLIPS WORKERS BATCHES: hold
+#: log-mels, fork DataLoader workers that sample from them, and print each process's memory (kB,
+#: from /proc/<pid>/smaps_rollup).
 SHARING_CODE = """
 import sys
 import numpy as np
@@ -123,6 +124,8 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, 'benchmarks')
 from bench_train import sampling_dataset
 from freesound.config import load_experiment
+
+CLIPS, WORKERS, BATCHES = map(int, sys.argv[1:])
 
 def memory(pid):
     fields = dict(line.split()[:2] for line in Path(f'/proc/{pid}/smaps_rollup').read_text().splitlines()[1:])
@@ -145,9 +148,9 @@ def worker_sharing_rows(quick: bool, workers: int = 2) -> list:
     proportional set sizes (shared pages split between the processes that map them) sum to the
     whole job's real footprint.
     """
-    code = (SHARING_CODE.replace("CLIPS", "100" if quick else "600")
-            .replace("WORKERS", str(workers)).replace("BATCHES", "4" if quick else "20"))
-    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    arguments = ["100", str(workers), "4"] if quick else ["600", str(workers), "20"]
+    child = subprocess.run([sys.executable, "-c", SHARING_CODE, *arguments], capture_output=True, text=True,
+                           check=True, cwd=REPO)
     held, main_rss, main_pss, _, *per_worker = (int(v) / 1024 for v in child.stdout.split())
     workers_rss, workers_pss, workers_private = (per_worker[i::3] for i in range(3))
     return [

@@ -190,8 +190,9 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
 
     config = load_experiment(experiment, experiments_dir)
     dataset = load_dataset(data_dir)
+    device = device or settings.default_device()
     results = train_experiment(
-        config, dataset, work_dir, folds=list(folds) or None, device=device or settings.default_device(),
+        config, dataset, work_dir, folds=list(folds) or None, device=device,
         max_epochs=epochs, resume=resume, log=click.echo,
     )
     click.echo(f"\n{config.name}: best val lwlrap per fold (centre crop)")
@@ -206,7 +207,7 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
         click.echo(f"out-of-fold lwlrap once fold(s) {', '.join(map(str, untrained))} are trained too")
         return
     click.echo("")
-    scores = predict_oof(config.name, dataset, work_dir, device=device or settings.default_device(), log=click.echo)
+    scores = predict_oof(config.name, dataset, work_dir, device=device, log=click.echo)
     click.echo(format_scores(config.name, scores, top=10))
 
 

@@ -90,19 +90,27 @@ def changed_settings(saved: dict, current: dict) -> list:
                   if key not in RESUMABLE_SETTINGS and saved.get(key) != current.get(key))
 
 
+def _saved_settings(state: dict, work, name: str, fold: int) -> dict | None:
+    """The settings a saved state was trained with: stored in it, or, for states from before
+    they were, the fold's config.toml (None when neither is there)."""
+    if "experiment" in state:
+        return state["experiment"]
+    config = fold_dir(work, name, fold) / "config.toml"
+    return experiment_from_dict(read_toml(config), name=name).to_dict() if config.is_file() else None
+
+
+def _state_conflicts(state: dict, experiment: Experiment, work, fold: int) -> list:
+    saved = _saved_settings(state, work, experiment.name, fold)
+    return [] if saved is None else changed_settings(saved, experiment.to_dict())
+
+
 def resume_conflicts(experiment: Experiment, work, fold: int) -> list:
     """The settings that differ between ``experiment`` and the fold's saved training state
     (empty when there is no saved state, or it matches)."""
     path = state_path(work, experiment.name, fold)
     if not path.is_file():
         return []
-    saved = torch.load(path, map_location="cpu", weights_only=True).get("experiment")
-    if saved is None:  # states from before the settings were saved in them
-        config = fold_dir(work, experiment.name, fold) / "config.toml"
-        if not config.is_file():
-            return []
-        saved = experiment_from_dict(read_toml(config), name=experiment.name).to_dict()
-    return changed_settings(saved, experiment.to_dict())
+    return _state_conflicts(torch.load(path, map_location="cpu", weights_only=True), experiment, work, fold)
 
 
 def build_sources(experiment: Experiment, dataset: Dataset, work, fold: int):
@@ -209,13 +217,13 @@ def train_fold(
 
     epoch, best_lwlrap, best_epoch, bad_epochs, rows = 0, -1.0, -1, 0, []
     if resume and resume_path.is_file():
-        conflicts = resume_conflicts(experiment, work, fold)
+        state = torch.load(resume_path, map_location=device, weights_only=True)
+        conflicts = _state_conflicts(state, experiment, work, fold)
         if conflicts:
             raise StaleTrainingStateError(
                 f"fold {fold} of {experiment.name!r} was trained with other settings "
                 f"({', '.join(conflicts)} changed), so it cannot be resumed; train it again without "
                 f"--resume (its state in {resume_path.parent} is then replaced)")
-        state = torch.load(resume_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

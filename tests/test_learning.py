@@ -9,8 +9,8 @@ the CNN telling twins apart. On a second dataset (seed 4): small 0.851, baseline
 
 History: before the twins glided in pitch (their only difference was a sharp attack and slow
 decay against a slow swell and sharp cut-off) this test was an expected failure. Band-stat
-baseline 0.692; small 0.626-0.713 in every variant tried (mixers, augmentation, lr, batch size,
-base 8 for 8-20 epochs, base 4 for 12). The CNN found the pair (0.99) but not the twin: an
+baseline 0.692; small 0.590-0.692 in every variant tried (mixers, augmentation, lr, batch size,
+base 8 for 8-16 epochs, base 4 for 12). The CNN found the pair (0.99) but not the twin: an
 envelope's rise and fall sum to the same change, so an oriented edge filter averaged over time
 does not see its direction; a glide's direction it does.
 """
