@@ -184,7 +184,7 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
     from freesound.config import load_experiment
     from freesound.data import load_dataset
     from freesound.evaluate import format_scores
-    from freesound.folds import read_folds
+    from freesound.folds import recorded_folds
     from freesound.oof import predict_oof
     from freesound.train import experiment_dir, fold_dir, train_experiment
 
@@ -201,7 +201,7 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
     click.echo(f"weights -> {experiment_dir(work_dir, config.name)}")
     if no_oof:
         return
-    untrained = [fold for fold in sorted(set(read_folds(work_dir, dataset.curated.fname).fold))
+    untrained = [fold for fold in recorded_folds(work_dir)
                  if not (fold_dir(work_dir, config.name, fold) / "model.pt").is_file()]
     if untrained:
         click.echo(f"out-of-fold lwlrap once fold(s) {', '.join(map(str, untrained))} are trained too")
