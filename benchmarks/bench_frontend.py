@@ -25,7 +25,7 @@ import scipy.fft  # noqa: E402
 
 from common import edge_clips, header, interleaved, median, table, write_clips  # noqa: E402
 from freesound import audio  # noqa: E402
-from freesound.audio import read_as_melspectrogram  # noqa: E402
+from freesound.audio import logmel, read_as_melspectrogram  # noqa: E402
 
 TOLERANCE_DB = 1e-3
 SR = 44100
@@ -70,13 +70,13 @@ def float32_fft_variant(path):
     ``read_as_melspectrogram`` with the FFT in float32. Measured only to show why it is not used:
     librosa runs its FFT in float64, and a float32 FFT misses the reference by more than the
     1e-3 dB tolerance on steep spectra."""
-    config = audio.DEFAULT_CONFIG
+    config = audio.DEFAULT_AUDIO_CONFIG
     y = audio.read_audio(path, config)
-    plan = audio._mel_plan(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax)
-    frames = audio._centered_frames(y, config.n_fft, config.hop_length, config.pad_mode)
+    plan = logmel._mel_plan(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax)
+    frames = logmel._centered_frames(y, config.n_fft, config.hop_length, config.pad_mode)
     spectrum = scipy.fft.rfft(frames * plan.window.astype(np.float32), axis=-1, overwrite_x=True)
     power = np.square(spectrum.real) + np.square(spectrum.imag)
-    return audio.power_to_db(audio._apply_mel(power, plan), config)
+    return audio.power_to_db(logmel._apply_mel(power, plan), config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def stage_times(path, rounds: int) -> list:
     """Decode, trim and log-mel separately on one clip (rows for the table)."""
     y = reference_load(path)
     trimmed = reference_trim(y)
-    config = audio.DEFAULT_CONFIG
+    config = audio.DEFAULT_AUDIO_CONFIG
     stages = [
         ("decode (librosa.load vs decode+mono)", lambda: reference_load(path),
          lambda: audio.to_mono(audio.decode(path)[0])),
@@ -130,9 +130,9 @@ def stage_times(path, rounds: int) -> list:
 def cache_throughput(tmp: Path, num_clips: int, rounds: int) -> list:
     """Audio-seconds per second of ``cache_features`` with 1 and 2 workers on a synthetic dataset,
     and of the reference pipeline in one process (computing, not saving)."""
-    from freesound.data import load_dataset
-    from freesound.features import cache_features
-    from freesound.synth import synthesize_dataset
+    from freesound.data.dataset import load_dataset
+    from freesound.data.features import cache_features
+    from freesound.data.synth import synthesize_dataset
 
     curated = max(2, num_clips // 2)
     noisy = max(1, num_clips // 4)

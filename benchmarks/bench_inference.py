@@ -23,7 +23,8 @@ import torch  # noqa: E402
 
 from common import header, interleaved, median, table  # noqa: E402
 from freesound.models import create_model  # noqa: E402
-from freesound.predict import Tagger, make_tiles, reference_predict, tile_layout  # noqa: E402
+from benchmarks.reference import reference_predict  # noqa: E402
+from freesound.predict import Tagger, make_tiles, tile_layout  # noqa: E402
 
 TOLERANCE = 1e-4
 SR, HOP = 44100, 690
@@ -69,7 +70,7 @@ def clip_logmels(durations, seed: int = 0) -> list:
 
 def tiles_timing(logmels, rounds: int) -> tuple:
     """make_tiles (vectorised deltas) against the per-tile loop it replaced, ms for all clips."""
-    from freesound.augment import to_network_input
+    from freesound.audio.network_input import to_network_input
 
     def per_tile(logmel, step=64, tile=256):
         n_tiles, left, right = tile_layout(logmel.shape[1], step, tile)

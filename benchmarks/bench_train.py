@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_train.py [--quick] [--device cuda] [--batch-size N]
 
-1. Model steps: samples/s of ``freesound.train.train_epoch`` (the training loop's own step, with
+1. Model steps: samples/s of ``freesound.training.trainer.train_epoch`` (the training loop's own step, with
    the method's loss and channels-last layout) on the full-size AuxSkipAttention, fp32 against
    fp16 autocast + GradScaler (CUDA only), on the same fixed batches.
 2. Data pipeline: samples/s that ``SamplingDataset`` (the method's transforms and mixers) delivers
@@ -34,11 +34,11 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from common import REPO, header, median, table  # noqa: E402
-from freesound.augment import train_transform  # noqa: E402
+from freesound.training.augment import train_transform  # noqa: E402
 from freesound.config import load_experiment  # noqa: E402
-from freesound.mixers import method_mixer  # noqa: E402
-from freesound.train import build_loss, create_training_model, train_epoch  # noqa: E402
-from freesound.training_data import ClipSource, SamplingDataset  # noqa: E402
+from freesound.training.mixers import method_mixer  # noqa: E402
+from freesound.training.trainer import build_loss, create_training_model, train_epoch  # noqa: E402
+from freesound.training.sampling import ClipSource, SamplingDataset  # noqa: E402
 
 FRAMES_PER_SECOND = 44100 / 690
 #: FSDKaggle2019: clips and hours of audio (the competition's data description).
@@ -181,11 +181,11 @@ def memory_rows(quick: bool) -> list:
     rows.append(("all training log-mels", f"{per_second * total_hours * 3600 / 2**30:.2f} GiB", "extrapolated"))
     with tempfile.TemporaryDirectory() as tmp:
         clips = 20 if quick else 60
-        code = (f"from freesound.synth import synthesize_dataset\n"
+        code = (f"from freesound.data.synth import synthesize_dataset\n"
                 f"synthesize_dataset({str(tmp)!r} + '/data', num_classes=8, num_curated={clips}, num_noisy={clips}, "
                 f"num_test=4, seed=0, progress=False)\n")
         subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
-        imports = "from freesound.data import load_dataset\nfrom freesound.features import cache_features\n"
+        imports = "from freesound.data.dataset import load_dataset\nfrom freesound.data.features import cache_features\n"
         imports_alone, _ = peak_rss_mib(imports)
         features, _ = peak_rss_mib(imports +
                                 f"cache_features(load_dataset({str(tmp)!r} + '/data'), {str(tmp)!r} + '/work', "

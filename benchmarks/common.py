@@ -23,9 +23,6 @@ if str(REPO) not in sys.path:
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS")
 
-#: The date the results in RESULTS.md were taken (the benchmarks print today's date).
-RESULTS_DATE = "2026-11-23"
-
 
 def limit_threads(n: int = 1) -> None:
     """Cap BLAS/OpenMP pools at ``n`` threads. Call before importing numpy, scipy or torch."""
@@ -114,11 +111,11 @@ def table(headers, rows) -> str:
 
 
 def synth_clip(seconds: float, seed: int):
-    """A dataset-like clip (``freesound.synth``'s procedural classes mixed over a noise floor),
+    """A dataset-like clip (``freesound.data.synth``'s procedural classes mixed over a noise floor),
     float32 mono at 44.1 kHz."""
     import numpy as np
 
-    from freesound.synth import class_signature, render_clip
+    from freesound.data.synth import class_signature, render_clip
 
     rng = np.random.default_rng(seed)
     classes = rng.choice(20, size=int(rng.integers(1, 4)), replace=False)

@@ -1,19 +1,23 @@
 """freesound: multi-label audio tagging after the Freesound Audio Tagging 2019 winners.
 
-The library is organised top-down:
+The package follows the pipeline, one folder a stage; each folder's ``__init__`` lists its modules.
 
-- ``audio``      decode, trim and turn a clip into a log-mel spectrogram
-- ``data``       the FSDKaggle2019 dataset layout, labels and corrections files
-- ``synth``      a synthetic dataset in that layout
-- ``features``   the on-disk log-mel cache
-- ``augment``    train-time spectrogram transforms and sample mixers
-- ``models``     the model registry (``create_model``, ``load_model``)
-- ``losses``, ``metrics``  noisy-label losses and lwlrap
-- ``train``      the training loop
-- ``predict``    tiled inference (``Tagger``); ``oof``, ``stack``, ``ensemble``: out-of-fold
-                 predictions, stackers and the blend
-- ``kaggle``     the kernel runtime (what ``kernel/*.py`` runs on Kaggle)
-- ``cli``        the thin click layer (``freesound --help``)
+    audio/        the front end: any audio file -> log-mel -> the network's input (deltas)
+    data/         the FSDKaggle2019 layout, the synthetic dataset, the log-mel cache, folds
+    models/       the model registry (``create_model``, ``load_model``) and checkpoints
+    predict/      inference: tiles, ``Tagger``, ``EnsemblePredictor`` (local and in kernels)
+    training/     the training loop (``engine.py``), the method's trainer, augmentation, losses,
+                  out-of-fold evaluation
+    kaggle/       the kernel runtime: what a built kernel script runs on Kaggle
+    ensembling/   stackers, prediction specs, ``freesound predict``
+    tools/        demo, search, ensemble selection, relabeling, evaluation, plots, listening,
+                  the argus importer
+    cli.py        the thin click layer (``freesound --help``)
+
+and, below all of them: ``config`` (experiments and the front end's settings as plain data),
+``paths`` (every path under ``--work``), ``metrics`` (lwlrap), ``errors``, ``fileio`` (atomic
+writes) and ``settings`` (the one place that reads the environment). A stage imports only the
+stages listed below it; ``.importlinter`` holds that contract and the test suite checks it.
 """
 
 __version__ = "0.1.0"

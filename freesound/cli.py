@@ -81,7 +81,7 @@ def experiments_dir_option(function):
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, byte-identical dataset.")
 def synth(out_dir, num_classes, num_curated, num_noisy, num_test, seed):
     """Write a synthetic FSDKaggle2019-shaped dataset to OUT_DIR."""
-    from freesound.synth import synthesize_dataset
+    from freesound.data.synth import synthesize_dataset
 
     summary = synthesize_dataset(
         out_dir, num_classes=num_classes, num_curated=num_curated, num_noisy=num_noisy,
@@ -109,10 +109,9 @@ def features(data_dir, work_dir, workers, experiment, experiments_dir, max_secon
     """
     import dataclasses
 
-    from freesound.audio import AudioConfig
-    from freesound.config import load_experiment
-    from freesound.data import load_dataset
-    from freesound.features import cache_features, cache_root
+    from freesound.config import AudioConfig, load_experiment
+    from freesound.data.dataset import load_dataset
+    from freesound.data.features import cache_features, cache_root
 
     config = load_experiment(experiment, experiments_dir).audio if experiment else AudioConfig()
     if max_seconds is not None:
@@ -134,8 +133,8 @@ def features(data_dir, work_dir, workers, experiment, experiments_dir, max_secon
 @click.option("--seed", type=int, default=42, show_default=True)
 def make_folds_command(data_dir, work_dir, n_folds, seed):
     """Split the curated clips into shuffled K folds (writes <work>/folds.csv)."""
-    from freesound.data import load_dataset
-    from freesound.folds import make_folds, write_folds
+    from freesound.data.dataset import load_dataset
+    from freesound.data.folds import make_folds, write_folds
 
     dataset = load_dataset(data_dir)
     folds = make_folds(dataset.curated.fname, n_folds=n_folds, seed=seed)
@@ -182,59 +181,27 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
     `predict` does) and reports the per-fold and overall out-of-fold lwlrap.
     """
     from freesound.config import load_experiment
-    from freesound.data import load_dataset
-    from freesound.evaluate import format_scores
-    from freesound.folds import recorded_folds
-    from freesound.oof import predict_oof
-    from freesound.train import experiment_dir, fold_dir, train_experiment
+    from freesound.data.dataset import load_dataset
+    from freesound.metrics import format_scores
+    from freesound.paths import experiment_dir
+    from freesound.training.trainer import train_and_score
 
     config = load_experiment(experiment, experiments_dir)
-    dataset = load_dataset(data_dir)
-    device = device or settings.default_device()
-    results = train_experiment(
-        config, dataset, work_dir, folds=list(folds) or None, device=device,
-        max_epochs=epochs, resume=resume, log=click.echo,
+    report = train_and_score(
+        config, load_dataset(data_dir), work_dir, folds=list(folds) or None, score_oof=not no_oof,
+        device=device or settings.default_device(), max_epochs=epochs, resume=resume, log=click.echo,
     )
     click.echo(f"\n{config.name}: best val lwlrap per fold (centre crop)")
-    for result in results:
+    for result in report.folds:
         click.echo(f"  fold {result.fold}: {result.best_lwlrap:.4f} at epoch {result.best_epoch} of {result.epochs}")
     click.echo(f"weights -> {experiment_dir(work_dir, config.name)}")
     if no_oof:
         return
-    untrained = [fold for fold in recorded_folds(work_dir)
-                 if not (fold_dir(work_dir, config.name, fold) / "model.pt").is_file()]
-    if untrained:
-        click.echo(f"out-of-fold lwlrap once fold(s) {', '.join(map(str, untrained))} are trained too")
+    if report.untrained:
+        click.echo(f"out-of-fold lwlrap once fold(s) {', '.join(map(str, report.untrained))} are trained too")
         return
     click.echo("")
-    scores = predict_oof(config.name, dataset, work_dir, device=device, log=click.echo)
-    click.echo(format_scores(config.name, scores, top=10))
-
-
-def _load_spec(name, work_dir, experiments_dir):
-    """(spec, is_ensemble) for an experiment or ensemble name/path."""
-    from freesound.config import find_experiment_file, is_ensemble_file, load_experiment
-    from freesound.ensemble import ensemble_spec, experiment_spec
-
-    path = find_experiment_file(name, experiments_dir)
-    if is_ensemble_file(path):
-        return ensemble_spec(path, work_dir, experiments_dir), True
-    return experiment_spec(load_experiment(path).name, work_dir), False
-
-
-def _report_failures(failures, errors_csv):
-    """Name every undecodable file on stderr and in a CSV; True when there were any."""
-    if not failures:
-        return False
-    import pandas as pd
-
-    from freesound.fileio import atomic_write_csv
-
-    atomic_write_csv(errors_csv, pd.DataFrame(failures, columns=["fname", "reason"]), index=False)
-    for fname, reason in failures:
-        click.echo(f"failed: {fname}: {reason}", err=True)
-    click.echo(f"{len(failures)} file(s) could not be decoded; listed in {errors_csv}", err=True)
-    return True
+    click.echo(format_scores(config.name, report.oof_scores, top=10))
 
 
 @main.command()
@@ -261,36 +228,26 @@ def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, out_csv,
     their rows are predicted from silence (the submission stays complete), under --audio they
     are left out.
     """
-    from freesound.data import load_dataset
-    from freesound.ensemble import EnsemblePredictor
-    from freesound.fileio import atomic_write_csv
-    from freesound.evaluate import format_scores
-    from freesound.oof import predict_oof, predictions_dir
+    from freesound.config import load_config
+    from freesound.data.dataset import load_dataset
+    from freesound.ensembling.predictions import run_prediction
+    from freesound.metrics import format_scores
 
     if (data_dir is None) == (audio_dir is None):
         raise click.UsageError("give exactly one of --data (a dataset's test set) or --audio (a folder)")
-    device = device or settings.default_device()
-    spec, is_ensemble = _load_spec(experiment, work_dir, experiments_dir)
-    name = spec["name"]
-    dataset = load_dataset(data_dir) if data_dir else None
-    if dataset is not None and not is_ensemble and not no_oof:
-        scores = predict_oof(name, dataset, work_dir, device=device, batch_size=batch_size, log=click.echo)
-        click.echo(format_scores(name, scores, top=10))
-    predictor = EnsemblePredictor.from_spec(spec, lambda p: Path(work_dir) / "experiments" / p, device=device,
-                                            batch_size=batch_size, workers=workers)
-    if dataset is not None:
-        paths, on_error, default_name = dataset.paths("test"), "silence", "test.csv"
-    else:
-        from freesound.audio import find_audio_files
-
-        paths, on_error, default_name = find_audio_files(audio_dir), "skip", "audio.csv"
-    out_csv = out_csv or predictions_dir(work_dir, name) / default_name
-    failures = []
-    frame = predictor.predict_files(paths, on_error=on_error, failures=failures)
-    atomic_write_csv(out_csv, frame.reset_index(), index=False)
-    click.echo(f"{name}: predicted {len(frame)} clips with {sum(len(p) for p in spec['experiments'].values())} "
-               f"first-level and {sum(len(p) for p in spec['stackers'].values())} stacker checkpoints -> {out_csv}")
-    if _report_failures(failures, Path(str(out_csv).removesuffix(".csv") + ".errors.csv")):
+    result = run_prediction(
+        load_config(experiment, experiments_dir), work_dir, dataset=load_dataset(data_dir) if data_dir else None,
+        audio_dir=audio_dir, out_csv=out_csv, oof=not no_oof, device=device or settings.default_device(),
+        batch_size=batch_size, workers=workers, log=click.echo,
+    )
+    if result.oof_scores is not None:
+        click.echo(format_scores(result.name, result.oof_scores, top=10))
+    click.echo(f"{result.name}: predicted {len(result.predictions)} clips with {result.checkpoints} first-level and "
+               f"{result.stacker_checkpoints} stacker checkpoints -> {result.out_csv}")
+    for fname, reason in result.failures:
+        click.echo(f"failed: {fname}: {reason}", err=True)
+    if result.failures:
+        click.echo(f"{len(result.failures)} file(s) could not be decoded; listed in {result.errors_csv}", err=True)
         sys.exit(1)
 
 
@@ -303,9 +260,9 @@ def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, out_csv,
 def stack(ensemble, data_dir, work_dir, experiments_dir, device):
     """Train ENSEMBLE's stackers on its experiments' out-of-fold predictions and score the blend."""
     from freesound.config import load_ensemble
-    from freesound.data import load_dataset
-    from freesound.oof import ensure_oof
-    from freesound.stack import train_stackers
+    from freesound.data.dataset import load_dataset
+    from freesound.ensembling.stack import train_stackers
+    from freesound.training.oof import ensure_oof
 
     device = device or settings.default_device()
     config = load_ensemble(ensemble, experiments_dir)
@@ -343,10 +300,9 @@ def select_ensemble_command(experiments, data_dir, work_dir, experiments_dir, ma
     (<out>.selection.csv, every subset; <out>.selection.png, the top ones).
     """
     from freesound.config import StackerConfig, load_ensemble
-    from freesound.data import load_dataset
-    from freesound.oof import ensure_oof
-    from freesound.select import (experiment_names, format_selection, load_oof_set, save_selection,
-                                  select_ensemble)
+    from freesound.data.dataset import load_dataset
+    from freesound.tools.select import experiment_names, format_selection, load_oof_set, save_selection, select_ensemble
+    from freesound.training.oof import ensure_oof
 
     if no_stacker and stackers_from:
         raise click.UsageError("give at most one of --stackers-from and --no-stacker")
@@ -403,8 +359,8 @@ def search(experiment, data_dir, work_dir, experiments_dir, trials, space_file, 
       lr loguniform [1e-4, 1e-2], p_dropout uniform [0.0, 0.5],
       base_size choice [32, 64, 128, 256], reduction_scale choice [1, 2, 4, 8]
     """
-    from freesound.data import load_dataset
-    from freesound.search import TrialSetup, format_trials, load_space, load_target, run_search
+    from freesound.data.dataset import load_dataset
+    from freesound.tools.search import TrialSetup, format_trials, load_space, load_target, run_search
 
     target = load_target(experiment, experiments_dir)
     space = load_space(space_file, target)
@@ -424,7 +380,8 @@ def search(experiment, data_dir, work_dir, experiments_dir, trials, space_file, 
 @click.option("--top", type=click.IntRange(1), default=None, help="Show only the N worst classes.")
 def evaluate(predictions_csv, labels_csv, top):
     """Score a submission-format CSV: overall and per-class lwlrap."""
-    from freesound.evaluate import evaluate_csv, format_scores
+    from freesound.metrics import format_scores
+    from freesound.tools.evaluate import evaluate_csv
 
     scores = evaluate_csv(predictions_csv, labels_csv)
     click.echo(format_scores(predictions_csv.name, scores, top=top))
@@ -441,11 +398,9 @@ def tag(files, experiment, work_dir, top, device):
 
     An undecodable FILE gets one error line on stderr and exit status 1; the others are still tagged.
     """
-    from freesound.folds import recorded_folds
-    from freesound.predict import Tagger
+    from freesound.ensembling.specs import trained_tagger
 
-    tagger = Tagger.from_experiment(Path(work_dir) / "experiments" / experiment, required=recorded_folds(work_dir),
-                                    device=device or settings.default_device())
+    tagger = trained_tagger(work_dir, experiment, device=device or settings.default_device())
     failures = []
     frame = tagger.predict_files(files, on_error="skip", failures=failures)
     for fname, row in frame.iterrows():
@@ -465,8 +420,8 @@ def tag(files, experiment, work_dir, top, device):
 @click.option("--stacker", is_flag=True, help="SRC holds FCNet stacker checkpoints.")
 def import_argus_command(src, name, work_dir, stacker):
     """Import the original team's pytorch-argus checkpoints (SRC/fold_<k>/model-*.pth)."""
-    from freesound.argus_import import import_argus
-    from freesound.audio import AudioConfig
+    from freesound.config import AudioConfig
+    from freesound.tools.argus_import import import_argus
 
     written = import_argus(src, name, work_dir, stacker=stacker, audio_config=None if stacker else AudioConfig())
     for path in written:
@@ -488,9 +443,9 @@ def import_argus_command(src, name, work_dir, stacker):
 def relabel(experiment, data_dir, work_dir, experiments_dir, curated_below, promote_at, remove_below, device):
     """Propose label corrections from a trained EXPERIMENT's predictions, for review."""
     from freesound.config import load_experiment
-    from freesound.data import load_dataset
-    from freesound.oof import ensure_oof
-    from freesound.relabel import propose_relabels
+    from freesound.data.dataset import load_dataset
+    from freesound.tools.relabel import propose_relabels
+    from freesound.training.oof import ensure_oof
 
     name = load_experiment(experiment, experiments_dir).name
     dataset = load_dataset(data_dir)
@@ -541,7 +496,7 @@ def report(experiment, work_dir, experiments_dir, out_dir, example_audio):
     """Plot a trained EXPERIMENT's training curves and per-class lwlrap; print its CV table."""
     from freesound.audio import read_as_melspectrogram
     from freesound.config import load_experiment
-    from freesound.plots import report as make_report
+    from freesound.tools.plots import report as make_report
 
     name = load_experiment(experiment, experiments_dir).name
     example = read_as_melspectrogram(example_audio) if example_audio else None
@@ -567,12 +522,10 @@ def listen(experiment, work_dir, audio_file, window, hop, top, input_device, dur
 
     The microphone needs the optional sounddevice package: pip install 'freesound[listen]'.
     """
-    from freesound.folds import recorded_folds
-    from freesound.listen import format_tags, listen_microphone, replay_file
-    from freesound.predict import Tagger
+    from freesound.ensembling.specs import trained_tagger
+    from freesound.tools.listen import format_tags, listen_microphone, replay_file
 
-    tagger = Tagger.from_experiment(Path(work_dir) / "experiments" / experiment, required=recorded_folds(work_dir),
-                                    device=device or settings.default_device())
+    tagger = trained_tagger(work_dir, experiment, device=device or settings.default_device())
     if audio_file is not None:
         for time_s, tags in replay_file(audio_file, tagger, window_seconds=window, hop_seconds=hop, top=top):
             click.echo(format_tags(time_s, tags))
@@ -592,7 +545,7 @@ def listen(experiment, work_dir, audio_file, window, hop, top, input_device, dur
 def demo(work_dir, experiments_dir, ensemble, workers):
     """Run the whole chain on a synthetic dataset: synth, features, folds, train, stack, blend,
     kernels, a simulated Kaggle run, plots. Re-running skips what is done."""
-    from freesound.demo import format_summary, run_demo
+    from freesound.tools.demo import format_summary, run_demo
 
     summary = run_demo(work_dir, experiments_dir=experiments_dir, ensemble=ensemble,
                        workers=workers or settings.default_workers(), log=click.echo)

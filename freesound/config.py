@@ -1,5 +1,8 @@
 """Experiments as plain data: one TOML file in ``experiments/`` per experiment.
 
+Every setting of the method lives here as a frozen dataclass, the front end's ``AudioConfig``
+included, and nothing here imports NumPy, librosa or torch: reading an experiment file is cheap.
+
 A file only states what differs from the method's defaults; ``load_experiment`` fills in the rest,
 checks every key (an unknown key is an error naming the valid ones) and returns a frozen
 ``Experiment``. ``dump_experiment`` writes the resolved config back as TOML, the copy kept beside
@@ -9,16 +12,77 @@ each trained fold.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from freesound.audio import AudioConfig
 from freesound.errors import FreesoundError
 
 
 class ConfigError(FreesoundError, ValueError):
     """A bad experiment or ensemble file."""
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """The front end's numbers. Frozen so that ``key()`` can safely name a feature cache.
+
+    Times are in seconds, frequencies in Hz, levels in dB.
+    """
+
+    sample_rate: int = 44100
+    n_fft: int = 2560
+    hop_length: int = 690
+    n_mels: int = 128
+    fmin: float = 20.0
+    fmax: float = 22050.0
+    trim_top_db: float = 60.0
+    min_seconds: float = 0.5
+    ref: float = 1.0
+    amin: float = 1e-10
+    top_db: float = 80.0
+    pad_mode: str = "reflect"
+    #: Longer files are cropped to their first ``max_seconds`` (with a warning), bounding the
+    #: memory and time one file can take. FSDKaggle2019 clips are at most 30 s long.
+    max_seconds: float = 600.0
+
+    def __post_init__(self):
+        for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "min_seconds", "max_seconds", "amin"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"audio {name} must be positive, got {getattr(self, name)!r}")
+        if self.max_seconds < self.min_seconds:
+            raise ValueError(f"audio max_seconds ({self.max_seconds:g}) is below min_seconds ({self.min_seconds:g})")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "AudioConfig":
+        """Build from a plain dict (a checkpoint's or a TOML file's); unknown keys are an error.
+
+        Missing keys take their defaults, so checkpoints saved before a field existed still load.
+        """
+        values = dict(values or {})
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"unknown audio config keys {unknown}; valid keys are {sorted(valid)}")
+        return cls(**values)
+
+    def key(self) -> str:
+        """A short hash of every field, stable across Python runs and machines."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    @property
+    def min_samples(self) -> int:
+        return int(round(self.min_seconds * self.sample_rate))
+
+
+#: The method's front end.
+DEFAULT_AUDIO_CONFIG = AudioConfig()
 
 
 @dataclass(frozen=True)
@@ -240,13 +304,37 @@ def stacker_from_dict(values: dict, *, where: str = "stacker") -> StackerConfig:
 
 
 def is_ensemble_file(path) -> bool:
-    return "experiments" in read_toml(path)
+    return is_ensemble_table(read_toml(path))
+
+
+def is_ensemble_table(values: dict) -> bool:
+    """Whether a TOML file's contents are an ensemble (it lists ``experiments``)."""
+    return "experiments" in values
 
 
 def load_ensemble(spec, experiments_dir="experiments") -> EnsembleConfig:
     """Read an ensemble file: ``experiments = [...]`` and ``[[stackers]]`` tables."""
     path = find_experiment_file(spec, experiments_dir)
+    return ensemble_from_dict(read_toml(path), path)
+
+
+def load_config(spec, experiments_dir="experiments") -> Experiment | EnsembleConfig:
+    """Read a name or path once, as what it is: an ensemble file or an experiment.
+
+    This is where a command's ``EXPERIMENT|ENSEMBLE`` argument is resolved; what it returns is
+    passed down, never looked up again.
+    """
+    path = find_experiment_file(spec, experiments_dir)
     values = read_toml(path)
+    if is_ensemble_table(values):
+        return ensemble_from_dict(values, path)
+    return experiment_from_dict(values, name=path.stem, source_dir=str(path.parent), where=str(path))
+
+
+def ensemble_from_dict(values: dict, path) -> EnsembleConfig:
+    """An ``EnsembleConfig`` from an ensemble file's contents (``path`` names it in errors and,
+    by its stem, names the ensemble unless the file sets ``name``)."""
+    path = Path(path)
     unknown = sorted(set(values) - {"experiments", "stackers", "name"})
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys are experiments, name, stackers")
@@ -259,3 +347,19 @@ def load_ensemble(spec, experiments_dir="experiments") -> EnsembleConfig:
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: stacker names must be unique, got {names}")
     return EnsembleConfig(name=values.get("name", path.stem), experiments=tuple(experiments), stackers=stackers)
+
+
+def dump_ensemble(experiments, stackers=(), header: str = "") -> str:
+    """An ensemble file (the ``load_ensemble`` format) as TOML text.
+
+    Parameters
+    ----------
+    experiments : sequence of str, first-level experiments in stacking order
+    stackers : sequence of ``StackerConfig``, written in full as ``[[stackers]]`` tables
+    header : comment lines put first (without the ``#``)
+    """
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    text = "\n".join(lines) + ("\n" if lines else "") + dump_toml({"experiments": list(experiments)})
+    for stacker in stackers:
+        text += "\n[[stackers]]\n" + dump_toml(dataclasses.asdict(stacker))
+    return text

@@ -1,8 +1,9 @@
-"""Atomic file writes: a killed process leaves the old file or the new one, never half of one."""
+"""File writes that a killed process cannot leave half done, and file hashes."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -48,3 +49,12 @@ def atomic_write_csv(path, frame, *, index: bool = False) -> None:
     """``DataFrame.to_csv`` through a temporary file (without the index unless asked)."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=index)
+
+
+def file_sha256(path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (weights can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -10,6 +10,9 @@ same precisions by class gives per-class scores whose label-count-weighted sum i
 Everything is vectorised: one row-wise sort of the ``(N, C)`` scores, no Python loop over clips or
 classes. ``label_precisions`` scores many score matrices against one truth at once (ensemble
 selection scores thousands of candidate blends) by counting at each positive label instead.
+
+``score_predictions`` collects the overall, per-fold and per-class scores as a JSON-able dict
+(what ``oof_scores.json`` holds) and ``format_scores`` prints it as a table.
 """
 
 from __future__ import annotations
@@ -125,3 +128,30 @@ def label_precisions(rows, labels, row_truth) -> np.ndarray:
     ranks = np.count_nonzero(at_or_above, axis=2)
     hits = np.count_nonzero(at_or_above & row_truth[None], axis=2)
     return hits / ranks
+
+
+def score_predictions(truth: np.ndarray, probs: np.ndarray, classes, folds=None) -> dict:
+    """Overall, per-fold and per-class lwlrap as a JSON-able dict."""
+    per_class, weight = per_class_lwlrap(truth, probs)
+    scores = {
+        "lwlrap": float(lwlrap(truth, probs)),
+        "clips": int(len(truth)),
+        "per_class": {name: {"lwlrap": float(s), "weight": float(w)} for name, s, w in zip(classes, per_class, weight)},
+    }
+    if folds is not None:
+        scores["per_fold"] = {str(k): float(lwlrap(truth[folds == k], probs[folds == k])) for k in sorted(set(folds))}
+    return scores
+
+
+def format_scores(name: str, scores: dict, top: int | None = None) -> str:
+    """A readable table: overall and per-fold lwlrap, then classes from worst to best."""
+    lines = [f"{name}: OOF lwlrap {scores['lwlrap']:.4f} on {scores['clips']} clips"]
+    if "per_fold" in scores:
+        lines.append("  per fold: " + "  ".join(f"{k}: {v:.4f}" for k, v in scores["per_fold"].items()))
+    ranked = sorted(scores["per_class"].items(), key=lambda item: item[1]["lwlrap"])
+    if top is not None:
+        ranked = ranked[:top]
+    width = max(len(name) for name, _ in ranked) if ranked else 10
+    lines.append(f"  {'class'.ljust(width)}  lwlrap  weight")
+    lines += [f"  {cls.ljust(width)}  {v['lwlrap']:.4f}  {v['weight']:.4f}" for cls, v in ranked]
+    return "\n".join(lines)

@@ -3,7 +3,7 @@
 ``build_kernels`` renders ``kernel/kernel.py`` (one experiment, all its folds) and
 ``kernel/ensemble_kernel.py`` (experiments, stackers, blend). Each script embeds the whole
 ``freesound`` package (``kernel_build.payload``) and a weight manifest (``kernel_build.manifest``);
-at run time it calls ``freesound.kaggle.run_kernel``. Two builds of the same sources and weights
+at run time it calls ``freesound.kaggle.runtime.run_kernel``. Two builds of the same sources and weights
 are byte-identical: nothing rendered depends on the clock or on local paths.
 
 Alongside, ``kernel/kernel-metadata.json`` (for ``kaggle kernels push``) and
@@ -20,10 +20,12 @@ from pathlib import Path
 import jinja2
 
 import freesound
-from freesound.ensemble import ensemble_spec, experiment_spec
+from freesound.config import load_ensemble
+from freesound.ensembling.specs import ensemble_spec, experiment_spec
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_text
 from freesound.kaggle import COMPETITION
+from freesound.paths import weights_root as weights_folder
 from kernel_build.manifest import build_manifest, missing_weights
 from kernel_build.payload import encode_sources, package_sources
 
@@ -63,7 +65,7 @@ def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dat
     FreesoundError
         Neither kernel asked for, or a weight file a manifest needs is missing; nothing is written.
     """
-    weights_root = Path(work) / "experiments"
+    weights_root = weights_folder(work)
     specs = {
         kind: resolve_spec(kind, value, work, experiments_dir)
         for kind, value in (("experiment", experiment), ("ensemble", ensemble)) if value
@@ -126,7 +128,7 @@ def resolve_spec(kind: str, value, work, experiments_dir) -> dict:
         return value
     if kind == "experiment":
         return experiment_spec(value, work)
-    return ensemble_spec(value, work, experiments_dir=experiments_dir)
+    return ensemble_spec(load_ensemble(value, experiments_dir), work)
 
 
 def render_kernel(template: str, script_name: str, package: str, manifest: dict, dataset_id: str) -> str:

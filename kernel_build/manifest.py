@@ -7,7 +7,7 @@
      "configs": {"small": "<config.toml text>", ...}}
 
 Paths are relative to the weights dataset, which is ``<work>/experiments`` uploaded as is.
-``freesound.kaggle`` reads it at run time.
+``freesound.kaggle.runtime`` reads it at run time.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import freesound
-from freesound.ensemble import spec_files
 from freesound.errors import FreesoundError
-from freesound.kaggle import MANIFEST_FORMAT, file_sha256
+from freesound.fileio import file_sha256
+from freesound.kaggle import MANIFEST_FORMAT
+from freesound.predict import spec_files
 
 
 def missing_weights(spec: dict, weights_root) -> list:

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from freesound.data import load_dataset
-from freesound.features import cache_features
-from freesound.folds import make_folds, write_folds
-from freesound.synth import synthesize_dataset
+from freesound.data.dataset import load_dataset
+from freesound.data.features import cache_features
+from freesound.data.folds import make_folds, write_folds
+from freesound.data.synth import synthesize_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

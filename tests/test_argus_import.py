@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from freesound.argus_import import ArgusImportError, import_argus
-from freesound.data import FSD2019_CLASSES
+from freesound.data.dataset import FSD2019_CLASSES
 from freesound.models import create_model, load_checkpoint, load_model
+from freesound.tools.argus_import import ArgusImportError, import_argus
 
 AUX_KWARGS = dict(num_classes=80, base_size=8, dropout=0.4, ratio=4, kernel_size=7, last_filters=8, last_fc=4)
 FCNET_KWARGS = dict(in_channels=160, num_classes=80, base_size=32, reduction_scale=2, p_dropout=0.17)

@@ -5,7 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from freesound.augment import (
+from freesound.audio.network_input import to_network_input
+from freesound.training.augment import (
     CenterCrop,
     Compose,
     OneOf,
@@ -16,7 +17,6 @@ from freesound.augment import (
     UseWithProb,
     random_pad_to_size,
     resize_bilinear,
-    to_network_input,
     train_transform,
     valid_transform,
 )

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from freesound.data import (
+from freesound.data.dataset import (
     FSD2019_CLASSES,
     DatasetError,
     apply_corrections,

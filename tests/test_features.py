@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from freesound.audio import AudioConfig, read_as_melspectrogram
-from freesound.data import load_dataset
+from freesound.data.dataset import load_dataset
+from freesound.data.features import MissingFeaturesError, cache_features, cache_root, load_features
+from freesound.data.folds import make_folds, read_folds, write_folds
 from freesound.errors import FreesoundError
-from freesound.features import MissingFeaturesError, cache_features, cache_root, load_features
-from freesound.folds import make_folds, read_folds, write_folds
 
 
 @pytest.fixture

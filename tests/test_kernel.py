@@ -19,11 +19,12 @@ import soundfile as sf
 import torch
 
 import freesound
-from freesound.ensemble import EnsemblePredictor, experiment_spec
+from freesound.audio import silent_logmel
+from freesound.ensembling.specs import experiment_spec
 from freesound.errors import FreesoundError
 from freesound.kaggle import COMPETITION, run_kernel
 from freesound.models import create_model, save_checkpoint
-from freesound.predict import silent_logmel
+from freesound.predict import EnsemblePredictor
 from kernel_build import build_kernels
 from kernel_build.manifest import build_manifest
 
@@ -222,8 +223,8 @@ def test_kernel_embeds_every_module_and_the_manifest(built):
     package = Path(freesound.__file__).parent
     expected = sorted(p.relative_to(package.parent).as_posix() for p in package.rglob("*.py")
                       if "__pycache__" not in p.parts)
-    assert sorted(sources) == expected and "freesound/kaggle.py" in sources
-    assert sources["freesound/predict.py"] == (package / "predict.py").read_text()
+    assert sorted(sources) == expected and "freesound/kaggle/runtime.py" in sources
+    assert sources["freesound/predict/tagger.py"] == (package / "predict" / "tagger.py").read_text()
     manifest = embedded_manifest(script)
     assert manifest["spec"] == built["specs"]["ensemble_kernel"]
     assert manifest["configs"] == {"exp_a": CONFIG} and manifest["freesound_version"] == freesound.__version__

@@ -18,17 +18,16 @@ does not see its direction; a glide's direction it does.
 import numpy as np
 import pytest
 
-from freesound.baseline import fit_baseline, predict_baseline
+from conftest import REPO
 from freesound.config import load_experiment
-from freesound.data import load_dataset, multi_hot, read_labels_csv
-from freesound.features import cache_features, load_features
-from freesound.folds import make_folds, read_folds, write_folds
+from freesound.data.dataset import load_dataset, multi_hot, read_labels_csv
+from freesound.data.features import cache_features, load_features
+from freesound.data.folds import make_folds, read_folds, write_folds
+from freesound.data.synth import synthesize_dataset
 from freesound.metrics import lwlrap
 from freesound.predict import Tagger
-from freesound.synth import synthesize_dataset
-from freesound.train import train_fold
-
-from conftest import REPO
+from freesound.training.baseline import fit_baseline, predict_baseline
+from freesound.training.trainer import train_fold
 
 pytestmark = pytest.mark.slow
 

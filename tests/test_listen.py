@@ -9,9 +9,9 @@ import soundfile as sf
 import torch
 
 from freesound.errors import FreesoundError
-from freesound.listen import RollingTagger, format_tags, listen_microphone, replay_file
 from freesound.models import create_model
 from freesound.predict import Tagger
+from freesound.tools.listen import RollingTagger, format_tags, listen_microphone, replay_file
 
 SR = 44100
 CLASSES = ["a", "b", "c", "d"]

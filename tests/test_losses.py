@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from freesound.losses import AuxLoss, NoisyCuratedLoss, bce, lq, lsoft, make_loss
+from freesound.training.losses import AuxLoss, NoisyCuratedLoss, bce, lq, lsoft, make_loss
 
 LOGITS = [[0.5, -1.0], [2.0, 0.0]]
 TARGET = [[1.0, 0.0], [0.0, 1.0]]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from freesound.mixers import (
+from freesound.training.mixers import (
     AddMixer,
     RandomMixer,
     SigmoidConcatMixer,

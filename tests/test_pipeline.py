@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from freesound.data import load_corrections, multi_hot, read_labels_csv
+from conftest import run_cli as run
+from conftest import tiny_ensemble_toml, tiny_experiment_toml
+from freesound.data.dataset import load_corrections, multi_hot, read_labels_csv
+from freesound.ensembling.stack import random_tile_subset
 from freesound.metrics import lwlrap
-from freesound.oof import ensure_oof, load_oof_tiles, oof_is_current
 from freesound.predict import Tagger, geometric_mean
-from freesound.stack import random_tile_subset
-
-from conftest import run_cli as run, tiny_experiment_toml, tiny_ensemble_toml
+from freesound.training.oof import ensure_oof, load_oof_tiles, oof_is_current
 
 ENSEMBLE = tiny_ensemble_toml(["tiny_a", "tiny_b"], base_size=16, epoch_size=64, max_epochs=4)
 
@@ -96,8 +96,8 @@ def test_ensemble_prediction_is_the_blend(trained):
     blend = pd.read_csv(work / "predictions" / "tiny_ens" / "test.csv").drop(columns="fname").to_numpy()
     a = pd.read_csv(work / "predictions" / "tiny_a" / "test.csv").drop(columns="fname").to_numpy()
     b = pd.read_csv(work / "predictions" / "tiny_b" / "test.csv").drop(columns="fname").to_numpy()
-    from freesound.ensemble import predict_stacker
     from freesound.models import load_model
+    from freesound.predict import predict_stacker
 
     stackers = [load_model(work / "experiments" / "tiny_ens_mlp" / f"fold_{k}" / "model.pt") for k in range(3)]
     s = predict_stacker(stackers, np.concatenate([a, b], axis=1))

@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 
 from freesound.errors import FreesoundError
-from freesound.plots import (
+from freesound.tools.plots import (
     augmentation_panels,
     plot_augmentations,
     plot_per_class,
     plot_training_curves,
     report,
 )
-from freesound.train import LOG_COLUMNS
+from freesound.training.trainer import LOG_COLUMNS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

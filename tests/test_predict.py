@@ -4,20 +4,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from freesound.audio import read_as_melspectrogram
-from freesound.augment import to_network_input
-from freesound.models import save_checkpoint
-from freesound.predict import (
-    Tagger,
-    experiment_checkpoints,
-    geometric_mean,
-    make_tiles,
-    reference_predict,
-    silent_logmel,
-    tile_layout,
-)
-
+from benchmarks.reference import reference_predict
 from conftest import random_model
+from freesound.audio import read_as_melspectrogram, silent_logmel
+from freesound.audio.network_input import to_network_input
+from freesound.models import save_checkpoint
+from freesound.paths import experiment_checkpoints
+from freesound.predict import Tagger, geometric_mean, make_tiles, tile_layout
 
 
 @pytest.mark.parametrize("width,expected", [

@@ -7,16 +7,16 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from freesound.augment import (
+from freesound.audio.network_input import to_network_input
+from freesound.predict import TILE, make_tiles, tile_layout
+from freesound.training.augment import (
     CenterCrop,
     PadToSize,
     RandomCrop,
     RandomResizedCrop,
     SpecAugment,
-    to_network_input,
     train_transform,
 )
-from freesound.predict import TILE, make_tiles, tile_layout
 
 N_MELS = 128
 FAST = settings(max_examples=40, deadline=None)

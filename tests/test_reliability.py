@@ -32,17 +32,16 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from freesound.audio import AudioConfig, read_as_melspectrogram
+from conftest import REPO, tiny_experiment_toml
+from freesound.audio import AudioConfig, read_as_melspectrogram, silent_logmel
 from freesound.cli import main
 from freesound.config import load_experiment
-from freesound.data import SPLITS, load_dataset
-from freesound.features import cache_root
+from freesound.data.dataset import SPLITS, load_dataset
+from freesound.data.features import cache_root
+from freesound.data.synth import synthesize_dataset
 from freesound.models import create_model, save_checkpoint
-from freesound.predict import Tagger, silent_logmel
-from freesound.synth import synthesize_dataset
-from freesound.train import state_path
-
-from conftest import REPO, tiny_experiment_toml
+from freesound.paths import train_state_path
+from freesound.predict import Tagger
 
 
 def cli(*args):
@@ -343,8 +342,8 @@ def test_long_file_is_cropped_with_a_warning_the_cli_shows(env):
 def test_the_kernel_shows_a_freesound_warning_as_one_line_too(monkeypatch, capsys):
     import warnings
 
-    from freesound import kaggle
     from freesound.audio import AudioCroppedWarning
+    from freesound.kaggle import runtime as kaggle
 
     def run_kernel(manifest):
         warnings.warn(AudioCroppedWarning("x.wav is 700.0 s long; only its first 600 s are used (max_seconds)"))
@@ -451,7 +450,7 @@ def raw_writes(source: str):
 
 def test_every_file_is_written_through_an_atomic_rename():
     # fileio is the mechanism itself; synth renders into a staging folder renamed into place whole.
-    exempt = {"freesound/fileio.py", "freesound/synth.py"}
+    exempt = {"freesound/fileio.py", "freesound/data/synth.py"}
     offenders = []
     for path in sorted((REPO / "freesound").rglob("*.py")) + sorted((REPO / "kernel_build").rglob("*.py")):
         relative = path.relative_to(REPO).as_posix()
@@ -548,14 +547,14 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tiny_data, tmp_path
                 "--fold", "0", "--device", "cpu"]
         if run == "killed":
             # Killed in the second epoch, as soon as the first epoch's state is on disk, then resumed.
-            kill_when(spawn(args, tmp_path), state_path(work, "tiny", 0).is_file)
-            assert torch.load(state_path(work, "tiny", 0), weights_only=True)["epoch"] < 3
+            kill_when(spawn(args, tmp_path), train_state_path(work, "tiny", 0).is_file)
+            assert torch.load(train_state_path(work, "tiny", 0), weights_only=True)["epoch"] < 3
             assert "resuming after epoch" in finish(spawn([*args, "--resume"], tmp_path))
         else:
             finish(spawn(args, tmp_path))
         runs[run] = work
 
-    straight, resumed = (state_path(runs[run], "tiny", 0) for run in ("straight", "killed"))
+    straight, resumed = (train_state_path(runs[run], "tiny", 0) for run in ("straight", "killed"))
     a, b = torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)
     assert a["epoch"] == b["epoch"] == 3
     for key, value in a["model"].items():

@@ -10,14 +10,15 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-import freesound.search as search_module
+import freesound.tools.search as search_module
+from conftest import tiny_ensemble_toml, tiny_experiment_toml
 from freesound.cli import main
 from freesound.config import load_ensemble, load_experiment
+from freesound.data.dataset import probability_frame
+from freesound.data.folds import read_folds
 from freesound.errors import FreesoundError
-from freesound.evaluate import probability_frame
-from freesound.folds import read_folds
-from freesound.oof import OOFTiles, predictions_dir, save_oof_tiles
-from freesound.search import (
+from freesound.paths import predictions_dir
+from freesound.tools.search import (
     DEFAULT_EXPERIMENT_SPACE,
     DEFAULT_STACKER_SPACE,
     SearchSpaceError,
@@ -28,8 +29,7 @@ from freesound.search import (
     parse_space,
     run_search,
 )
-
-from conftest import tiny_experiment_toml, tiny_ensemble_toml
+from freesound.training.oof import OOFTiles, save_oof_tiles
 
 SPACE = """
 "train.lr" = { loguniform = [1e-3, 1e-2] }

@@ -8,14 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import run_cli as run
+from conftest import tiny_ensemble_toml, tiny_experiment_toml
 from freesound.config import StackerConfig, load_ensemble, load_experiment
-from freesound.data import Dataset
+from freesound.data.dataset import Dataset, probability_frame
 from freesound.errors import FreesoundError
-from freesound.evaluate import probability_frame
 from freesound.metrics import label_precisions, lwlrap
-from freesound.oof import predictions_dir
+from freesound.paths import predictions_dir
 from freesound.predict import geometric_mean
-from freesound.select import (
+from freesound.tools.select import (
     count_subsets,
     enumerate_subsets,
     experiment_names,
@@ -25,8 +26,6 @@ from freesound.select import (
     select_ensemble,
     write_ensemble_file,
 )
-
-from conftest import run_cli as run, tiny_experiment_toml, tiny_ensemble_toml
 
 CLASSES = ("a", "b", "c", "d", "e", "f", "g")
 

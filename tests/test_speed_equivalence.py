@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from freesound import audio
-from freesound.audio import AudioConfig, mel_filterbank, power_to_db, to_log_mel, trim_to_min_length
-from freesound.augment import to_network_input, to_network_input_batch
-from freesound.predict import Tagger, make_tiles, reference_predict, tile_layout
-
+from benchmarks.reference import reference_predict
 from conftest import random_model
+from freesound.audio import AudioConfig, mel_filterbank, power_to_db, to_log_mel, trim_to_min_length
+from freesound.audio import trim as audio_trim
+from freesound.audio.network_input import to_network_input, to_network_input_batch
+from freesound.errors import FreesoundWarning
+from freesound.predict import Tagger, make_tiles, tile_layout
 
 SR = 44100
 TOLERANCE_DB = 1e-3
@@ -133,10 +134,10 @@ def trim_cases():
 def test_trim_indices_are_librosas_exactly():
     for y in trim_cases():
         _, (start, end) = librosa.effects.trim(y, top_db=60)
-        assert audio._trim_bounds(y, 60.0) == (int(start), int(end))
+        assert audio_trim._trim_bounds(y, 60.0) == (int(start), int(end))
     y = trim_cases()[10]
     _, (start, end) = librosa.effects.trim(y, top_db=30)
-    assert audio._trim_bounds(y, 30.0) == (int(start), int(end))
+    assert audio_trim._trim_bounds(y, 30.0) == (int(start), int(end))
 
 
 def librosa_trim_to_min_length(y, min_samples=22050):
@@ -246,5 +247,9 @@ def test_tagger_runs_untraceable_models_unfused():
     torch.manual_seed(0)
     model = Untraceable().eval()
     clips = logmels()[:3]
-    ours = Tagger([model], classes=list("abcde"), batch_size=4).predict_spectrograms(clips)
+    tagger = Tagger([model], classes=list("abcde"), batch_size=4)
+    with pytest.warns(FreesoundWarning, match="Untraceable cannot be traced.*TraceError.*runs unfused") as caught:
+        ours = tagger.predict_spectrograms(clips)
+        tagger.predict_spectrograms(clips)
+    assert len(caught) == 1  # once per model, not per batch
     np.testing.assert_allclose(ours, np.stack([reference_predict([model], m) for m in clips]), atol=1e-5, rtol=0)

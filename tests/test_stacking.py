@@ -23,13 +23,14 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from freesound.config import EnsembleConfig, StackerConfig
-from freesound.data import multi_hot
-from freesound.features import load_features
-from freesound.folds import read_folds
+from freesound.data.dataset import multi_hot
+from freesound.data.features import load_features
+from freesound.data.folds import read_folds
+from freesound.ensembling.stack import train_stackers
 from freesound.metrics import lwlrap
-from freesound.oof import OOFTiles, predictions_dir, save_oof_tiles
+from freesound.paths import predictions_dir
 from freesound.predict import make_tiles
-from freesound.stack import train_stackers
+from freesound.training.oof import OOFTiles, save_oof_tiles
 
 BANDS = {"low_bands": slice(0, 40), "high_bands": slice(40, 128)}
 

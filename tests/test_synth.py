@@ -9,9 +9,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from freesound.data import FSD2019_CLASSES, load_dataset
-from freesound.errors import FreesoundError
-from freesound.synth import (
+from freesound.data.dataset import FSD2019_CLASSES, load_dataset
+from freesound.data.synth import (
     GENERATOR_VERSION,
     MAX_DURATION_S,
     MIN_DURATION_S,
@@ -21,17 +20,18 @@ from freesound.synth import (
     SynthError,
     _tones,
     class_signature,
-    render_source,
-    synth_classes,
-    twin_signatures,
     corrupt_labels,
     plan_dataset,
     read_synth_manifest,
     render_clip,
+    render_source,
     sample_duration,
+    synth_classes,
     synth_manifest,
     synthesize_dataset,
+    twin_signatures,
 )
+from freesound.errors import FreesoundError
 
 NUM_CLASSES = 8
 FNAME = re.compile(r"^[0-9a-f]{8}\.wav$")

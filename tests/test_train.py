@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import REPO
 from freesound.config import (
     ConfigError,
     Experiment,
@@ -17,18 +18,16 @@ from freesound.config import (
     load_experiment,
 )
 from freesound.models import load_checkpoint, load_model
-from freesound.train import (
+from freesound.paths import train_state_path
+from freesound.training.sampling import ClipSource, SamplingDataset
+from freesound.training.trainer import (
     LOG_COLUMNS,
     StaleTrainingStateError,
     build_sources,
     changed_settings,
     resume_conflicts,
-    state_path,
     train_fold,
 )
-from freesound.training_data import ClipSource, SamplingDataset
-
-from conftest import REPO
 
 EXPERIMENTS = REPO / "experiments"
 
@@ -147,7 +146,7 @@ def test_train_fold_writes_checkpoint_log_and_config(tiny_work):
     assert not model.training
     # The weights folder holds only what a kernel needs; the resumable state lives beside it.
     assert sorted(p.name for p in out.iterdir()) == ["config.toml", "log.csv", "model.pt"]
-    assert state_path(work, "tiny", 0).is_file()
+    assert train_state_path(work, "tiny", 0).is_file()
 
 
 def test_seeded_training_is_reproducible_and_resume_is_exact(tiny_data, tmp_path):
@@ -163,7 +162,7 @@ def test_seeded_training_is_reproducible_and_resume_is_exact(tiny_data, tmp_path
             train_fold(tiny_experiment(max_epochs=1), dataset, run_work, 0, progress=False, log=lambda *_: None)
         experiment = tiny_experiment(max_epochs=3)
         train_fold(experiment, dataset, run_work, 0, resume=run == "resumed", progress=False, log=lambda *_: None)
-        state = torch.load(state_path(run_work, "tiny", 0), weights_only=True)
+        state = torch.load(train_state_path(run_work, "tiny", 0), weights_only=True)
         runs[run] = state
     for run in ("again", "resumed"):
         assert runs[run]["epoch"] == 3
@@ -177,7 +176,7 @@ def test_early_stopping_and_finished_state(tiny_work):
     experiment = tiny_experiment(max_epochs=30, early_stop_patience=1, lr=1e-9)
     result = train_fold(experiment, dataset, work, 0, progress=False, log=lambda *_: None)
     assert result.epochs < 30
-    state = torch.load(state_path(work, "tiny", 0), weights_only=True)
+    state = torch.load(train_state_path(work, "tiny", 0), weights_only=True)
     assert state["finished"] and state["bad_epochs"] == 1
     # Resuming a finished fold does nothing more.
     again = train_fold(experiment, dataset, work, 0, resume=True, progress=False, log=lambda *_: None)
@@ -190,7 +189,7 @@ def test_resume_refuses_a_fold_trained_with_other_settings(tiny_work):
     dataset, work = tiny_work
     quiet = dict(progress=False, log=lambda *_: None)
     train_fold(tiny_experiment(max_epochs=1), dataset, work, 0, **quiet)
-    state = state_path(work, "tiny", 0)
+    state = train_state_path(work, "tiny", 0)
     saved = state.read_bytes()
     changed = tiny_experiment(max_epochs=1, lr=1e-4, batch_size=4)
     assert resume_conflicts(changed, work, 0) == ["train.batch_size", "train.lr"]
@@ -227,7 +226,7 @@ class TestCudaMixedPrecision:
 
     def test_one_amp_step(self):
         from freesound.models import create_model
-        from freesound.train import train_epoch, build_loss
+        from freesound.training.trainer import build_loss, train_epoch
 
         experiment = load_experiment("default", EXPERIMENTS)
         device = torch.device("cuda")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from freesound.models import register_model
+from freesound.models.registry import register_model
 
 __all__ = ["AuxSkipAttention", "ConvBlock", "SkipBlock", "classifier_head"]
 

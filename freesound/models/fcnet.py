@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from freesound.models import register_model
+from freesound.models.registry import register_model
 
 __all__ = ["FCNet"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from freesound.models import register_model
 from freesound.models.aux_skip_attention import ConvBlock, classifier_head
+from freesound.models.registry import register_model
 
 __all__ = ["SimpleCNN"]
 

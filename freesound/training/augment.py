@@ -1,4 +1,4 @@
-"""Train-time spectrogram transforms and the network-input builder.
+"""Train-time spectrogram transforms.
 
 A log-mel is a float32 array of shape ``(n_mels, frames)`` in dB. Every transform is a small
 callable ``transform(spec, rng) -> spec`` that takes its randomness from the
@@ -11,8 +11,8 @@ The method's pipelines (``train_transform`` / ``valid_transform``)::
            -> RandomResizedCrop (p=0.33) -> SpecAugment (p=0.5) -> to_network_input
     valid: pad to 256 (constant) -> centre 256-frame crop -> to_network_input
 
-``to_network_input`` is shared with the inference tiler so train and test inputs are built the
-same way.
+``to_network_input`` (``freesound.audio.network_input``) is shared with the inference tiler so
+train and test inputs are built the same way.
 """
 
 from __future__ import annotations
@@ -20,15 +20,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-import librosa
 import numpy as np
+
+from freesound.audio.network_input import to_network_input
 
 #: ``transform(spec, rng) -> spec``; deterministic transforms accept ``rng=None``.
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
-
-#: Width (frames) of the delta filters and the scale the three channels are divided by.
-DELTA_WIDTH = 9
-INPUT_SCALE = 100.0
 
 
 def _check_2d(spec: np.ndarray) -> None:
@@ -308,63 +305,6 @@ class UseWithProb:
         if rng.random() < self.prob:
             return self.transform(spec, rng)
         return spec
-
-
-# --------------------------------------------------------------------------------------------
-# Network input
-
-
-def to_network_input(window: np.ndarray) -> np.ndarray:
-    """Stack a log-mel window with its first and second deltas, scaled for the network.
-
-    Parameters
-    ----------
-    window : np.ndarray
-        Log-mel window ``(n_mels, frames)`` in dB, ``frames >= 9`` (the delta filter's width).
-
-    Returns
-    -------
-    np.ndarray
-        float32 ``(3, n_mels, frames)``: the window, ``librosa.feature.delta(width=9)`` and the
-        order-2 delta (both along time, computed on this window alone), all divided by 100.
-    """
-    _check_2d(window)
-    if window.shape[1] < DELTA_WIDTH:
-        raise ValueError(f"deltas need at least {DELTA_WIDTH} frames, got {window.shape[1]}")
-    delta = librosa.feature.delta(window, width=DELTA_WIDTH)
-    delta2 = librosa.feature.delta(window, order=2, width=DELTA_WIDTH)
-    # Cast before scaling, as the original did, so imported weights see the same inputs.
-    return np.stack([window, delta, delta2]).astype(np.float32) / np.float32(INPUT_SCALE)
-
-
-def to_network_input_batch(windows: np.ndarray) -> np.ndarray:
-    """``to_network_input`` of a stack of windows in one go.
-
-    Parameters
-    ----------
-    windows : np.ndarray
-        ``(N, n_mels, frames)`` log-mel windows in dB (any strides: a stack of overlapping views
-        works), ``frames >= 9``.
-
-    Returns
-    -------
-    np.ndarray
-        float32 ``(N, 3, n_mels, frames)``; item ``i`` equals ``to_network_input(windows[i])``.
-        The deltas are the same Savitzky-Golay filters along time, applied to every window at
-        once; each window's deltas still see that window alone.
-    """
-    windows = np.asarray(windows)
-    if windows.ndim != 3 or 0 in windows.shape:
-        raise ValueError(f"expected a non-empty (N, n_mels, frames) stack of windows, got shape {windows.shape}")
-    if windows.shape[2] < DELTA_WIDTH:
-        raise ValueError(f"deltas need at least {DELTA_WIDTH} frames, got {windows.shape[2]}")
-    out = np.empty((windows.shape[0], 3) + windows.shape[1:], dtype=np.float32)
-    out[:, 0] = windows
-    out[:, 1] = librosa.feature.delta(windows, width=DELTA_WIDTH, axis=-1)
-    out[:, 2] = librosa.feature.delta(windows, order=2, width=DELTA_WIDTH, axis=-1)
-    # Same cast-then-scale order as ``to_network_input``.
-    out /= np.float32(INPUT_SCALE)
-    return out
 
 
 class ToNetworkInput:

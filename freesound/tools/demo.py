@@ -20,21 +20,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from freesound.baseline import fit_baseline, predict_baseline
 from freesound.config import load_ensemble, load_experiment
-from freesound.data import load_dataset, multi_hot, read_labels_csv
-from freesound.ensemble import EnsemblePredictor, ensemble_spec
+from freesound.data.dataset import load_dataset, multi_hot, read_labels_csv
+from freesound.data.features import cache_features, load_features
+from freesound.data.folds import make_folds, write_folds
+from freesound.data.synth import read_synth_manifest, synth_manifest, synthesize_dataset
+from freesound.ensembling.specs import ensemble_spec
+from freesound.ensembling.stack import train_stackers
 from freesound.errors import FreesoundError
-from freesound.features import cache_features, load_features
 from freesound.fileio import atomic_write_csv, atomic_write_text
-from freesound.folds import FOLDS_FILE, make_folds, write_folds
 from freesound.kaggle import COMPETITION
 from freesound.metrics import lwlrap
-from freesound.oof import predict_oof, predictions_dir
-from freesound.plots import plot_augmentations, report
-from freesound.stack import train_stackers
-from freesound.synth import read_synth_manifest, synth_manifest, synthesize_dataset
-from freesound.train import resume_conflicts, train_experiment
+from freesound.paths import folds_path, predictions_dir, weights_root
+from freesound.predict import EnsemblePredictor
+from freesound.tools.plots import plot_augmentations, report
+from freesound.training.baseline import fit_baseline, predict_baseline
+from freesound.training.oof import predict_oof
+from freesound.training.trainer import resume_conflicts, train_experiment
 
 #: Big enough for the scores to mean something, small enough for 2 CPU cores.
 DEMO_SIZE = {"num_classes": 10, "num_curated": 300, "num_noisy": 200, "num_test": 150}
@@ -59,7 +61,7 @@ def run_demo(work="data/demo", *, experiments_dir="experiments", ensemble="ensem
     failures = cache_features(dataset, work, workers=workers).failures
     if failures:
         raise FreesoundError(f"{len(failures)} demo clips could not be decoded, e.g. {failures[0]}")
-    if fresh_data or not (work / FOLDS_FILE).is_file():
+    if fresh_data or not folds_path(work).is_file():
         write_folds(work, make_folds(dataset.curated.fname, n_folds=DEMO_FOLDS, seed=42))
     cv = {}
     for step, name in enumerate(config.experiments):
@@ -75,7 +77,7 @@ def run_demo(work="data/demo", *, experiments_dir="experiments", ensemble="ensem
 
     log("[5/8] predicting the test set")
     spec = ensemble_spec(config, work)
-    predictor = EnsemblePredictor.from_spec(spec, lambda p: work / "experiments" / p)
+    predictor = EnsemblePredictor.from_spec(spec, lambda p: weights_root(work) / p)
     local = predictor.predict_files(dataset.paths("test"), on_error="silence")
     test_csv = predictions_dir(work, config.name) / "test.csv"
     atomic_write_csv(test_csv, local.reset_index())
@@ -123,7 +125,7 @@ def _run_kernel_locally(script: Path, dataset, work: Path, local: pd.DataFrame) 
     shutil.copytree(dataset.root / "test", competition / "test")
     shutil.copy(dataset.root / "sample_submission.csv", competition)
     # As `kaggle datasets create --dir-mode zip` serves it: one folder deeper.
-    shutil.copytree(work / "experiments", root / "input" / "freesound-weights" / "experiments",
+    shutil.copytree(weights_root(work), root / "input" / "freesound-weights" / "experiments",
                     ignore=shutil.ignore_patterns("*.csv", "*.toml"))
     (root / "working").mkdir()
     env = {**os.environ, "FREESOUND_KAGGLE_ROOT": str(root.resolve()), "CUDA_VISIBLE_DEVICES": ""}

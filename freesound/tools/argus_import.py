@@ -11,21 +11,19 @@ Nothing from pytorch-argus is imported: the files are read with ``torch.load(wei
 
 from __future__ import annotations
 
-import hashlib
 import json
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from freesound.data import FSD2019_CLASSES
+from freesound.data.dataset import FSD2019_CLASSES
 from freesound.errors import FreesoundError
-from freesound.fileio import atomic_write_text
-from freesound.models import create_model, save_checkpoint
+from freesound.fileio import atomic_write_text, file_sha256
+from freesound.models import CheckpointError, create_model, read_torch_file, save_checkpoint
+from freesound.paths import experiment_dir
 
 __all__ = ["ARCHITECTURES", "ArgusArchitecture", "ArgusImportError", "import_argus"]
 
@@ -135,7 +133,7 @@ def import_argus(src, name: str, work, *, stacker: bool = False, audio_config=No
         raise ArgusImportError(f"{first.path} predicts {num_classes} classes but {len(classes)} class names were given")
 
     model_name = ARCHITECTURES[first.arch].model_name
-    out_dir = work / "experiments" / name
+    out_dir = experiment_dir(work, name)
     written = []
     for source in sources:
         model = create_model(model_name, **source.kwargs)
@@ -165,7 +163,7 @@ def import_argus(src, name: str, work, *, stacker: bool = False, audio_config=No
                 "file": str(s.path.resolve()),
                 "epoch": s.epoch,
                 "score": s.score,
-                "sha256": _sha256(s.path),
+                "sha256": file_sha256(s.path),
                 "output": f"fold_{s.fold}/model.pt",
             }
             for s in sources
@@ -205,10 +203,9 @@ def _best_files(src: Path) -> dict[int, tuple[Path, int, float]]:
 def _read(fold: int, chosen: tuple[Path, int, float], stacker: bool) -> _Source:
     path, epoch, score = chosen
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ArgusImportError(f"{path}: not a readable argus checkpoint ({first_line})") from error
+        checkpoint = read_torch_file(path, what="argus checkpoint")
+    except CheckpointError as error:
+        raise ArgusImportError(str(error)) from error
     try:
         arch, kwargs = checkpoint["params"]["nn_module"]
         state_dict = checkpoint["nn_state_dict"]
@@ -263,11 +260,3 @@ def _convert(state_dict: Mapping, spec: ArgusArchitecture, kwargs: dict, path: P
         lines += [f"  shape mismatch {m}" for m in mismatched]
         raise ArgusImportError("\n".join(lines))
     return converted
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -20,27 +20,21 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from freesound.augment import (
-    INPUT_SCALE,
-    PadToSize,
-    RandomCrop,
-    RandomResizedCrop,
-    SpecAugment,
-    to_network_input,
-    train_transform,
-)
+from freesound.audio.network_input import INPUT_SCALE, to_network_input
 from freesound.errors import FreesoundError
-from freesound.evaluate import format_scores
 from freesound.fileio import atomic_path
-from freesound.mixers import AddMixer, SigmoidConcatMixer
-from freesound.oof import predictions_dir
-from freesound.train import LOG_COLUMNS, experiment_dir
+from freesound.metrics import format_scores
+from freesound.paths import experiment_dir, predictions_dir
+from freesound.training.augment import PadToSize, RandomCrop, RandomResizedCrop, SpecAugment, train_transform
+from freesound.training.mixers import AddMixer, SigmoidConcatMixer
 
 DPI = 100
 WINDOW = 256
 TRAINING_CURVES_PNG = "training_curves.png"
 PER_CLASS_PNG = "per_class.png"
 AUGMENTATIONS_PNG = "augmentations.png"
+#: The columns of a training ``log.csv`` the curves are drawn from.
+CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "val_lwlrap")
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -67,7 +61,7 @@ def read_fold_logs(directory) -> dict:
 
     Returns
     -------
-    dict fold (int) -> DataFrame with the ``freesound.train.LOG_COLUMNS``, sorted by fold.
+    dict fold (int) -> DataFrame holding at least ``CURVE_COLUMNS``, sorted by fold.
 
     Raises
     ------
@@ -81,7 +75,7 @@ def read_fold_logs(directory) -> dict:
         if not suffix.isdigit():
             continue
         frame = pd.read_csv(path)
-        missing = [c for c in LOG_COLUMNS if c not in frame.columns]
+        missing = [c for c in CURVE_COLUMNS if c not in frame.columns]
         if missing:
             raise FreesoundError(f"{path} lacks the column(s) {', '.join(missing)}")
         if len(frame):
@@ -96,7 +90,7 @@ def _best_row(log: pd.DataFrame) -> pd.Series:
     return log.loc[log.val_lwlrap.idxmax()]
 
 
-def plot_training_curves(experiment_dir, out_png) -> Path:
+def plot_training_curves(directory, out_png) -> Path:
     """Loss and val lwlrap per epoch for every fold of a trained experiment.
 
     Left panel: train loss (solid) and val loss (dashed) per fold; right panel: val lwlrap per
@@ -104,7 +98,7 @@ def plot_training_curves(experiment_dir, out_png) -> Path:
 
     Parameters
     ----------
-    experiment_dir : path holding ``fold_<k>/log.csv``
+    directory : an experiment's folder, holding ``fold_<k>/log.csv``
     out_png : path of the PNG to write
 
     Raises
@@ -112,7 +106,7 @@ def plot_training_curves(experiment_dir, out_png) -> Path:
     FreesoundError
         When the directory holds no training log.
     """
-    logs = read_fold_logs(experiment_dir)
+    logs = read_fold_logs(directory)
     figure = _figure(13, 5)
     loss_axes, score_axes = figure.subplots(1, 2)
     palette = [f"C{i % 10}" for i in range(len(logs))]
@@ -129,7 +123,7 @@ def plot_training_curves(experiment_dir, out_png) -> Path:
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    figure.suptitle(f"{Path(experiment_dir).name}: training curves")
+    figure.suptitle(f"{Path(directory).name}: training curves")
     return _save(figure, out_png)
 
 
@@ -274,7 +268,7 @@ def plot_selection(table: pd.DataFrame, out_png, title: str) -> Path:
 
     Parameters
     ----------
-    table : ``freesound.select.Selection.table()``: ``rank``, ``size``, ``lwlrap``, ``experiments``
+    table : ``freesound.tools.select.Selection.table()``: ``rank``, ``size``, ``lwlrap``, ``experiments``
     out_png : path of the PNG to write
     title : figure title
     """

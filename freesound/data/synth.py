@@ -35,7 +35,7 @@ import soundfile as sf
 from scipy import fft
 from tqdm import tqdm
 
-from freesound.data import FSD2019_CLASSES
+from freesound.data.dataset import FSD2019_CLASSES
 from freesound.errors import FreesoundError
 
 SAMPLE_RATE = 44100
@@ -609,7 +609,7 @@ def synth_manifest(*, num_classes: int, num_curated: int, num_noisy: int, num_te
                    noise_rate: float = 0.3) -> dict:
     """What ``synthesize_dataset`` records in ``DIR/.synth.json``: its arguments and the generator
     version. Equal manifests mean byte-identical datasets."""
-    return {"generator": "freesound.synth", "version": GENERATOR_VERSION, "num_classes": num_classes,
+    return {"generator": "freesound.data.synth", "version": GENERATOR_VERSION, "num_classes": num_classes,
             "num_curated": num_curated, "num_noisy": num_noisy, "num_test": num_test, "seed": seed,
             "noise_rate": noise_rate}
 

@@ -1,7 +1,7 @@
 """The Kaggle kernel runtime: what a built kernel script calls once it has unpacked the package.
 
 A kernel (see ``kernel_build``) embeds this package and a *manifest*: a JSON-able dict holding the
-ensemble spec (``freesound.ensemble``), every weight file's path relative to the weights dataset
+ensemble spec (``freesound.predict.ensemble``), every weight file's path relative to the weights dataset
 with its size and sha256, each experiment's resolved config and the package version. At run
 time, under a root that is ``/kaggle`` unless ``FREESOUND_KAGGLE_ROOT`` names another:
 
@@ -21,7 +21,6 @@ and this package (never click, jinja2 or tqdm).
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import sys
 import time
@@ -31,10 +30,10 @@ import pandas as pd
 import torch
 
 import freesound
-from freesound.data import read_csv
-from freesound.ensemble import EnsemblePredictor
+from freesound.data.dataset import read_csv
 from freesound.errors import FreesoundError, one_line_warnings
-from freesound.fileio import atomic_write_csv
+from freesound.fileio import atomic_write_csv, file_sha256
+from freesound.predict import EnsemblePredictor
 from freesound.settings import default_device, default_workers, kaggle_root
 
 COMPETITION = "freesound-audio-tagging-2019"
@@ -44,15 +43,6 @@ SUBMISSION = "submission.csv"
 SEARCH_DEPTH = 2
 
 _print = functools.partial(print, flush=True)  # kernel logs are not a terminal: flush each line
-
-
-def file_sha256(path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (weights can be hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def weight_folders(input_dir) -> list:

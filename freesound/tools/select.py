@@ -23,7 +23,6 @@ is read per subset.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from dataclasses import dataclass
 from math import comb
@@ -32,13 +31,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from freesound.config import ConfigError, StackerConfig, dump_toml, is_ensemble_file, load_experiment
-from freesound.data import Dataset, multi_hot, read_csv
+from freesound.config import ConfigError, StackerConfig, dump_ensemble, is_ensemble_file, load_experiment
+from freesound.data.dataset import Dataset, multi_hot, read_csv
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_csv, atomic_write_text
 from freesound.metrics import label_precisions
-from freesound.oof import predictions_dir
-from freesound.plots import plot_selection
+from freesound.paths import predictions_dir
+from freesound.tools.plots import plot_selection
 
 #: The most subsets scored exhaustively; above it, greedy forward selection.
 EXHAUSTIVE_LIMIT = 20_000
@@ -307,22 +306,6 @@ def format_selection(selection: Selection, top: int = 10) -> str:
     return "\n".join(lines)
 
 
-def ensemble_file_text(experiments, stackers=(), header: str = "") -> str:
-    """An ensemble file (``freesound.config.load_ensemble`` format) as TOML text.
-
-    Parameters
-    ----------
-    experiments : sequence of str, first-level experiments in stacking order
-    stackers : sequence of ``StackerConfig``, written in full as ``[[stackers]]`` tables
-    header : comment lines put first (without the ``#``)
-    """
-    lines = [f"# {line}".rstrip() for line in header.splitlines()]
-    text = "\n".join(lines) + ("\n" if lines else "") + dump_toml({"experiments": list(experiments)})
-    for stacker in stackers:
-        text += "\n[[stackers]]\n" + dump_toml(dataclasses.asdict(stacker))
-    return text
-
-
 def write_ensemble_file(path, experiments, stackers=(), header: str = "") -> Path:
     """Write an ensemble file atomically; refuses to replace a TOML file that is not an ensemble."""
     path = Path(path)
@@ -335,7 +318,7 @@ def write_ensemble_file(path, experiments, stackers=(), header: str = "") -> Pat
             is_ensemble = False
         if not is_ensemble:
             raise FreesoundError(f"{path} exists and is not an ensemble file; choose another output path")
-    atomic_write_text(path, ensemble_file_text(experiments, stackers, header))
+    atomic_write_text(path, dump_ensemble(experiments, stackers, header))
     return path
 
 

@@ -7,11 +7,10 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import KFold
 
-from freesound.data import read_csv
+from freesound.data.dataset import read_csv
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_csv
-
-FOLDS_FILE = "folds.csv"
+from freesound.paths import folds_path
 
 
 def make_folds(fnames, n_folds: int = 5, seed: int = 42) -> pd.DataFrame:
@@ -33,7 +32,7 @@ def make_folds(fnames, n_folds: int = 5, seed: int = 42) -> pd.DataFrame:
 
 
 def write_folds(work, folds: pd.DataFrame) -> Path:
-    path = Path(work) / FOLDS_FILE
+    path = folds_path(work)
     atomic_write_csv(path, folds, index=False)
     return path
 
@@ -41,7 +40,7 @@ def write_folds(work, folds: pd.DataFrame) -> Path:
 def recorded_folds(work) -> list | None:
     """The fold numbers of ``<work>/folds.csv``, or None when there is none: the folds a trained
     experiment under ``work`` must have."""
-    path = Path(work) / FOLDS_FILE
+    path = folds_path(work)
     if not path.is_file():
         return None
     return sorted(set(read_csv(path, usecols=["fold"], dtype={"fold": int}).fold))
@@ -49,7 +48,7 @@ def recorded_folds(work) -> list | None:
 
 def read_folds(work, curated_fnames) -> pd.DataFrame:
     """Read ``folds.csv``, checking that it covers exactly the dataset's curated clips."""
-    path = Path(work) / FOLDS_FILE
+    path = folds_path(work)
     if not path.is_file():
         raise FreesoundError(f"{path} not found; run `freesound make-folds` first")
     folds = read_csv(path, dtype={"fname": str, "fold": int})

@@ -1,9 +1,9 @@
-"""The training loop: one fold of one experiment, with explicit hooks.
+"""The method's first-level training: one fold of one experiment.
 
-Per epoch: train on ``epoch_size`` sampled clips, validate on the held-out curated fold
-(centre-cropped), then, in this order: step the plateau scheduler on val lwlrap, keep the
-checkpoint if val lwlrap improved, write ``log.csv``, save the resumable state, and stop early
-after ``early_stop_patience`` epochs without improvement.
+Per epoch (``freesound.training.engine.fit``): train on ``epoch_size`` sampled clips, validate on
+the held-out curated fold (centre-cropped), then, in this order: step the plateau scheduler on val
+lwlrap, keep the checkpoint if val lwlrap improved, write ``log.csv``, save the resumable state,
+and stop early after ``early_stop_patience`` epochs without improvement.
 
 Files in ``<work>/experiments/<name>/fold_<k>/``::
 
@@ -18,28 +18,29 @@ the weights dataset uploaded to Kaggle, which needs only ``model.pt``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from freesound.augment import train_transform, valid_transform
 from freesound.config import ConfigError, Experiment, dump_experiment, experiment_from_dict, read_toml
-from freesound.data import Dataset, apply_corrections, load_corrections, multi_hot
+from freesound.data.dataset import Dataset, apply_corrections, load_corrections, multi_hot
+from freesound.data.features import load_features
+from freesound.data.folds import read_folds, recorded_folds
 from freesound.errors import FreesoundError
-from freesound.features import load_features
-from freesound.fileio import atomic_path, atomic_write_csv, atomic_write_text
-from freesound.folds import read_folds
-from freesound.losses import AuxLoss, NoisyCuratedLoss, make_loss
+from freesound.fileio import atomic_write_text
 from freesound.metrics import lwlrap
-from freesound.mixers import method_mixer
 from freesound.models import create_model, save_checkpoint
-from freesound.training_data import ClipSource, SamplingDataset, ValidationDataset
+from freesound.paths import checkpoint_path, fold_dir, train_state_path
+from freesound.training.augment import train_transform, valid_transform
+from freesound.training.engine import Hooks, Progress, fit, load_state, restore, save_state
+from freesound.training.losses import AuxLoss, NoisyCuratedLoss, make_loss
+from freesound.training.mixers import method_mixer
+from freesound.training.oof import predict_oof
+from freesound.training.sampling import ClipSource, SamplingDataset, ValidationDataset
 
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_lwlrap", "seconds"]
 #: Settings a resumed run may change: how long it trains and how many loader processes it uses.
@@ -58,18 +59,6 @@ class FoldResult:
     best_lwlrap: float
     epochs: int
     checkpoint: Path
-
-
-def experiment_dir(work, name: str) -> Path:
-    return Path(work) / "experiments" / name
-
-
-def fold_dir(work, name: str, fold: int) -> Path:
-    return experiment_dir(work, name) / f"fold_{fold}"
-
-
-def state_path(work, name: str, fold: int) -> Path:
-    return Path(work) / "train_state" / name / f"fold_{fold}" / "state.pt"
 
 
 def _flatten(values: dict, prefix: str = "") -> dict:
@@ -107,10 +96,10 @@ def _state_conflicts(state: dict, experiment: Experiment, work, fold: int) -> li
 def resume_conflicts(experiment: Experiment, work, fold: int) -> list:
     """The settings that differ between ``experiment`` and the fold's saved training state
     (empty when there is no saved state, or it matches)."""
-    path = state_path(work, experiment.name, fold)
+    path = train_state_path(work, experiment.name, fold)
     if not path.is_file():
         return []
-    return _state_conflicts(torch.load(path, map_location="cpu", weights_only=True), experiment, work, fold)
+    return _state_conflicts(load_state(path), experiment, work, fold)
 
 
 def build_sources(experiment: Experiment, dataset: Dataset, work, fold: int):
@@ -187,7 +176,7 @@ def train_fold(
     cfg = experiment.train
     out_dir = fold_dir(work, experiment.name, fold)
     out_dir.mkdir(parents=True, exist_ok=True)
-    resume_path = state_path(work, experiment.name, fold)
+    resume_path = train_state_path(work, experiment.name, fold)
     max_epochs = cfg.max_epochs if max_epochs is None else max_epochs
     device = torch.device(device)
     use_amp = cfg.amp and device.type == "cuda"
@@ -212,79 +201,61 @@ def train_fold(
         optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience
     )
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    modules = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     loss_fn = build_loss(experiment)
     valid_loss_fn = make_loss(**experiment.loss.curated)
 
-    epoch, best_lwlrap, best_epoch, bad_epochs, rows = 0, -1.0, -1, 0, []
+    run = Progress()
     if resume and resume_path.is_file():
-        state = torch.load(resume_path, map_location=device, weights_only=True)
+        state = load_state(resume_path, map_location=device)
         conflicts = _state_conflicts(state, experiment, work, fold)
         if conflicts:
             raise StaleTrainingStateError(
                 f"fold {fold} of {experiment.name!r} was trained with other settings "
                 f"({', '.join(conflicts)} changed), so it cannot be resumed; train it again without "
                 f"--resume (its state in {resume_path.parent} is then replaced)")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        run = restore(state, modules, LOG_COLUMNS)
         torch.set_rng_state(state["rng"].cpu())
-        epoch, best_lwlrap, best_epoch, bad_epochs = state["epoch"], state["best_lwlrap"], state["best_epoch"], state["bad_epochs"]
-        rows = [dict(zip(LOG_COLUMNS, row)) for row in state["log"]]
-        log(f"fold {fold}: resuming after epoch {epoch} (best val lwlrap {best_lwlrap:.4f} at epoch {best_epoch})")
-        if state["finished"]:
-            return FoldResult(fold, best_epoch, best_lwlrap, epoch, out_dir / "model.pt")
+        log(f"fold {fold}: resuming after epoch {run.epoch} (best val lwlrap {run.best_score:.4f} "
+            f"at epoch {run.best_epoch})")
+        if run.finished:
+            return FoldResult(fold, run.best_epoch, run.best_score, run.epoch, out_dir / "model.pt")
     atomic_write_text(out_dir / "config.toml", dump_experiment(experiment))
 
-    workers = cfg.workers
-    finished = False
-    while epoch < max_epochs and not finished:
-        started = time.perf_counter()
+    def train_one_epoch(epoch: int) -> dict:
         train_set.set_epoch(epoch)
         loader = DataLoader(
-            train_set, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
+            train_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
             drop_last=True, pin_memory=device.type == "cuda",
         )
-        train_loss = train_epoch(
-            model, loader, loss_fn, optimizer, scaler, device, use_amp,
-            desc=f"fold {fold} epoch {epoch + 1}", progress=progress,
-        )
+        return {"train_loss": train_epoch(model, loader, loss_fn, optimizer, scaler, device, use_amp,
+                                          desc=f"fold {fold} epoch {epoch + 1}", progress=progress)}
+
+    def validate() -> tuple:
         val_loss, val_scores = _validate(model, valid_set, valid_loss_fn, cfg.batch_size, device, use_amp)
-        val_lwlrap = lwlrap(valid_targets, val_scores)
-        scheduler.step(val_lwlrap)
-        epoch += 1
-        rows.append(dict(zip(LOG_COLUMNS, [
-            epoch, optimizer.param_groups[0]["lr"], train_loss, val_loss, val_lwlrap, time.perf_counter() - started,
-        ])))
-        if val_lwlrap > best_lwlrap:
-            best_lwlrap, best_epoch, bad_epochs = val_lwlrap, epoch, 0
-            save_checkpoint(
-                out_dir / "model.pt", model,
-                model_name=experiment.model.name,
-                model_params={"num_classes": len(dataset.classes), **experiment.model.params},
-                classes=list(dataset.classes), audio_config=experiment.audio.to_dict(),
-                experiment=experiment.name, fold=fold, epoch=epoch, val_lwlrap=float(val_lwlrap),
-            )
-        else:
-            bad_epochs += 1
-        finished = bad_epochs >= cfg.early_stop_patience
-        atomic_write_csv(out_dir / "log.csv", pd.DataFrame(rows, columns=LOG_COLUMNS), index=False)
-        _save_state(resume_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng": torch.get_rng_state(), "epoch": epoch, "best_lwlrap": float(best_lwlrap),
-            "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-            "log": [[row[c] for c in LOG_COLUMNS] for row in rows],
-            "finished": finished, "experiment": experiment.to_dict(),
-        })
-        log(f"fold {fold} epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
-            f"val lwlrap {val_lwlrap:.4f}{' *' if best_epoch == epoch else ''}")
-    return FoldResult(fold, best_epoch, best_lwlrap, epoch, out_dir / "model.pt")
+        return lwlrap(valid_targets, val_scores), {"val_loss": val_loss}
 
+    def save_best(epoch: int, score: float) -> None:
+        save_checkpoint(
+            out_dir / "model.pt", model,
+            model_name=experiment.model.name,
+            model_params={"num_classes": len(dataset.classes), **experiment.model.params},
+            classes=list(dataset.classes), audio_config=experiment.audio.to_dict(),
+            experiment=experiment.name, fold=fold, epoch=epoch, val_lwlrap=float(score),
+        )
 
-def _save_state(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    def save_fold_state(run: Progress) -> None:
+        save_state(resume_path, modules, run, LOG_COLUMNS, rng=torch.get_rng_state(),
+                   experiment=experiment.to_dict())
+
+    def end_epoch(run: Progress, row: dict) -> None:
+        log(f"fold {fold} epoch {run.epoch}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+            f"val lwlrap {row['val_lwlrap']:.4f}{' *' if run.best_epoch == run.epoch else ''}")
+
+    hooks = Hooks(train_one_epoch, validate, save_best, save_fold_state, end_epoch)
+    run = fit(hooks, optimizer, scheduler, max_epochs=max_epochs, early_stop_patience=cfg.early_stop_patience,
+              log_path=out_dir / "log.csv", columns=LOG_COLUMNS, progress=run)
+    return FoldResult(fold, run.best_epoch, run.best_score, run.epoch, out_dir / "model.pt")
 
 
 def train_epoch(model, loader, loss_fn, optimizer, scaler, device, use_amp, *, desc="train", progress=False) -> float:
@@ -345,3 +316,34 @@ def train_experiment(
         folds = sorted(set(read_folds(work, dataset.curated.fname).fold))
     return [train_fold(experiment, dataset, work, fold, **kwargs) for fold in folds]
 
+
+@dataclass(frozen=True)
+class TrainingReport:
+    """What ``train_and_score`` did.
+
+    Attributes
+    ----------
+    folds : list of FoldResult, the folds trained now
+    untrained : list of int, folds of ``folds.csv`` that still have no weights
+    oof_scores : dict or None, out-of-fold lwlrap (``predict_oof``) once every fold has weights
+    """
+
+    folds: list
+    untrained: list
+    oof_scores: dict | None
+
+
+def train_and_score(experiment: Experiment, dataset: Dataset, work, folds=None, *, score_oof: bool = True,
+                    device: str = "cpu", log=print, **kwargs) -> TrainingReport:
+    """``freesound train``: train the given folds (default: all), then, once every fold of
+    ``folds.csv`` has weights, predict each fold's held-out clips and score them out of fold.
+
+    ``kwargs`` go to ``train_fold`` (``max_epochs``, ``resume``, ``progress``).
+    """
+    results = train_experiment(experiment, dataset, work, folds, device=device, log=log, **kwargs)
+    untrained = [fold for fold in recorded_folds(work) or []
+                 if not checkpoint_path(work, experiment.name, fold).is_file()]
+    scores = None
+    if score_oof and not untrained:
+        scores = predict_oof(experiment.name, dataset, work, device=device, log=log)
+    return TrainingReport(results, untrained, scores)

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from freesound.data import Dataset, multi_hot
+from freesound.data.dataset import Dataset, multi_hot, probability_frame
+from freesound.data.features import load_features
+from freesound.data.folds import read_folds
 from freesound.errors import FreesoundError
-from freesound.features import load_features
 from freesound.fileio import atomic_path, atomic_write_csv, atomic_write_text
-from freesound.evaluate import probability_frame, score_predictions
-from freesound.folds import read_folds
-from freesound.predict import Tagger, experiment_checkpoints
+from freesound.metrics import score_predictions
+from freesound.paths import experiment_checkpoints, experiment_dir, predictions_dir
+from freesound.predict import Tagger
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,6 @@ class OOFTiles:
         return OOFTiles(self.fnames[order], self.folds[order], offsets, np.concatenate(pieces))
 
 
-def predictions_dir(work, name: str) -> Path:
-    return Path(work) / "predictions" / name
-
-
 def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device="cpu", batch_size: int = 64,
                        log=print) -> OOFTiles:
     """Each of ``folds``' models (default: every fold of ``folds.csv``) on its held-out curated
@@ -67,7 +64,7 @@ def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device=
     """
     assignment = read_folds(work, dataset.curated.fname)
     folds = sorted(set(assignment.fold)) if folds is None else list(folds)
-    checkpoints = experiment_checkpoints(Path(work) / "experiments" / name, folds)
+    checkpoints = experiment_checkpoints(experiment_dir(work, name), folds)
     fnames, fold_ids, tiles = [], [], []
     for fold, checkpoint in zip(folds, checkpoints):
         tagger = Tagger.from_checkpoints([checkpoint], device=device, batch_size=batch_size)
@@ -110,7 +107,7 @@ def oof_is_current(work, name: str) -> bool:
     files = [out_dir / f for f in ("oof_tiles.npz", "oof.csv", "oof_scores.json")]
     if not all(f.is_file() for f in files):
         return False
-    weights = list((Path(work) / "experiments" / name).glob("fold_*/model.pt"))
+    weights = list(experiment_dir(work, name).glob("fold_*/model.pt"))
     return all(files[-1].stat().st_mtime >= w.stat().st_mtime for w in weights)
 
 

@@ -21,7 +21,6 @@ import pandas as pd
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_text
 
-
 #: The 80 FSDKaggle2019 classes, in ``sample_submission.csv`` column order (the default vocabulary).
 FSD2019_CLASSES = (
     "Accelerating_and_revving_and_vroom",
@@ -276,3 +275,10 @@ def write_corrections(path, corrections: dict) -> None:
     """Write ``{fname: tuple | None}`` in the corrections format (sorted, one entry per line)."""
     payload = {fname: REMOVE if labels is None else ",".join(labels) for fname, labels in sorted(corrections.items())}
     atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def probability_frame(fnames, probs: np.ndarray, classes) -> pd.DataFrame:
+    """The submission layout: ``fname`` then one column per class."""
+    frame = pd.DataFrame(probs, columns=list(classes))
+    frame.insert(0, "fname", list(fnames))
+    return frame

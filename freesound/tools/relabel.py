@@ -15,18 +15,17 @@ reviewed files through its ``[data] corrections`` / ``noisy_corrections`` keys.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from freesound.data import Dataset, multi_hot, write_corrections
-from freesound.features import load_features
+from freesound.data.dataset import Dataset, multi_hot, write_corrections
+from freesound.data.features import load_features
+from freesound.ensembling.specs import trained_tagger
 from freesound.fileio import atomic_write_csv
-from freesound.folds import recorded_folds
 from freesound.metrics import per_clip_lrap
-from freesound.oof import load_oof_tiles, predictions_dir
-from freesound.predict import Tagger
+from freesound.paths import predictions_dir
+from freesound.training.oof import load_oof_tiles
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ def propose_relabels(name: str, dataset: Dataset, work, *, device="cpu", curated
     given = dataset.curated.set_index("fname").loc[list(oof.fnames), "labels"]
     curated_scores = per_clip_lrap(multi_hot(given, classes), oof_probs)
 
-    tagger = Tagger.from_experiment(Path(work) / "experiments" / name, required=recorded_folds(work), device=device)
+    tagger = trained_tagger(work, name, device=device)
     noisy_probs = tagger.predict_spectrograms(load_features(dataset, work, "train_noisy", config=tagger.audio_config))
     noisy_target = multi_hot(dataset.noisy.labels, classes)
     noisy_scores = (noisy_probs * noisy_target).sum(axis=1) / noisy_target.sum(axis=1)

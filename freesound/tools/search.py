@@ -4,11 +4,11 @@ lwlrap.
 Targets
 -------
 An experiment file: each trial is a copy of the experiment with sampled settings, trained fold by
-fold with ``freesound.train.train_fold`` as ``<work>/experiments/<name>-trial<i>/`` and scored by
+fold with ``freesound.training.trainer.train_fold`` as ``<work>/experiments/<name>-trial<i>/`` and scored by
 the lwlrap of its out-of-fold tile-mean predictions on the validation clips of the trained folds.
 An ensemble file: each trial is a copy of the ensemble's first stacker (the ``StackerConfig``
 defaults when it has none) with sampled settings, trained with
-``freesound.stack.train_stacker_fold`` on the ensemble's OOF predictions and scored by its
+``freesound.ensembling.stack.train_stacker_fold`` on the ensemble's OOF predictions and scored by its
 out-of-fold lwlrap.
 
 Search space
@@ -64,26 +64,24 @@ from freesound.config import (
     EnsembleConfig,
     Experiment,
     StackerConfig,
+    dump_ensemble,
     dump_experiment,
     dump_toml,
     experiment_from_dict,
-    find_experiment_file,
-    is_ensemble_file,
-    load_ensemble,
-    load_experiment,
+    load_config,
     read_toml,
     stacker_from_dict,
 )
-from freesound.data import Dataset, multi_hot
+from freesound.data.dataset import Dataset, multi_hot
+from freesound.data.folds import read_folds
+from freesound.ensembling.stack import stacker_inputs, train_stacker_fold
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_csv, atomic_write_text
-from freesound.folds import read_folds
 from freesound.metrics import lwlrap
-from freesound.oof import ensure_oof, predict_fold_tiles
-from freesound.plots import plot_search_progress
-from freesound.select import ensemble_file_text
-from freesound.stack import stacker_inputs, train_stacker_fold
-from freesound.train import check_experiment, fold_dir, train_fold
+from freesound.paths import fold_dir, search_dir
+from freesound.tools.plots import plot_search_progress
+from freesound.training.oof import ensure_oof, predict_fold_tiles
+from freesound.training.trainer import check_experiment, train_fold
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 TRIALS_CSV = "trials.csv"
@@ -438,15 +436,13 @@ class StackerTarget:
     def best_text(self, params: dict, out: Path, header: str) -> str:
         """The ensemble with the best stacker in place of the searched one."""
         stackers = (self.config(params),) + tuple(self.ensemble.stackers[1:])
-        return ensemble_file_text(self.ensemble.experiments, stackers, header)
+        return dump_ensemble(self.ensemble.experiments, stackers, header)
 
 
 def load_target(spec, experiments_dir="experiments"):
     """An ``ExperimentTarget`` for an experiment file, a ``StackerTarget`` for an ensemble file."""
-    path = find_experiment_file(spec, experiments_dir)
-    if is_ensemble_file(path):
-        return StackerTarget(load_ensemble(path))
-    return ExperimentTarget(load_experiment(path))
+    config = load_config(spec, experiments_dir)
+    return StackerTarget(config) if isinstance(config, EnsembleConfig) else ExperimentTarget(config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -471,10 +467,6 @@ class SearchResult:
     best_score: float
     best_params: dict
     paths: dict
-
-
-def search_dir(work, name: str) -> Path:
-    return Path(work) / "search" / name
 
 
 def _cell(value):

@@ -4,29 +4,33 @@ A clip's stacker input is, for a random subset of its tiles, the mean over those
 experiments' tile probabilities concatenated (E·C values). Training draws subsets two ways, half
 the time each: a random contiguous run of tiles, or every s-th tile from a random offset.
 Validation and prediction use all tiles. At test time the stacker sees each experiment's
-fold-geometric-mean clip probabilities instead (``freesound.ensemble``).
+fold-geometric-mean clip probabilities instead (``freesound.predict.ensemble``).
 
-Stackers reuse ``folds.csv``: fold k trains on the OOF clips of the other folds.
+Stackers reuse ``folds.csv``: fold k trains on the OOF clips of the other folds. Each fold runs
+the shared loop skeleton (``freesound.training.engine.fit``) and writes its ``log.csv`` every
+epoch; stackers train in seconds, so they keep no resumable state.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from freesound.config import EnsembleConfig, StackerConfig
-from freesound.data import Dataset, multi_hot
+from freesound.data.dataset import Dataset, multi_hot, probability_frame
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_csv, atomic_write_text
-from freesound.metrics import lwlrap
+from freesound.metrics import lwlrap, score_predictions
 from freesound.models import create_model, save_checkpoint
-from freesound.oof import OOFTiles, load_oof_tiles, predictions_dir, probability_frame, score_predictions
+from freesound.paths import fold_dir, predictions_dir
 from freesound.predict import geometric_mean
+from freesound.training.engine import Hooks, fit
+from freesound.training.oof import OOFTiles, load_oof_tiles
+
+LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_lwlrap", "seconds"]
 
 
 def stacked_oof(experiments, work) -> OOFTiles:
@@ -95,9 +99,9 @@ def train_stacker_fold(stacker: StackerConfig, oof: OOFTiles, targets: np.ndarra
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=stacker.plateau_factor, patience=stacker.plateau_patience)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    best, best_probs, bad_epochs, rows = -1.0, None, 0, []
-    for epoch in range(1, stacker.max_epochs + 1):
-        started = time.perf_counter()
+    valid_probs = {}
+
+    def train_one_epoch(epoch: int) -> dict:
         model.train()
         losses = []
         for _ in range(max(1, stacker.epoch_size // stacker.batch_size)):
@@ -108,24 +112,23 @@ def train_stacker_fold(stacker: StackerConfig, oof: OOFTiles, targets: np.ndarra
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+        return {"train_loss": float(np.mean(losses))}
+
+    def validate() -> tuple:
         model.eval()
         with torch.inference_mode():
-            probs = torch.sigmoid(model(valid_features)).cpu().numpy()
-        score = lwlrap(targets[valid_clips], probs)
-        scheduler.step(score)
-        rows.append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": float(np.mean(losses)),
-                     "val_lwlrap": score, "seconds": time.perf_counter() - started})
-        if score > best:
-            best, best_probs, bad_epochs = score, probs, 0
-            save_checkpoint(out_dir / "model.pt", model, model_name="fcnet", model_params=params,
-                            classes=list(classes), audio_config={}, fold=fold, epoch=epoch, val_lwlrap=float(score))
-        else:
-            bad_epochs += 1
-            if bad_epochs >= stacker.early_stop_patience:
-                break
-    atomic_write_csv(out_dir / "log.csv", pd.DataFrame(rows), index=False)
-    log(f"  stacker fold {fold}: best val lwlrap {best:.4f} after {len(rows)} epochs")
-    return best, valid_clips, best_probs
+            valid_probs["last"] = torch.sigmoid(model(valid_features)).cpu().numpy()
+        return lwlrap(targets[valid_clips], valid_probs["last"]), {}
+
+    def save_best(epoch: int, score: float) -> None:
+        valid_probs["best"] = valid_probs["last"]
+        save_checkpoint(out_dir / "model.pt", model, model_name="fcnet", model_params=params,
+                        classes=list(classes), audio_config={}, fold=fold, epoch=epoch, val_lwlrap=float(score))
+
+    run = fit(Hooks(train_one_epoch, validate, save_best), optimizer, scheduler, max_epochs=stacker.max_epochs,
+              early_stop_patience=stacker.early_stop_patience, log_path=out_dir / "log.csv", columns=LOG_COLUMNS)
+    log(f"  stacker fold {fold}: best val lwlrap {run.best_score:.4f} after {run.epoch} epochs")
+    return run.best_score, valid_clips, valid_probs["best"]
 
 
 def train_stackers(ensemble: EnsembleConfig, dataset: Dataset, work, *, device="cpu", log=print) -> dict:
@@ -150,7 +153,7 @@ def train_stackers(ensemble: EnsembleConfig, dataset: Dataset, work, *, device="
         log(f"{name}: training on {oof.probs.shape[1]} stacked probabilities")
         stacked = np.zeros_like(levels[ensemble.experiments[0]])
         for fold in sorted(set(oof.folds.tolist())):
-            out_dir = Path(work) / "experiments" / name / f"fold_{fold}"
+            out_dir = fold_dir(work, name, fold)
             _, clips, probs = train_stacker_fold(stacker, oof, targets, fold, out_dir, classes=dataset.classes,
                                                  device=device, log=log)
             stacked[clips] = probs

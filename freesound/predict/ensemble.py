@@ -1,4 +1,4 @@
-"""Ensembles: first-level experiments, stackers on their probabilities, and the blend.
+"""Ensemble prediction: first-level experiments, stackers on their probabilities, and the blend.
 
 An ensemble is described for prediction by a plain, JSON-able *spec*::
 
@@ -19,17 +19,15 @@ combined by geometric mean; the blend is the geometric mean of every experiment 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import torch
 
-from freesound.config import EnsembleConfig, load_ensemble
 from freesound.errors import FreesoundError
-from freesound.folds import recorded_folds
 from freesound.models import load_model
-from freesound.predict import Tagger, experiment_checkpoints, geometric_mean, predict_files
+from freesound.predict.files import predict_files
+from freesound.predict.tagger import Tagger
+from freesound.predict.tiles import geometric_mean
 
 
 class EnsemblePredictor:
@@ -101,27 +99,3 @@ def predict_stacker(models, features: np.ndarray, device="cpu") -> np.ndarray:
 def spec_files(spec: dict) -> list:
     """Every weight file a spec needs, relative to the weights folder, in spec order."""
     return [p for group in ("experiments", "stackers") for paths in spec.get(group, {}).values() for p in paths]
-
-
-def _relative_checkpoints(work, name: str, folds=None) -> list:
-    """Checkpoints relative to ``<work>/experiments``; every fold of ``<work>/folds.csv`` must be there."""
-    weights_root = Path(work) / "experiments"
-    paths = experiment_checkpoints(weights_root / name, folds, required=recorded_folds(work))
-    return [path.relative_to(weights_root).as_posix() for path in paths]
-
-
-def experiment_spec(name: str, work, folds=None) -> dict:
-    """The spec of one trained (or imported) experiment: its fold checkpoints, no stackers."""
-    return {"name": name, "experiments": {name: _relative_checkpoints(work, name, folds)}, "stackers": {}}
-
-
-def ensemble_spec(ensemble, work, experiments_dir="experiments") -> dict:
-    """The spec of a trained ensemble; ``ensemble`` is an ``EnsembleConfig``, a name or a path."""
-    if not isinstance(ensemble, EnsembleConfig):
-        ensemble = load_ensemble(ensemble, experiments_dir)
-    return {
-        "name": ensemble.name,
-        "experiments": {name: _relative_checkpoints(work, name) for name in ensemble.experiments},
-        "stackers": {ensemble.stacker_dir_name(s): _relative_checkpoints(work, ensemble.stacker_dir_name(s))
-                     for s in ensemble.stackers},
-    }

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from freesound.augment import check_choice_probs, check_prob
+from freesound.training.augment import check_choice_probs, check_prob
 
 Sample = tuple[np.ndarray, np.ndarray]
 DrawOther = Callable[[], Sample]

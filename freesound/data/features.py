@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from freesound.audio import AudioConfig, AudioDecodeError, read_as_melspectrogram
-from freesound.data import SPLITS, Dataset
+from freesound.audio import AudioDecodeError, read_as_melspectrogram
+from freesound.config import AudioConfig
+from freesound.data.dataset import SPLITS, Dataset
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_save_npy
+from freesound.paths import features_root
 
 
 @dataclass
@@ -39,7 +41,7 @@ def cache_root(work, data_root, config: AudioConfig) -> Path:
     """The cache folder of one dataset directory under one audio config."""
     data_root = Path(data_root).resolve()
     path_hash = hashlib.sha256(str(data_root).encode()).hexdigest()[:8]
-    return Path(work) / "features" / f"{data_root.name}-{path_hash}" / config.key()
+    return features_root(work) / f"{data_root.name}-{path_hash}" / config.key()
 
 
 def file_identity(audio_path) -> str:

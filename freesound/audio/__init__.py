@@ -1,0 +1,35 @@
+"""The audio front end: from any audio file to what the network sees.
+
+    decode.py         any file -> float32 samples (``decode``, ``to_mono``, ``resample``), or an
+                      ``AudioDecodeError`` naming the file and the reason
+    trim.py           silence trimming with a minimum clip length (librosa's decision, faster)
+    logmel.py         ``read_audio`` -> ``to_log_mel`` = ``read_as_melspectrogram``: float32
+                      ``(n_mels, frames)`` in dB, with the original solution's numbers
+    network_input.py  a log-mel window + its deltas, /100: the ``(3, n_mels, frames)`` input
+    files.py          which files in a folder are audio
+
+The settings are ``freesound.config.AudioConfig`` (re-exported here)::
+
+    y = read_audio(path, config)          # float32 mono at 44.1 kHz, <= 600 s, trimmed, >= 0.5 s
+    logmel = to_log_mel(y, config)        # float32 (n_mels, frames), dB
+    logmel = read_as_melspectrogram(path) # both at once
+"""
+
+from freesound.audio.decode import SAMPLE_RATE_RANGE, AudioCroppedWarning, AudioDecodeError, decode, resample, to_mono
+from freesound.audio.files import AUDIO_EXTENSIONS, find_audio_files
+from freesound.audio.logmel import (
+    mel_filterbank,
+    power_to_db,
+    read_as_melspectrogram,
+    read_audio,
+    silent_logmel,
+    to_log_mel,
+)
+from freesound.audio.trim import trim_to_min_length
+from freesound.config import DEFAULT_AUDIO_CONFIG, AudioConfig
+
+__all__ = [
+    "AUDIO_EXTENSIONS", "DEFAULT_AUDIO_CONFIG", "SAMPLE_RATE_RANGE", "AudioConfig", "AudioCroppedWarning",
+    "AudioDecodeError", "decode", "find_audio_files", "mel_filterbank", "power_to_db", "read_as_melspectrogram",
+    "read_audio", "resample", "silent_logmel", "to_log_mel", "to_mono", "trim_to_min_length",
+]

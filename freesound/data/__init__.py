@@ -1,0 +1,7 @@
+"""Datasets: the FSDKaggle2019 layout every command reads, and what is cached from it.
+
+    dataset.py   the layout: label files, the class vocabulary, corrections files
+    synth.py     a synthetic dataset in that layout (``freesound synth``)
+    features.py  the on-disk log-mel cache (``freesound features``)
+    folds.py     cross-validation folds of the curated clips (``freesound make-folds``)
+"""

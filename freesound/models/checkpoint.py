@@ -1,0 +1,161 @@
+"""The checkpoint format: one ``torch.save`` of a plain dictionary per trained model.
+
+``torch.load(weights_only=True)`` reads it (tensors, strings, numbers, lists, dicts), so loading
+one never runs pickled code::
+
+    {"model_name": str, "model_params": dict, "state_dict": {str: Tensor},
+     "classes": [str, ...], "audio_config": dict, "format_version": 1, **extra}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from freesound.errors import FreesoundError
+from freesound.fileio import atomic_path
+from freesound.models.registry import canonical_name, create_model
+
+CHECKPOINT_FORMAT_VERSION = 1
+REQUIRED_CHECKPOINT_KEYS = ("model_name", "model_params", "state_dict", "classes", "audio_config")
+
+
+class CheckpointError(FreesoundError, ValueError):
+    """A checkpoint file is missing, unreadable, or does not fit the model it names."""
+
+
+def _check_plain(value, where: str) -> None:
+    """Refuse what ``torch.load(weights_only=True)`` would refuse, naming where it sits."""
+    if value is None or isinstance(value, (str, bool, int, float, torch.Tensor)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{where}: key {key!r} is a {type(key).__name__}; use str or int keys")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    raise TypeError(
+        f"{where} is a {type(value).__name__}, which a weights_only checkpoint cannot hold; "
+        "use tensors, str, int, float, bool, None, lists, tuples and dicts"
+    )
+
+
+def save_checkpoint(
+    path,
+    model: nn.Module,
+    *,
+    model_name: str,
+    model_params: Mapping[str, Any],
+    classes,
+    audio_config,
+    **extra,
+) -> Path:
+    """Write ``model`` and what is needed to rebuild and use it, atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination file; its folder is created. A temporary file in the same folder is renamed
+        over it, so an interruption leaves the old file or the new one, never half of one.
+    model : nn.Module
+        Its ``state_dict()`` is saved on the CPU.
+    model_name : str
+        A registered name (an alias is stored as its canonical name).
+    model_params : mapping
+        The keyword arguments ``create_model(model_name, **model_params)`` rebuilds it with.
+    classes : sequence of str
+        Class names in output order.
+    audio_config : mapping or dataclass
+        The front-end settings the model was trained on; a dataclass is stored as a dict.
+    **extra
+        Further plain values to keep (epoch, score, provenance...).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    path = Path(path)
+    if dataclasses.is_dataclass(audio_config) and not isinstance(audio_config, type):
+        audio_config = dataclasses.asdict(audio_config)
+    checkpoint = {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "model_name": canonical_name(model_name),
+        "model_params": dict(model_params),
+        "classes": [str(name) for name in classes],
+        "audio_config": dict(audio_config),
+        **extra,
+    }
+    _check_plain(checkpoint, "checkpoint")
+    checkpoint["state_dict"] = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+    return path
+
+
+
+def read_torch_file(path, map_location="cpu", what: str = "checkpoint"):
+    """``torch.load(path, weights_only=True)``, with an unreadable file as one ``CheckpointError``
+    naming it (``what`` says what it should have been)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(f"{path}: not a readable {what} ({first_line})") from error
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` as its raw dictionary.
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing, is not a ``weights_only``-readable ``torch.save`` file, or lacks
+        one of the keys ``model_name``, ``model_params``, ``state_dict``, ``classes``,
+        ``audio_config``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    checkpoint = read_torch_file(path, map_location)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path}: expected a checkpoint dictionary, found a {type(checkpoint).__name__}")
+    missing = [key for key in REQUIRED_CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path}: not a freesound checkpoint, missing key(s) {', '.join(missing)}")
+    return checkpoint
+
+
+def load_model(path, device="cpu") -> nn.Module:
+    """Rebuild the model a checkpoint names, load its weights strictly, and return it in eval mode.
+
+    Parameters
+    ----------
+    path : path-like
+        A file written by :func:`save_checkpoint`.
+    device : str or torch.device
+        Where the weights are loaded and the model is moved to.
+    """
+    checkpoint = load_checkpoint(path, map_location=device)
+    name, params = checkpoint["model_name"], checkpoint["model_params"]
+    try:
+        model = create_model(name, **params)
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: cannot build model {name!r} from {params}: {error}") from error
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not fit {name}({params}): {error}") from error
+    return model.to(device).eval()
+

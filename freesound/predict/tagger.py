@@ -1,0 +1,205 @@
+"""The ``Tagger``: clip probabilities from one or more first-level models, tile by tile.
+
+A model's probability for a clip is the mean over its tiles (``freesound.predict.tiles``) of the
+sigmoid of its main head; several models (folds) are combined by geometric mean. Tiles of many
+clips share each batch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from freesound.config import AudioConfig
+from freesound.errors import FreesoundError, FreesoundWarning
+from freesound.models import load_checkpoint, load_model
+from freesound.paths import experiment_checkpoints
+from freesound.predict.files import predict_files
+from freesound.predict.tiles import geometric_mean, make_tiles
+
+
+def _weights_fingerprint(model: torch.nn.Module) -> tuple:
+    """Changes whenever a parameter or buffer is replaced or modified in place (or the mode flips)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return (model.training,) + tuple((t.data_ptr(), t._version) for t in tensors)
+
+
+def _cpu_inference_model(model: torch.nn.Module, cache: dict) -> torch.nn.Module:
+    """A CPU inference copy of ``model``: batch norms folded into the preceding convolutions
+    (``torch.fx.experimental.optimization.fuse``) and channels-last weights.
+
+    Folding saves the batch-norm passes over the large early feature maps; the outputs match the
+    model's to float rounding (~1e-7). The copy is cached in ``cache`` under the model's identity
+    with a fingerprint of its tensors' versions, so training or loading new weights into the
+    model invalidates it. Models in training mode run as they are, and so do models that FX cannot
+    trace (with one ``FreesoundWarning`` each).
+    """
+    if model.training:
+        return model
+    try:
+        fingerprint = _weights_fingerprint(model)
+    except RuntimeError:  # e.g. inference tensors carry no version counter
+        return model
+    entry = cache.get(id(model))
+    if entry is not None and entry[0] is model and entry[1] == fingerprint:
+        return entry[2]
+    with torch.inference_mode(False), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the module's import and FX tracing may warn
+        from torch.fx.experimental.optimization import fuse
+        from torch.fx.proxy import TraceError
+
+        try:
+            fused = fuse(model, inplace=False)
+        except (TraceError, RuntimeError, TypeError) as error:  # FX cannot trace this model
+            fused, reason = None, f"{type(error).__name__}: {error}"
+    if fused is None:
+        warnings.warn(FreesoundWarning(
+            f"{type(model).__name__} cannot be traced to fold its batch norms ({reason}); it runs unfused"
+        ), stacklevel=2)
+        runner = model
+    else:
+        runner = fused.to(memory_format=torch.channels_last).eval()
+    cache[id(model)] = (model, fingerprint, runner)
+    return runner
+
+
+class Tagger:
+    """Predicts clip-level class probabilities with one or more models.
+
+    Parameters
+    ----------
+    models : list of nn.Module, first-level models returning a tuple whose first item is the main
+        head's logits ``(B, C)``
+    classes : sequence of str, C class names
+    tile_step : int, frames between tile starts
+    device : str or torch.device
+    batch_size : int, tiles per forward pass (tiles of many clips share a batch)
+    audio_config : AudioConfig used by ``predict_files``
+    workers : int, DataLoader workers decoding audio in ``predict_files``
+    """
+
+    def __init__(self, models, classes, tile_step: int = 64, device="cpu", batch_size: int = 64,
+                 audio_config: AudioConfig | None = None, workers: int = 0):
+        self.device = torch.device(device)
+        self.models = [model.to(self.device).eval() for model in models]
+        if not self.models:
+            raise ValueError("a Tagger needs at least one model")
+        self.classes = list(classes)
+        self.tile_step = tile_step
+        self.batch_size = batch_size
+        self.audio_config = audio_config or AudioConfig()
+        self.workers = workers
+        self._inference_models = {}  # CPU inference copies, see _cpu_inference_model
+
+    @classmethod
+    def from_checkpoints(cls, paths, **kwargs) -> "Tagger":
+        """Load checkpoints written by training or the argus importer; they must agree on classes."""
+        paths = [Path(p) for p in paths]
+        if not paths:
+            raise FreesoundError("no checkpoints given")
+        device = kwargs.get("device", "cpu")
+        first = load_checkpoint(paths[0])
+        for path in paths[1:]:
+            if list(load_checkpoint(path)["classes"]) != list(first["classes"]):
+                raise FreesoundError(f"{path} predicts other classes than {paths[0]}")
+        kwargs.setdefault("audio_config", AudioConfig.from_dict(first.get("audio_config") or {}))
+        models = [load_model(path, device=device) for path in paths]
+        return cls(models, first["classes"], **kwargs)
+
+    @classmethod
+    def from_experiment(cls, directory, folds=None, required=None, **kwargs) -> "Tagger":
+        """Every ``fold_<k>/model.pt`` of a trained (or imported) experiment directory (see
+        ``experiment_checkpoints`` for ``folds`` and ``required``)."""
+        return cls.from_checkpoints(experiment_checkpoints(directory, folds, required), **kwargs)
+
+    # -- spectrograms -------------------------------------------------------------------------
+
+    def _forward(self, tiles: np.ndarray) -> np.ndarray:
+        """Sigmoid of every model's main head on a stack of tiles: (M, T, C) float32.
+
+        On the CPU each model runs as an inference copy with its batch norms folded into the
+        convolutions, in channels-last layout (``_cpu_inference_model``); the copy is rebuilt
+        whenever the model's weights change, and the model itself is never modified.
+        """
+        outputs = []
+        batch = torch.from_numpy(tiles).to(self.device)
+        on_cpu = self.device.type == "cpu"
+        if on_cpu and batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        use_amp = self.device.type == "cuda"
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
+            for model in self.models:
+                runner = _cpu_inference_model(model, self._inference_models) if on_cpu else model
+                probs = [torch.sigmoid(runner(batch[i:i + self.batch_size])[0].float())
+                         for i in range(0, len(batch), self.batch_size)]
+                outputs.append(torch.cat(probs).cpu().numpy())
+        return np.stack(outputs)
+
+    def tile_probabilities(self, logmels) -> list:
+        """Per-tile probabilities of every model for every clip.
+
+        Returns
+        -------
+        list of np.ndarray, one per clip, float32 (n_models, n_tiles, C)
+        """
+        # Tiles of consecutive clips queue up and run in full batches of ``batch_size``; what is
+        # left over waits for the next clip's tiles, so only the very last batch can be short.
+        counts, done = [], []
+        queue, queued = [], 0
+        for logmel in logmels:
+            tiles = make_tiles(logmel, self.tile_step)
+            counts.append(len(tiles))
+            queue.append(tiles)
+            queued += len(tiles)
+            if queued >= self.batch_size:
+                stacked = np.concatenate(queue)
+                full = queued - queued % self.batch_size
+                done.append(self._forward(stacked[:full]))
+                queue = [stacked[full:]] if full < queued else []
+                queued -= full
+        if queued:
+            done.append(self._forward(np.concatenate(queue)))
+        if not counts:
+            return []
+        probs = np.concatenate(done, axis=1)
+        bounds = np.cumsum([0] + counts)
+        return [probs[:, start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+
+    def predict_spectrograms(self, logmels) -> np.ndarray:
+        """Clip probabilities: mean over tiles per model, geometric mean over models.
+
+        Parameters
+        ----------
+        logmels : iterable of np.ndarray float32 (n_mels, frames)
+
+        Returns
+        -------
+        np.ndarray, float32 (N, C)
+        """
+        clip_probs = [geometric_mean(probs.mean(axis=1)) for probs in self.tile_probabilities(logmels)]
+        if not clip_probs:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return np.stack(clip_probs)
+
+    # -- files --------------------------------------------------------------------------------
+
+    def predict_files(self, paths, *, on_error: str = "raise", failures: list | None = None) -> pd.DataFrame:
+        """Predict audio files.
+
+        Parameters
+        ----------
+        paths : sequence of paths
+        on_error : "raise" (stop at the first undecodable file), "skip" (leave its row out) or
+            "silence" (predict it from a silent clip, so every file keeps its row)
+        failures : list, optional; each undecodable file is appended as ``(fname, reason)``
+
+        Returns
+        -------
+        DataFrame indexed by ``fname`` with one column per class, in the input order.
+        """
+        return predict_files(self, paths, on_error=on_error, failures=failures)
+

@@ -1,0 +1,11 @@
+"""User-facing tools built on the pipeline, one module per command.
+
+    demo.py          ``freesound demo``: the whole chain on synthetic data
+    search.py        ``freesound search``: hyperparameter search by OOF lwlrap
+    select.py        ``freesound select-ensemble``: the best subset of experiments to blend
+    relabel.py       ``freesound relabel``: label-correction proposals
+    evaluate.py      ``freesound evaluate``: score a submission-format CSV
+    plots.py         ``freesound report``: training curves, per-class scores, augmentations
+    listen.py        ``freesound listen``: live tagging in a rolling window
+    argus_import.py  ``freesound import-argus``: the original team's released weights
+"""

@@ -1,0 +1,12 @@
+"""Training: one fold of one experiment, and its out-of-fold evaluation.
+
+    engine.py    the training loop skeleton both trainers share: plateau, early stop, best
+                 checkpoint, log rows, resumable state, named hooks
+    trainer.py   ``train_fold`` / ``train_experiment``: the method's first-level training
+    sampling.py  the per-epoch sampler over curated / corrected-noisy / noisy clips
+    augment.py   train-time spectrogram transforms (crop, resized crop, SpecAugment)
+    mixers.py    sample mixers (sigmoid-concat, additive)
+    losses.py    BCE, L_soft, L_q and the auxiliary-head weighting
+    oof.py       out-of-fold prediction and scores of a trained experiment
+    baseline.py  a logistic regression on band statistics, the yardstick
+"""

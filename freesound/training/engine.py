@@ -1,0 +1,144 @@
+"""The training loop skeleton both trainers share: first-level models and stackers.
+
+One epoch, top to bottom::
+
+    train_values = hooks.train_epoch(epoch)      # e.g. {"train_loss": 0.08}
+    score, val_values = hooks.validate()         # val lwlrap, e.g. {"val_loss": 0.05}
+    scheduler.step(score)                        # reduce-on-plateau of val lwlrap
+    log row: epoch, lr, train values, val values, val_lwlrap, seconds
+    if score improved: hooks.save_best(epoch, score)     # keep the best checkpoint
+    early stop after `early_stop_patience` epochs without improvement
+    write log.csv; hooks.save_state(progress)    # the resumable state, after the log
+    hooks.end_epoch(progress, row)               # a log line; a search's pruning
+
+``Progress`` is what a resumed run needs besides the tensors (epoch, best score, patience count,
+log rows); ``save_state`` / ``load_state`` write and read it with the modules' state dicts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from freesound.fileio import atomic_path, atomic_write_csv
+
+
+@dataclass
+class Progress:
+    """Where a training run stands.
+
+    Attributes
+    ----------
+    epoch : int, epochs finished
+    best_score : float, the best val lwlrap so far (-1 before the first epoch)
+    best_epoch : int, the epoch it was reached at (1-based; -1 before the first epoch)
+    bad_epochs : int, epochs since the last improvement
+    rows : list of dict, the log, one row per epoch
+    finished : bool, stopped early
+    """
+
+    epoch: int = 0
+    best_score: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    rows: list = field(default_factory=list)
+    finished: bool = False
+
+    def to_state(self, columns) -> dict:
+        """Plain values for a ``weights_only`` state file."""
+        return {"epoch": self.epoch, "best_lwlrap": float(self.best_score), "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs, "log": [[row[c] for c in columns] for row in self.rows],
+                "finished": self.finished}
+
+    @classmethod
+    def from_state(cls, state: dict, columns) -> "Progress":
+        return cls(epoch=state["epoch"], best_score=state["best_lwlrap"], best_epoch=state["best_epoch"],
+                   bad_epochs=state["bad_epochs"], rows=[dict(zip(columns, row)) for row in state["log"]],
+                   finished=state["finished"])
+
+
+def _nothing(*_):
+    return None
+
+
+@dataclass
+class Hooks:
+    """What differs between trainers; ``fit`` calls them in the order of the module docstring.
+
+    Attributes
+    ----------
+    train_epoch : ``(epoch index, 0-based) -> dict`` of log values
+    validate : ``() -> (val lwlrap, dict of other log values)``
+    save_best : ``(epoch, score) -> None``, called when the score improved
+    save_state : ``(Progress) -> None``, the resumable state, after the log is written
+    end_epoch : ``(Progress, row) -> None``, last; may raise to stop training (a pruned trial)
+    """
+
+    train_epoch: Callable[[int], dict]
+    validate: Callable[[], tuple]
+    save_best: Callable[[int, float], None]
+    save_state: Callable[[Progress], None] = _nothing
+    end_epoch: Callable[[Progress, dict], None] = _nothing
+
+
+def fit(hooks: Hooks, optimizer, scheduler, *, max_epochs: int, early_stop_patience: int, log_path, columns,
+        progress: Progress | None = None) -> Progress:
+    """Train until ``max_epochs`` epochs are done or the run stops early; return where it stands.
+
+    Parameters
+    ----------
+    hooks : Hooks
+    optimizer : its first parameter group's ``lr`` is logged
+    scheduler : ``ReduceLROnPlateau`` in ``mode="max"``, stepped on the val lwlrap
+    max_epochs : total epochs, counting those of a resumed ``progress``
+    early_stop_patience : stop after this many epochs without improvement
+    log_path : ``log.csv``, rewritten atomically after every epoch
+    columns : the log's columns, in order (a subset of each row's keys)
+    progress : a resumed run's ``Progress`` (default: a fresh one)
+    """
+    progress = progress or Progress()
+    while progress.epoch < max_epochs and not progress.finished:
+        started = time.perf_counter()
+        train_values = hooks.train_epoch(progress.epoch)
+        score, val_values = hooks.validate()
+        scheduler.step(score)
+        progress.epoch += 1
+        row = {"epoch": progress.epoch, "lr": optimizer.param_groups[0]["lr"], **train_values, **val_values,
+               "val_lwlrap": score, "seconds": time.perf_counter() - started}
+        progress.rows.append({column: row[column] for column in columns})
+        if score > progress.best_score:
+            progress.best_score, progress.best_epoch, progress.bad_epochs = score, progress.epoch, 0
+            hooks.save_best(progress.epoch, score)
+        else:
+            progress.bad_epochs += 1
+        progress.finished = progress.bad_epochs >= early_stop_patience
+        atomic_write_csv(log_path, pd.DataFrame(progress.rows, columns=columns), index=False)
+        hooks.save_state(progress)
+        hooks.end_epoch(progress, row)
+    return progress
+
+
+def save_state(path, modules: dict, progress: Progress, columns, **extra) -> None:
+    """Write a resumable state atomically: every module's (model, optimizer, scheduler, scaler)
+    ``state_dict()``, the progress and ``extra`` plain values (RNG states, settings)."""
+    state = {name: module.state_dict() for name, module in modules.items()}
+    state.update(progress.to_state(columns), **extra)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path, map_location="cpu") -> dict:
+    """A state written by ``save_state`` (``weights_only``: no pickled code runs)."""
+    return torch.load(Path(path), map_location=map_location, weights_only=True)
+
+
+def restore(state: dict, modules: dict, columns) -> Progress:
+    """Load every module's state from ``state``; return its ``Progress``."""
+    for name, module in modules.items():
+        module.load_state_dict(state[name])
+    return Progress.from_state(state, columns)
