@@ -28,7 +28,7 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=7.4", "hypothesis>=6.80"],
+        "dev": ["pytest>=7.4", "hypothesis>=6.80", "import-linter>=2.1"],
         "listen": ["sounddevice>=0.4"],
     },
     entry_points={"console_scripts": ["freesound=freesound.cli:main"]},
