@@ -389,8 +389,15 @@ def test_features_and_training_with_another_max_seconds(tmp_path):
     assert "out-of-fold lwlrap once fold(s) 1 are trained too" in trained.stdout  # not scored yet
     checkpoint = torch.load(work / "experiments" / "short" / "fold_0" / "model.pt", weights_only=True)
     assert checkpoint["audio_config"]["max_seconds"] == 2.0
-    # The cache is keyed by max_seconds: the default front end's features were never computed.
-    assert_one_error(cli("train", "default_audio", *common), "no cached features", "freesound features")
+    # The cache is keyed by max_seconds: the default front end's features were never computed, so
+    # train computes them (the long clips now uncropped, so no warning) before training.
+    default_cache = cache_root(work, root, AudioConfig())
+    assert not default_cache.exists()
+    trained = cli("train", "default_audio", *common)
+    assert trained.exit_code == 0, trained.output
+    assert "warning: " not in trained.stderr
+    assert len(list(default_cache.glob("train_*/*.npy"))) == len(dataset.curated) + len(dataset.noisy)
+    assert not list(default_cache.glob("test/*.npy"))  # only what training needs
 
 
 def test_features_for_an_experiment_with_its_own_audio_settings(tmp_path):
@@ -402,14 +409,25 @@ def test_features_for_an_experiment_with_its_own_audio_settings(tmp_path):
     common = ["--data", root, "--work", work, "--experiments", experiments, "--device", "cpu", "--fold", "0"]
     assert cli("make-folds", "--data", root, "--work", work, "--folds", "2").exit_code == 0
     assert cli("features", "--data", root, "--work", work, "--workers", "1").exit_code == 0
-    assert_one_error(cli("train", "own", *common), "no cached features", "--experiment")
+    # The default front end's cache does not serve an experiment with its own [audio]: train
+    # computes that experiment's log-mels itself, with a progress line for the work.
+    own = load_experiment("own", experiments).audio
+    trained = cli("train", "own", *common)
+    assert trained.exit_code == 0, trained.output
+    dataset = load_dataset(root)
+    clips = len(dataset.curated) + len(dataset.noisy)
+    assert f"log-mel features: 100% {clips}/{clips}" in trained.stderr
+    cached = sorted(cache_root(work, root, own).glob("train_curated/*.npy"))
+    assert len(cached) == len(dataset.curated)
+    audio = root / "train_curated" / cached[0].name.partition(".wav.")[0]
+    np.testing.assert_array_equal(np.load(cached[0]), read_as_melspectrogram(f"{audio}.wav", own))
 
     result = cli("features", "--data", root, "--work", work, "--workers", "1", "--experiment", "own",
                  "--experiments", experiments)
     assert result.exit_code == 0, result.output
-    own = load_experiment("own", experiments).audio
-    assert str(cache_root(work, root, own)) in result.output
-    assert cli("train", "own", *common).exit_code == 0
+    # Only the test split, which training does not read, is left to compute.
+    assert (f"features: {len(dataset.test_fnames)} computed, {clips} already cached, 0 failed -> "
+            f"{cache_root(work, root, own)}") in result.output
     checkpoint = torch.load(work / "experiments" / "own" / "fold_0" / "model.pt", weights_only=True)
     assert (checkpoint["audio_config"]["max_seconds"], checkpoint["audio_config"]["trim_top_db"]) == (3.0, 50.0)
 
