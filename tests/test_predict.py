@@ -6,8 +6,9 @@ import soundfile as sf
 
 from benchmarks.reference import reference_predict
 from conftest import random_model
-from freesound.audio import read_as_melspectrogram, silent_logmel
+from freesound.audio import AudioDecodeError, read_as_melspectrogram, silent_logmel
 from freesound.audio.network_input import to_network_input
+from freesound.errors import FreesoundError
 from freesound.models import save_checkpoint
 from freesound.paths import experiment_checkpoints
 from freesound.predict import Tagger, geometric_mean, make_tiles, tile_layout
@@ -52,13 +53,13 @@ def test_tiles_pad_with_clip_minimum_and_carry_deltas():
 def test_tiles_of_a_long_clip_start_at_multiples_of_step():
     logmel = np.arange(128 * 400, dtype=np.float32).reshape(128, 400)
     tiles = make_tiles(logmel)
-    n, left, _ = tile_layout(400)
+    n, left, right = tile_layout(400)
+    assert (n, left, right) == (4, 24, 24)
     assert len(tiles) == n
-    padded = np.pad(logmel, ((0, 0), (left, 0)), constant_values=logmel.min())
-    for i in range(n):
-        window = padded[:, i * 64:i * 64 + 256]
-        if window.shape[1] == 256:
-            np.testing.assert_allclose(tiles[i, 0] * 100, window, rtol=1e-6)
+    padded = np.pad(logmel, ((0, 0), (left, right)), constant_values=logmel.min())
+    assert (n - 1) * 64 + 256 == padded.shape[1]  # the last tile ends at the padded clip's end
+    for i in range(n):  # every tile, the last one included
+        np.testing.assert_allclose(tiles[i, 0] * 100, padded[:, i * 64:i * 64 + 256], rtol=1e-6)
 
 
 def test_geometric_mean():
@@ -89,7 +90,7 @@ def test_predict_files_policies(tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF garbage")
     tagger = Tagger(small_models(1), classes=list("abcde"))
-    with pytest.raises(Exception, match="bad.wav"):
+    with pytest.raises(AudioDecodeError, match="bad.wav"):
         tagger.predict_files([good, bad])
     failures = []
     frame = tagger.predict_files([bad, good], on_error="skip", failures=failures)
@@ -111,5 +112,5 @@ def test_from_experiment_loads_all_folds_and_names_missing(tmp_path):
     assert len(tagger.models) == 2 and tagger.classes == list("abcde")
     logmel = np.random.default_rng(2).uniform(-80, 0, (128, 300)).astype(np.float32)
     np.testing.assert_allclose(tagger.predict_spectrograms([logmel])[0], reference_predict(models, logmel), atol=1e-5)
-    with pytest.raises(Exception, match="fold.s. 3"):
+    with pytest.raises(FreesoundError, match=r"fold\(s\) 3 have no model.pt"):
         experiment_checkpoints(tmp_path, folds=[0, 3])
