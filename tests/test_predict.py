@@ -12,6 +12,7 @@ from freesound.errors import FreesoundError
 from freesound.models import save_checkpoint
 from freesound.paths import experiment_checkpoints
 from freesound.predict import Tagger, geometric_mean, make_tiles, tile_layout
+from freesound.training.oof import OOFTiles
 
 
 @pytest.mark.parametrize("width,expected", [
@@ -65,6 +66,23 @@ def test_tiles_of_a_long_clip_start_at_multiples_of_step():
 def test_geometric_mean():
     p = np.array([[0.25, 0.5], [0.64, 0.5]], dtype=np.float32)
     np.testing.assert_allclose(geometric_mean(p), [0.4, 0.5], rtol=1e-6)
+
+
+def test_aggregates_keep_float64_until_ranked():
+    """A float64 blend and the OOF clip means stay float64: rounding them to float32 before ranking
+    would tie scores that differ (here by 1e-9)."""
+    p = np.array([[0.999999999, 0.999999998], [0.5, 0.5]])
+    blend = geometric_mean(p)
+    assert blend.dtype == np.float64 and blend[0] > blend[1]
+    assert geometric_mean(p.astype(np.float32)).dtype == np.float32  # the models' own precision
+    above = np.nextafter(np.float32(0.7), np.float32(1))  # the next float32 above 0.7
+    tiles = OOFTiles(np.array(["x.wav"]), np.array([0]), np.array([0, 2]),
+                     np.array([[0.8, 0.7], [above, 0.8]], dtype=np.float32))
+    means = tiles.clip_means()
+    assert means.dtype == np.float64
+    np.testing.assert_array_equal(means, tiles.probs.astype(np.float64).mean(axis=0, keepdims=True))
+    assert means[0, 0] > means[0, 1]  # float32 means would tie
+    assert np.float32(means[0, 0]) == np.float32(means[0, 1])
 
 
 def small_models(n=2, classes=5):
