@@ -7,8 +7,8 @@ A file only states what differs from the method's defaults; ``load_experiment`` 
 checks every key (an unknown key is an error naming the valid ones) and returns a frozen
 ``Experiment``. A table-valued setting (``model.params``, ``loss.curated``, ``loss.noisy``) merges
 onto the value it overrides, key by key (``merge_table``): ``params = {base_size = 32}`` keeps the
-method's dropout and head width. The search sets its keys through the same function. ``dump_experiment`` writes the resolved config back as TOML, the copy kept beside
-each trained fold.
+method's dropout and head width. The search sets its keys through the same function.
+``dump_experiment`` writes the resolved config back as TOML, the copy kept beside each trained fold.
 """
 
 from __future__ import annotations
@@ -198,7 +198,8 @@ def merge_table(base: dict, value: dict) -> dict:
         return dict(value)
     merged = dict(base)
     for key, item in value.items():
-        merged[key] = merge_table(base[key], item) if isinstance(item, dict) and isinstance(base.get(key), dict) else item
+        nested = isinstance(item, dict) and isinstance(base.get(key), dict)
+        merged[key] = merge_table(base[key], item) if nested else item
     return merged
 
 

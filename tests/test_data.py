@@ -94,7 +94,8 @@ def test_reference_curated_corrections_content():
     assert corrections["275dae40.wav"] == ("Traffic_noise_and_roadway_noise", "Walk_and_footsteps")
 
 
-@pytest.mark.parametrize("name,entries,removed", [("corrections_tiny.json", 5, 2), ("noisy_corrections_tiny.json", 6, 3)])
+@pytest.mark.parametrize("name,entries,removed",
+                         [("corrections_tiny.json", 5, 2), ("noisy_corrections_tiny.json", 6, 3)])
 def test_shipped_corrections_fixtures_load(name, entries, removed):
     """The reference files' format (indented JSON, comma-separated labels or "remove") in every checkout."""
     corrections = load_corrections(FIXTURES / name, FSD2019_CLASSES)

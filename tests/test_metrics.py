@@ -145,7 +145,8 @@ def test_evaluate_keeps_float64_from_the_csv_to_the_metric(tmp_path):
 def test_evaluate_names_missing_and_duplicated_clips_and_scores_a_subset_on_request(tmp_path):
     labels = [("x.wav", "a"), ("y.wav", "b"), ("z.wav", "a")]
     predictions, truth = write_evaluation(tmp_path, [("x.wav", (0.9, 0.1)), ("y.wav", (0.2, 0.8))], labels)
-    with pytest.raises(FreesoundError, match=r"no predictions for 1 of the 3 labelled clip\(s\) .*: z\.wav; .*--subset"):
+    with pytest.raises(FreesoundError,
+                       match=r"no predictions for 1 of the 3 labelled clip\(s\) .*: z\.wav; .*--subset"):
         evaluate_csv(predictions, truth)
     result = run_cli("evaluate", predictions, "--labels", truth, expect=1)
     assert result.stderr.startswith("error: ") and "z.wav" in result.stderr and "Traceback" not in result.output

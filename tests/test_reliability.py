@@ -464,8 +464,8 @@ def test_predict_audio_takes_every_audio_name_and_lists_what_it_leaves_out(loud_
     # a folder with nothing to predict is an error naming what is there, not an empty CSV
     (d.tmp / "docs").mkdir()
     (d.tmp / "docs" / "readme.md").write_text("hi")
-    assert_one_error(cli("predict", "stub", "--audio", d.tmp / "docs", *common), f"no audio files under {d.tmp / 'docs'}",
-                     "1 file(s): readme.md", "--all-files")
+    assert_one_error(cli("predict", "stub", "--audio", d.tmp / "docs", *common),
+                     f"no audio files under {d.tmp / 'docs'}", "1 file(s): readme.md", "--all-files")
     # an .m4a no decoder here reads is named with the reason, not silently skipped
     (d.tmp / "aac").mkdir()
     (d.tmp / "aac" / "song.m4a").write_bytes(np.random.default_rng(0).bytes(3000))

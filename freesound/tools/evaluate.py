@@ -31,8 +31,8 @@ def read_predictions_csv(path) -> tuple[pd.DataFrame, list]:
     Raises
     ------
     FreesoundError
-        No ``fname`` column, no class column or no row, a clip with more than one row, or a value that is not a finite number
-        (naming the clip and the class).
+        No ``fname`` column, no class column or no row, a clip with more than one row, or a value
+        that is not a finite number (naming the clip and the class).
     """
     path = Path(path)
     frame = read_csv(path, dtype=str, keep_default_na=False)
@@ -52,8 +52,9 @@ def read_predictions_csv(path) -> tuple[pd.DataFrame, list]:
     bad = np.argwhere(~np.isfinite(probs))
     if len(bad):
         row, column = bad[0]
+        cell = frame[classes[column]].iloc[row]
         raise FreesoundError(f"{path}: {len(bad)} prediction(s) are not finite numbers, e.g. "
-                             f"{classes[column]!r} of {frame.fname.iloc[row]} is {frame[classes[column]].iloc[row]!r}")
+                             f"{classes[column]!r} of {frame.fname.iloc[row]} is {cell!r}")
     return pd.concat([frame[["fname"]], pd.DataFrame(probs, columns=classes, index=frame.index)], axis=1), classes
 
 
@@ -82,7 +83,8 @@ def evaluate_csv(predictions_csv, labels_csv, *, subset: bool = False) -> dict:
     labels = read_labels_csv(labels_csv, classes).set_index("fname")
     unlabelled = [name for name in predictions.fname if name not in labels.index]
     if unlabelled:
-        raise FreesoundError(f"{labels_csv} has no labels for {len(unlabelled)} predicted clip(s): {_names(unlabelled)}")
+        raise FreesoundError(f"{labels_csv} has no labels for {len(unlabelled)} predicted clip(s): "
+                             f"{_names(unlabelled)}")
     unpredicted = labels.index.difference(predictions.fname, sort=False)
     if len(unpredicted) and not subset:
         raise FreesoundError(f"{predictions_csv} has no predictions for {len(unpredicted)} of the {len(labels)} "
