@@ -183,7 +183,7 @@ def listen_microphone(tagger, window_seconds: float = 5.0, hop_seconds: float = 
     except (ValueError, sd.PortAudioError) as error:
         raise FreesoundError(f"no microphone was found ({error}); connect one or pick another input device") from error
     rate = int(info["default_samplerate"])
-    rolling = RollingTagger(tagger, window_seconds, hop_seconds, sample_rate=rate, top=top, source=path)
+    rolling = RollingTagger(tagger, window_seconds, hop_seconds, sample_rate=rate, top=top)
     limit = None if duration_seconds is None else int(duration_seconds * rate)
     results, recorded = [], 0
     print_fn(f"listening on {info['name']} at {rate} Hz; Ctrl-C stops")
