@@ -418,6 +418,7 @@ def test_a_non_finite_cached_log_mel_is_refused_naming_the_clip(tiny_work, tmp_p
     assert_one_error(result, fname, entry, "not finite", "delete these cache files")
 
 
+@pytest.mark.slow
 def test_train_and_predict_right_after_make_folds_compute_the_features(tmp_path):
     root, work, experiments = tmp_path / "data", tmp_path / "work", tmp_path / "experiments"
     synthesize_dataset(root, num_classes=3, num_curated=6, num_noisy=2, num_test=2, seed=5, progress=False)
