@@ -177,6 +177,8 @@ def device_option(function):
 def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device, resume, no_oof):
     """Train EXPERIMENT (a name under experiments/ or a TOML path) on every fold.
 
+    Log-mels not cached yet are computed first, with the experiment's [audio] settings (`features`
+    does it up front); a clip that cannot be used stops training with its name and the reason.
     Once every fold in folds.csv has weights, predicts each fold's held-out clips (tiled, as
     `predict` does) and reports the per-fold and overall out-of-fold lwlrap.
     """
@@ -190,6 +192,7 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
     report = train_and_score(
         config, load_dataset(data_dir), work_dir, folds=list(folds) or None, score_oof=not no_oof,
         device=device or settings.default_device(), max_epochs=epochs, resume=resume, log=click.echo,
+        feature_workers=settings.default_workers(),
     )
     click.echo(f"\n{config.name}: best val lwlrap per fold (centre crop)")
     for result in report.folds:
@@ -212,7 +215,10 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
 @work_option
 @experiments_dir_option
 @click.option("--audio", "audio_dir", type=click.Path(path_type=Path), default=None,
-              help="Predict every audio file under this folder instead of a test set.")
+              help="Predict every audio file under this folder instead of a test set (audio by extension, "
+                   "any case; other files are listed as left out).")
+@click.option("--all-files", is_flag=True,
+              help="With --audio: decode every file under the folder, whatever its name; the decoder decides.")
 @click.option("--out", "out_csv", type=click.Path(path_type=Path), default=None,
               help="Output CSV (default: <work>/predictions/<name>/test.csv or audio.csv).")
 @click.option("--no-oof", is_flag=True, help="Skip the out-of-fold prediction of an experiment.")
@@ -220,13 +226,14 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
               help="Processes decoding audio while the model runs.")
 @device_option
-def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, out_csv, no_oof, batch_size, workers, device):
+def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_files, out_csv, no_oof, batch_size, workers,
+            device):
     """Predict with a trained EXPERIMENT or ENSEMBLE (name under experiments/ or TOML path).
 
-    Writes a submission-format CSV: fname, then one probability column per class. Undecodable
-    files are named on stderr and in <out>.errors.csv, and the exit status is 1: on a test set
-    their rows are predicted from silence (the submission stays complete), under --audio they
-    are left out.
+    Writes a submission-format CSV: fname, then one probability column per class. Files that
+    cannot be used are named on stderr and in <out>.errors.csv, and the exit status is 1: on a
+    test set their rows are predicted from silence (the submission stays complete), under --audio
+    they are left out. Curated log-mels the out-of-fold step needs are computed if not cached.
     """
     from freesound.config import load_config
     from freesound.data.dataset import load_dataset
@@ -235,11 +242,17 @@ def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, out_csv,
 
     if (data_dir is None) == (audio_dir is None):
         raise click.UsageError("give exactly one of --data (a dataset's test set) or --audio (a folder)")
+    if all_files and audio_dir is None:
+        raise click.UsageError("--all-files goes with --audio")
     result = run_prediction(
         load_config(experiment, experiments_dir), work_dir, dataset=load_dataset(data_dir) if data_dir else None,
         audio_dir=audio_dir, out_csv=out_csv, oof=not no_oof, device=device or settings.default_device(),
-        batch_size=batch_size, workers=workers, log=click.echo,
+        batch_size=batch_size, workers=workers, all_files=all_files, feature_workers=settings.default_workers(),
+        log=click.echo,
     )
+    if result.audio_folder is not None and result.audio_folder.left_out:
+        click.echo(f"left out as not audio by name: {result.audio_folder.describe_left_out()}; "
+                   "--all-files decodes every file", err=True)
     if result.oof_scores is not None:
         click.echo(format_scores(result.name, result.oof_scores, top=10))
     click.echo(f"{result.name}: predicted {len(result.predictions)} clips with {result.checkpoints} first-level and "
@@ -247,7 +260,7 @@ def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, out_csv,
     for fname, reason in result.failures:
         click.echo(f"failed: {fname}: {reason}", err=True)
     if result.failures:
-        click.echo(f"{len(result.failures)} file(s) could not be decoded; listed in {result.errors_csv}", err=True)
+        click.echo(f"{len(result.failures)} file(s) could not be used; listed in {result.errors_csv}", err=True)
         sys.exit(1)
 
 
@@ -378,13 +391,21 @@ def search(experiment, data_dir, work_dir, experiments_dir, trials, space_file, 
 @click.option("--labels", "labels_csv", required=True, type=click.Path(path_type=Path),
               help="fname,labels CSV with the true labels (e.g. test_labels.csv).")
 @click.option("--top", type=click.IntRange(1), default=None, help="Show only the N worst classes.")
-def evaluate(predictions_csv, labels_csv, top):
-    """Score a submission-format CSV: overall and per-class lwlrap."""
+@click.option("--subset", is_flag=True,
+              help="Score only the labelled clips that have predictions (default: every labelled clip must).")
+def evaluate(predictions_csv, labels_csv, top, subset):
+    """Score a submission-format CSV: overall and per-class lwlrap.
+
+    Every clip of --labels must have exactly one row of predictions (or give --subset); scores are
+    compared in full float64 precision.
+    """
     from freesound.metrics import format_scores
     from freesound.tools.evaluate import evaluate_csv
 
-    scores = evaluate_csv(predictions_csv, labels_csv)
-    click.echo(format_scores(predictions_csv.name, scores, top=top))
+    scores = evaluate_csv(predictions_csv, labels_csv, subset=subset)
+    click.echo(format_scores(predictions_csv.name, scores, top=top, label="lwlrap"))
+    if scores["clips"] < scores["labelled_clips"]:
+        click.echo(f"scored {scores['clips']} of the {scores['labelled_clips']} labelled clips (--subset)")
 
 
 @main.command()

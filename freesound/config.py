@@ -5,8 +5,10 @@ included, and nothing here imports NumPy, librosa or torch: reading an experimen
 
 A file only states what differs from the method's defaults; ``load_experiment`` fills in the rest,
 checks every key (an unknown key is an error naming the valid ones) and returns a frozen
-``Experiment``. ``dump_experiment`` writes the resolved config back as TOML, the copy kept beside
-each trained fold.
+``Experiment``. A table-valued setting (``model.params``, ``loss.curated``, ``loss.noisy``) merges
+onto the value it overrides, key by key (``merge_table``): ``params = {base_size = 32}`` keeps the
+method's dropout and head width. The search sets its keys through the same function.
+``dump_experiment`` writes the resolved config back as TOML, the copy kept beside each trained fold.
 """
 
 from __future__ import annotations
@@ -177,24 +179,58 @@ class Experiment:
         return values
 
 
+def merge_table(base: dict, value: dict) -> dict:
+    """A table-valued setting ``value`` laid over the table ``base`` it overrides.
+
+    Keys of ``value`` replace those of ``base`` (nested tables merge the same way); keys it does
+    not state keep ``base``'s. A ``value`` naming another ``name`` than ``base`` (another loss)
+    replaces it whole: the other loss's parameters are not ``base``'s. The one rule for experiment
+    files (over the method's defaults) and search trials (over the searched experiment).
+
+    Examples
+    --------
+    >>> merge_table({"name": "lsoft", "beta": 0.7}, {"beta": 0.5})
+    {'name': 'lsoft', 'beta': 0.5}
+    >>> merge_table({"name": "lsoft", "beta": 0.7}, {"name": "lq", "q": 0.5})
+    {'name': 'lq', 'q': 0.5}
+    """
+    if value.get("name", base.get("name")) != base.get("name"):
+        return dict(value)
+    merged = dict(base)
+    for key, item in value.items():
+        nested = isinstance(item, dict) and isinstance(base.get(key), dict)
+        merged[key] = merge_table(base[key], item) if nested else item
+    return merged
+
+
 def _build(cls, values: dict, where: str):
-    """Instantiate a config dataclass from a dict, recursing into nested sections."""
+    """Instantiate a config dataclass from a dict, recursing into nested sections.
+
+    Table-valued settings merge onto the defaults (``merge_table``), except in a section that
+    names another model than the default's (``[model] name``): its ``params`` are that model's own.
+    """
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a table, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source_dir"}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(fields))}")
+    defaults = cls()
+    renamed = "name" in values and values["name"] != getattr(defaults, "name", values["name"])
     kwargs = {}
     for name, value in values.items():
-        default = getattr(cls(), name)
+        default = getattr(defaults, name)
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, f"{where}.{name}" if where else name)
         elif isinstance(default, tuple):
             kwargs[name] = tuple(value)
         elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             kwargs[name] = float(value)
-        elif isinstance(default, dict) or type(value) is type(default):
+        elif isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{name}: expected a table, got {value!r}")
+            kwargs[name] = dict(value) if renamed else merge_table(default, value)
+        elif type(value) is type(default):
             kwargs[name] = value
         else:
             raise ConfigError(f"{where}.{name}: expected {type(default).__name__}, got {value!r}")

@@ -143,9 +143,13 @@ def score_predictions(truth: np.ndarray, probs: np.ndarray, classes, folds=None)
     return scores
 
 
-def format_scores(name: str, scores: dict, top: int | None = None) -> str:
-    """A readable table: overall and per-fold lwlrap, then classes from worst to best."""
-    lines = [f"{name}: OOF lwlrap {scores['lwlrap']:.4f} on {scores['clips']} clips"]
+def format_scores(name: str, scores: dict, top: int | None = None, label: str = "OOF lwlrap") -> str:
+    """A readable table: overall and per-fold lwlrap, then classes from worst to best.
+
+    ``label`` names the overall score: ``"OOF lwlrap"`` for out-of-fold tables, ``"lwlrap"`` for
+    a held-out test set (``freesound evaluate``).
+    """
+    lines = [f"{name}: {label} {scores['lwlrap']:.4f} on {scores['clips']} clips"]
     if "per_fold" in scores:
         lines.append("  per fold: " + "  ".join(f"{k}: {v:.4f}" for k, v in scores["per_fold"].items()))
     ranked = sorted(scores["per_class"].items(), key=lambda item: item[1]["lwlrap"])

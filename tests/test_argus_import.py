@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -228,3 +229,46 @@ def test_misshapen_sources_name_the_path(tmp_path):
 
     with pytest.raises(ArgusImportError, match="plain folder name"):
         import_argus(many / "exp_a", "../escape", tmp_path / "work")
+
+
+TINY_LISTING = Path(__file__).resolve().parent / "data" / "argus_keys_tiny.md"
+
+
+def listing_state_dict(arch: str) -> tuple[dict, dict]:
+    """(kwargs, argus state dict) for the fixture's tiny ``arch``: the original's key names and
+    shapes as listed (not taken from this project's models), random values, float16 except the
+    batch norms, as apex O2 stored them."""
+    from test_models import parse_listings
+
+    kwargs, keys = parse_listings(TINY_LISTING.read_text())[arch]
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for key, shape in keys:
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(7)
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(shape, generator=generator) + 0.5
+        else:
+            value = torch.randn(shape, generator=generator) * 0.1
+            state[key] = value if _is_batch_norm(key) else value.half()
+    return kwargs, state
+
+
+def _is_batch_norm(key: str) -> bool:
+    """Batch-norm tensors in the original's naming: ``conv<k>.conv<j>.1``, ``*.bn``, ``*fc.3``."""
+    module = key.rpartition(".")[0]
+    return module.endswith((".bn", "fc.3")) or (module.rsplit(".", 1)[-1] == "1" and ".conv" in module)
+
+
+@pytest.mark.parametrize("arch,stacker", [("AuxSkipAttention", False), ("FCNet", True)])
+def test_import_a_checkpoint_built_from_the_original_key_listing(tmp_path, arch, stacker):
+    """An argus file whose keys come from the shipped listing of the original's names imports, and
+    the imported model holds exactly its values: the key mapping holds in every checkout."""
+    kwargs, state = listing_state_dict(arch)
+    write_argus_checkpoint(tmp_path / "src" / "fold_0" / "model-003-0.500000.pth", arch, kwargs, state)
+    [path] = import_argus(tmp_path / "src", "tiny", tmp_path / "work", stacker=stacker, classes=["a", "b", "c"])
+    imported = load_model(path).state_dict()
+    assert list(imported) == list(state)
+    for key, value in state.items():
+        assert imported[key].dtype == (torch.int64 if key.endswith("num_batches_tracked") else torch.float32), key
+        assert torch.equal(imported[key], value.float() if value.is_floating_point() else value), key

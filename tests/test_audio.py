@@ -1,6 +1,7 @@
 """The audio front end: parity with a direct librosa computation, and its rules."""
 
 import dataclasses
+import sys
 import warnings
 
 import librosa
@@ -13,8 +14,12 @@ from freesound.audio import (
     AudioConfig,
     AudioCroppedWarning,
     AudioDecodeError,
+    check_log_mel,
+    find_audio_files,
+    is_audio_name,
     read_as_melspectrogram,
     read_audio,
+    scan_audio_folder,
     to_log_mel,
     trim_to_min_length,
 )
@@ -289,3 +294,79 @@ def test_to_log_mel_frames_and_range():
     logmel = to_log_mel(y)
     assert logmel.shape == (128, 1 + y.size // 690)
     assert logmel.max() - logmel.min() <= 80.0 + 1e-4
+
+
+# ----------------------------------------------------------------------------- unusable clips (issue #19)
+
+
+def write_huge_sine(path, amplitude=1e17):
+    """1 s of a 440 Hz sine at 44.1 kHz, 32-bit float: finite samples whose power overflows float32."""
+    t = np.arange(SR) / SR
+    sf.write(path, (amplitude * np.sin(2 * np.pi * 440 * t)).astype(np.float32), SR, subtype="FLOAT")
+    return path
+
+
+def test_finite_but_huge_samples_are_a_decode_error_naming_the_file(tmp_path):
+    path = write_huge_sine(tmp_path / "loud.wav")
+    assert np.isfinite(read_audio(path)).all()  # the samples themselves are fine
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one clear error, no NumPy overflow warnings before it
+        with pytest.raises(AudioDecodeError) as info:
+            read_as_melspectrogram(path)
+    assert str(info.value).startswith(f"cannot decode {path}: the log-mel is not finite (")
+    assert "8192 of 8192 values are NaN or infinite" in info.value.reason  # 128 mels x 64 frames
+    assert "the samples peak at 1e+17" in info.value.reason
+    # The limit is float32's: 1e15 still gives a finite log-mel.
+    assert np.isfinite(read_as_melspectrogram(write_huge_sine(tmp_path / "loud_ok.wav", 1e15))).all()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_check_log_mel_refuses_any_non_finite_value(bad):
+    logmel = np.zeros((4, 5), dtype=np.float32)
+    assert check_log_mel(logmel, "x.wav") is logmel
+    logmel[2, 3] = bad
+    with pytest.raises(AudioDecodeError, match=r"^cannot decode x\.wav: the log-mel is not finite \(1 of 20 values"):
+        check_log_mel(logmel, "x.wav")
+
+
+def test_a_file_no_decoder_reads_gets_each_decoders_reason(tmp_path, monkeypatch):
+    junk = tmp_path / "clip.m4a"
+    junk.write_bytes(np.random.default_rng(0).bytes(3000))
+    with pytest.raises(AudioDecodeError) as info:
+        read_audio(junk)
+    reason = info.value.reason
+    assert reason.startswith("libsndfile cannot read it (Format not recognised), nor can librosa's fallback "
+                             "decoder, audioread (")
+    # audioread's NoBackendError has no message: the sentence says what was tried instead.
+    import audioread
+
+    backends = ", ".join(b.__name__ for b in audioread.available_backends())
+    assert f"none of its backends reads this file, tried: {backends}" in reason
+
+    def fail_without_message(*args, **kwargs):
+        raise RuntimeError()
+
+    monkeypatch.setattr(librosa, "load", fail_without_message)
+    with pytest.raises(AudioDecodeError, match=r"audioread \(RuntimeError, with no message\)$"):
+        read_audio(junk)
+    monkeypatch.setitem(sys.modules, "audioread", None)  # not installed
+    with pytest.raises(AudioDecodeError, match=r"\(Format not recognised\), and no fallback decoder is installed"):
+        read_audio(junk)
+
+
+def test_which_files_are_audio_one_rule_with_what_it_leaves_out(tmp_path):
+    names = ["a.wav", "b.M4A", "c.aac", "d.WebM", "e.Flac", "sub/f.opus", "sub/g.mp4", "notes.txt", "noext",
+             ".DS_Store", "._a.wav", ".hidden/h.wav", "cover.jpg"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    folder = scan_audio_folder(tmp_path)
+    relative = [p.relative_to(tmp_path).as_posix() for p in folder.files]
+    assert relative == ["a.wav", "b.M4A", "c.aac", "d.WebM", "e.Flac", "sub/f.opus", "sub/g.mp4"]
+    assert [p.relative_to(tmp_path).as_posix() for p in folder.left_out] == [
+        ".DS_Store", "._a.wav", ".hidden/h.wav", "cover.jpg", "noext", "notes.txt"]
+    assert folder.describe_left_out(shown=2) == "6 file(s): .DS_Store, ._a.wav and 4 more"
+    assert find_audio_files(tmp_path) == folder.files
+    every = scan_audio_folder(tmp_path, all_files=True)
+    assert len(every.files) == len(names) and every.left_out == []
+    assert is_audio_name("X.OGG") and not is_audio_name("x.ogg.txt")

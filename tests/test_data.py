@@ -18,6 +18,8 @@ from freesound.data.dataset import (
 )
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+#: Corrections files in the reference format, written by tests/data/make_fixtures.py (run everywhere).
+FIXTURES = Path(__file__).resolve().parent / "data"
 
 
 def write_layout(root, curated_rows, noisy_rows=(), classes=("Bark", "Meow", "Purr"), test=("t1.wav",)):
@@ -90,6 +92,33 @@ def test_reference_curated_corrections_content():
     corrections = load_corrections(path, FSD2019_CLASSES)
     assert corrections["6a1f682a.wav"] is None
     assert corrections["275dae40.wav"] == ("Traffic_noise_and_roadway_noise", "Walk_and_footsteps")
+
+
+@pytest.mark.parametrize("name,entries,removed",
+                         [("corrections_tiny.json", 5, 2), ("noisy_corrections_tiny.json", 6, 3)])
+def test_shipped_corrections_fixtures_load(name, entries, removed):
+    """The reference files' format (indented JSON, comma-separated labels or "remove") in every checkout."""
+    corrections = load_corrections(FIXTURES / name, FSD2019_CLASSES)
+    assert len(corrections) == entries
+    assert sum(labels is None for labels in corrections.values()) == removed
+    relabelled = [labels for labels in corrections.values() if labels is not None]
+    assert all(isinstance(labels, tuple) and labels for labels in relabelled)
+    assert all(label in FSD2019_CLASSES for labels in relabelled for label in labels)
+
+
+def test_shipped_curated_corrections_fixture_content(tmp_path):
+    corrections = load_corrections(FIXTURES / "corrections_tiny.json", FSD2019_CLASSES)
+    assert corrections["1b2c3d4e.wav"] is None
+    assert corrections["2c3d4e5f.wav"] == ("Meow", "Purr")
+    assert corrections["4e5f6071.wav"] == ("Walk_and_footsteps", "Traffic_noise_and_roadway_noise", "Car_passing_by")
+    frame = pd.DataFrame({"fname": ["0a1b2c3d.wav", "1b2c3d4e.wav", "ffffffff.wav"],
+                          "labels": [("Purr",), ("Bark",), ("Meow",)]})
+    fixed = apply_corrections(frame, corrections)
+    assert list(fixed.fname) == ["0a1b2c3d.wav", "ffffffff.wav"]
+    assert list(fixed.labels) == [("Bark",), ("Meow",)]
+    # write_corrections writes the same format back, byte for byte
+    write_corrections(tmp_path / "again.json", corrections)
+    assert (tmp_path / "again.json").read_text() == (FIXTURES / "corrections_tiny.json").read_text()
 
 
 def test_apply_corrections_relabels_and_removes():

@@ -8,6 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from freesound.audio import AudioDecodeError
 from freesound.errors import FreesoundError
 from freesound.models import create_model
 from freesound.predict import Tagger
@@ -73,6 +74,15 @@ def test_replay_file_resamples_other_rates(tagger, tmp_path):
     path = tmp_path / "tone_22k.wav"
     sf.write(path, np.stack([steady_tone(2.0, 22050)] * 2, axis=1), 22050)  # stereo, 22.05 kHz
     assert [time_s for time_s, _ in replay_file(path, tagger, 2.0, 1.0)] == pytest.approx([1.0, 2.0])
+
+
+def test_a_window_whose_log_mel_is_not_finite_is_an_error_naming_the_source(tagger, tmp_path):
+    path = tmp_path / "loud.wav"
+    sf.write(path, 1e18 * steady_tone(1.0), SR, subtype="FLOAT")
+    with pytest.raises(AudioDecodeError, match=rf"^cannot decode {path}: the log-mel is not finite"):
+        replay_file(path, tagger, window_seconds=1.0, hop_seconds=0.5)
+    with pytest.raises(AudioDecodeError, match=r"^cannot decode microphone input: the log-mel is not finite"):
+        RollingTagger(tagger, 0.5, 0.5).push(1e18 * steady_tone(0.5))
 
 
 def test_format_tags():

@@ -2,7 +2,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import label_ranking_average_precision_score
 
-from freesound.metrics import lwlrap, per_class_lwlrap
+from conftest import run_cli
+from freesound.errors import FreesoundError
+from freesound.metrics import format_scores, lwlrap, per_class_lwlrap
+from freesound.tools.evaluate import evaluate_csv
 
 
 def sklearn_lwlrap(truth, scores):
@@ -109,3 +112,60 @@ def test_invalid_inputs_raise_clear_errors():
         lwlrap(np.eye(2), np.array([[np.nan, 0.0], [0.0, 1.0]]))
     with pytest.raises(ValueError, match="no positive"):
         per_class_lwlrap(np.zeros((2, 3)), np.ones((2, 3)))
+
+
+# ----------------------------------------------------------------------------- evaluate (CSV to metric)
+
+
+def write_evaluation(tmp_path, rows, labels):
+    """A predictions CSV (``rows``: fname -> scores of classes a, b) and a labels CSV."""
+    predictions = tmp_path / "predictions.csv"
+    predictions.write_text("fname,a,b\n" + "".join(f"{name},{a},{b}\n" for name, (a, b) in rows))
+    truth = tmp_path / "labels.csv"
+    truth.write_text("fname,labels\n" + "".join(f"{name},{label}\n" for name, label in labels))
+    return predictions, truth
+
+
+def test_evaluate_keeps_float64_from_the_csv_to_the_metric(tmp_path):
+    """Scores that differ only beyond float32's precision still rank as written: in float32 both
+    would be 1.0, a tie that scores 0.5."""
+    rows = [("x.wav", ("0.999999999", "0.99999998")), ("y.wav", ("0.99999998", "0.999999999"))]
+    predictions, truth = write_evaluation(tmp_path, rows, [("x.wav", "a"), ("y.wav", "b")])
+    scores = evaluate_csv(predictions, truth)
+    expected = label_ranking_average_precision_score([[1, 0], [0, 1]], [[0.999999999, 0.99999998],
+                                                                       [0.99999998, 0.999999999]],
+                                                     sample_weight=[1, 1])
+    assert scores["lwlrap"] == expected == 1.0
+    assert np.float32(0.999999999) == np.float32(0.99999998)  # why float32 would have lost it
+    out = run_cli("evaluate", predictions, "--labels", truth).output
+    assert out.splitlines()[0] == "predictions.csv: lwlrap 1.0000 on 2 clips"
+    assert "OOF" not in out
+
+
+def test_evaluate_names_missing_and_duplicated_clips_and_scores_a_subset_on_request(tmp_path):
+    labels = [("x.wav", "a"), ("y.wav", "b"), ("z.wav", "a")]
+    predictions, truth = write_evaluation(tmp_path, [("x.wav", (0.9, 0.1)), ("y.wav", (0.2, 0.8))], labels)
+    with pytest.raises(FreesoundError,
+                       match=r"no predictions for 1 of the 3 labelled clip\(s\) .*: z\.wav; .*--subset"):
+        evaluate_csv(predictions, truth)
+    result = run_cli("evaluate", predictions, "--labels", truth, expect=1)
+    assert result.stderr.startswith("error: ") and "z.wav" in result.stderr and "Traceback" not in result.output
+    out = run_cli("evaluate", predictions, "--labels", truth, "--subset").output
+    assert out.splitlines()[0] == "predictions.csv: lwlrap 1.0000 on 2 clips"
+    assert "scored 2 of the 3 labelled clips (--subset)" in out
+
+    rows = [("x.wav", (0.9, 0.1)), ("y.wav", (0.2, 0.8)), ("z.wav", (0.6, 0.4)), ("x.wav", (0.1, 0.9))]
+    predictions, truth = write_evaluation(tmp_path, rows, labels)
+    for subset in (False, True):
+        with pytest.raises(FreesoundError, match=r"1 clip\(s\) have more than one row of predictions: x\.wav$"):
+            evaluate_csv(predictions, truth, subset=subset)
+    predictions, truth = write_evaluation(tmp_path, [("w.wav", (0.5, 0.5))], labels)
+    with pytest.raises(FreesoundError, match=r"no labels for 1 predicted clip\(s\): w\.wav"):
+        evaluate_csv(predictions, truth, subset=True)
+
+
+def test_format_scores_labels_its_score():
+    scores = {"lwlrap": 0.75, "clips": 4, "per_class": {"a": {"lwlrap": 0.5, "weight": 0.5},
+                                                        "b": {"lwlrap": 1.0, "weight": 0.5}}}
+    assert format_scores("exp", scores).splitlines()[0] == "exp: OOF lwlrap 0.7500 on 4 clips"
+    assert format_scores("test.csv", scores, label="lwlrap").splitlines()[0] == "test.csv: lwlrap 0.7500 on 4 clips"

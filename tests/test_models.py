@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from freesound.models.aux_skip_attention import AuxSkipAttention
 from freesound.models.fcnet import FCNet
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "argus_checkpoint_format.md"
+#: The same format for tiny configurations, written by tests/data/make_fixtures.py (runs everywhere).
+TINY_LISTING = Path(__file__).resolve().parent / "data" / "argus_keys_tiny.md"
 
 FULL_AUX_SKIP_ATTENTION = dict(
     num_classes=80, base_size=64, dropout=0.4, ratio=16, kernel_size=7, last_filters=8, last_fc=4
@@ -31,11 +34,24 @@ FULL_FCNET = dict(in_channels=560, num_classes=80, base_size=512, reduction_scal
 SMALL_AUX = dict(num_classes=10, base_size=8, dropout=0.2, ratio=4, kernel_size=7, last_filters=8, last_fc=2)
 
 
-def reference_listings() -> dict[str, tuple[dict, list[tuple[str, tuple[int, ...]]]]]:
-    """Architecture name -> (kwargs from the section title, [(key, shape), ...]) from the reference."""
-    if not REFERENCE.is_file():
-        pytest.skip(f"the original state-dict listing {REFERENCE} is not available in this checkout")
-    sections = re.findall(r"^## (\w+)\(([^)]*)\)\s*\n+```\n(.*?)```", REFERENCE.read_text(), re.M | re.S)
+def make_fixtures():
+    """tests/data/make_fixtures.py as a module."""
+    spec = importlib.util.spec_from_file_location("make_fixtures", TINY_LISTING.parent / "make_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def reference_listings(path=REFERENCE) -> dict[str, tuple[dict, list[tuple[str, tuple[int, ...]]]]]:
+    """Architecture name -> (kwargs from the section title, [(key, shape), ...]) from a listing in
+    the format of the original's ``argus_checkpoint_format.md``."""
+    if not path.is_file():
+        pytest.skip(f"the original state-dict listing {path} is not available in this checkout")
+    return parse_listings(path.read_text())
+
+
+def parse_listings(text: str) -> dict:
+    sections = re.findall(r"^## (\w+)\(([^)]*)\)\s*\n+```\n(.*?)```", text, re.M | re.S)
     listings = {}
     for arch, args, body in sections:
         kwargs = {k: (float(v) if "." in v else int(v)) for k, v in re.findall(r"(\w+)=([\d.]+)", args)}
@@ -69,6 +85,30 @@ def test_state_dict_keys_and_shapes_equal_the_original(arch):
     kwargs, expected = listings[arch]
     model = create_model(arch, **kwargs)
     assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == expected
+
+
+@pytest.mark.parametrize("arch", ["AuxSkipAttention", "FCNet"])
+def test_state_dict_keys_and_shapes_equal_the_original_in_tiny_configurations(arch):
+    """The same check on the shipped fixture (the original's naming for tiny configurations), so
+    a renamed module fails in every checkout, with or without the reference file."""
+    kwargs, expected = parse_listings(TINY_LISTING.read_text())[arch]
+    assert len(expected) == {"AuxSkipAttention": 115, "FCNet": 12}[arch]
+    model = create_model(arch, **kwargs)
+    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == expected
+
+
+def test_fixtures_are_what_their_script_writes():
+    for name, text in make_fixtures().fixtures().items():
+        assert (TINY_LISTING.parent / name).read_text() == text, f"rerun tests/data/make_fixtures.py ({name})"
+
+
+def test_fixture_key_generator_reproduces_the_original_listing():
+    """The fixture's generator, given the full configurations, writes the reference file's listing
+    exactly: the tiny fixture follows the original's naming."""
+    listings = reference_listings()
+    generator = make_fixtures()
+    for arch, (kwargs, expected) in listings.items():
+        assert generator.original_keys(arch, kwargs) == expected, arch
 
 
 def test_aliases_build_the_same_classes():

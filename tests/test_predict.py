@@ -6,11 +6,13 @@ import soundfile as sf
 
 from benchmarks.reference import reference_predict
 from conftest import random_model
-from freesound.audio import read_as_melspectrogram, silent_logmel
+from freesound.audio import AudioDecodeError, read_as_melspectrogram, silent_logmel
 from freesound.audio.network_input import to_network_input
+from freesound.errors import FreesoundError
 from freesound.models import save_checkpoint
 from freesound.paths import experiment_checkpoints
 from freesound.predict import Tagger, geometric_mean, make_tiles, tile_layout
+from freesound.training.oof import OOFTiles
 
 
 @pytest.mark.parametrize("width,expected", [
@@ -52,18 +54,35 @@ def test_tiles_pad_with_clip_minimum_and_carry_deltas():
 def test_tiles_of_a_long_clip_start_at_multiples_of_step():
     logmel = np.arange(128 * 400, dtype=np.float32).reshape(128, 400)
     tiles = make_tiles(logmel)
-    n, left, _ = tile_layout(400)
+    n, left, right = tile_layout(400)
+    assert (n, left, right) == (4, 24, 24)
     assert len(tiles) == n
-    padded = np.pad(logmel, ((0, 0), (left, 0)), constant_values=logmel.min())
-    for i in range(n):
-        window = padded[:, i * 64:i * 64 + 256]
-        if window.shape[1] == 256:
-            np.testing.assert_allclose(tiles[i, 0] * 100, window, rtol=1e-6)
+    padded = np.pad(logmel, ((0, 0), (left, right)), constant_values=logmel.min())
+    assert (n - 1) * 64 + 256 == padded.shape[1]  # the last tile ends at the padded clip's end
+    for i in range(n):  # every tile, the last one included
+        np.testing.assert_allclose(tiles[i, 0] * 100, padded[:, i * 64:i * 64 + 256], rtol=1e-6)
 
 
 def test_geometric_mean():
     p = np.array([[0.25, 0.5], [0.64, 0.5]], dtype=np.float32)
     np.testing.assert_allclose(geometric_mean(p), [0.4, 0.5], rtol=1e-6)
+
+
+def test_aggregates_keep_float64_until_ranked():
+    """A float64 blend and the OOF clip means stay float64: rounding them to float32 before ranking
+    would tie scores that differ (here by 1e-9)."""
+    p = np.array([[0.999999999, 0.999999998], [0.5, 0.5]])
+    blend = geometric_mean(p)
+    assert blend.dtype == np.float64 and blend[0] > blend[1]
+    assert geometric_mean(p.astype(np.float32)).dtype == np.float32  # the models' own precision
+    above = np.nextafter(np.float32(0.7), np.float32(1))  # the next float32 above 0.7
+    tiles = OOFTiles(np.array(["x.wav"]), np.array([0]), np.array([0, 2]),
+                     np.array([[0.8, 0.7], [above, 0.8]], dtype=np.float32))
+    means = tiles.clip_means()
+    assert means.dtype == np.float64
+    np.testing.assert_array_equal(means, tiles.probs.astype(np.float64).mean(axis=0, keepdims=True))
+    assert means[0, 0] > means[0, 1]  # float32 means would tie
+    assert np.float32(means[0, 0]) == np.float32(means[0, 1])
 
 
 def small_models(n=2, classes=5):
@@ -89,7 +108,7 @@ def test_predict_files_policies(tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF garbage")
     tagger = Tagger(small_models(1), classes=list("abcde"))
-    with pytest.raises(Exception, match="bad.wav"):
+    with pytest.raises(AudioDecodeError, match="bad.wav"):
         tagger.predict_files([good, bad])
     failures = []
     frame = tagger.predict_files([bad, good], on_error="skip", failures=failures)
@@ -111,5 +130,5 @@ def test_from_experiment_loads_all_folds_and_names_missing(tmp_path):
     assert len(tagger.models) == 2 and tagger.classes == list("abcde")
     logmel = np.random.default_rng(2).uniform(-80, 0, (128, 300)).astype(np.float32)
     np.testing.assert_allclose(tagger.predict_spectrograms([logmel])[0], reference_predict(models, logmel), atol=1e-5)
-    with pytest.raises(Exception, match="fold.s. 3"):
+    with pytest.raises(FreesoundError, match=r"fold\(s\) 3 have no model.pt"):
         experiment_checkpoints(tmp_path, folds=[0, 3])

@@ -17,6 +17,7 @@ hide errors.
 import ast
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -48,10 +49,14 @@ def cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def assert_one_error(result, *names):
-    """Exit status 1, exactly one stderr line, ``error: ...`` naming every one of ``names``."""
+def assert_one_error(result, *names, progress=False):
+    """Exit status 1, exactly one stderr line, ``error: ...`` naming every one of ``names`` (after
+    the lines of the features' progress bar, with ``progress``)."""
     assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
     lines = result.stderr.splitlines()
+    if progress:
+        assert all(line.startswith("log-mel features: ") for line in lines[:-1]), result.stderr
+        lines = lines[-1:]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for name in names:
         assert str(name) in lines[0], (name, lines[0])
@@ -301,6 +306,176 @@ def test_tag_tags_the_good_files_and_names_the_bad(env):
                                           "error: cannot decode missing.flac: no such file"]
 
 
+# ----------------------------------------------------------------------------- unusable clips, any cause (issue #19)
+
+
+def write_loud_clip(path, amplitude=1e17):
+    """1 s of a 440 Hz sine in 32-bit float: finite samples whose log-mel is not (float32 power overflows)."""
+    t = np.arange(44100) / 44100
+    sf.write(path, (amplitude * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 44100, subtype="FLOAT")
+    return path
+
+
+@pytest.fixture
+def loud_dataset(tmp_path):
+    """A fresh 3-class dataset with one test clip replaced by the loud sine; a stub experiment on
+    two folds; an experiments folder."""
+    root, work, experiments = tmp_path / "loud", tmp_path / "work", tmp_path / "experiments"
+    synthesize_dataset(root, num_classes=3, num_curated=6, num_noisy=2, num_test=3, seed=3, progress=False)
+    test = pd.read_csv(root / "sample_submission.csv").fname.tolist()
+    write_loud_clip(root / "test" / test[1])
+    save_stub_folds(work, "stub", load_dataset(root).classes, folds=(0, 1))
+    experiments.mkdir()
+    (experiments / "stub.toml").write_text(tiny_experiment_toml(epoch_size=8, max_epochs=1))
+    return SimpleNamespace(root=root, work=work, experiments=experiments, test=test, loud=test[1], tmp=tmp_path)
+
+
+def test_features_name_a_non_finite_log_mel_and_cache_nothing_for_it(loud_dataset):
+    d = loud_dataset
+    result = cli("features", "--data", d.root, "--work", d.work, "--workers", "1")
+    assert result.exit_code == 1
+    assert "10 computed, 0 already cached, 1 failed" in result.stdout
+    [failed] = [line for line in result.stderr.splitlines() if line.startswith("  failed: ")]
+    assert failed.startswith(f"  failed: test/{d.loud}: the log-mel is not finite (8192 of 8192 values")
+    cached = cache_root(d.work, d.root, AudioConfig())
+    assert len(list(cached.rglob("*.npy"))) == 10 and not list(cached.glob(f"test/{d.loud}.*"))
+
+
+def test_tag_names_the_loud_file_and_tags_the_other(loud_dataset):
+    d = loud_dataset
+    good = write_clip(d.tmp / "good.wav")
+    result = cli("tag", d.root / "test" / d.loud, good, "--experiment", "stub", "--work", d.work)
+    assert result.exit_code == 1
+    assert result.stdout.splitlines()[0] == "good.wav" and len(result.stdout.splitlines()) == 4  # name, 3 classes
+    [error] = result.stderr.splitlines()
+    assert error.startswith(f"error: cannot decode {d.loud}: the log-mel is not finite")
+    assert "Traceback" not in result.output
+
+
+def test_predict_writes_the_others_and_keeps_a_test_row_from_silence(loud_dataset):
+    from freesound.ensembling.specs import experiment_spec
+    from freesound.kaggle.runtime import predict_in_chunks
+    from freesound.predict import EnsemblePredictor
+
+    d = loud_dataset
+    common = ["--work", d.work, "--experiments", d.experiments, "--device", "cpu"]
+    result = cli("predict", "stub", "--audio", d.root / "test", "--out", d.tmp / "audio.csv", *common)
+    assert result.exit_code == 1
+    assert pd.read_csv(d.tmp / "audio.csv").fname.tolist() == [d.test[0], d.test[2]]
+    assert pd.read_csv(d.tmp / "audio.errors.csv").fname.tolist() == [d.loud]
+    assert f"failed: {d.loud}: the log-mel is not finite" in result.stderr
+
+    result = cli("predict", "stub", "--data", d.root, "--no-oof", *common)
+    assert result.exit_code == 1
+    submission = pd.read_csv(d.work / "predictions" / "stub" / "test.csv").set_index("fname")
+    assert submission.index.tolist() == d.test
+    tagger = Tagger.from_experiment(d.work / "experiments" / "stub")
+    silence = tagger.predict_spectrograms([silent_logmel()])[0]
+    np.testing.assert_allclose(submission.loc[d.loud], silence, atol=1e-6)
+    errors = pd.read_csv(d.work / "predictions" / "stub" / "test.errors.csv")
+    assert errors.fname.tolist() == [d.loud] and errors.reason[0].startswith("the log-mel is not finite")
+
+    # The kernel runs the same path: every row, the loud one from silence, and it is listed.
+    predictor = EnsemblePredictor.from_spec(experiment_spec("stub", d.work), lambda p: d.work / "experiments" / p)
+    predictions, failures = predict_in_chunks(predictor, [d.root / "test" / f for f in d.test], 2, lambda *_: None)
+    assert predictions.index.tolist() == d.test
+    np.testing.assert_allclose(predictions.loc[d.loud], silence, atol=1e-6)
+    assert [fname for fname, _ in failures] == [d.loud]
+
+
+def test_training_refuses_a_loud_clip_naming_it(loud_dataset):
+    d = loud_dataset
+    dataset = load_dataset(d.root)
+    loud = dataset.curated.fname[2]
+    write_loud_clip(d.root / "train_curated" / loud)
+    assert cli("make-folds", "--data", d.root, "--work", d.tmp / "train_work", "--folds", "2").exit_code == 0
+    result = cli("train", "stub", "--data", d.root, "--work", d.tmp / "train_work", "--experiments", d.experiments,
+                 "--device", "cpu", "--fold", "0")
+    assert_one_error(result, f"1 clip(s) cannot be used (train_curated/{loud}: the log-mel is not finite",
+                     f"from train_curated.csv in {d.root}", progress=True)
+    assert not (d.tmp / "train_work" / "experiments" / "stub" / "fold_0" / "model.pt").exists()
+    # Every other clip was cached on the way, so fixing the file costs only that clip.
+    cached = cache_root(d.tmp / "train_work", d.root, AudioConfig())
+    assert len(list(cached.glob("train_*/*.npy"))) == len(dataset.curated) + len(dataset.noisy) - 1
+
+
+def test_a_non_finite_cached_log_mel_is_refused_naming_the_clip(tiny_work, tmp_path):
+    from freesound.data.features import NonFiniteFeaturesError, load_features
+
+    dataset, work = tiny_work
+    fname = dataset.curated.fname[5]
+    [entry] = cache_root(work, dataset.root, AudioConfig()).glob(f"train_curated/{fname}.*.npy")
+    logmel = np.load(entry)
+    np.save(entry, np.full_like(logmel, np.nan))  # as an older freesound cached the loud clip
+    with pytest.raises(NonFiniteFeaturesError) as info:
+        load_features(dataset, work, "train_curated")
+    assert f"{fname} ({entry})" in str(info.value) and "is not finite" in str(info.value)
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    (experiments / "tiny.toml").write_text(tiny_experiment_toml(epoch_size=8, max_epochs=1))
+    result = cli("train", "tiny", "--data", dataset.root, "--work", work, "--experiments", experiments,
+                 "--device", "cpu", "--fold", "0")
+    assert_one_error(result, fname, entry, "not finite", "delete these cache files")
+
+
+@pytest.mark.slow
+def test_train_and_predict_right_after_make_folds_compute_the_features(tmp_path):
+    root, work, experiments = tmp_path / "data", tmp_path / "work", tmp_path / "experiments"
+    synthesize_dataset(root, num_classes=3, num_curated=6, num_noisy=2, num_test=2, seed=5, progress=False)
+    dataset = load_dataset(root)
+    experiments.mkdir()
+    (experiments / "tiny.toml").write_text(tiny_experiment_toml(epoch_size=8, max_epochs=1))
+    assert cli("make-folds", "--data", root, "--work", work, "--folds", "2").exit_code == 0
+    common = ["--data", root, "--work", work, "--experiments", experiments, "--device", "cpu"]
+    trained = cli("train", "tiny", *common, "--fold", "0")
+    assert trained.exit_code == 0, trained.output
+    assert "log-mel features: 100% 8/8" in trained.stderr
+    cached = cache_root(work, root, AudioConfig())
+    assert len(list(cached.glob("train_*/*.npy"))) == 8
+    again = cli("train", "tiny", *common, "--fold", "1")
+    assert again.exit_code == 0 and "log-mel features" not in again.stderr  # cached now
+    # predict on a dataset with a fresh work folder: the OOF step computes the curated clips
+    fresh = tmp_path / "fresh"
+    shutil.copytree(work / "experiments", fresh / "experiments")
+    shutil.copy(work / "folds.csv", fresh / "folds.csv")
+    result = cli("predict", "tiny", "--data", root, "--work", fresh, "--experiments", experiments, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "log-mel features: 100% 6/6" in result.stderr
+    assert re.search(r"tiny: OOF lwlrap \d\.\d{4} on 6 clips", result.stdout)
+    assert len(list(cache_root(fresh, root, AudioConfig()).glob("train_curated/*.npy"))) == len(dataset.curated)
+
+
+def test_predict_audio_takes_every_audio_name_and_lists_what_it_leaves_out(loud_dataset):
+    d = loud_dataset
+    folder = d.tmp / "mixed"
+    folder.mkdir()
+    for name in ("a.wav", "B.M4A", "c.aac", "d.webm", "noext", "notes.txt"):
+        write_clip(folder / "tmp.wav")
+        (folder / "tmp.wav").rename(folder / name)  # WAV content: libsndfile reads it whatever the name
+    common = ["--work", d.work, "--experiments", d.experiments, "--device", "cpu"]
+    result = cli("predict", "stub", "--audio", folder, "--out", d.tmp / "mixed.csv", *common)
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(d.tmp / "mixed.csv").fname.tolist() == ["B.M4A", "a.wav", "c.aac", "d.webm"]
+    assert "left out as not audio by name: 2 file(s): noext, notes.txt; --all-files decodes every file" in result.stderr
+    result = cli("predict", "stub", "--audio", folder, "--all-files", "--out", d.tmp / "all.csv", *common)
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(d.tmp / "all.csv").fname.tolist() == ["B.M4A", "a.wav", "c.aac", "d.webm", "noext",
+                                                            "notes.txt"]
+    assert "left out" not in result.stderr
+    # a folder with nothing to predict is an error naming what is there, not an empty CSV
+    (d.tmp / "docs").mkdir()
+    (d.tmp / "docs" / "readme.md").write_text("hi")
+    assert_one_error(cli("predict", "stub", "--audio", d.tmp / "docs", *common),
+                     f"no audio files under {d.tmp / 'docs'}", "1 file(s): readme.md", "--all-files")
+    # an .m4a no decoder here reads is named with the reason, not silently skipped
+    (d.tmp / "aac").mkdir()
+    (d.tmp / "aac" / "song.m4a").write_bytes(np.random.default_rng(0).bytes(3000))
+    result = cli("predict", "stub", "--audio", d.tmp / "aac", "--out", d.tmp / "aac.csv", *common)
+    assert result.exit_code == 1
+    assert "failed: song.m4a: libsndfile cannot read it" in result.stderr
+    assert pd.read_csv(d.tmp / "aac.errors.csv").fname.tolist() == ["song.m4a"]
+
+
 # ----------------------------------------------------------------------------- missing folds
 
 
@@ -389,8 +564,15 @@ def test_features_and_training_with_another_max_seconds(tmp_path):
     assert "out-of-fold lwlrap once fold(s) 1 are trained too" in trained.stdout  # not scored yet
     checkpoint = torch.load(work / "experiments" / "short" / "fold_0" / "model.pt", weights_only=True)
     assert checkpoint["audio_config"]["max_seconds"] == 2.0
-    # The cache is keyed by max_seconds: the default front end's features were never computed.
-    assert_one_error(cli("train", "default_audio", *common), "no cached features", "freesound features")
+    # The cache is keyed by max_seconds: the default front end's features were never computed, so
+    # train computes them (the long clips now uncropped, so no warning) before training.
+    default_cache = cache_root(work, root, AudioConfig())
+    assert not default_cache.exists()
+    trained = cli("train", "default_audio", *common)
+    assert trained.exit_code == 0, trained.output
+    assert "warning: " not in trained.stderr
+    assert len(list(default_cache.glob("train_*/*.npy"))) == len(dataset.curated) + len(dataset.noisy)
+    assert not list(default_cache.glob("test/*.npy"))  # only what training needs
 
 
 def test_features_for_an_experiment_with_its_own_audio_settings(tmp_path):
@@ -402,14 +584,25 @@ def test_features_for_an_experiment_with_its_own_audio_settings(tmp_path):
     common = ["--data", root, "--work", work, "--experiments", experiments, "--device", "cpu", "--fold", "0"]
     assert cli("make-folds", "--data", root, "--work", work, "--folds", "2").exit_code == 0
     assert cli("features", "--data", root, "--work", work, "--workers", "1").exit_code == 0
-    assert_one_error(cli("train", "own", *common), "no cached features", "--experiment")
+    # The default front end's cache does not serve an experiment with its own [audio]: train
+    # computes that experiment's log-mels itself, with a progress line for the work.
+    own = load_experiment("own", experiments).audio
+    trained = cli("train", "own", *common)
+    assert trained.exit_code == 0, trained.output
+    dataset = load_dataset(root)
+    clips = len(dataset.curated) + len(dataset.noisy)
+    assert f"log-mel features: 100% {clips}/{clips}" in trained.stderr
+    cached = sorted(cache_root(work, root, own).glob("train_curated/*.npy"))
+    assert len(cached) == len(dataset.curated)
+    audio = root / "train_curated" / cached[0].name.partition(".wav.")[0]
+    np.testing.assert_array_equal(np.load(cached[0]), read_as_melspectrogram(f"{audio}.wav", own))
 
     result = cli("features", "--data", root, "--work", work, "--workers", "1", "--experiment", "own",
                  "--experiments", experiments)
     assert result.exit_code == 0, result.output
-    own = load_experiment("own", experiments).audio
-    assert str(cache_root(work, root, own)) in result.output
-    assert cli("train", "own", *common).exit_code == 0
+    # Only the test split, which training does not read, is left to compute.
+    assert (f"features: {len(dataset.test_fnames)} computed, {clips} already cached, 0 failed -> "
+            f"{cache_root(work, root, own)}") in result.output
     checkpoint = torch.load(work / "experiments" / "own" / "fold_0" / "model.pt", weights_only=True)
     assert (checkpoint["audio_config"]["max_seconds"], checkpoint["audio_config"]["trim_top_db"]) == (3.0, 50.0)
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import freesound.tools.search as search_module
 from conftest import tiny_ensemble_toml, tiny_experiment_toml
 from freesound.cli import main
-from freesound.config import load_ensemble, load_experiment
+from freesound.config import Experiment, experiment_from_dict, load_ensemble, load_experiment
 from freesound.data.dataset import probability_frame
 from freesound.data.folds import read_folds
 from freesound.errors import FreesoundError
@@ -21,6 +21,7 @@ from freesound.paths import predictions_dir
 from freesound.tools.search import (
     DEFAULT_EXPERIMENT_SPACE,
     DEFAULT_STACKER_SPACE,
+    ExperimentTarget,
     SearchSpaceError,
     StackerTarget,
     TrialSetup,
@@ -112,6 +113,29 @@ def test_bad_stacker_space_lists_the_stacker_keys(experiments, tmp_path):
     (tmp_path / "broken.toml").write_text("lr = {")
     with pytest.raises(FreesoundError, match="not valid TOML"):
         load_space(tmp_path / "broken.toml", target(experiments))
+
+
+@pytest.mark.parametrize("key,table,expected", [
+    ("model.params", {"base_size": 32}, {"base_size": 32, "dropout": 0.4, "ratio": 16, "kernel_size": 7,
+                                         "last_filters": 8, "last_fc": 4}),
+    ("loss.curated", {}, {"name": "bce"}),
+    ("loss.noisy", {"beta": 0.5}, {"name": "lsoft", "beta": 0.5}),
+])
+def test_a_table_means_the_same_in_a_search_as_in_an_experiment_file(key, table, expected):
+    """One rule (``freesound.config.merge_table``): a trial's table merges onto the searched
+    experiment's, as a file's merges onto the method's defaults."""
+    section, name = key.split(".")
+    from_file = experiment_from_dict({section: {name: table}})
+    from_search = ExperimentTarget(Experiment()).config({key: table}, "default")
+    assert getattr(getattr(from_file, section), name) == getattr(getattr(from_search, section), name) == expected
+    assert from_search == from_file
+
+
+def test_a_searched_table_merges_onto_the_searched_experiment_not_the_defaults():
+    base = experiment_from_dict({"loss": {"noisy": {"name": "lq", "q": 0.5}}, "model": {"params": {"dropout": 0.1}}})
+    trial = ExperimentTarget(base).config({"loss.noisy": {"q": 0.3}, "model.params": {"base_size": 8}}, "t")
+    assert trial.loss.noisy == {"name": "lq", "q": 0.3}
+    assert trial.model.params == dict(Experiment().model.params, base_size=8, dropout=0.1)
 
 
 def test_sampling_is_deterministic_per_seed_and_trial(experiments):

@@ -215,3 +215,22 @@ def test_select_ensemble_command_end_to_end(tiny_work, tmp_path):
     assert load_ensemble(experiments / "plain.toml").stackers == ()
     result = run("select-ensemble", "tiny_a", "nope", *common, expect=1)
     assert "nope" in result.output and "Traceback" not in result.output
+
+
+def test_near_ties_rank_as_in_the_oof_files(tmp_path):
+    """Blends rank in float64: two experiments whose logs differ by 2e-8 on top of -0.69 (below
+    float32's spacing there, about 6e-8) still rank each clip's own class first, as the float64
+    geometric mean does."""
+    curated = pd.DataFrame({"fname": ["x.wav", "y.wav"], "labels": [("a",), ("b",)]})
+    dataset = Dataset(Path("fake"), ("a", "b"), curated, curated.iloc[:0], ())
+    near = np.array([[0.999999999, 0.99999998], [0.99999998, 0.999999999]])
+    flat = np.full((2, 2), 0.5)
+    write_oof(tmp_path, "near", curated.fname, near, classes=("a", "b"))
+    write_oof(tmp_path, "flat", curated.fname, flat, classes=("a", "b"))
+    oof = load_oof_set(["near", "flat"], dataset, tmp_path, log=lambda *_: None)
+    assert oof.log_probs.dtype == np.float64
+    truth = np.eye(2)
+    assert lwlrap(truth, geometric_mean(np.stack([near, flat]))) == 1.0
+    np.testing.assert_array_equal(score_subsets(oof, [[True, True], [True, False], [False, True]]), [1.0, 1.0, 0.5])
+    # what float32 logs would have scored the blend
+    assert lwlrap(truth, np.log(near).astype(np.float32) + np.log(flat).astype(np.float32)) == 0.5

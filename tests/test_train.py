@@ -19,12 +19,16 @@ from freesound.config import (
 )
 from freesound.models import load_checkpoint, load_model
 from freesound.paths import train_state_path
+from freesound.training.losses import lsoft
 from freesound.training.sampling import ClipSource, SamplingDataset
 from freesound.training.trainer import (
     LOG_COLUMNS,
     StaleTrainingStateError,
+    build_loss,
     build_sources,
     changed_settings,
+    check_experiment,
+    create_training_model,
     resume_conflicts,
     train_fold,
 )
@@ -70,6 +74,51 @@ def test_unknown_keys_name_the_valid_ones(tmp_path):
         load_experiment(path)
     with pytest.raises(ConfigError, match="unknown experiment 'nope'.*small"):
         load_experiment("nope", EXPERIMENTS)
+
+
+# One test per table-valued setting: a table merges onto the method's defaults (freesound.config.merge_table).
+
+
+def test_model_params_merge_onto_the_methods_defaults(tmp_path):
+    path = tmp_path / "wide.toml"
+    path.write_text("[model]\nparams = { base_size = 32 }\n")
+    e = load_experiment(path)
+    assert e.model.params == {"base_size": 32, "dropout": 0.4, "ratio": 16, "kernel_size": 7, "last_filters": 8,
+                              "last_fc": 4}
+    # What trains is the method's head, not the constructor's defaults (dropout 0.2, last_fc 2).
+    model = create_training_model(e, num_classes=5, device="cpu")
+    assert model.fc[0].p == 0.4 and model.fc[1].out_features == 32 * 4
+    # Another model's params are its own: nothing of AuxSkipAttention's is added.
+    path.write_text('[model]\nname = "simple_cnn"\nparams = { base_size = 8 }\naux_weights = [1.0]\n')
+    assert load_experiment(path).model.params == {"base_size": 8}
+    path.write_text("[model]\nparams = 3\n")
+    with pytest.raises(ConfigError, match="model.params: expected a table, got 3"):
+        load_experiment(path)
+
+
+def test_loss_curated_merges_onto_the_methods_default(tmp_path):
+    path = tmp_path / "curated.toml"
+    path.write_text("[loss]\ncurated = {}\n")
+    assert load_experiment(path).loss.curated == {"name": "bce"}
+    path.write_text('[loss]\ncurated = { name = "lq", q = 0.6 }\n')
+    assert load_experiment(path).loss.curated == {"name": "lq", "q": 0.6}
+    path.write_text("[loss]\ncurated = { beta = 0.5 }\n")  # BCE has no beta: said when the losses are built
+    experiment = load_experiment(path)
+    assert experiment.loss.curated == {"name": "bce", "beta": 0.5}
+    with pytest.raises(ConfigError, match="beta"):
+        check_experiment(experiment, num_classes=3)
+
+
+def test_loss_noisy_merges_onto_the_methods_default(tmp_path):
+    path = tmp_path / "noisy.toml"
+    path.write_text("[loss]\nnoisy = { beta = 0.5 }\n")
+    experiment = load_experiment(path)
+    assert experiment.loss.noisy == {"name": "lsoft", "beta": 0.5}
+    check_experiment(experiment, num_classes=3)  # builds: no missing 'name'
+    noisy_loss = build_loss(experiment).base_loss.noisy_loss
+    assert (noisy_loss.fn, noisy_loss.params) == (lsoft, {"beta": 0.5})
+    path.write_text('[loss]\nnoisy = { name = "lq", q = 0.5 }\n')  # another loss: no beta carried over
+    assert load_experiment(path).loss.noisy == {"name": "lq", "q": 0.5}
 
 
 def test_ensemble_file():
@@ -168,7 +217,9 @@ def test_seeded_training_is_reproducible_and_resume_is_exact(tiny_data, tmp_path
         assert runs[run]["epoch"] == 3
         for key, value in runs["straight"]["model"].items():
             assert torch.equal(value, runs[run]["model"][key]), (run, key)
-        assert runs[run]["log"][:][0][2:5] == runs["straight"]["log"][0][2:5]
+        # every epoch's row, all but its time (column 5, seconds)
+        assert len(runs[run]["log"]) == len(runs["straight"]["log"]) == 3
+        assert [row[:5] for row in runs[run]["log"]] == [row[:5] for row in runs["straight"]["log"]]
 
 
 def test_early_stopping_and_finished_state(tiny_work):

@@ -4,9 +4,10 @@
                       ``AudioDecodeError`` naming the file and the reason
     trim.py           silence trimming with a minimum clip length (librosa's decision, faster)
     logmel.py         ``read_audio`` -> ``to_log_mel`` = ``read_as_melspectrogram``: float32
-                      ``(n_mels, frames)`` in dB, with the original solution's numbers
+                      ``(n_mels, frames)`` in dB, with the original solution's numbers; a log-mel
+                      that is not finite is an ``AudioDecodeError`` (``check_log_mel``)
     network_input.py  a log-mel window + its deltas, /100: the ``(3, n_mels, frames)`` input
-    files.py          which files in a folder are audio
+    files.py          which files in a folder are audio (one rule, with what it leaves out)
 
 The settings are ``freesound.config.AudioConfig`` (re-exported here)::
 
@@ -16,8 +17,9 @@ The settings are ``freesound.config.AudioConfig`` (re-exported here)::
 """
 
 from freesound.audio.decode import SAMPLE_RATE_RANGE, AudioCroppedWarning, AudioDecodeError, decode, resample, to_mono
-from freesound.audio.files import AUDIO_EXTENSIONS, find_audio_files
+from freesound.audio.files import AUDIO_EXTENSIONS, AudioFolder, find_audio_files, is_audio_name, scan_audio_folder
 from freesound.audio.logmel import (
+    check_log_mel,
     mel_filterbank,
     power_to_db,
     read_as_melspectrogram,
@@ -29,7 +31,8 @@ from freesound.audio.trim import trim_to_min_length
 from freesound.config import DEFAULT_AUDIO_CONFIG, AudioConfig
 
 __all__ = [
-    "AUDIO_EXTENSIONS", "DEFAULT_AUDIO_CONFIG", "SAMPLE_RATE_RANGE", "AudioConfig", "AudioCroppedWarning",
-    "AudioDecodeError", "decode", "find_audio_files", "mel_filterbank", "power_to_db", "read_as_melspectrogram",
-    "read_audio", "resample", "silent_logmel", "to_log_mel", "to_mono", "trim_to_min_length",
+    "AUDIO_EXTENSIONS", "AudioFolder", "DEFAULT_AUDIO_CONFIG", "SAMPLE_RATE_RANGE", "AudioConfig",
+    "AudioCroppedWarning", "AudioDecodeError", "check_log_mel", "decode", "find_audio_files", "is_audio_name",
+    "mel_filterbank", "power_to_db", "read_as_melspectrogram", "read_audio", "resample", "scan_audio_folder",
+    "silent_logmel", "to_log_mel", "to_mono", "trim_to_min_length",
 ]

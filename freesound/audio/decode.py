@@ -103,19 +103,41 @@ def _frames_to_keep(total: int, sr: int, max_seconds: float | None) -> int:
     return total if max_seconds is None else min(total, int(round(max_seconds * sr)))
 
 
+def describe_error(error: Exception) -> str:
+    """A decoder's own message for ``error``, or a sentence saying what failed when it has none.
+
+    libsndfile's message drops its ``Error opening '<path>': `` prefix (the path is named once,
+    by ``AudioDecodeError``); audioread's ``NoBackendError`` has no message, so the sentence names
+    the backends it tried.
+    """
+    text = (getattr(error, "error_string", None) or str(error)).strip().rstrip(".")
+    if text:
+        return text
+    if type(error).__name__ == "NoBackendError":
+        import audioread
+
+        tried = ", ".join(backend.__name__ for backend in audioread.available_backends()) or "none"
+        return (f"none of its backends reads this file, tried: {tried}; formats such as MP4/AAC, WebM and WMA "
+                "need ffmpeg or GStreamer installed")
+    return f"{type(error).__name__}, with no message"
+
+
 def _decode_fallback(path: Path, sf_error: Exception) -> tuple[np.ndarray, int]:
     # libsndfile covers the competition's formats; audioread (through librosa) may cover others
-    # when a system decoder is present. Either way a failure names the original reason.
+    # when a system decoder is present. A failure names each decoder's reason.
+    first = f"libsndfile cannot read it ({describe_error(sf_error)})"
     try:
         import audioread  # noqa: F401  (librosa's optional decoder)
     except ImportError:
-        raise AudioDecodeError(path, str(sf_error)) from sf_error
+        raise AudioDecodeError(path, f"{first}, and no fallback decoder is installed (audioread, with ffmpeg "
+                                     "for formats such as MP4/AAC)") from sf_error
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             y, sr = librosa.load(str(path), sr=None, mono=False)
     except Exception as fallback_error:
-        raise AudioDecodeError(path, f"{sf_error}; fallback decoder: {type(fallback_error).__name__} {fallback_error}".rstrip()) from fallback_error
+        raise AudioDecodeError(path, f"{first}, nor can librosa's fallback decoder, audioread "
+                                     f"({describe_error(fallback_error)})") from fallback_error
     return np.atleast_2d(y).astype(np.float32), int(sr)
 
 

@@ -3,6 +3,9 @@
 ``read_audio`` decodes, mixes, resamples and trims; ``to_log_mel`` is the mel power spectrogram
 in dB with the original solution's numbers (``AudioConfig``); ``read_as_melspectrogram`` is both.
 ``to_log_mel`` computes librosa's result with a banded mel product and cache-sized FFT batches.
+A log-mel that is not finite (e.g. finite samples so loud that their power overflows float32) is
+a clip that cannot be used: ``read_as_melspectrogram`` raises ``AudioDecodeError`` naming the file
+(``check_log_mel``), so every caller applies its policy for unusable clips.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import librosa
 import librosa.feature  # noqa: F401  (eager: librosa loads submodules lazily, in every worker)
 import numpy as np
 
-from freesound.audio.decode import decode, resample, to_mono
+from freesound.audio.decode import AudioDecodeError, decode, resample, to_mono
 from freesound.audio.trim import trim_to_min_length
 from freesound.config import DEFAULT_AUDIO_CONFIG, AudioConfig
 
@@ -159,8 +162,10 @@ def _to_log_mel_librosa(y: np.ndarray, config: AudioConfig) -> np.ndarray:
         y, n_fft=config.n_fft, hop_length=config.hop_length, window="hann",
         center=True, pad_mode=config.pad_mode,
     )
-    power = np.abs(stft) ** 2
-    return power_to_db(mel_filterbank(config) @ power, config)
+    # Overflow gives inf, then NaN: reported by ``check_log_mel``, not as NumPy warnings.
+    with np.errstate(over="ignore", invalid="ignore"):
+        power = np.abs(stft) ** 2
+        return power_to_db(mel_filterbank(config) @ power, config)
 
 
 def to_log_mel(y: np.ndarray, config: AudioConfig | None = None) -> np.ndarray:
@@ -175,7 +180,8 @@ def to_log_mel(y: np.ndarray, config: AudioConfig | None = None) -> np.ndarray:
 
     Returns
     -------
-    np.ndarray, float32, shape (n_mels, 1 + n // hop_length), in dB
+    np.ndarray, float32, shape (n_mels, 1 + n // hop_length), in dB; not finite where the
+    samples are (or where their power overflows float32, above about 1e16): see ``check_log_mel``
     """
     config = config or DEFAULT_AUDIO_CONFIG
     y = np.asarray(y)
@@ -186,22 +192,51 @@ def to_log_mel(y: np.ndarray, config: AudioConfig | None = None) -> np.ndarray:
         return _to_log_mel_librosa(y, config)
     plan = _mel_plan(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax)
     frames = _centered_frames(y, config.n_fft, config.hop_length, config.pad_mode)
-    mel = _apply_mel(_power_spectrogram(frames, plan.window), plan)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mel = _apply_mel(_power_spectrogram(frames, plan.window), plan)
     if not np.isfinite(mel).all():
         # NaN or infinite samples (or float32 overflow): librosa raises or returns what it does.
         return _to_log_mel_librosa(y, config)
     return power_to_db(mel, config)
 
 
-def read_as_melspectrogram(path, config: AudioConfig | None = None) -> np.ndarray:
-    """``to_log_mel(read_audio(path))``: float32 (n_mels, frames) in dB.
+def check_log_mel(logmel: np.ndarray, source, samples: np.ndarray | None = None) -> np.ndarray:
+    """Return ``logmel`` if every value is finite; otherwise the clip cannot be used.
+
+    Parameters
+    ----------
+    logmel : np.ndarray (n_mels, frames)
+    source : path (or a name such as "microphone input") that the error names
+    samples : np.ndarray, optional, the audio it came from; its peak goes into the reason
 
     Raises
     ------
     AudioDecodeError
+        With a reason like "the log-mel is not finite (8192 of 8192 values are NaN or infinite;
+        the samples peak at 1e+17, ...)".
+    """
+    finite = np.isfinite(logmel)
+    if finite.all():
+        return logmel
+    reason = f"the log-mel is not finite ({finite.size - int(finite.sum())} of {finite.size} values are NaN or infinite"
+    if samples is not None and samples.size:
+        peak = float(np.max(np.abs(samples)))
+        reason += (f"; the samples peak at {peak:.3g}, far beyond audio's usual -1..1, and their power "
+                   "overflows float32" if peak > 1e6 else f"; the samples peak at {peak:.3g}")
+    raise AudioDecodeError(source, reason + ")")
+
+
+def read_as_melspectrogram(path, config: AudioConfig | None = None) -> np.ndarray:
+    """``to_log_mel(read_audio(path))``: float32 (n_mels, frames) in dB, every value finite.
+
+    Raises
+    ------
+    AudioDecodeError
+        The file cannot be decoded, or its log-mel is not finite (``check_log_mel``).
     """
     config = config or DEFAULT_AUDIO_CONFIG
-    return to_log_mel(read_audio(path, config), config)
+    y = read_audio(path, config)
+    return check_log_mel(to_log_mel(y, config), path, y)
 
 
 def silent_logmel(config: AudioConfig | None = None) -> np.ndarray:

@@ -7,6 +7,11 @@ Layout under the work directory::
 The audio config's hash and each audio file's identity (size and modification time) are part of
 the path, so a changed config or a rewritten file never reuses a stale spectrogram. Every file is
 written atomically, so an interrupted run simply resumes: whatever is already there is valid.
+
+``cache_features`` computes what is missing (``freesound features`` does it up front);
+``ensure_features`` does the same for a command that needs the features now (``train``,
+``predict`` on a dataset) and refuses, naming every clip, when some cannot be used;
+``load_features`` reads them and refuses a cached log-mel that is not finite.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from freesound.audio import AudioDecodeError, read_as_melspectrogram
 from freesound.config import AudioConfig
@@ -26,6 +30,7 @@ from freesound.data.dataset import SPLITS, Dataset
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_save_npy
 from freesound.paths import features_root
+from freesound.progress import progress_bar
 
 
 @dataclass
@@ -88,7 +93,8 @@ def cache_features(
 
     Returns
     -------
-    CacheReport; undecodable clips are listed in ``failures`` and not cached.
+    CacheReport; clips that cannot be used (undecodable, or a log-mel that is not finite) are
+    listed in ``failures`` and not cached.
     """
     config = config or AudioConfig()
     root = cache_root(work, dataset.root, config)
@@ -106,7 +112,7 @@ def cache_features(
                 report.cached += 1
             else:
                 todo.append((split, audio_path, target))
-    bar = tqdm(total=len(todo), desc="log-mel features", unit="clip", disable=not progress)
+    bar = progress_bar(total=len(todo), desc="log-mel features", unit="clip", enabled=progress and bool(todo))
     with bar:
         if workers <= 1:
             results = (_compute_one(path, target, config) for _, path, target in todo)
@@ -131,6 +137,43 @@ class MissingFeaturesError(FreesoundError):
     """Features were asked for but not cached (run ``freesound features``)."""
 
 
+class UnusableClipsError(FreesoundError):
+    """Clips a command needs cannot be used (undecodable, or a log-mel that is not finite).
+
+    ``failures`` holds ``(split, fname, reason)``; the message names each clip and its reason.
+    """
+
+    def __init__(self, failures, dataset: Dataset):
+        self.failures = list(failures)
+        shown = "; ".join(f"{split}/{fname}: {reason}" for split, fname, reason in self.failures[:5])
+        more = f"; and {len(self.failures) - 5} more" if len(self.failures) > 5 else ""
+        splits = sorted({split for split, _, _ in self.failures})
+        super().__init__(
+            f"{len(self.failures)} clip(s) cannot be used ({shown}{more}); replace the files or remove their rows "
+            f"from {', '.join(f'{split}.csv' for split in splits)} in {dataset.root}"
+        )
+
+
+def ensure_features(dataset: Dataset, work, config: AudioConfig | None = None, *, splits=SPLITS, workers: int = 1,
+                    progress: bool = True) -> CacheReport:
+    """Compute and cache whatever clips of ``splits`` are missing (``cache_features``, with its
+    progress bar when there is work), for a command that needs every one of them.
+
+    Raises
+    ------
+    UnusableClipsError
+        Naming every clip of ``splits`` that cannot be used; the others stay cached.
+    """
+    report = cache_features(dataset, work, config, splits=splits, workers=workers, progress=progress)
+    if report.failures:
+        raise UnusableClipsError(report.failures, dataset)
+    return report
+
+
+class NonFiniteFeaturesError(FreesoundError):
+    """A cached log-mel holds NaN or infinite values (cached by an older freesound, or damaged)."""
+
+
 def load_features(dataset: Dataset, work, split: str, fnames=None, config: AudioConfig | None = None) -> list:
     """Read cached log-mels for ``fnames`` (default: the whole split), in that order.
 
@@ -142,6 +185,8 @@ def load_features(dataset: Dataset, work, split: str, fnames=None, config: Audio
     ------
     MissingFeaturesError
         Naming the clips with no valid cache entry (never computed, failed, or stale).
+    NonFiniteFeaturesError
+        Naming the clips whose cached log-mel is not finite, and their cache files.
     """
     config = config or AudioConfig()
     split_dir = cache_root(work, dataset.root, config) / split
@@ -161,4 +206,14 @@ def load_features(dataset: Dataset, work, split: str, fnames=None, config: Audio
             + ("" if config == AudioConfig() else
                " with --experiment naming the experiment (its [audio] settings differ from the default)")
         )
-    return [np.load(path) for path in paths]
+    logmels = [np.load(path) for path in paths]
+    bad = [(fname, path) for fname, path, logmel in zip(fnames, paths, logmels) if not np.isfinite(logmel).all()]
+    if bad:
+        shown = ", ".join(f"{fname} ({path})" for fname, path in bad[:5]) + (
+            f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise NonFiniteFeaturesError(
+            f"the cached log-mel of {len(bad)} {split} clip(s) is not finite (NaN or infinite values), so the clip "
+            f"cannot be used: {shown}; delete these cache files and run `freesound features --data {dataset.root}`, "
+            "which names the cause"
+        )
+    return logmels

@@ -33,10 +33,10 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 from scipy import fft
-from tqdm import tqdm
 
 from freesound.data.dataset import FSD2019_CLASSES
 from freesound.errors import FreesoundError
+from freesound.progress import progress_bar
 
 SAMPLE_RATE = 44100
 MIN_DURATION_S = 0.3
@@ -642,7 +642,7 @@ def synthesize_dataset(out_dir, *, num_classes: int = 20, num_curated: int = 400
     seed : int >= 0
     noise_rate : probability that a noisy clip's labels are corrupted (``corrupt_labels``)
     workers : processes rendering clips (1: render in this process)
-    progress : show a tqdm bar on stderr
+    progress : show a progress bar on stderr (``freesound.progress``)
     """
     classes = synth_classes(num_classes)
     _check_arguments(num_curated, num_noisy, num_test, seed, noise_rate)
@@ -659,7 +659,7 @@ def synthesize_dataset(out_dir, *, num_classes: int = 20, num_curated: int = 400
         write = partial(_write_clip, signatures=signatures, seed=seed, staging=staging)
         with ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
             written = pool.map(write, plans, chunksize=8) if pool else map(write, plans)
-            for _ in tqdm(written, total=len(plans), desc="synth", unit="clip", disable=not progress):
+            for _ in progress_bar(written, total=len(plans), desc="synth", unit="clip", enabled=progress):
                 pass
         _write_tables(staging, plans, classes)
         manifest = synth_manifest(num_classes=num_classes, num_curated=num_curated, num_noisy=num_noisy,

@@ -4,7 +4,8 @@ An experiment on a dataset is first predicted out of fold (its CV score); then t
 (``sample_submission.csv`` order) or every audio file under a folder is predicted and written as
 a submission-format CSV. Files that cannot be used are listed in ``<out>.errors.csv``: on a test
 set their rows are predicted from silence so the submission stays complete, from a folder they
-are left out.
+are left out. A folder's files are chosen by ``freesound.audio.scan_audio_folder`` (audio by
+name, or every file with ``all_files``), and the files it passes over are reported.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from freesound.audio import find_audio_files
+from freesound.audio import AudioFolder, scan_audio_folder
 from freesound.config import EnsembleConfig, Experiment
 from freesound.data.dataset import Dataset
 from freesound.ensembling.specs import prediction_spec
+from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_csv
 from freesound.paths import predictions_dir, weights_root
 from freesound.predict import EnsemblePredictor
@@ -37,6 +39,7 @@ class PredictionResult:
     errors_csv : Path of the CSV listing them (written only when there are any)
     oof_scores : dict or None, an experiment's out-of-fold scores (``predict_oof``)
     checkpoints, stacker_checkpoints : int, the first-level and stacker weights used
+    audio_folder : ``AudioFolder`` of ``audio_dir`` (the files read and those left out), or None
     """
 
     name: str
@@ -47,25 +50,30 @@ class PredictionResult:
     oof_scores: dict | None
     checkpoints: int
     stacker_checkpoints: int
+    audio_folder: AudioFolder | None = None
 
 
 def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Dataset | None = None, audio_dir=None,
                    out_csv=None, oof: bool = True, device="cpu", batch_size: int = 64, workers: int = 0,
-                   log=print) -> PredictionResult:
+                   all_files: bool = False, feature_workers: int = 1, log=print) -> PredictionResult:
     """Predict ``dataset``'s test set, or every audio file under ``audio_dir`` (give exactly one).
 
     Parameters
     ----------
     config : the resolved experiment or ensemble (``freesound.config.load_config``)
     work : the work directory holding the weights
-    oof : for an experiment on a dataset, predict and score it out of fold first
+    oof : for an experiment on a dataset, predict and score it out of fold first (computing
+        curated log-mels not cached yet in ``feature_workers`` processes)
     out_csv : default ``<work>/predictions/<name>/test.csv`` (or ``audio.csv``)
     device, batch_size, workers : as for ``EnsemblePredictor``
+    all_files : under ``audio_dir``, decode every file, not only those named as audio
 
     Raises
     ------
     ValueError
         Neither or both of ``dataset`` and ``audio_dir``.
+    FreesoundError
+        ``audio_dir`` holds no file to predict (the message names what was left out).
     """
     if (dataset is None) == (audio_dir is None):
         raise ValueError("give exactly one of dataset and audio_dir")
@@ -73,13 +81,18 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
     name = spec["name"]
     scores = None
     if dataset is not None and isinstance(config, Experiment) and oof:
-        scores = predict_oof(name, dataset, work, device=device, batch_size=batch_size, log=log)
+        scores = predict_oof(name, dataset, work, device=device, batch_size=batch_size,
+                             feature_workers=feature_workers, log=log)
+    folder = None if audio_dir is None else scan_audio_folder(audio_dir, all_files=all_files)
+    if folder is not None and not folder.files:
+        left_out = f"; left out as not audio by name: {folder.describe_left_out()} (--all-files decodes every file)"
+        raise FreesoundError(f"no audio files under {audio_dir}" + (left_out if folder.left_out else ""))
     predictor = EnsemblePredictor.from_spec(spec, lambda path: weights_root(work) / path, device=device,
                                             batch_size=batch_size, workers=workers)
     if dataset is not None:
         paths, on_error, default_name = dataset.paths("test"), "silence", "test.csv"
     else:
-        paths, on_error, default_name = find_audio_files(audio_dir), "skip", "audio.csv"
+        paths, on_error, default_name = folder.files, "skip", "audio.csv"
     out_csv = Path(out_csv or predictions_dir(work, name) / default_name)
     failures = []
     frame = predictor.predict_files(paths, on_error=on_error, failures=failures)
@@ -90,5 +103,5 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
     return PredictionResult(
         name=name, predictions=frame, out_csv=out_csv, failures=failures, errors_csv=errors_csv, oof_scores=scores,
         checkpoints=sum(len(p) for p in spec["experiments"].values()),
-        stacker_checkpoints=sum(len(p) for p in spec["stackers"].values()),
+        stacker_checkpoints=sum(len(p) for p in spec["stackers"].values()), audio_folder=folder,
     )

@@ -89,7 +89,7 @@ def train_stacker_fold(stacker: StackerConfig, oof: OOFTiles, targets: np.ndarra
     """
     train_clips = np.flatnonzero(oof.folds != fold)
     valid_clips = np.flatnonzero(oof.folds == fold)
-    valid_features = torch.from_numpy(oof.clip_means()[valid_clips]).to(device)
+    valid_features = torch.from_numpy(oof.clip_means()[valid_clips].astype(np.float32)).to(device)  # network input
     params = {"in_channels": oof.probs.shape[1], "num_classes": targets.shape[1], "base_size": stacker.base_size,
               "reduction_scale": stacker.reduction_scale, "p_dropout": stacker.p_dropout}
     torch.manual_seed(stacker.seed + fold)

@@ -54,6 +54,10 @@ def make_tiles(logmel: np.ndarray, step: int = 64, tile: int = TILE) -> np.ndarr
 
 
 def geometric_mean(probabilities: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Geometric mean of probabilities along ``axis`` (computed in float64 logs)."""
+    """Geometric mean of probabilities along ``axis``, computed in float64 logs.
+
+    Returns float32 for float32 (or narrower) input, float64 for float64 input: a blend of
+    float64 scores is not rounded before it is ranked.
+    """
     logs = np.log(np.clip(probabilities.astype(np.float64), 1e-12, None))
-    return np.exp(logs.mean(axis=axis)).astype(np.float32)
+    return np.exp(logs.mean(axis=axis)).astype(np.result_type(probabilities.dtype, np.float32))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from freesound.audio import decode, resample, to_log_mel, to_mono
+from freesound.audio import check_log_mel, decode, resample, to_log_mel, to_mono
 from freesound.errors import FreesoundError
 
 #: One hop's result: (stream time in seconds at the window's end, [(label, probability), ...]).
@@ -30,13 +30,14 @@ class RollingTagger:
     sample_rate : int, Hz of the pushed samples; each window is resampled to the tagger's audio
         config rate (resampling whole windows, not chunks, avoids seams at chunk edges)
     top : int, how many classes each result lists
+    source : what the stream is, for errors (a file's path when replaying one)
 
     Until a full window has arrived, the audio so far is tagged (zero-padded symmetrically to the
     front end's minimum length when shorter), so the first result comes after one hop.
     """
 
     def __init__(self, tagger, window_seconds: float = 5.0, hop_seconds: float = 1.0,
-                 sample_rate: int = 44100, top: int = 3):
+                 sample_rate: int = 44100, top: int = 3, source="microphone input"):
         if not 0 < hop_seconds <= window_seconds:
             raise ValueError(f"need 0 < hop_seconds <= window_seconds, got hop {hop_seconds}, window {window_seconds}")
         if sample_rate <= 0 or top < 1:
@@ -44,6 +45,7 @@ class RollingTagger:
         self.tagger = tagger
         self.sample_rate = int(sample_rate)
         self.top = top
+        self.source = source
         self.window = int(round(window_seconds * sample_rate))
         self.hop = max(1, int(round(hop_seconds * sample_rate)))
         self._buffer = np.zeros(0, dtype=np.float32)
@@ -63,6 +65,11 @@ class RollingTagger:
         list of ``(time_s, [(label, prob), ...])``, one per hop completed by this chunk, with
         ``time_s`` the stream time at the end of the tagged window and ``top`` classes, most
         probable first.
+
+        Raises
+        ------
+        freesound.audio.AudioDecodeError
+            A window whose log-mel is not finite (samples too loud for float32), naming ``source``.
         """
         samples = np.asarray(samples, dtype=np.float32)
         if samples.ndim != 1:
@@ -94,7 +101,7 @@ class RollingTagger:
         self._since_last = 0
         config = self.tagger.audio_config
         window = resample(self._buffer, self.sample_rate, config.sample_rate)
-        logmel = to_log_mel(_pad_to(window, config.min_samples), config)
+        logmel = check_log_mel(to_log_mel(_pad_to(window, config.min_samples), config), self.source, window)
         probs = self.tagger.predict_spectrograms([logmel])[0]
         best = np.argsort(-probs, kind="stable")[:self.top]
         return self._seen / self.sample_rate, [(self.tagger.classes[i], float(probs[i])) for i in best]
@@ -128,7 +135,7 @@ def replay_file(path, tagger, window_seconds: float = 5.0, hop_seconds: float = 
     samples, sr = decode(path)
     rate = tagger.audio_config.sample_rate
     y = resample(to_mono(samples), sr, rate)
-    rolling = RollingTagger(tagger, window_seconds, hop_seconds, sample_rate=rate, top=top)
+    rolling = RollingTagger(tagger, window_seconds, hop_seconds, sample_rate=rate, top=top, source=path)
     results = []
     for start in range(0, len(y), rolling.hop):
         results += rolling.push(y[start:start + rolling.hop])

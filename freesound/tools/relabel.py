@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from freesound.data.dataset import Dataset, multi_hot, write_corrections
-from freesound.data.features import load_features
+from freesound.data.features import ensure_features, load_features
 from freesound.ensembling.specs import trained_tagger
 from freesound.fileio import atomic_write_csv
 from freesound.metrics import per_clip_lrap
@@ -48,7 +48,8 @@ def propose_relabels(name: str, dataset: Dataset, work, *, device="cpu", curated
     """Rank curated and noisy clips with experiment ``name`` and write proposals.
 
     Writes ``relabel_curated.json``, ``relabel_noisy.json`` (corrections format) and
-    ``relabel_review.csv`` under ``<work>/predictions/<name>/``.
+    ``relabel_review.csv`` under ``<work>/predictions/<name>/``. Noisy log-mels not cached yet are
+    computed first (``ensure_features``).
     """
     classes = list(dataset.classes)
     out_dir = predictions_dir(work, name)
@@ -58,6 +59,7 @@ def propose_relabels(name: str, dataset: Dataset, work, *, device="cpu", curated
     curated_scores = per_clip_lrap(multi_hot(given, classes), oof_probs)
 
     tagger = trained_tagger(work, name, device=device)
+    ensure_features(dataset, work, tagger.audio_config, splits=("train_noisy",))
     noisy_probs = tagger.predict_spectrograms(load_features(dataset, work, "train_noisy", config=tagger.audio_config))
     noisy_target = multi_hot(dataset.noisy.labels, classes)
     noisy_scores = (noisy_probs * noisy_target).sum(axis=1) / noisy_target.sum(axis=1)

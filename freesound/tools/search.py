@@ -57,7 +57,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from freesound.config import (
     ConfigError,
@@ -69,6 +68,7 @@ from freesound.config import (
     dump_toml,
     experiment_from_dict,
     load_config,
+    merge_table,
     read_toml,
     stacker_from_dict,
 )
@@ -79,6 +79,7 @@ from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_csv, atomic_write_text
 from freesound.metrics import lwlrap
 from freesound.paths import fold_dir, search_dir
+from freesound.progress import progress_bar
 from freesound.tools.plots import plot_search_progress
 from freesound.training.oof import ensure_oof, predict_fold_tiles
 from freesound.training.trainer import check_experiment, train_fold
@@ -271,7 +272,8 @@ def load_space(path, target) -> SearchSpace:
 
 def _set_path(values: dict, key: str, value) -> None:
     """Set a dotted key in a nested dict in place, creating missing tables (the config's
-    validation then reports them as unknown keys)."""
+    validation then reports them as unknown keys). A table value merges onto the table there
+    (``freesound.config.merge_table``, the rule experiment files follow)."""
     parts = key.split(".")
     node = values
     for depth, part in enumerate(parts[:-1]):
@@ -280,7 +282,8 @@ def _set_path(values: dict, key: str, value) -> None:
             setting = ".".join(parts[:depth + 1])
             raise ConfigError(f"{setting} is a setting, not a table, so {key!r} does not exist")
         node = child
-    node[parts[-1]] = value
+    current = node.get(parts[-1])
+    node[parts[-1]] = merge_table(current, value) if isinstance(current, dict) and isinstance(value, dict) else value
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,7 +327,8 @@ def _finite_lwlrap(truth: np.ndarray, probs: np.ndarray) -> float:
 def fold_oof_lwlrap(name: str, setup: TrialSetup) -> float:
     """OOF lwlrap of a trained experiment on the validation clips of ``setup.folds``: each fold's
     model on its held-out curated clips, as ``freesound predict`` does for all folds."""
-    oof = predict_fold_tiles(name, setup.dataset, setup.work, setup.folds, device=setup.device, log=lambda *_: None)
+    oof = predict_fold_tiles(name, setup.dataset, setup.work, setup.folds, device=setup.device, progress=False,
+                             log=lambda *_: None)
     labels = setup.dataset.curated.set_index("fname").loc[list(oof.fnames), "labels"]
     return _finite_lwlrap(multi_hot(labels, setup.dataset.classes), oof.clip_means())
 
@@ -540,7 +544,8 @@ def run_search(target, space: SearchSpace, setup: TrialSetup, *, trials: int, se
         log(f"search {name}: {len(todo)} trial(s) to run on fold(s) {', '.join(map(str, setup.folds))}, "
             f"{trials - len(todo)} already finished")
         run = target.prepare(setup, log=log)
-    bar = tqdm(total=trials, initial=trials - len(todo), desc=f"search {name}", unit="trial", disable=not progress)
+    bar = progress_bar(total=trials, initial=trials - len(todo), desc=f"search {name}", unit="trial",
+                       enabled=progress)
     best = None
     for trial in todo:
         params = space.sample(seed, trial)

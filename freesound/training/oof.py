@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from freesound.data.dataset import Dataset, multi_hot, probability_frame
-from freesound.data.features import load_features
+from freesound.data.features import ensure_features, load_features
 from freesound.data.folds import read_folds
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_path, atomic_write_csv, atomic_write_text
@@ -42,9 +42,10 @@ class OOFTiles:
         return self.probs[self.offsets[index]:self.offsets[index + 1]]
 
     def clip_means(self) -> np.ndarray:
-        """(N, C) mean over each clip's tiles."""
+        """(N, C) float64 mean over each clip's tiles: kept in float64, so the scores ranked (and
+        written to ``oof.csv``) are the means, not their float32 roundings."""
         sums = np.add.reduceat(self.probs.astype(np.float64), self.offsets[:-1], axis=0)
-        return (sums / np.diff(self.offsets)[:, None]).astype(np.float32)
+        return sums / np.diff(self.offsets)[:, None]
 
     def reorder(self, fnames) -> "OOFTiles":
         """The same clips in another order (e.g. another experiment's)."""
@@ -56,11 +57,13 @@ class OOFTiles:
 
 
 def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device="cpu", batch_size: int = 64,
-                       log=print) -> OOFTiles:
+                       feature_workers: int = 1, progress: bool = True, log=print) -> OOFTiles:
     """Each of ``folds``' models (default: every fold of ``folds.csv``) on its held-out curated
     clips, tile by tile.
 
     Every named fold must have its ``fold_<k>/model.pt``, trained on this dataset's classes.
+    Curated log-mels not cached yet are computed first (``ensure_features``, in
+    ``feature_workers`` processes, with a progress bar if ``progress``).
     """
     assignment = read_folds(work, dataset.curated.fname)
     folds = sorted(set(assignment.fold)) if folds is None else list(folds)
@@ -71,6 +74,8 @@ def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device=
         if tagger.classes != list(dataset.classes):
             raise FreesoundError(f"{checkpoint} was trained on other classes than {dataset.root}")
         valid = assignment[assignment.fold == fold].fname.tolist()
+        ensure_features(dataset, work, tagger.audio_config, splits=("train_curated",), workers=feature_workers,
+                        progress=progress)
         logmels = load_features(dataset, work, "train_curated", valid, tagger.audio_config)
         tiles += [probs[0] for probs in tagger.tile_probabilities(logmels)]
         fnames += valid
@@ -80,14 +85,17 @@ def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device=
     return OOFTiles(np.array(fnames), np.array(fold_ids), offsets, np.concatenate(tiles).astype(np.float32))
 
 
-def predict_oof(name: str, dataset: Dataset, work, *, device="cpu", batch_size: int = 64, log=print) -> dict:
-    """Predict every fold's validation clips with that fold's model; write and score them.
+def predict_oof(name: str, dataset: Dataset, work, *, device="cpu", batch_size: int = 64, feature_workers: int = 1,
+                progress: bool = True, log=print) -> dict:
+    """Predict every fold's validation clips with that fold's model; write and score them
+    (``predict_fold_tiles``: missing curated log-mels are computed first).
 
     Returns
     -------
     dict with ``lwlrap`` (overall), ``per_fold`` and ``per_class`` scores (as written to JSON)
     """
-    oof = predict_fold_tiles(name, dataset, work, device=device, batch_size=batch_size, log=log)
+    oof = predict_fold_tiles(name, dataset, work, device=device, batch_size=batch_size,
+                             feature_workers=feature_workers, progress=progress, log=log)
     out_dir = predictions_dir(work, name)
     # oof_scores.json is written last and marks a complete set: a run killed part-way through
     # the three files leaves no marker, and the next one redoes them (``oof_is_current``).

@@ -24,17 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from freesound.config import ConfigError, Experiment, dump_experiment, experiment_from_dict, read_toml
 from freesound.data.dataset import Dataset, apply_corrections, load_corrections, multi_hot
-from freesound.data.features import load_features
+from freesound.data.features import ensure_features, load_features
 from freesound.data.folds import read_folds, recorded_folds
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_text
 from freesound.metrics import lwlrap
 from freesound.models import create_model, save_checkpoint
 from freesound.paths import checkpoint_path, fold_dir, train_state_path
+from freesound.progress import progress_bar
 from freesound.training.augment import train_transform, valid_transform
 from freesound.training.engine import Hooks, Progress, fit, load_state, restore, save_state
 from freesound.training.losses import AuxLoss, NoisyCuratedLoss, make_loss
@@ -46,6 +46,8 @@ LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_lwlrap", "seconds"]
 #: Settings a resumed run may change: how long it trains and how many loader processes it uses.
 #: Any other change would continue old weights under new rules, so resuming then is refused.
 RESUMABLE_SETTINGS = ("train.max_epochs", "train.workers")
+#: The splits a fold trains and validates on.
+TRAIN_SPLITS = ("train_curated", "train_noisy")
 
 
 class StaleTrainingStateError(FreesoundError):
@@ -170,9 +172,14 @@ def train_fold(
     max_epochs: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    feature_workers: int = 1,
     log=print,
 ) -> FoldResult:
-    """Train one fold; with ``resume``, continue from ``state.pt`` exactly where it stopped."""
+    """Train one fold; with ``resume``, continue from ``state.pt`` exactly where it stopped.
+
+    Log-mels not cached yet are computed first (``ensure_features``, in ``feature_workers``
+    processes); a clip that cannot be used stops training with an ``UnusableClipsError`` naming it.
+    """
     cfg = experiment.train
     out_dir = fold_dir(work, experiment.name, fold)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -181,6 +188,7 @@ def train_fold(
     device = torch.device(device)
     use_amp = cfg.amp and device.type == "cuda"
 
+    ensure_features(dataset, work, experiment.audio, splits=TRAIN_SPLITS, workers=feature_workers, progress=progress)
     sources, probs, (valid_specs, valid_targets, _) = build_sources(experiment, dataset, work, fold)
     transforms = experiment.transforms
     train_set = SamplingDataset(
@@ -266,7 +274,7 @@ def train_epoch(model, loader, loss_fn, optimizer, scaler, device, use_amp, *, d
     """
     model.train()
     total, count = 0.0, 0
-    bar = tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")
+    bar = progress_bar(loader, desc=desc, leave=False, enabled=progress, unit="batch")
     for images, targets, noisy in bar:
         images = images.to(device, memory_format=torch.channels_last)
         targets, noisy = targets.to(device), noisy.to(device)
@@ -338,12 +346,13 @@ def train_and_score(experiment: Experiment, dataset: Dataset, work, folds=None, 
     """``freesound train``: train the given folds (default: all), then, once every fold of
     ``folds.csv`` has weights, predict each fold's held-out clips and score them out of fold.
 
-    ``kwargs`` go to ``train_fold`` (``max_epochs``, ``resume``, ``progress``).
+    ``kwargs`` go to ``train_fold`` (``max_epochs``, ``resume``, ``progress``, ``feature_workers``).
     """
     results = train_experiment(experiment, dataset, work, folds, device=device, log=log, **kwargs)
     untrained = [fold for fold in recorded_folds(work) or []
                  if not checkpoint_path(work, experiment.name, fold).is_file()]
     scores = None
     if score_oof and not untrained:
-        scores = predict_oof(experiment.name, dataset, work, device=device, log=log)
+        scores = predict_oof(experiment.name, dataset, work, device=device, log=log,
+                             feature_workers=kwargs.get("feature_workers", 1), progress=kwargs.get("progress", True))
     return TrainingReport(results, untrained, scores)
