@@ -64,7 +64,9 @@ def work_option(function):
 def experiments_dir_option(function):
     return click.option(
         "--experiments", "experiments_dir", default="experiments", show_default=True,
-        type=click.Path(path_type=Path), help="Folder of experiment TOML files.",
+        type=click.Path(path_type=Path),
+        help="Folder of experiment TOML files; a name not found there is looked up among the built-in presets "
+        "(freesound experiments lists both).",
     )(function)
 
 

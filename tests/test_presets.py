@@ -66,3 +66,9 @@ def test_the_experiments_command_lists_names_and_sources(tmp_path, monkeypatch):
     assert "small      experiment  experiments folder: experiments/small.toml" in lines
     assert f"small      experiment  preset: {presets_dir() / 'small.toml'}  (overridden by the experiments folder)" in lines
     assert lines[-1] == f"experiments folder: {tmp_path / 'experiments'}; presets: {presets_dir()}"
+
+
+def test_a_broken_file_in_the_folder_is_named(tmp_path):
+    (tmp_path / "broken.toml").write_text("[train\n")
+    with pytest.raises(ConfigError, match=r"broken\.toml: not valid TOML"):
+        available_experiments(tmp_path)
