@@ -1,13 +1,13 @@
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: install test test-fast demo kernel bench clean
+.PHONY: install test test-fast test-min demo kernel bench clean
 
 install: $(VENV_STAMP)
 
 # torch goes in first and pinned: on these machines 2.13.0 is a local CPU build, while an
 # unpinned torch would pull a multi-GB CUDA build.
-$(VENV_STAMP): setup.py
+$(VENV_STAMP): setup.py pyproject.toml freesound/versions.py
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
@@ -19,6 +19,24 @@ test: install
 # Skips the end-to-end tests marked slow.
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# The kernel tests and a fast part of the suite again, in a fresh environment holding exactly the
+# minimum versions of freesound/versions.py (torch: the one local build). Rebuilt every run, so a
+# missing install step shows. The slowest checks that compare torch with itself (the Tagger's
+# batch sizes, an exact resume) are left to `make test`.
+MIN_VENV := .venv-min
+MIN_TESTS := tests/test_kernel.py tests/test_versions.py tests/test_presets.py tests/test_architecture.py \
+	tests/test_audio.py tests/test_speed_equivalence.py tests/test_features.py tests/test_data.py tests/test_synth.py \
+	tests/test_metrics.py tests/test_predict.py tests/test_train.py tests/test_reliability.py
+
+test-min:
+	rm -rf $(MIN_VENV)
+	python3 -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install -q --no-compile torch==2.13.0
+	python3 -c 'import runpy; print(runpy.run_path("freesound/versions.py")["constraints"](), end="")' > $(MIN_VENV)/constraints.txt
+	$(MIN_VENV)/bin/python -m pip install -q --no-compile -c $(MIN_VENV)/constraints.txt -e '.[dev]'
+	$(MIN_VENV)/bin/python -c 'from freesound import versions as v; print("minimum versions:", v.describe(v.installed_versions(v.MINIMUM)))'
+	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not slow" -k "not tagger_full_batches and not reproducible" $(MIN_TESTS)
 
 demo: install
 	$(PY) -m freesound demo
@@ -32,4 +50,4 @@ bench: install
 	$(PY) benchmarks/bench_train.py
 
 clean:
-	rm -rf .venv build *.egg-info .pytest_cache
+	rm -rf .venv $(MIN_VENV) build *.egg-info .pytest_cache

@@ -1,35 +1,32 @@
+"""Packaging: the static metadata is in pyproject.toml; this file adds what is computed.
+
+The version comes from ``freesound/__init__.py`` and the requirements from
+``freesound/versions.py`` (the one place that states the minimum versions, which the Kaggle kernel
+also checks at run time). The wheel's ``freesound/presets/`` is the repository's ``experiments/``
+folder: every TOML file there ships as a built-in experiment.
+"""
+
 import re
+import runpy
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
-VERSION = re.search(r'^__version__ = "([^"]+)"', Path("freesound/__init__.py").read_text(), re.M).group(1)
+HERE = Path(__file__).resolve().parent
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "freesound/__init__.py").read_text(), re.M).group(1)
+# Executed on its own (it imports only the standard library): building needs no dependency installed.
+VERSIONS = runpy.run_path(str(HERE / "freesound/versions.py"))
 
 setup(
-    name="freesound",
     version=VERSION,
-    description="Multi-label audio tagging the way the Freesound Audio Tagging 2019 winners did it, "
-    "with offline prediction and self-contained Kaggle kernels.",
-    long_description=Path("README.md").read_text(),
-    long_description_content_type="text/markdown",
-    python_requires=">=3.10",
-    packages=find_packages(include=["freesound", "freesound.*", "kernel_build", "kernel_build.*"]),
-    package_data={"kernel_build": ["templates/*.j2"]},
-    install_requires=[
-        "torch>=2.1",
-        "librosa>=0.10",
-        "soundfile>=0.12",
-        "numpy>=1.24",
-        "pandas>=2.0",
-        "scikit-learn>=1.3",
-        "click>=8.1",
-        "jinja2>=3.1",
-        "tqdm>=4.60",
-        "matplotlib>=3.7",
-    ],
+    python_requires=f">={VERSIONS['PYTHON']}",
+    packages=find_packages(include=["freesound", "freesound.*", "kernel_build", "kernel_build.*"])
+    + ["freesound.presets"],
+    package_dir={"freesound.presets": "experiments"},
+    package_data={"kernel_build": ["templates/*.j2"], "freesound.presets": ["*.toml"]},
+    install_requires=VERSIONS["requirements"](),
     extras_require={
         "dev": ["pytest>=7.4", "hypothesis>=6.80", "import-linter>=2.1"],
         "listen": ["sounddevice>=0.4"],
     },
-    entry_points={"console_scripts": ["freesound=freesound.cli:main"]},
 )

@@ -64,7 +64,9 @@ def work_option(function):
 def experiments_dir_option(function):
     return click.option(
         "--experiments", "experiments_dir", default="experiments", show_default=True,
-        type=click.Path(path_type=Path), help="Folder of experiment TOML files.",
+        type=click.Path(path_type=Path),
+        help="Folder of experiment TOML files; a name not found there is looked up among the built-in presets "
+        "(freesound experiments lists both).",
     )(function)
 
 
@@ -479,6 +481,24 @@ def relabel(experiment, data_dir, work_dir, experiments_dir, curated_below, prom
     click.echo(f"{name}: {len(result.noisy_proposals) - removed} noisy clips to trust, {removed} to remove "
                f"-> {result.paths['noisy']}")
     click.echo(f"review table (worst curated first, best noisy first) -> {result.paths['review']}")
+
+
+@main.command("experiments")
+@experiments_dir_option
+def experiments_command(experiments_dir):
+    """List the experiment and ensemble names that commands accept, and where each comes from.
+
+    A name is looked up in --experiments first, then among the presets shipped with the package.
+    """
+    from freesound.config import available_experiments, presets_dir
+
+    entries = available_experiments(experiments_dir)
+    width = max([len(entry.name) for entry in entries] + [4])
+    click.echo(f"{'name':<{width}}  {'kind':<10}  from")
+    for entry in entries:
+        note = "  (overridden by the experiments folder)" if entry.overridden else ""
+        click.echo(f"{entry.name:<{width}}  {entry.kind:<10}  {entry.source}: {entry.path}{note}")
+    click.echo(f"experiments folder: {Path(experiments_dir).resolve()}; presets: {presets_dir()}")
 
 
 @main.command("build-kernel")

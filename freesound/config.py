@@ -247,18 +247,94 @@ def experiment_from_dict(values: dict, *, name: str = "default", source_dir: str
     return dataclasses.replace(experiment, source_dir=source_dir)
 
 
+def presets_dir() -> Path:
+    """The method's own experiment and ensemble files, shipped inside the package.
+
+    An installed wheel holds them in ``freesound/presets/``: ``setup.py`` maps the repository's
+    ``experiments/`` folder onto that package folder, so every TOML file there ships. A source
+    checkout or an editable install has no ``presets/`` and uses ``experiments/`` beside the
+    package itself.
+    """
+    package = Path(__file__).resolve().parent
+    installed = package / "presets"
+    checkout = package.parent / "experiments"
+    if not installed.is_dir() and (package.parent / "setup.py").is_file() and checkout.is_dir():
+        return checkout
+    return installed
+
+
+def _toml_stems(folder: Path) -> list:
+    return sorted(path.stem for path in Path(folder).glob("*.toml"))
+
+
 def find_experiment_file(spec, experiments_dir="experiments") -> Path:
-    """``small`` -> ``experiments/small.toml``; a path to a ``.toml`` file is taken as is."""
+    """Resolve an experiment or ensemble name (or path) to its TOML file.
+
+    A path to a ``.toml`` file (or any existing file) is taken as is; a name is looked up as
+    ``<experiments_dir>/<name>.toml`` first, then among the presets (``presets_dir()``), so a
+    user's own file of a preset's name takes its place.
+
+    Raises
+    ------
+    ConfigError
+        No such file; the message lists the names known in both places.
+    """
     path = Path(spec)
     if path.suffix == ".toml" or path.is_file():
         if not path.is_file():
             raise ConfigError(f"experiment file {path} not found")
         return path
-    candidate = Path(experiments_dir) / f"{spec}.toml"
-    if not candidate.is_file():
-        known = sorted(p.stem for p in Path(experiments_dir).glob("*.toml"))
-        raise ConfigError(f"unknown experiment {spec!r}; known in {experiments_dir}/: {', '.join(known) or 'none'}")
-    return candidate
+    for folder in (Path(experiments_dir), presets_dir()):
+        candidate = folder / f"{spec}.toml"
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"unknown experiment {spec!r}; known in {experiments_dir}/: {', '.join(_toml_stems(experiments_dir)) or 'none'}; "
+        f"presets: {', '.join(_toml_stems(presets_dir())) or 'none'} (freesound experiments lists them)"
+    )
+
+
+@dataclass(frozen=True)
+class ExperimentFile:
+    """One name ``find_experiment_file`` can resolve, and where it comes from."""
+
+    name: str
+    #: ``"experiment"`` or ``"ensemble"``
+    kind: str
+    path: Path
+    #: ``"experiments folder"`` (the user's ``--experiments``) or ``"preset"`` (shipped with the package)
+    source: str
+    #: A preset hidden by the user's file of the same name (that file is used instead).
+    overridden: bool = False
+
+
+def available_experiments(experiments_dir="experiments") -> list:
+    """Every experiment and ensemble name available, the user's folder first, then the presets.
+
+    A preset that a file in ``experiments_dir`` overrides is listed too, marked ``overridden``.
+    When ``experiments_dir`` is the presets folder itself (a source checkout's ``experiments/``),
+    its files are listed once, as presets.
+
+    Returns
+    -------
+    list of ExperimentFile, sorted by name, the file in use before an overridden preset
+
+    Raises
+    ------
+    ConfigError
+        A file there is not valid TOML (named).
+    """
+    presets = presets_dir()
+    folders = [(presets, "preset")]
+    if not (Path(experiments_dir).is_dir() and presets.is_dir() and Path(experiments_dir).samefile(presets)):
+        folders.insert(0, (Path(experiments_dir), "experiments folder"))
+    found, seen = [], set()
+    for folder, source in folders:
+        for path in sorted(Path(folder).glob("*.toml")):
+            kind = "ensemble" if is_ensemble_file(path) else "experiment"
+            found.append(ExperimentFile(path.stem, kind, path, source, overridden=path.stem in seen))
+            seen.add(path.stem)
+    return sorted(found, key=lambda entry: (entry.name, entry.overridden))
 
 
 def read_toml(path) -> dict:

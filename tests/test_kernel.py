@@ -2,19 +2,23 @@
 neither the installed freesound nor click, jinja2 or tqdm, and compared with local prediction."""
 
 import base64
+import functools
 import gzip
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import librosa
 import numpy as np
 import pandas as pd
 import pytest
+import scipy
 import soundfile as sf
 import torch
 
@@ -25,6 +29,7 @@ from freesound.errors import FreesoundError
 from freesound.kaggle import COMPETITION, run_kernel
 from freesound.models import create_model, save_checkpoint
 from freesound.predict import EnsemblePredictor
+from freesound.versions import MINIMUM
 from kernel_build import build_kernels
 from kernel_build.manifest import build_manifest
 
@@ -121,11 +126,13 @@ def kaggle_tree(built, root: Path) -> Path:
     return root
 
 
-def run_script(script: Path, root: Path, tmp_dir: Path) -> subprocess.CompletedProcess:
+def run_script(script: Path, root: Path, tmp_dir: Path, python_path=None) -> subprocess.CompletedProcess:
     runner = root / "runner.py"
     runner.write_text(RUNNER)
     tmp_dir.mkdir()
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    if python_path is not None:
+        env["PYTHONPATH"] = str(python_path)
     # CPU like the local reference (CUDA would predict in fp16); TMPDIR shows the unpack folder.
     env.update(FREESOUND_KAGGLE_ROOT=str(root), CUDA_VISIBLE_DEVICES="", TMPDIR=str(tmp_dir))
     return subprocess.run([sys.executable, str(runner), str(REPO), str(script)], cwd=root / "working",
@@ -167,6 +174,28 @@ def test_kernel_reproduces_local_prediction_offline(built, kernel, tmp_path):
     silent = predictor.predict_spectrograms([silent_logmel()])[0]
     np.testing.assert_allclose(submission.set_index("fname").loc["broken.wav"].to_numpy(), silent, atol=1e-5)
     assert "sha256 verified" in result.stdout and "5 clips" in result.stdout
+    # The first line names the versions it ran with (read from the packages' metadata, which may
+    # lack the build tag of torch.__version__, e.g. +cu130).
+    modules = {"numpy": np, "pandas": pd, "scipy": scipy, "torch": torch, "librosa": librosa, "soundfile": sf}
+    expected = f"versions: python {platform.python_version()}, " + ", ".join(
+        f"{name} {module.__version__}" for name, module in modules.items())
+    without_build_tags = functools.partial(re.sub, r"\+[^,]*", "")
+    assert without_build_tags(result.stdout.splitlines()[0]) == without_build_tags(expected)
+
+
+def test_kernel_refuses_a_package_older_than_its_minimum(built, tmp_path):
+    # An image whose soundfile is too old: its metadata, first on the path, says 0.11.0.
+    old = tmp_path / "old_image"
+    (old / "soundfile-0.11.0.dist-info").mkdir(parents=True)
+    (old / "soundfile-0.11.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: soundfile\nVersion: 0.11.0\n")
+    root = kaggle_tree(built, tmp_path / "kaggle")
+    result = run_script(built["written"]["kernel"], root, tmp_path / "tmp", python_path=old)
+    assert result.returncode == 1
+    assert re.search(r"^versions: python .*, soundfile 0\.11\.0$", result.stdout, re.M)
+    need = MINIMUM["soundfile"]
+    assert result.stderr == (f"error: soundfile 0.11.0 is older than the {need} freesound needs; "
+                             f"choose a newer environment or install soundfile>={need}\n")
+    assert list((root / "working").iterdir()) == [] and list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_corrupt_weight_stops_the_kernel_naming_file_and_hashes(built, tmp_path):

@@ -92,6 +92,8 @@ class _MelPlan:
 _MEL_GROUP = 8
 #: Frames per FFT batch: small enough that a batch's spectrum stays in the CPU cache.
 _STFT_CHUNK = 32
+#: ``np.fft.rfft(..., out=)`` arrived in NumPy 2.0; older NumPy allocates each batch's spectrum.
+_RFFT_TAKES_OUT = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
 
 
 @functools.lru_cache(maxsize=16)
@@ -139,13 +141,19 @@ def _power_spectrogram(frames: np.ndarray, window: np.ndarray) -> np.ndarray:
         stop = min(start + chunk, n_frames)
         rows = stop - start
         np.multiply(frames[start:stop], window, out=windowed[:rows])
-        np.fft.rfft(windowed[:rows], axis=-1, out=spectrum[:rows])
-        parts = spectrum[:rows].view(np.float64)  # re, im interleaved
+        parts = _rfft(windowed[:rows], spectrum[:rows]).view(np.float64)  # re, im interleaved
         np.square(parts, out=parts)
         real = parts[:, 0::2]
         np.add(real, parts[:, 1::2], out=real)
         power[start:stop] = real
     return power
+
+
+def _rfft(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``np.fft.rfft(x, axis=-1)``, written into ``out`` where NumPy can (2.0 and newer)."""
+    if _RFFT_TAKES_OUT:
+        return np.fft.rfft(x, axis=-1, out=out)
+    return np.fft.rfft(x, axis=-1)
 
 
 def _apply_mel(power: np.ndarray, plan: _MelPlan) -> np.ndarray:

@@ -15,7 +15,9 @@ time, under a root that is ``/kaggle`` unless ``FREESOUND_KAGGLE_ROOT`` names an
 - ``<root>/working/submission.csv`` is written atomically, and nothing else is left there.
 
 Only what a Kaggle Python image has is imported: numpy, pandas, scipy, torch, librosa, soundfile
-and this package (never click, jinja2 or tqdm).
+and this package (never click, jinja2 or tqdm). Before importing this module, the kernel script
+prints the versions of those packages and stops, naming the package, on an image older than the
+minimums of ``freesound.versions`` (``kernel_report``).
 """
 
 from __future__ import annotations
