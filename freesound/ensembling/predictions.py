@@ -51,7 +51,7 @@ class PredictionResult:
 
 def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Dataset | None = None, audio_dir=None,
                    out_csv=None, oof: bool = True, device="cpu", batch_size: int = 64, workers: int = 0,
-                   log=print) -> PredictionResult:
+                   precision: str = "fp16", log=print) -> PredictionResult:
     """Predict ``dataset``'s test set, or every audio file under ``audio_dir`` (give exactly one).
 
     Parameters
@@ -61,6 +61,8 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
     oof : for an experiment on a dataset, predict and score it out of fold first
     out_csv : default ``<work>/predictions/<name>/test.csv`` (or ``audio.csv``)
     device, batch_size, workers : as for ``EnsemblePredictor``
+    precision : "fp16" or "fp32", the first-level models' arithmetic on CUDA (``Tagger``), for the
+        out-of-fold scores too
 
     Raises
     ------
@@ -73,9 +75,9 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
     name = spec["name"]
     scores = None
     if dataset is not None and isinstance(config, Experiment) and oof:
-        scores = predict_oof(name, dataset, work, device=device, batch_size=batch_size, log=log)
+        scores = predict_oof(name, dataset, work, device=device, batch_size=batch_size, precision=precision, log=log)
     predictor = EnsemblePredictor.from_spec(spec, lambda path: weights_root(work) / path, device=device,
-                                            batch_size=batch_size, workers=workers)
+                                            batch_size=batch_size, workers=workers, precision=precision)
     if dataset is not None:
         paths, on_error, default_name = dataset.paths("test"), "silence", "test.csv"
     else:

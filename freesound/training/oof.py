@@ -56,9 +56,9 @@ class OOFTiles:
 
 
 def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device="cpu", batch_size: int = 64,
-                       log=print) -> OOFTiles:
+                       precision: str = "fp16", log=print) -> OOFTiles:
     """Each of ``folds``' models (default: every fold of ``folds.csv``) on its held-out curated
-    clips, tile by tile.
+    clips, tile by tile (``device``, ``batch_size`` and ``precision`` as for ``Tagger``).
 
     Every named fold must have its ``fold_<k>/model.pt``, trained on this dataset's classes.
     """
@@ -67,7 +67,7 @@ def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device=
     checkpoints = experiment_checkpoints(experiment_dir(work, name), folds)
     fnames, fold_ids, tiles = [], [], []
     for fold, checkpoint in zip(folds, checkpoints):
-        tagger = Tagger.from_checkpoints([checkpoint], device=device, batch_size=batch_size)
+        tagger = Tagger.from_checkpoints([checkpoint], device=device, batch_size=batch_size, precision=precision)
         if tagger.classes != list(dataset.classes):
             raise FreesoundError(f"{checkpoint} was trained on other classes than {dataset.root}")
         valid = assignment[assignment.fold == fold].fname.tolist()
@@ -80,14 +80,15 @@ def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device=
     return OOFTiles(np.array(fnames), np.array(fold_ids), offsets, np.concatenate(tiles).astype(np.float32))
 
 
-def predict_oof(name: str, dataset: Dataset, work, *, device="cpu", batch_size: int = 64, log=print) -> dict:
+def predict_oof(name: str, dataset: Dataset, work, *, device="cpu", batch_size: int = 64, precision: str = "fp16",
+                log=print) -> dict:
     """Predict every fold's validation clips with that fold's model; write and score them.
 
     Returns
     -------
     dict with ``lwlrap`` (overall), ``per_fold`` and ``per_class`` scores (as written to JSON)
     """
-    oof = predict_fold_tiles(name, dataset, work, device=device, batch_size=batch_size, log=log)
+    oof = predict_fold_tiles(name, dataset, work, device=device, batch_size=batch_size, precision=precision, log=log)
     out_dir = predictions_dir(work, name)
     # oof_scores.json is written last and marks a complete set: a run killed part-way through
     # the three files leaves no marker, and the next one redoes them (``oof_is_current``).
