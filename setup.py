@@ -16,7 +16,7 @@ setup(
     packages=find_packages(include=["freesound", "freesound.*", "kernel_build", "kernel_build.*"]),
     package_data={"kernel_build": ["templates/*.j2"]},
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.3",  # torch.amp.GradScaler("cuda"), and its CPU kernels, came in 2.3
         "librosa>=0.10",
         "soundfile>=0.12",
         "numpy>=1.24",
