@@ -1,7 +1,7 @@
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: install test test-fast demo kernel bench clean
+.PHONY: install test test-fast demo kernel bench gpu-check clean
 
 install: $(VENV_STAMP)
 
@@ -30,6 +30,10 @@ bench: install
 	$(PY) benchmarks/bench_frontend.py
 	$(PY) benchmarks/bench_inference.py
 	$(PY) benchmarks/bench_train.py
+
+# The CUDA-only tests and the GPU measurements; says "no GPU: skipped" without a GPU.
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache
