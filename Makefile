@@ -1,7 +1,7 @@
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: install test test-fast test-min demo kernel bench clean
+.PHONY: install test test-fast test-min demo kernel bench gpu-check clean
 
 install: $(VENV_STAMP)
 
@@ -48,6 +48,10 @@ bench: install
 	$(PY) benchmarks/bench_frontend.py
 	$(PY) benchmarks/bench_inference.py
 	$(PY) benchmarks/bench_train.py
+
+# The CUDA-only tests and the GPU measurements; says "no GPU: skipped" without a GPU.
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf .venv $(MIN_VENV) build *.egg-info .pytest_cache

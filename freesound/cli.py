@@ -146,24 +146,35 @@ def make_folds_command(data_dir, work_dir, n_folds, seed):
 
 
 def _check_device(ctx, param, value):
-    if value is None:
-        return None
+    """The device (default: ``settings.default_device()``), once one tiny convolution ran there."""
     import torch
 
-    try:
-        torch.device(value)
-    except RuntimeError:
-        raise click.BadParameter(f"{value!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
-    try:
-        torch.empty(0, device=value)
-    except (AssertionError, RuntimeError):  # torch asserts when built without CUDA
-        raise click.BadParameter(f"device {value!r} is not available on this machine") from None
-    return value
+    from freesound.predict.device import require_device
+
+    if value is not None:
+        try:
+            torch.device(value)
+        except RuntimeError:
+            raise click.BadParameter(f"{value!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+        try:
+            torch.empty(0, device=value)
+        except (AssertionError, RuntimeError):  # torch asserts when built without CUDA
+            raise click.BadParameter(f"device {value!r} is not available on this machine") from None
+    device = value or settings.default_device()
+    require_device(device)
+    return device
 
 
 def device_option(function):
     return click.option("--device", default=None, callback=_check_device,
-                        help="torch device (default: cuda when present, else cpu).")(function)
+                        help="torch device (default: cuda when present, else cpu); checked with one tiny "
+                             "convolution before anything else.")(function)
+
+
+def precision_option(function):
+    return click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
+                        help="Arithmetic of the models on CUDA: fp16 autocast or fp32 (the CPU always "
+                             "predicts in fp32).")(function)
 
 
 @main.command()
@@ -228,8 +239,9 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
               help="Processes decoding audio while the model runs.")
 @device_option
+@precision_option
 def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_files, out_csv, no_oof, batch_size, workers,
-            device):
+            device, precision):
     """Predict with a trained EXPERIMENT or ENSEMBLE (name under experiments/ or TOML path).
 
     Writes a submission-format CSV: fname, then one probability column per class. Files that
@@ -250,7 +262,7 @@ def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_file
         load_config(experiment, experiments_dir), work_dir, dataset=load_dataset(data_dir) if data_dir else None,
         audio_dir=audio_dir, out_csv=out_csv, oof=not no_oof, device=device or settings.default_device(),
         batch_size=batch_size, workers=workers, all_files=all_files, feature_workers=settings.default_workers(),
-        log=click.echo,
+        precision=precision, log=click.echo,
     )
     if result.audio_folder is not None and result.audio_folder.left_out:
         click.echo(f"left out as not audio by name: {result.audio_folder.describe_left_out()}; "
@@ -510,7 +522,8 @@ def experiments_command(experiments_dir):
               help="Where the kernel scripts and kernel-metadata.json go.")
 @click.option("--dataset-id", default=None, help="owner/slug of the weights dataset on Kaggle.")
 @click.option("--kernel-id", default=None, help="owner/slug of the pushed kernel (default: from its title).")
-def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, dataset_id, kernel_id):
+@precision_option
+def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, dataset_id, kernel_id, precision):
     """Bundle the package, a weight manifest and an entry point into self-contained Kaggle kernels.
 
     Also writes kernel/kernel-metadata.json (kaggle kernels push) and
@@ -522,7 +535,7 @@ def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, datas
         raise click.UsageError("give --experiment, --ensemble or both")
     build_kernels(work_dir, experiment=experiment, ensemble=ensemble, out_dir=out_dir,
                   dataset_id=dataset_id or DEFAULT_DATASET_ID, kernel_id=kernel_id,
-                  experiments_dir=experiments_dir, log=click.echo)
+                  experiments_dir=experiments_dir, precision=precision, log=click.echo)
 
 
 @main.command()

@@ -119,6 +119,9 @@ class TrainConfig:
     amp: bool = True
     workers: int = 4
     seed: int = 42
+    #: Deterministic algorithms only (torch, cuDNN, cuBLAS), for bit-exact reruns and resumes on
+    #: CUDA at some cost in speed; the CPU is deterministic without it.
+    deterministic: bool = False
 
 
 @dataclass(frozen=True)

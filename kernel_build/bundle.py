@@ -26,6 +26,7 @@ from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_text
 from freesound.kaggle import COMPETITION
 from freesound.paths import weights_root as weights_folder
+from freesound.predict.tagger import check_precision
 from kernel_build.manifest import build_manifest, missing_weights
 from kernel_build.payload import encode_sources, package_sources
 
@@ -39,7 +40,7 @@ KERNELS = {
 
 
 def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dataset_id=DEFAULT_DATASET_ID,
-                  kernel_id=None, title=None, experiments_dir="experiments", log=print) -> dict:
+                  kernel_id=None, title=None, experiments_dir="experiments", precision="fp16", log=print) -> dict:
     """Render the kernel scripts and the Kaggle metadata files.
 
     Parameters
@@ -53,6 +54,7 @@ def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dat
     kernel_id, title : str, optional; the pushed kernel's ``owner/slug`` and title (by default
         derived from the dataset's owner and the pushed spec's name; Kaggle links slug and title)
     experiments_dir : path-like, where ensemble files are looked up
+    precision : "fp16" or "fp32", what the kernels predict in on a GPU (the CPU always runs fp32)
     log : callable taking one line
 
     Returns
@@ -63,8 +65,10 @@ def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dat
     Raises
     ------
     FreesoundError
-        Neither kernel asked for, or a weight file a manifest needs is missing; nothing is written.
+        Neither kernel asked for, an unknown precision, or a weight file a manifest needs is
+        missing; nothing is written.
     """
+    check_precision(precision)
     weights_root = weights_folder(work)
     specs = {
         kind: resolve_spec(kind, value, work, experiments_dir)
@@ -89,7 +93,7 @@ def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dat
     written, used = {}, set()
     for kind, spec in specs.items():
         template, script_name = KERNELS[kind]
-        manifest = build_manifest(spec, weights_root)
+        manifest = build_manifest(spec, weights_root, precision)
         used |= {Path(weight["path"]).parts[0] for weight in manifest["weights"]}
         script = render_kernel(template, script_name, package, manifest, dataset_id)
         path = out_dir / script_name

@@ -4,7 +4,10 @@
 
     {"format": 1, "freesound_version": "0.1.0", "spec": {...ensemble spec...},
      "weights": [{"path": "small/fold_0/model.pt", "bytes": 123, "sha256": "..."}, ...],
-     "configs": {"small": "<config.toml text>", ...}}
+     "configs": {"small": "<config.toml text>", ...}, "precision": "fp16"}
+
+``precision`` is the arithmetic the kernel predicts in on a GPU (``freesound.predict.Tagger``);
+manifests without it predict in fp16 there.
 
 Paths are relative to the weights dataset, which is ``<work>/experiments`` uploaded as is.
 ``freesound.kaggle.runtime`` reads it at run time.
@@ -19,6 +22,7 @@ from freesound.errors import FreesoundError
 from freesound.fileio import file_sha256
 from freesound.kaggle import MANIFEST_FORMAT
 from freesound.predict import spec_files
+from freesound.predict.tagger import check_precision
 
 
 def missing_weights(spec: dict, weights_root) -> list:
@@ -35,8 +39,9 @@ def experiment_config(paths: list, weights_root: Path) -> str | None:
     return None
 
 
-def build_manifest(spec: dict, weights_root) -> dict:
-    """Hash every weight a spec needs and collect each experiment's and stacker's config.
+def build_manifest(spec: dict, weights_root, precision: str = "fp16") -> dict:
+    """Hash every weight a spec needs and collect each experiment's and stacker's config;
+    ``precision`` ("fp16" or "fp32") is what the kernel predicts in on a GPU.
 
     Raises
     ------
@@ -44,6 +49,7 @@ def build_manifest(spec: dict, weights_root) -> dict:
         A weight file is missing; the message names every missing file.
     """
     weights_root = Path(weights_root)
+    check_precision(precision)
     missing = missing_weights(spec, weights_root)
     if missing:
         raise FreesoundError(
@@ -62,4 +68,5 @@ def build_manifest(spec: dict, weights_root) -> dict:
         "spec": spec,
         "weights": weights,
         "configs": {name: text for name, text in configs.items() if text is not None},
+        "precision": precision,
     }

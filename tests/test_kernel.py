@@ -236,6 +236,47 @@ def test_weights_may_be_nested_differently_per_experiment(built, tmp_path):
     assert summary["package"] == freesound.__file__
 
 
+def test_kernel_on_a_gpu_torch_cannot_drive_falls_back_to_the_cpu(built, tmp_path, monkeypatch):
+    """One tiny convolution fails on the device (a P100 under a torch without sm_60; ``meta``
+    stands in for it): one warning naming it and torch's architectures, then the CPU predicts
+    what it always does, in the manifest's precision."""
+    import freesound.kaggle.runtime as runtime
+    import freesound.predict.device as device_module
+
+    real_probe = device_module._probe
+
+    def probe(device):
+        if device.type != "cpu":
+            raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
+        real_probe(device)
+
+    monkeypatch.setattr(device_module, "_probe", probe)
+    precisions = []
+    real_from_spec = EnsemblePredictor.from_spec.__func__
+
+    def from_spec(cls, *args, **kwargs):
+        precisions.append(kwargs["precision"])
+        return real_from_spec(cls, *args, **kwargs)
+
+    monkeypatch.setattr(runtime.EnsemblePredictor, "from_spec", classmethod(from_spec))
+    manifest = build_manifest(built["specs"]["kernel"], built["work"] / "experiments", precision="fp32")
+    assert manifest["precision"] == "fp32"
+    summaries, lines = {}, []
+    for device in ("meta", "cpu"):
+        root = kaggle_tree(built, tmp_path / device)
+        summaries[device] = run_kernel(manifest, root, device=device, workers=0, log=lines.append)
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert warnings == [f"warning: torch {torch.__version__} cannot run a convolution on meta (CUDA error: no kernel "
+                        f"image is available for execution on the device); its GPU architectures: "
+                        f"{', '.join(torch.cuda.get_arch_list()) or 'none (a CPU-only build)'}; predicting on the "
+                        "CPU instead"]
+    assert summaries["meta"]["device"] == "cpu" and precisions == ["fp32", "fp32"]
+    fallback, cpu = (pd.read_csv(tmp_path / device / "working" / "submission.csv") for device in ("meta", "cpu"))
+    pd.testing.assert_frame_equal(fallback, cpu)
+    with pytest.raises(FreesoundError, match="precision must be one of fp16, fp32, got 'fp8'"):
+        run_kernel(manifest, tmp_path / "cpu", device="cpu", precision="fp8", log=lines.append)
+
+
 def test_rebuild_is_byte_identical(built, tmp_path):
     # Two builds back to back, in other folders (the package sources may change during a session).
     first, second = (build_kernels(built["work"], experiment="exp_a", ensemble=built["specs"]["ensemble_kernel"],
@@ -257,6 +298,7 @@ def test_kernel_embeds_every_module_and_the_manifest(built):
     manifest = embedded_manifest(script)
     assert manifest["spec"] == built["specs"]["ensemble_kernel"]
     assert manifest["configs"] == {"exp_a": CONFIG} and manifest["freesound_version"] == freesound.__version__
+    assert manifest["precision"] == "fp16"
     assert [w["path"] for w in manifest["weights"]][-1] == "ens_stacker/fold_1/model.pt"
     assert all(len(w["sha256"]) == 64 and w["bytes"] > 0 for w in manifest["weights"])
     assert script.startswith("# freesound Kaggle kernel: ensemble ens")

@@ -55,7 +55,8 @@ class PredictionResult:
 
 def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Dataset | None = None, audio_dir=None,
                    out_csv=None, oof: bool = True, device="cpu", batch_size: int = 64, workers: int = 0,
-                   all_files: bool = False, feature_workers: int = 1, log=print) -> PredictionResult:
+                   all_files: bool = False, feature_workers: int = 1, precision: str = "fp16",
+                   log=print) -> PredictionResult:
     """Predict ``dataset``'s test set, or every audio file under ``audio_dir`` (give exactly one).
 
     Parameters
@@ -67,6 +68,8 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
     out_csv : default ``<work>/predictions/<name>/test.csv`` (or ``audio.csv``)
     device, batch_size, workers : as for ``EnsemblePredictor``
     all_files : under ``audio_dir``, decode every file, not only those named as audio
+    precision : "fp16" or "fp32", the first-level models' arithmetic on CUDA (``Tagger``), for the
+        out-of-fold scores too
 
     Raises
     ------
@@ -81,14 +84,14 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
     name = spec["name"]
     scores = None
     if dataset is not None and isinstance(config, Experiment) and oof:
-        scores = predict_oof(name, dataset, work, device=device, batch_size=batch_size,
+        scores = predict_oof(name, dataset, work, device=device, batch_size=batch_size, precision=precision,
                              feature_workers=feature_workers, log=log)
     folder = None if audio_dir is None else scan_audio_folder(audio_dir, all_files=all_files)
     if folder is not None and not folder.files:
         left_out = f"; left out as not audio by name: {folder.describe_left_out()} (--all-files decodes every file)"
         raise FreesoundError(f"no audio files under {audio_dir}" + (left_out if folder.left_out else ""))
     predictor = EnsemblePredictor.from_spec(spec, lambda path: weights_root(work) / path, device=device,
-                                            batch_size=batch_size, workers=workers)
+                                            batch_size=batch_size, workers=workers, precision=precision)
     if dataset is not None:
         paths, on_error, default_name = dataset.paths("test"), "silence", "test.csv"
     else:

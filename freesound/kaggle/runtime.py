@@ -9,6 +9,8 @@ time, under a root that is ``/kaggle`` unless ``FREESOUND_KAGGLE_ROOT`` names an
 - each weight is looked up below every ``<root>/input/*/`` folder and up to two levels deeper
   (``kaggle datasets create --dir-mode zip`` may serve a tree one level deeper than uploaded)
   and its sha256 is checked;
+- before anything else, one tiny convolution checks that torch can drive the GPU; if it cannot,
+  one warning names the GPU and the architectures torch supports and the kernel uses the CPU;
 - every row of ``sample_submission.csv`` is predicted in its order by ``EnsemblePredictor``, the
   same code path as local ``freesound predict``; undecodable clips are predicted from silence
   and listed, so the submission is always complete;
@@ -36,6 +38,8 @@ from freesound.data.dataset import read_csv
 from freesound.errors import FreesoundError, one_line_warnings
 from freesound.fileio import atomic_write_csv, file_sha256
 from freesound.predict import EnsemblePredictor
+from freesound.predict.device import describe_device, device_problem
+from freesound.predict.tagger import check_precision
 from freesound.settings import default_device, default_workers, kaggle_root
 
 COMPETITION = "freesound-audio-tagging-2019"
@@ -161,21 +165,29 @@ def predict_in_chunks(predictor: EnsemblePredictor, paths: list, chunk_size: int
     return pd.concat(frames), failures
 
 
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return str(device)
+def usable_device(device: torch.device, log) -> torch.device:
+    """``device`` if one tiny convolution runs there (``freesound.predict.device``); else the
+    CPU, after one ``warning:`` line naming the device and the architectures torch supports (a
+    GPU the installed torch build cannot drive, such as a P100 under a build without sm_60)."""
+    problem = device_problem(device) if device.type != "cpu" else None
+    if problem is None:
+        return device
+    log(f"warning: {problem}; predicting on the CPU instead")
+    return torch.device("cpu")
 
 
 def run_kernel(manifest: dict, root=None, *, device=None, workers: int | None = None, batch_size: int = 64,
-               chunk_size: int = 1024, log=_print) -> dict:
+               chunk_size: int = 1024, precision: str | None = None, log=_print) -> dict:
     """Predict the competition's test set with the manifest's ensemble and write the submission.
 
     Parameters
     ----------
     manifest : dict, as embedded by ``kernel_build``
     root : path-like, the Kaggle root; default ``freesound.settings.kaggle_root()``
-    device : str or torch.device; default CUDA when available
+    device : str or torch.device; default CUDA when available; a GPU that torch cannot drive falls
+        back to the CPU (``usable_device``)
+    precision : "fp16" or "fp32", the arithmetic on CUDA (``freesound.predict.Tagger``); default
+        the manifest's ``precision`` (what ``build-kernel --precision`` chose), else fp16
     workers : int, audio-decoding processes; default every CPU this process may use
     batch_size : int, tiles per forward pass
     chunk_size : int, clips between progress lines
@@ -191,9 +203,10 @@ def run_kernel(manifest: dict, root=None, *, device=None, workers: int | None = 
     check_manifest(manifest)
     # Normalised so the log and the summary name folders without '..'.
     root = Path(os.path.abspath(root if root is not None else kaggle_root()))
-    device = torch.device(device or default_device())
+    precision = check_precision(precision or manifest.get("precision", "fp16"))
     spec = manifest["spec"]
     log(f"freesound {freesound.__version__} kernel {spec['name']!r} (package {Path(freesound.__file__).parent})")
+    device = usable_device(torch.device(device or default_device()), log)
 
     competition_dir = root / "input" / COMPETITION
     sample = read_sample_submission(competition_dir)
@@ -202,10 +215,11 @@ def run_kernel(manifest: dict, root=None, *, device=None, workers: int | None = 
     used = sorted({str(path.parents[len(Path(rel).parts) - 1]) for rel, path in weights.items()})
     total_mb = sum(weight["bytes"] for weight in manifest["weights"]) / 1e6
     log(f"weights: {len(weights)} files, {total_mb:.1f} MB, sha256 verified, from {', '.join(used)}")
-    log(f"device: {describe_device(device)}")
+    log(f"device: {describe_device(device)}{f', {precision}' if device.type == 'cuda' else ''}")
 
     predictor = EnsemblePredictor.from_spec(spec, weights.__getitem__, device=device, batch_size=batch_size,
-                                            workers=default_workers() if workers is None else workers)
+                                            workers=default_workers() if workers is None else workers,
+                                            precision=precision)
     paths = [competition_dir / "test" / fname for fname in sample["fname"]]
     log(f"predicting {len(paths)} clips from {competition_dir / 'test'}")
     predictions, failures = predict_in_chunks(predictor, paths, chunk_size, log)

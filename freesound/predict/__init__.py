@@ -4,14 +4,15 @@
     tagger.py    ``Tagger``: clip probabilities from first-level models (tile mean, fold gmean)
     ensemble.py  ``EnsemblePredictor``: experiments, stackers and their blend, from a plain spec
     files.py     decoding files for prediction, with a policy for files that cannot be used
+    device.py    one tiny convolution first: can the installed torch drive this device?
 """
 
 from freesound.predict.ensemble import EnsemblePredictor, predict_stacker, spec_files
 from freesound.predict.files import ON_ERROR, predict_files, predict_logmels_from_files
-from freesound.predict.tagger import Tagger
+from freesound.predict.tagger import PRECISIONS, Tagger
 from freesound.predict.tiles import TILE, geometric_mean, make_tiles, tile_layout
 
 __all__ = [
-    "ON_ERROR", "TILE", "EnsemblePredictor", "Tagger", "geometric_mean", "make_tiles", "predict_files",
+    "ON_ERROR", "PRECISIONS", "TILE", "EnsemblePredictor", "Tagger", "geometric_mean", "make_tiles", "predict_files",
     "predict_logmels_from_files", "predict_stacker", "spec_files", "tile_layout",
 ]

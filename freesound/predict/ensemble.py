@@ -19,6 +19,8 @@ combined by geometric mean; the blend is the geometric mean of every experiment 
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import torch
@@ -36,7 +38,10 @@ class EnsemblePredictor:
     Parameters
     ----------
     taggers : dict name -> Tagger, the first-level experiments in stacking order
-    stackers : dict name -> list of nn.Module (FCNet folds)
+    stackers : dict name -> list of nn.Module (FCNet folds); each runs as a copy on ``device``,
+        the caller's modules stay where they are
+    device : str or torch.device, where the stackers run (the taggers have their own)
+    workers : int, processes decoding audio in ``predict_files``
     """
 
     def __init__(self, taggers: dict, stackers: dict | None = None, device="cpu", workers: int = 0):
@@ -49,7 +54,8 @@ class EnsemblePredictor:
             if tagger.audio_config != first.audio_config:
                 raise FreesoundError(f"experiment {name!r} uses another audio config than the first experiment")
         self.taggers = dict(taggers)
-        self.stackers = {name: [m.to(device).eval() for m in models] for name, models in (stackers or {}).items()}
+        self.stackers = {name: [copy.deepcopy(m).to(device).eval() for m in models]
+                         for name, models in (stackers or {}).items()}
         self.classes = first.classes
         self.audio_config = first.audio_config
         self.device = torch.device(device)
@@ -57,14 +63,15 @@ class EnsemblePredictor:
 
     @classmethod
     def from_spec(cls, spec: dict, resolve, *, device="cpu", batch_size: int = 64, workers: int = 0,
-                  tile_step: int = 64) -> "EnsemblePredictor":
-        """Load every checkpoint named by ``spec``; ``resolve(relative_path) -> Path``."""
+                  tile_step: int = 64, precision: str = "fp16") -> "EnsemblePredictor":
+        """Load every checkpoint named by ``spec``; ``resolve(relative_path) -> Path``.
+        ``precision`` is the first-level models' arithmetic on CUDA (``Tagger``)."""
         taggers = {
             name: Tagger.from_checkpoints([resolve(p) for p in paths], device=device, batch_size=batch_size,
-                                          tile_step=tile_step)
+                                          tile_step=tile_step, precision=precision)
             for name, paths in spec["experiments"].items()
         }
-        stackers = {name: [load_model(resolve(p), device=device) for p in paths]
+        stackers = {name: [load_model(resolve(p)) for p in paths]
                     for name, paths in spec.get("stackers", {}).items()}
         return cls(taggers, stackers, device=device, workers=workers)
 

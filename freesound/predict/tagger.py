@@ -7,7 +7,9 @@ clips share each batch.
 
 from __future__ import annotations
 
+import copy
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,28 +24,40 @@ from freesound.predict.files import predict_files
 from freesound.predict.tiles import geometric_mean, make_tiles
 
 
+#: Arithmetic of prediction on CUDA: fp16 autocast (the default, as in training with AMP) or
+#: fp32. Every other device predicts in fp32.
+PRECISIONS = ("fp16", "fp32")
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of ``PRECISIONS``; else a ``FreesoundError`` naming them."""
+    if precision not in PRECISIONS:
+        raise FreesoundError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
 def _weights_fingerprint(model: torch.nn.Module) -> tuple:
-    """Changes whenever a parameter or buffer is replaced or modified in place (or the mode flips)."""
+    """Changes whenever a parameter or buffer is replaced or modified in place."""
     tensors = list(model.parameters()) + list(model.buffers())
-    return (model.training,) + tuple((t.data_ptr(), t._version) for t in tensors)
+    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
-def _cpu_inference_model(model: torch.nn.Module, cache: dict) -> torch.nn.Module:
-    """A CPU inference copy of ``model``: batch norms folded into the preceding convolutions
-    (``torch.fx.experimental.optimization.fuse``) and channels-last weights.
+def _inference_model(model: torch.nn.Module, device: torch.device, cache: dict) -> torch.nn.Module:
+    """An inference copy of ``model`` on ``device``: eval mode, batch norms folded into the
+    preceding convolutions (``torch.fx.experimental.optimization.fuse``), channels-last weights.
 
-    Folding saves the batch-norm passes over the large early feature maps; the outputs match the
-    model's to float rounding (~1e-7). The copy is cached in ``cache`` under the model's identity
-    with a fingerprint of its tensors' versions, so training or loading new weights into the
-    model invalidates it. Models in training mode run as they are, and so do models that FX cannot
-    trace (with one ``FreesoundWarning`` each).
+    The caller's ``model`` is never moved, modified or switched to eval mode. Folding saves the
+    batch-norm passes over the large early feature maps, and channels-last is the layout the CPU's
+    oneDNN and cuDNN's tensor-core convolutions run fastest; the outputs match the model's to
+    float rounding (~1e-7). The copy is cached in ``cache`` under the model's identity with a
+    fingerprint of its tensors' versions, so training or loading new weights into the model
+    invalidates it (a model of inference tensors has no version counters: its copy is made once).
+    Models that FX cannot trace are copied unfused (with one ``FreesoundWarning`` each).
     """
-    if model.training:
-        return model
     try:
         fingerprint = _weights_fingerprint(model)
-    except RuntimeError:  # e.g. inference tensors carry no version counter
-        return model
+    except RuntimeError:  # inference tensors carry no version counter
+        fingerprint = None
     entry = cache.get(id(model))
     if entry is not None and entry[0] is model and entry[1] == fingerprint:
         return entry[2]
@@ -52,19 +66,44 @@ def _cpu_inference_model(model: torch.nn.Module, cache: dict) -> torch.nn.Module
         from torch.fx.experimental.optimization import fuse
         from torch.fx.proxy import TraceError
 
+        evaluated = copy.deepcopy(model).eval()  # folding needs eval mode; the caller's keeps its own
         try:
-            fused = fuse(model, inplace=False)
+            runner, reason = fuse(evaluated, inplace=True), None
         except (TraceError, RuntimeError, TypeError) as error:  # FX cannot trace this model
-            fused, reason = None, f"{type(error).__name__}: {error}"
-    if fused is None:
+            runner, reason = evaluated, f"{type(error).__name__}: {error}"
+    if reason is not None:
         warnings.warn(FreesoundWarning(
             f"{type(model).__name__} cannot be traced to fold its batch norms ({reason}); it runs unfused"
         ), stacklevel=2)
-        runner = model
-    else:
-        runner = fused.to(memory_format=torch.channels_last).eval()
+    runner = runner.to(device, memory_format=torch.channels_last).eval()
     cache[id(model)] = (model, fingerprint, runner)
     return runner
+
+
+def _batches(batch: torch.Tensor, size: int, pad: bool):
+    """``(part, n)`` for consecutive parts of ``size`` rows of ``batch``: ``n`` rows are real; with
+    ``pad`` a short last part is zero-padded to ``size`` rows, so that every forward pass has one
+    shape and cuDNN's autotuner measures its algorithms once."""
+    for start in range(0, len(batch), size):
+        part = batch[start:start + size]
+        n = len(part)
+        if pad and n < size:
+            part = torch.cat([part, part.new_zeros((size - n, *part.shape[1:]))])
+            part = part.contiguous(memory_format=torch.channels_last) if part.dim() == 4 else part
+        yield part, n
+
+
+@contextmanager
+def _cudnn_autotuning(enabled: bool):
+    """``torch.backends.cudnn.benchmark`` on within the context when ``enabled`` and torch is not
+    held to deterministic algorithms; the previous setting is restored on exit."""
+    previous = torch.backends.cudnn.benchmark
+    if enabled and not torch.are_deterministic_algorithms_enabled():
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 class Tagger:
@@ -76,16 +115,18 @@ class Tagger:
         head's logits ``(B, C)``
     classes : sequence of str, C class names
     tile_step : int, frames between tile starts
-    device : str or torch.device
+    device : str or torch.device, where the models run: each runs as an inference copy there
+        (``_inference_model``), and the caller's modules stay where they are
     batch_size : int, tiles per forward pass (tiles of many clips share a batch)
     audio_config : AudioConfig used by ``predict_files``
     workers : int, DataLoader workers decoding audio in ``predict_files``
+    precision : "fp16" (fp16 autocast) or "fp32", the arithmetic on CUDA; other devices run fp32
     """
 
     def __init__(self, models, classes, tile_step: int = 64, device="cpu", batch_size: int = 64,
-                 audio_config: AudioConfig | None = None, workers: int = 0):
+                 audio_config: AudioConfig | None = None, workers: int = 0, precision: str = "fp16"):
         self.device = torch.device(device)
-        self.models = [model.to(self.device).eval() for model in models]
+        self.models = list(models)
         if not self.models:
             raise ValueError("a Tagger needs at least one model")
         self.classes = list(classes)
@@ -93,7 +134,8 @@ class Tagger:
         self.batch_size = batch_size
         self.audio_config = audio_config or AudioConfig()
         self.workers = workers
-        self._inference_models = {}  # CPU inference copies, see _cpu_inference_model
+        self.precision = check_precision(precision)
+        self._inference_models = {}  # inference copies on self.device, see _inference_model
 
     @classmethod
     def from_checkpoints(cls, paths, **kwargs) -> "Tagger":
@@ -101,13 +143,12 @@ class Tagger:
         paths = [Path(p) for p in paths]
         if not paths:
             raise FreesoundError("no checkpoints given")
-        device = kwargs.get("device", "cpu")
         first = load_checkpoint(paths[0])
         for path in paths[1:]:
             if list(load_checkpoint(path)["classes"]) != list(first["classes"]):
                 raise FreesoundError(f"{path} predicts other classes than {paths[0]}")
         kwargs.setdefault("audio_config", AudioConfig.from_dict(first.get("audio_config") or {}))
-        models = [load_model(path, device=device) for path in paths]
+        models = [load_model(path) for path in paths]  # on the CPU: the Tagger copies them to its device
         return cls(models, first["classes"], **kwargs)
 
     @classmethod
@@ -121,21 +162,23 @@ class Tagger:
     def _forward(self, tiles: np.ndarray) -> np.ndarray:
         """Sigmoid of every model's main head on a stack of tiles: (M, T, C) float32.
 
-        On the CPU each model runs as an inference copy with its batch norms folded into the
-        convolutions, in channels-last layout (``_cpu_inference_model``); the copy is rebuilt
-        whenever the model's weights change, and the model itself is never modified.
+        Each model runs as its inference copy on the device (batch norms folded, channels-last;
+        ``_inference_model``), rebuilt whenever the model's weights change. On CUDA, under fp16
+        autocast unless ``precision`` is "fp32", with cuDNN autotuning, and with a short last
+        batch padded to ``batch_size`` tiles so that every batch has the same shape.
         """
         outputs = []
+        on_cuda = self.device.type == "cuda"
         batch = torch.from_numpy(tiles).to(self.device)
-        on_cpu = self.device.type == "cpu"
-        if on_cpu and batch.dim() == 4:
+        if batch.dim() == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        use_amp = self.device.type == "cuda"
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
+        use_amp = on_cuda and self.precision == "fp16"
+        with (torch.inference_mode(), _cudnn_autotuning(on_cuda),
+              torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp)):
             for model in self.models:
-                runner = _cpu_inference_model(model, self._inference_models) if on_cpu else model
-                probs = [torch.sigmoid(runner(batch[i:i + self.batch_size])[0].float())
-                         for i in range(0, len(batch), self.batch_size)]
+                runner = _inference_model(model, self.device, self._inference_models)
+                probs = [torch.sigmoid(runner(part)[0][:n].float())
+                         for part, n in _batches(batch, self.batch_size, pad=on_cuda)]
                 outputs.append(torch.cat(probs).cpu().numpy())
         return np.stack(outputs)
 

@@ -12,13 +12,16 @@ One epoch, top to bottom::
     hooks.end_epoch(progress, row)               # a log line; a search's pruning
 
 ``Progress`` is what a resumed run needs besides the tensors (epoch, best score, patience count,
-log rows); ``save_state`` / ``load_state`` write and read it with the modules' state dicts.
+log rows); ``save_state`` / ``load_state`` write and read it with the modules' state dicts, and
+``rng_states`` / ``restore_rng_states`` the random generators. ``on_device`` and
+``deterministic_algorithms`` are the process-wide settings a training run holds while it runs.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +29,7 @@ import pandas as pd
 import torch
 
 from freesound.fileio import atomic_path, atomic_write_csv
+from freesound.settings import use_deterministic_cublas_workspace
 
 
 @dataclass
@@ -133,12 +137,88 @@ def save_state(path, modules: dict, progress: Progress, columns, **extra) -> Non
 
 
 def load_state(path, map_location="cpu") -> dict:
-    """A state written by ``save_state`` (``weights_only``: no pickled code runs)."""
+    """A state written by ``save_state`` (``weights_only``: no pickled code runs).
+
+    Read it onto the CPU (the default) even to resume on a GPU: ``restore`` copies each tensor to
+    its module's device, except the optimizers' ``step`` counters, which torch keeps where they are
+    loaded unless the optimizer is ``capturable`` or ``fused``; counters on a GPU cost one device
+    synchronisation per parameter per step (``torch.optim.Adam``'s ``capturable`` documentation).
+    """
     return torch.load(Path(path), map_location=map_location, weights_only=True)
 
 
 def restore(state: dict, modules: dict, columns) -> Progress:
-    """Load every module's state from ``state``; return its ``Progress``."""
+    """Load every module's state from ``state`` (read by ``load_state``); return its ``Progress``."""
     for name, module in modules.items():
         module.load_state_dict(state[name])
     return Progress.from_state(state, columns)
+
+
+def rng_states(device: torch.device) -> dict:
+    """The state of every generator a training step on ``device`` draws from, for ``save_state``.
+
+    Returns
+    -------
+    dict: ``rng``, the CPU generator's state (ByteTensor); on a CUDA device also ``cuda_rng``,
+    a list with one state per visible GPU (``torch.cuda.get_rng_state_all``): dropout on CUDA
+    tensors draws from the GPU's generator, not the CPU's.
+    """
+    states = {"rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(state: dict, device: torch.device) -> bool:
+    """Set the generators ``rng_states`` saved in ``state``.
+
+    Returns
+    -------
+    bool: every generator a step on ``device`` draws from was restored. False when resuming on
+    CUDA a state without CUDA generator states for this many GPUs (saved on the CPU, or with
+    another GPU count); those generators then keep the run's seeding, so the resumed epochs draw
+    other random numbers than an uninterrupted run would.
+    """
+    torch.set_rng_state(state["rng"].cpu())
+    if device.type != "cuda":
+        return True
+    saved = state.get("cuda_rng") or []
+    if len(saved) != torch.cuda.device_count():
+        return False
+    torch.cuda.set_rng_state_all([generator.cpu() for generator in saved])
+    return True
+
+
+def on_device(device: torch.device):
+    """A context in which a CUDA ``device`` is the current one (nothing for other devices).
+
+    Pinned host memory (``DataLoader(pin_memory=True)``) is allocated through the current device,
+    so training on ``cuda:1`` outside this context would open a second CUDA context on GPU 0.
+    """
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool):
+    """Within the context, with ``enabled``: only deterministic algorithms
+    (``torch.use_deterministic_algorithms``; an operation without one raises), cuDNN deterministic
+    and not autotuning, and cuBLAS's deterministic workspace
+    (``freesound.settings.use_deterministic_cublas_workspace``). The previous settings are
+    restored on exit. Without ``enabled`` nothing changes.
+
+    Source: PyTorch's "Reproducibility" notes (torch.backends.cudnn, CUBLAS_WORKSPACE_CONFIG).
+    """
+    if not enabled:
+        yield
+        return
+    use_deterministic_cublas_workspace()
+    cudnn = torch.backends.cudnn
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                cudnn.deterministic, cudnn.benchmark)
+    torch.use_deterministic_algorithms(True)
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        cudnn.deterministic, cudnn.benchmark = previous[2], previous[3]

@@ -57,9 +57,10 @@ class OOFTiles:
 
 
 def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device="cpu", batch_size: int = 64,
-                       feature_workers: int = 1, progress: bool = True, log=print) -> OOFTiles:
+                       precision: str = "fp16", feature_workers: int = 1, progress: bool = True,
+                       log=print) -> OOFTiles:
     """Each of ``folds``' models (default: every fold of ``folds.csv``) on its held-out curated
-    clips, tile by tile.
+    clips, tile by tile (``device``, ``batch_size`` and ``precision`` as for ``Tagger``).
 
     Every named fold must have its ``fold_<k>/model.pt``, trained on this dataset's classes.
     Curated log-mels not cached yet are computed first (``ensure_features``, in
@@ -70,7 +71,7 @@ def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device=
     checkpoints = experiment_checkpoints(experiment_dir(work, name), folds)
     fnames, fold_ids, tiles = [], [], []
     for fold, checkpoint in zip(folds, checkpoints):
-        tagger = Tagger.from_checkpoints([checkpoint], device=device, batch_size=batch_size)
+        tagger = Tagger.from_checkpoints([checkpoint], device=device, batch_size=batch_size, precision=precision)
         if tagger.classes != list(dataset.classes):
             raise FreesoundError(f"{checkpoint} was trained on other classes than {dataset.root}")
         valid = assignment[assignment.fold == fold].fname.tolist()
@@ -85,8 +86,8 @@ def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device=
     return OOFTiles(np.array(fnames), np.array(fold_ids), offsets, np.concatenate(tiles).astype(np.float32))
 
 
-def predict_oof(name: str, dataset: Dataset, work, *, device="cpu", batch_size: int = 64, feature_workers: int = 1,
-                progress: bool = True, log=print) -> dict:
+def predict_oof(name: str, dataset: Dataset, work, *, device="cpu", batch_size: int = 64, precision: str = "fp16",
+                feature_workers: int = 1, progress: bool = True, log=print) -> dict:
     """Predict every fold's validation clips with that fold's model; write and score them
     (``predict_fold_tiles``: missing curated log-mels are computed first).
 
@@ -94,7 +95,7 @@ def predict_oof(name: str, dataset: Dataset, work, *, device="cpu", batch_size: 
     -------
     dict with ``lwlrap`` (overall), ``per_fold`` and ``per_class`` scores (as written to JSON)
     """
-    oof = predict_fold_tiles(name, dataset, work, device=device, batch_size=batch_size,
+    oof = predict_fold_tiles(name, dataset, work, device=device, batch_size=batch_size, precision=precision,
                              feature_workers=feature_workers, progress=progress, log=log)
     out_dir = predictions_dir(work, name)
     # oof_scores.json is written last and marks a complete set: a run killed part-way through

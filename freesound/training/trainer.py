@@ -12,8 +12,13 @@ Files in ``<work>/experiments/<name>/fold_<k>/``::
     log.csv     epoch, lr, train_loss, val_loss, val_lwlrap, seconds
 
 and ``<work>/train_state/<name>/fold_<k>/state.pt``: everything needed to resume (model,
-optimiser, scheduler, scaler, RNG, log). It lives outside ``experiments/`` because that folder is
+optimiser, scheduler, scaler, the CPU's and the GPUs' generators, log, and the settings, device
+and AMP setting it was trained under). It lives outside ``experiments/`` because that folder is
 the weights dataset uploaded to Kaggle, which needs only ``model.pt``.
+
+A fold may resume on another device than it started on (a CPU run continued on a GPU): the
+gradient scaler then starts fresh when AMP is switched on or off, and the log says, once, that
+the resumed epochs will not repeat an uninterrupted run bit for bit.
 """
 
 from __future__ import annotations
@@ -36,16 +41,28 @@ from freesound.models import create_model, save_checkpoint
 from freesound.paths import checkpoint_path, fold_dir, train_state_path
 from freesound.progress import progress_bar
 from freesound.training.augment import train_transform, valid_transform
-from freesound.training.engine import Hooks, Progress, fit, load_state, restore, save_state
+from freesound.training.engine import (
+    Hooks,
+    Progress,
+    deterministic_algorithms,
+    fit,
+    load_state,
+    on_device,
+    restore,
+    restore_rng_states,
+    rng_states,
+    save_state,
+)
 from freesound.training.losses import AuxLoss, NoisyCuratedLoss, make_loss
 from freesound.training.mixers import method_mixer
 from freesound.training.oof import predict_oof
 from freesound.training.sampling import ClipSource, SamplingDataset, ValidationDataset
 
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_lwlrap", "seconds"]
-#: Settings a resumed run may change: how long it trains and how many loader processes it uses.
-#: Any other change would continue old weights under new rules, so resuming then is refused.
-RESUMABLE_SETTINGS = ("train.max_epochs", "train.workers")
+#: Settings a resumed run may change: how long it trains, how many loader processes it uses and
+#: whether it insists on deterministic algorithms. Any other change would continue old weights
+#: under new rules, so resuming then is refused.
+RESUMABLE_SETTINGS = ("train.max_epochs", "train.workers", "train.deterministic")
 #: The splits a fold trains and validates on.
 TRAIN_SPLITS = ("train_curated", "train_noisy")
 
@@ -162,6 +179,41 @@ def build_loss(experiment: Experiment):
     return AuxLoss(noisy_curated, weights=experiment.model.aux_weights)
 
 
+def saved_run(state: dict) -> tuple:
+    """The device and AMP setting a training state was saved under.
+
+    States from before they were recorded give ``None`` for the device, and AMP on exactly when
+    their gradient scaler's state is not empty (a disabled ``GradScaler`` saves ``{}``).
+
+    Returns
+    -------
+    (device str or None, amp bool)
+    """
+    return state.get("device"), bool(state.get("amp", bool(state.get("scaler"))))
+
+
+def resume_note(fold: int, saved_device, saved_amp: bool, device: torch.device, use_amp: bool,
+                generators_restored: bool) -> str | None:
+    """The one log line for a fold resumed under another device or AMP setting, or without every
+    generator it draws from (None when the resume is exact).
+
+    A change of AMP setting starts the gradient scaler afresh: a disabled scaler saves nothing to
+    continue from, and an enabled one's loss scale means nothing without AMP. An unrecorded device
+    (a state from before it was recorded) counts as a change only through the other two.
+    """
+    same_device = saved_device is None or torch.device(saved_device).type == device.type
+    if same_device and saved_amp == use_amp and generators_restored:
+        return None
+
+    def under(where, amp):
+        return f"{where or 'an unrecorded device'} {'with' if amp else 'without'} AMP"
+
+    consequences = ["the gradient scaler starts fresh"] if saved_amp != use_amp else []
+    consequences.append("the resumed epochs will not repeat an uninterrupted run bit for bit")
+    return (f"fold {fold}: saved on {under(saved_device, saved_amp)}, resumed on {under(device, use_amp)}: "
+            f"{' and '.join(consequences)}")
+
+
 def train_fold(
     experiment: Experiment,
     dataset: Dataset,
@@ -179,13 +231,23 @@ def train_fold(
 
     Log-mels not cached yet are computed first (``ensure_features``, in ``feature_workers``
     processes); a clip that cannot be used stops training with an ``UnusableClipsError`` naming it.
+    A CUDA ``device`` is the current device while it trains (``engine.on_device``), and
+    ``train.deterministic`` holds torch to deterministic algorithms meanwhile
+    (``engine.deterministic_algorithms``).
     """
+    device = torch.device(device)
+    with on_device(device), deterministic_algorithms(experiment.train.deterministic):
+        return _train_fold(experiment, dataset, work, fold, device=device, max_epochs=max_epochs, resume=resume,
+                           progress=progress, feature_workers=feature_workers, log=log)
+
+
+def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, device: torch.device,
+                max_epochs: int | None, resume: bool, progress: bool, feature_workers: int, log) -> FoldResult:
     cfg = experiment.train
     out_dir = fold_dir(work, experiment.name, fold)
     out_dir.mkdir(parents=True, exist_ok=True)
     resume_path = train_state_path(work, experiment.name, fold)
     max_epochs = cfg.max_epochs if max_epochs is None else max_epochs
-    device = torch.device(device)
     use_amp = cfg.amp and device.type == "cuda"
 
     ensure_features(dataset, work, experiment.audio, splits=TRAIN_SPLITS, workers=feature_workers, progress=progress)
@@ -215,17 +277,24 @@ def train_fold(
 
     run = Progress()
     if resume and resume_path.is_file():
-        state = load_state(resume_path, map_location=device)
+        state = load_state(resume_path)  # on the CPU, see load_state
         conflicts = _state_conflicts(state, experiment, work, fold)
         if conflicts:
             raise StaleTrainingStateError(
                 f"fold {fold} of {experiment.name!r} was trained with other settings "
                 f"({', '.join(conflicts)} changed), so it cannot be resumed; train it again without "
                 f"--resume (its state in {resume_path.parent} is then replaced)")
-        run = restore(state, modules, LOG_COLUMNS)
-        torch.set_rng_state(state["rng"].cpu())
+        saved_device, saved_amp = saved_run(state)
+        # A disabled scaler saved {}, which an enabled one refuses to load: it starts fresh then.
+        restored = {name: module for name, module in modules.items()
+                    if name != "scaler" or saved_amp == scaler.is_enabled()}
+        run = restore(state, restored, LOG_COLUMNS)
+        generators_restored = restore_rng_states(state, device)
         log(f"fold {fold}: resuming after epoch {run.epoch} (best val lwlrap {run.best_score:.4f} "
             f"at epoch {run.best_epoch})")
+        note = resume_note(fold, saved_device, saved_amp, device, scaler.is_enabled(), generators_restored)
+        if note:
+            log(note)
         if run.finished:
             return FoldResult(fold, run.best_epoch, run.best_score, run.epoch, out_dir / "model.pt")
     atomic_write_text(out_dir / "config.toml", dump_experiment(experiment))
@@ -253,8 +322,8 @@ def train_fold(
         )
 
     def save_fold_state(run: Progress) -> None:
-        save_state(resume_path, modules, run, LOG_COLUMNS, rng=torch.get_rng_state(),
-                   experiment=experiment.to_dict())
+        save_state(resume_path, modules, run, LOG_COLUMNS, **rng_states(device), experiment=experiment.to_dict(),
+                   device=str(device), amp=scaler.is_enabled())
 
     def end_epoch(run: Progress, row: dict) -> None:
         log(f"fold {fold} epoch {run.epoch}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
