@@ -21,7 +21,8 @@ setup(
         "soundfile>=0.12",
         "numpy>=1.24",
         "pandas>=2.0",
-        "scikit-learn>=1.3",
+        "scikit-learn>=1.6",  # GroupKFold(shuffle=True)
+        "iterative-stratification>=0.1.9",  # multi-label stratified folds
         "click>=8.1",
         "jinja2>=3.1",
         "tqdm>=4.60",
