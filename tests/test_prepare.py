@@ -326,3 +326,14 @@ def test_a_class_missing_from_a_training_part_is_a_warning(tmp_path):
     with pytest.warns(FreesoundWarning, match=r"class 'rare' has no training clip when fold\(s\) \d are held out"):
         result = dataset_folds(dataset, n_folds=3, seed=0)
     assert multi_hot(dataset.curated.labels, dataset.classes).shape == (7, 2) and len(result.folds) == 7
+
+
+def test_a_refused_hard_link_falls_back_to_a_symlink(class_folders, tmp_path, monkeypatch):
+    def refuse(source, target):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr("freesound.data.prepare.os.link", refuse)
+    report = prepare_collection(class_folders, tmp_path / "out")
+    placed = tmp_path / "out" / "train_curated" / "3.wav"
+    assert report.symlinked == 5 and report.linked == 0
+    assert placed.is_symlink() and placed.resolve() == (class_folders / "cat" / "3.wav").resolve()

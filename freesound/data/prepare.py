@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from freesound.audio.files import find_audio_files
+from freesound.audio.files import AUDIO_EXTENSIONS, find_audio_files
 from freesound.data.dataset import DatasetError, read_csv
 from freesound.data.folds import METADATA_FILE
 from freesound.fileio import atomic_write_csv
@@ -117,7 +117,7 @@ def folder_table(src) -> pd.DataFrame:
         ``src`` missing, no class folders, an empty class folder, or audio directly in ``src``.
     """
     src = _existing_dir(src)
-    loose = [p for p in sorted(src.iterdir()) if p.is_file() and p in set(find_audio_files(src))]
+    loose = [p for p in sorted(src.iterdir()) if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS]
     if loose:
         raise PrepareError(f"{loose[0]}: audio file outside any class folder (a folder per class "
                            f"expects {src}/<class>/<file>)")
