@@ -337,3 +337,18 @@ def test_a_refused_hard_link_falls_back_to_a_symlink(class_folders, tmp_path, mo
     placed = tmp_path / "out" / "train_curated" / "3.wav"
     assert report.symlinked == 5 and report.linked == 0
     assert placed.is_symlink() and placed.resolve() == (class_folders / "cat" / "3.wav").resolve()
+
+
+def test_the_real_data_experiment_is_the_method_at_cpu_size():
+    """experiments/fsdd.toml changes only the size and schedule: model family, transforms,
+    mixers, losses and sampling are the method's own (default.toml)."""
+    from pathlib import Path
+
+    from freesound.config import load_experiment
+
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    fsdd, default = load_experiment("fsdd", experiments), load_experiment("default", experiments)
+    for section in ("transforms", "mixers", "loss", "sampling", "audio"):
+        assert getattr(fsdd, section) == getattr(default, section), section
+    assert fsdd.model.name == default.model.name and fsdd.model.aux_weights == default.model.aux_weights
+    assert fsdd.model.params["base_size"] == 4 and fsdd.train.epoch_size * fsdd.train.max_epochs >= 40_000
