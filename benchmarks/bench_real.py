@@ -1,7 +1,7 @@
 """Real recordings end to end: the Free Spoken Digit Dataset through the CLI, scored two ways.
 
     .venv/bin/python benchmarks/bench_real.py [--fsdd DIR] [--work DIR] [--experiment fsdd]
-                                              [--folds 3] [--epochs N] [--quick]
+                                              [--folds 3] [--epochs N] [--quick] [--resume]
 
 Stages, each a ``freesound`` command run as a subprocess and timed: ``prepare`` (file-name
 pattern ``{label}_{group}_{index}.wav``; index 0-4 is the dataset's own test split), ``features``,
@@ -102,6 +102,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=3, help="Folds grouped by speaker (6 speakers).")
     parser.add_argument("--epochs", type=int, default=None, help="Override the experiment's max_epochs.")
     parser.add_argument("--quick", action="store_true", help="One epoch: checks the chain, not the scores.")
+    parser.add_argument("--resume", action="store_true",
+                        help="Continue the folds trained in --work (e.g. to more epochs; train --resume is exact).")
     args = parser.parse_args()
     if not args.fsdd.is_dir():
         sys.exit(f"FSDD recordings not found at {args.fsdd}")
@@ -119,7 +121,8 @@ def main() -> None:
     run_stage("make-folds", ["make-folds", "--data", data, "--work", work, "--folds", args.folds,
                              "--group-by", "group"], times, print)
     common = ["--data", data, "--work", work, "--device", "cpu"]
-    run_stage("train + OOF", ["train", args.experiment, *common, *epochs], times, print)
+    run_stage("train + OOF", ["train", args.experiment, *common, *epochs, *(["--resume"] if args.resume else [])],
+              times, print)
     run_stage("predict test", ["predict", args.experiment, *common, "--no-oof"], times, print)
     cnn_wall = time.perf_counter() - start
 

@@ -113,8 +113,8 @@ def folds_from_values(fnames, values) -> tuple:
         An empty value, or fewer than two distinct values.
     """
     values = [str(v).strip() for v in values]
-    if any(not v or v == "nan" for v in values):
-        fname = next(f for f, v in zip(fnames, values) if not v or v == "nan")
+    if not all(values):
+        fname = next(f for f, v in zip(fnames, values) if not v)
         raise FreesoundError(f"clip {fname!r} has no fold value")
     distinct = set(values)
     if len(distinct) < 2:

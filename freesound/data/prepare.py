@@ -342,7 +342,7 @@ def unique_names(clips, root=None) -> tuple:
             wanted.append(path.name)
         else:
             relative = Path(os.path.relpath(path, root)).as_posix()
-            wanted.append(relative.replace("../", "").replace("/", "__"))
+            wanted.append(relative.replace("/", "__"))
     taken = {name for name, path in zip(wanted, sources) if counts[path.name] == 1}
     names = list(wanted)
     for i in sorted(range(len(sources)), key=lambda i: str(sources[i])):
