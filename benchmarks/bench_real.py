@@ -129,7 +129,8 @@ def main() -> None:
     dataset = load_dataset(data)
     test_labels = pd.read_csv(data / "test_labels.csv", dtype=str).set_index("fname").loc[list(dataset.test_fnames)]
     test_truth = multi_hot([tuple(t.split(",")) for t in test_labels.labels], dataset.classes)
-    predictions = work / "predictions" / args.experiment
+    name = Path(args.experiment).stem  # a name, or a path to a TOML file named after the experiment
+    predictions = work / "predictions" / name
     cnn_split = scores(test_truth, probabilities(predictions / "test.csv", dataset.test_fnames, dataset.classes))
     oof = pd.read_csv(predictions / "oof.csv", dtype={"fname": str})
     truth = multi_hot(dataset.curated.set_index("fname").loc[oof.fname, "labels"], dataset.classes)
@@ -141,10 +142,10 @@ def main() -> None:
     times["baseline (both)"] = time.perf_counter() - begin
 
     rows = []
-    for name, split, speakers in ((f"CNN ({args.experiment})", cnn_split, cnn_speakers),
+    for model, split, speakers in ((f"CNN ({name})", cnn_split, cnn_speakers),
                                   ("band statistics + logistic regression", base_split, base_speakers),
                                   ("chance", chance(len(dataset.classes)), chance(len(dataset.classes)))):
-        rows.append([name, f"{split['accuracy']:.3f}", f"{split['lwlrap']:.3f}",
+        rows.append([model, f"{split['accuracy']:.3f}", f"{split['lwlrap']:.3f}",
                      f"{speakers['accuracy']:.3f}", f"{speakers['lwlrap']:.3f}"])
     print()
     print(table(["model", "split accuracy", "split lwlrap", "held-out speakers accuracy",
