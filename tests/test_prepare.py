@@ -351,4 +351,4 @@ def test_the_real_data_experiment_is_the_method_at_cpu_size():
     for section in ("transforms", "mixers", "loss", "sampling", "audio"):
         assert getattr(fsdd, section) == getattr(default, section), section
     assert fsdd.model.name == default.model.name and fsdd.model.aux_weights == default.model.aux_weights
-    assert fsdd.model.params["base_size"] == 4 and fsdd.train.epoch_size * fsdd.train.max_epochs >= 40_000
+    assert fsdd.model.params["base_size"] == 4 and fsdd.train.epoch_size * fsdd.train.max_epochs >= 30_000
