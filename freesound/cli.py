@@ -128,21 +128,80 @@ def features(data_dir, work_dir, workers, experiment, experiments_dir, max_secon
         sys.exit(1)
 
 
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--csv", "csv_file", type=click.Path(path_type=Path), default=None,
+              help="Metadata CSV naming each file and its label(s) (a path, or relative to SRC).")
+@click.option("--pattern", default=None,
+              help="Parse labels and groups from file names, e.g. '{label}_{group}_{index}.wav'.")
+@click.option("--file-column", default=None, help="CSV column of file names (default: fname, filename, file, ...).")
+@click.option("--audio-dir", default="", help="Folder of the CSV's audio under SRC; may name columns: 'audio/fold{fold}'.")
+@click.option("--label-column", default=None, help="Column (or pattern field) of the labels (default: labels, label, category, class).")
+@click.option("--separator", default=",", show_default=True, help="Splits a multi-label label field.")
+@click.option("--group-column", default=None, help="Column or field of the group (speaker, session, source file); pattern default: {group}.")
+@click.option("--fold-column", default=None, help="Column or field of the dataset's own folds (for make-folds --from-column fold).")
+@click.option("--test-column", default=None, help="Column or field that marks test clips (with --test-value).")
+@click.option("--test-value", "test_values", multiple=True,
+              help="A --test-column value of test clips (repeatable, or comma-separated).")
+@click.option("--copy", is_flag=True, help="Copy the audio instead of hard-linking it (symlinks where links fail).")
+@click.option("--skip-missing", is_flag=True, help="Go on without missing audio files, listing them.")
+def prepare(src, out, csv_file, pattern, file_column, audio_dir, label_column, separator, group_column,
+            fold_column, test_column, test_values, copy, skip_missing):
+    """Turn a labeled collection at SRC into the FSDKaggle2019 layout at OUT (a new folder).
+
+    SRC is a folder per class (default), or described by --csv or --pattern. Audio is linked or
+    copied, never re-encoded; OUT also gets metadata.csv (groups, given folds) for make-folds.
+    """
+    from freesound.data.prepare import prepare_collection
+
+    values = [v.strip() for value in test_values for v in value.split(",") if v.strip()]
+    report = prepare_collection(
+        src, out, csv=csv_file, pattern=pattern, file_column=file_column, audio_dir=audio_dir,
+        label_column=label_column, separator=separator, group_column=group_column, fold_column=fold_column,
+        test_column=test_column, test_values=values, mode="copy" if copy else "link", skip_missing=skip_missing,
+    )
+    for source, fname in report.renamed:
+        click.echo(f"  renamed: {source} -> {fname} (another file has its name)")
+    for where, path in report.missing:
+        click.echo(f"  skipped: {where}: {path} not found", err=True)
+    how = ", ".join(f"{n} {word}" for n, word in ((report.linked, "hard-linked"), (report.symlinked, "symlinked"),
+                                                  (report.copied, "copied")) if n)
+    extra = "".join(f", {word}" for flag, word in ((report.has_groups, "groups"), (report.has_folds, "given folds"))
+                    if flag)
+    click.echo(f"prepared: {report.train} training and {report.test} test clips of {len(report.classes)} classes "
+               f"({how}; {len(report.renamed)} renamed, {len(report.missing)} missing skipped{extra}) -> {report.out}")
+
+
 @main.command("make-folds")
 @data_option
 @work_option
 @click.option("--folds", "n_folds", type=click.IntRange(2), default=5, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
-def make_folds_command(data_dir, work_dir, n_folds, seed):
-    """Split the curated clips into shuffled K folds (writes <work>/folds.csv)."""
-    from freesound.data.dataset import load_dataset
-    from freesound.data.folds import make_folds, write_folds
+@click.option("--group-by", default=None,
+              help="Keep each group in one fold: a column of DATA/metadata.csv (e.g. group, from prepare).")
+@click.option("--stratify", is_flag=True, help="Balance classes across folds (iterative stratification if multi-label).")
+@click.option("--from-column", default=None, help="Use the dataset's own folds: a column of DATA/metadata.csv (e.g. fold).")
+@click.option("--metadata", type=click.Path(path_type=Path), default=None,
+              help="Read --group-by / --from-column from this CSV (fname + columns) instead.")
+def make_folds_command(data_dir, work_dir, n_folds, seed, group_by, stratify, from_column, metadata):
+    """Split the curated clips into K folds (writes <work>/folds.csv).
 
-    dataset = load_dataset(data_dir)
-    folds = make_folds(dataset.curated.fname, n_folds=n_folds, seed=seed)
-    path = write_folds(work_dir, folds)
-    sizes = ", ".join(str(n) for n in folds.fold.value_counts().sort_index())
-    click.echo(f"folds: {n_folds} folds of {sizes} clips -> {path}")
+    The default is the method's shuffled KFold. The folds written are checked: no group in two
+    folds, and a warning names any class missing from a fold's training part.
+    """
+    from freesound.data.dataset import load_dataset
+    from freesound.data.folds import dataset_folds, write_folds
+
+    if from_column and stratify:
+        raise click.UsageError("--from-column takes the dataset's folds as they are; drop --stratify")
+    result = dataset_folds(load_dataset(data_dir), n_folds=n_folds, seed=seed, group_by=group_by,
+                           stratify=stratify, from_column=from_column, metadata=metadata)
+    path = write_folds(work_dir, result.folds)
+    sizes = ", ".join(str(n) for n in result.folds.fold.value_counts().sort_index())
+    groups = f", {result.n_groups} groups kept apart" if result.n_groups else ""
+    given = "".join(f", {value!r} -> {k}" for value, k in (result.mapping or {}).items())
+    click.echo(f"folds: {result.folds.fold.nunique()} folds of {sizes} clips ({result.method}{groups}{given}) -> {path}")
 
 
 def _check_device(ctx, param, value):

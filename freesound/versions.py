@@ -33,7 +33,10 @@ MINIMUM = {
     "librosa": "0.10.2",
     # librosa 0.10 requires 0.12.1.
     "soundfile": "0.12.1",
-    "scikit-learn": "1.3",
+    # GroupKFold(shuffle=True), for make-folds --group-by, came in 1.6.
+    "scikit-learn": "1.6",
+    # Multi-label stratified folds (make-folds --stratify).
+    "iterative-stratification": "0.1.9",
     # The tests read a CLI run's stderr apart from its stdout, which click's CliRunner does from 8.2.
     "click": "8.2",
     "jinja2": "3.1",
@@ -49,7 +52,7 @@ TESTED_TORCH = "2.13.0"
 KERNEL = ("numpy", "pandas", "scipy", "torch", "librosa", "soundfile")
 
 #: Distribution name -> module name, where they differ (for a package installed without metadata).
-_MODULES = {"scikit-learn": "sklearn"}
+_MODULES = {"scikit-learn": "sklearn", "iterative-stratification": "iterstrat"}
 
 
 def requirements() -> list:

@@ -8,7 +8,6 @@ without one, and run under ``make gpu-check``.
 """
 
 import os
-import re
 import shutil
 import subprocess
 import sys

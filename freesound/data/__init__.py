@@ -3,5 +3,8 @@
     dataset.py   the layout: label files, the class vocabulary, corrections files
     synth.py     a synthetic dataset in that layout (``freesound synth``)
     features.py  the on-disk log-mel cache (``freesound features``)
-    folds.py     cross-validation folds of the curated clips (``freesound make-folds``)
+    folds.py     cross-validation folds of the curated clips (``freesound make-folds``): shuffled,
+                 grouped, stratified or given by the dataset, checked
+    prepare.py   a labeled collection (a folder per class, a CSV, file names) -> the layout
+                 (``freesound prepare``)
 """
