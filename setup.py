@@ -26,6 +26,7 @@ setup(
         "jinja2>=3.1",
         "tqdm>=4.60",
         "matplotlib>=3.7",
+        "optuna>=5.0",
     ],
     extras_require={
         "dev": ["pytest>=7.4", "hypothesis>=6.80", "import-linter>=2.1"],

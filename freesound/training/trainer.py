@@ -171,8 +171,14 @@ def train_fold(
     resume: bool = False,
     progress: bool = True,
     log=print,
+    on_epoch=None,
 ) -> FoldResult:
-    """Train one fold; with ``resume``, continue from ``state.pt`` exactly where it stopped."""
+    """Train one fold; with ``resume``, continue from ``state.pt`` exactly where it stopped.
+
+    ``on_epoch(progress, row)``, when given, runs after each epoch's log line, with the
+    ``freesound.training.engine.Progress`` and the epoch's log row; it may raise to stop the
+    training (a search prunes a trailing trial this way).
+    """
     cfg = experiment.train
     out_dir = fold_dir(work, experiment.name, fold)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -251,6 +257,8 @@ def train_fold(
     def end_epoch(run: Progress, row: dict) -> None:
         log(f"fold {fold} epoch {run.epoch}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
             f"val lwlrap {row['val_lwlrap']:.4f}{' *' if run.best_epoch == run.epoch else ''}")
+        if on_epoch is not None:
+            on_epoch(run, row)
 
     hooks = Hooks(train_one_epoch, validate, save_best, save_fold_state, end_epoch)
     run = fit(hooks, optimizer, scheduler, max_epochs=max_epochs, early_stop_patience=cfg.early_stop_patience,
