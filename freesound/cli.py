@@ -412,21 +412,32 @@ def select_ensemble_command(experiments, data_dir, work_dir, experiments_dir, ma
               help="Total number of trials; finished ones are kept, so rerunning resumes.")
 @click.option("--space", "space_file", type=click.Path(path_type=Path), default=None,
               help="Search space TOML (default: see above).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Trial i's settings depend on (seed, i) only.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the sampler: trial i samples with a seed made from (seed, i).")
 @click.option("--fold", "folds", type=int, multiple=True, help="Train and score trials on this fold only (repeatable).")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Override max_epochs in every trial (the best config keeps its own).")
 @click.option("--name", default=None, help="Search name (default: EXPERIMENT's); trials train as <name>-trial<i>.")
 @click.option("--out", "out_file", type=click.Path(path_type=Path), default=None,
               help="Best config file (default: <experiments>/<name>-best.toml).")
+@click.option("--sampler", type=click.Choice(["tpe", "random", "grid"]), default="tpe", show_default=True,
+              help="Optuna's sampler; grid visits every value of choice and int distributions.")
+@click.option("--pruner", type=click.Choice(["median", "hyperband"]), default="median", show_default=True,
+              help="Stops trials whose val lwlrap trails the others'.")
+@click.option("--no-prune", is_flag=True, help="Train every trial to its end.")
+@click.option("--storage", default=None,
+              help="Optuna storage URL shared by several processes or machines, e.g. postgresql://user@host/db "
+                   "(default: the SQLite file <work>/search/<name>/study.db).")
 @device_option
 def search(experiment, data_dir, work_dir, experiments_dir, trials, space_file, seed, folds, epochs, name, out_file,
-           device):
-    """Random search over EXPERIMENT's settings, or an ENSEMBLE's first stacker's, by OOF lwlrap.
+           sampler, pruner, no_prune, storage, device):
+    """Search EXPERIMENT's settings, or an ENSEMBLE's first stacker's, by OOF lwlrap (Optuna).
 
     Each trial trains with the normal training code and is scored by its out-of-fold lwlrap on
-    the trained folds. Results go to <work>/search/<name>/trials.csv as trials finish (a killed
-    search resumes where it stopped and never repeats a finished trial) with progress.png beside
-    it; the best trial's config is written as a new experiment (or ensemble) file.
+    the trained folds; trials that trail are pruned after each epoch. The study lives in
+    <work>/search/<name>/study.db (or --storage): rerunning the command resumes it, and several
+    processes or machines running it on one storage share the trials. trials.csv and
+    progress.png are written beside it and the best trial's config as a new experiment (or
+    ensemble) file after every trial.
 
     \b
     The space is TOML, one entry per config key (experiments: dotted keys such as train.lr,
@@ -445,15 +456,19 @@ def search(experiment, data_dir, work_dir, experiments_dir, trials, space_file, 
       lr loguniform [1e-4, 1e-2], p_dropout uniform [0.0, 0.5],
       base_size choice [32, 64, 128, 256], reduction_scale choice [1, 2, 4, 8]
     """
+    import optuna
+
     from freesound.data.dataset import load_dataset
     from freesound.tools.search import TrialSetup, format_trials, load_space, load_target, run_search
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial gets its own line below
     target = load_target(experiment, experiments_dir)
     space = load_space(space_file, target)
     setup = TrialSetup.create(load_dataset(data_dir), work_dir, folds, device=device or settings.default_device(),
                               max_epochs=epochs)
     result = run_search(target, space, setup, trials=trials, seed=seed, name=name, out=out_file,
-                        experiments_dir=experiments_dir, log=click.echo)
+                        experiments_dir=experiments_dir, sampler=sampler, pruner=None if no_prune else pruner,
+                        storage=storage, log=click.echo)
     click.echo(f"\n{name or target.name}: best of {len(result.trials)} trials by OOF lwlrap")
     click.echo(format_trials(result.trials))
     click.echo(f"trials -> {result.paths['csv']}\nplot -> {result.paths['png']}\nbest config -> {result.paths['best']}")

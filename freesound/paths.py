@@ -49,8 +49,12 @@ def checkpoint_path(work, name: str, fold: int) -> Path:
     return fold_dir(work, name, fold) / CHECKPOINT_FILE
 
 
+def train_state_dir(work, name: str) -> Path:
+    return Path(work) / "train_state" / name
+
+
 def train_state_path(work, name: str, fold: int) -> Path:
-    return Path(work) / "train_state" / name / f"fold_{fold}" / "state.pt"
+    return train_state_dir(work, name) / f"fold_{fold}" / "state.pt"
 
 
 def predictions_dir(work, name: str) -> Path:

@@ -42,6 +42,8 @@ MINIMUM = {
     "jinja2": "3.1",
     "tqdm": "4.60",
     "matplotlib": "3.7",
+    # RetryHeartbeatStaleTrialCallback and heartbeat_stale_trial_callback (search) are Optuna 5's.
+    "optuna": "5.0",
 }
 
 #: The one torch build the CI machines have (a CPU build on local disk): the torch minimum is

@@ -1,17 +1,24 @@
-"""Hyperparameter search: the space parser and its errors, deterministic sampling, resuming an
-interrupted search, the best config file, a stacker search and the CLI."""
+"""Hyperparameter search on Optuna: the space parser and its errors, the Optuna distributions,
+seeding, pruning, resuming, several workers on one study, a killed worker, the best config file, a
+stacker search and the CLI."""
 
-import json
+import math
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 import tomllib
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 import freesound.tools.search as search_module
-from conftest import tiny_ensemble_toml, tiny_experiment_toml
+from conftest import REPO, tiny_ensemble_toml, tiny_experiment_toml
 from freesound.cli import main
 from freesound.config import Experiment, experiment_from_dict, load_ensemble, load_experiment
 from freesound.data.dataset import probability_frame
@@ -27,8 +34,10 @@ from freesound.tools.search import (
     TrialSetup,
     load_space,
     load_target,
+    open_study,
     parse_space,
     run_search,
+    storage_url,
 )
 from freesound.training.oof import OOFTiles, save_oof_tiles
 
@@ -67,7 +76,8 @@ def test_space_forms_parse_to_the_same_dotted_keys(experiments):
     assert space.params["model.params.dropout"].args == (0.1, 0.3)
     fixed = parse_space({"train": {"max_epochs": 2}, "loss.noisy.beta": {"uniform": [0.5, 0.9]}}, target(experiments))
     assert fixed.params["train.max_epochs"].kind == "fixed"
-    assert fixed.sample(0, 0)["train.max_epochs"] == 2
+    assert fixed.suggest(optuna.trial.FixedTrial({"loss.noisy.beta": 0.6})) == {"train.max_epochs": 2,
+                                                                               "loss.noisy.beta": 0.6}
 
 
 def test_default_spaces_are_valid_and_in_the_help(experiments):
@@ -138,19 +148,94 @@ def test_a_searched_table_merges_onto_the_searched_experiment_not_the_defaults()
     assert trial.model.params == dict(Experiment().model.params, base_size=8, dropout=0.1)
 
 
-def test_sampling_is_deterministic_per_seed_and_trial(experiments):
-    space = parse_space({**tomllib.loads(SPACE), "model.params.base_size": {"int": [2, 6]}}, target(experiments))
-    draws = [space.sample(3, i) for i in range(30)]
-    assert draws == [space.sample(3, i) for i in range(30)]
-    assert draws != [space.sample(4, i) for i in range(30)]
-    assert len({d["train.lr"] for d in draws}) == 30
-    for d in draws:
-        assert 1e-3 <= d["train.lr"] <= 1e-2 and 0.2 <= d["mixers.prob"] <= 0.9
-        assert d["model.params.dropout"] in (0.1, 0.3)
-        assert isinstance(d["model.params.base_size"], int) and 2 <= d["model.params.base_size"] <= 6
-    assert {d["model.params.base_size"] for d in draws} == {2, 3, 4, 5, 6}
-    # Log-uniform: about half the draws below the geometric middle of the range.
-    assert 8 <= sum(d["train.lr"] < np.sqrt(1e-3 * 1e-2) for d in draws) <= 22
+def test_distributions_become_optuna_distributions(experiments):
+    space = parse_space({**tomllib.loads(SPACE), "model.params.base_size": {"int": [2, 6]},
+                         "loss.noisy": {"choice": [{"name": "lq", "q": 0.5}, {"name": "lsoft", "beta": 0.7}]},
+                         "train.max_epochs": 3}, target(experiments))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = []
+    for _ in range(12):
+        trial = study.ask()
+        drawn.append(space.suggest(trial))
+        study.tell(trial, 0.5)
+    distributions = study.trials[0].distributions
+    assert distributions["train.lr"] == optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)
+    assert distributions["mixers.prob"] == optuna.distributions.FloatDistribution(0.2, 0.9)
+    assert distributions["model.params.base_size"] == optuna.distributions.IntDistribution(2, 6)
+    assert distributions["model.params.dropout"] == optuna.distributions.CategoricalDistribution([0.1, 0.3])
+    # Tables are not values Optuna stores: they are drawn by index and given back whole.
+    assert distributions["loss.noisy"] == optuna.distributions.CategoricalDistribution([0, 1])
+    assert "train.max_epochs" not in distributions and all(d["train.max_epochs"] == 3 for d in drawn)
+    assert {d["loss.noisy"]["name"] for d in drawn} == {"lq", "lsoft"}
+    for trial, settings in zip(study.trials, drawn):
+        assert space.settings(trial.params) == settings
+        assert target(experiments).config(settings, "x").loss.noisy == settings["loss.noisy"]
+    with pytest.raises(SearchSpaceError, match=r"grid search needs choice or int.*train.lr, mixers.prob"):
+        space.grid()
+
+
+class ScoredByLr(ExperimentTarget):
+    """Trains nothing: a trial's score rises over its epochs towards a peak at lr = 10^-2.5."""
+
+    def __init__(self, experiment, epochs=3):
+        super().__init__(experiment)
+        self.epochs = epochs
+
+    def prepare(self, setup, log=print):
+        def run(trial_name, params, report):
+            closeness = 1.0 - abs(math.log10(params["train.lr"]) + 2.5)
+            for epoch in range(self.epochs):
+                report(epoch, closeness * (epoch + 1) / self.epochs)
+            return closeness
+
+        return run
+
+
+def test_the_same_seed_gives_the_same_first_trial(tiny_work, experiments, tmp_path):
+    dataset, work = tiny_work
+    space = parse_space({"train.lr": {"loguniform": [1e-4, 1e-1]}}, target(experiments))
+    scored = ScoredByLr(load_experiment(experiments / "tiny.toml"))
+    setup = TrialSetup.create(dataset, work, [0])
+
+    def trials(seed, name):
+        result = run_search(scored, space, setup, trials=2, seed=seed, name=name, out=tmp_path / f"{name}.toml",
+                            log=lambda *_: None, progress=False)
+        return list(result.trials["train.lr"])
+
+    first, again, other = trials(3, "a"), trials(3, "b"), trials(4, "c")
+    assert first == again
+    assert other[0] != first[0]
+    assert first[0] != first[1]  # each trial draws with its own seed
+
+
+def test_grid_search_visits_every_value(tiny_work, experiments, tmp_path):
+    dataset, work = tiny_work
+    scored = ScoredByLr(load_experiment(experiments / "tiny.toml"))
+    space = parse_space({"train.lr": {"choice": [1e-4, 1e-3, 3e-3, 1e-2]}}, target(experiments))
+    grid = run_search(scored, space, TrialSetup.create(dataset, work, [0]), trials=4, sampler="grid", name="grid",
+                      out=tmp_path / "grid.toml", log=lambda *_: None, progress=False, pruner=None)
+    assert sorted(grid.trials["train.lr"]) == [1e-4, 1e-3, 3e-3, 1e-2]
+    assert grid.best_params == {"train.lr": 3e-3} and list(grid.trials.epochs) == [3, 3, 3, 3]
+
+
+def test_a_bad_setting_is_pruned_before_its_last_epoch(tiny_work, experiments):
+    dataset, work = tiny_work
+    (experiments / "learns.toml").write_text(tiny_experiment_toml(max_epochs=4, epoch_size=48, lr=1e-2))
+    learns = target(experiments, "learns")
+    space = parse_space({"train.lr": {"choice": [1e-2, 1e-9]}}, learns)
+    setup = TrialSetup.create(dataset, work, [0])
+    study = open_study("learns", storage_url(work, "learns"))
+    study.enqueue_trial({"train.lr": 1e-2})  # a setting that learns, then one that cannot
+    study.enqueue_trial({"train.lr": 1e-9})
+    result = run_search(learns, space, setup, trials=2, experiments_dir=experiments, log=lambda *_: None,
+                        progress=False, pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=1))
+    trials = result.trials.set_index("trial")
+    assert list(trials.state) == ["COMPLETE", "PRUNED"]
+    assert list(trials.epochs) == [4, 2]  # pruned after epoch 2, where the check starts
+    assert np.isnan(trials.lwlrap[1]) and result.best_trial == 0
+    assert (work / "experiments" / "learns-trial0" / "fold_0" / "model.pt").is_file()
+    assert not (work / "experiments" / "learns-trial1").exists()  # never taken for a trained experiment
+    assert not (work / "train_state" / "learns-trial1").exists()
 
 
 def test_interrupted_search_resumes_without_repeating_trials(tiny_work, experiments, monkeypatch):
@@ -161,7 +246,8 @@ def test_interrupted_search_resumes_without_repeating_trials(tiny_work, experime
     def train_fold(experiment, *args, **kwargs):
         if experiment.name == "tiny-trial1" and not trained.count("interrupted"):
             trained.append("interrupted")
-            raise KeyboardInterrupt  # killed before trial 1 finished
+            real_train_fold(experiment, *args, **kwargs)  # its weights exist, then Ctrl-C
+            raise KeyboardInterrupt
         trained.append(experiment.name)
         return real_train_fold(experiment, *args, **kwargs)
 
@@ -174,27 +260,27 @@ def test_interrupted_search_resumes_without_repeating_trials(tiny_work, experime
         run_search(tiny, space, setup, **options)
     csv = work / "search" / "tiny" / "trials.csv"
     assert list(pd.read_csv(csv).trial) == [0]
+    assert not (work / "experiments" / "tiny-trial1").exists()  # the interrupted trial's weights are gone
     first_model = work / "experiments" / "tiny-trial0" / "fold_0" / "model.pt"
     stamp = first_model.stat().st_mtime_ns
 
     result = run_search(tiny, space, setup, **options)
-    assert trained == ["tiny-trial0", "interrupted", "tiny-trial1"]
+    assert trained == ["tiny-trial0", "interrupted", "tiny-trial2"]
     assert first_model.stat().st_mtime_ns == stamp
     trials = pd.read_csv(csv)
-    assert list(trials.trial) == [0, 1] and list(trials.name) == ["tiny-trial0", "tiny-trial1"]
-    assert list(trials.columns) == ["trial", "name", "lwlrap", "seconds", "train.lr", "mixers.prob",
-                                    "model.params.dropout"]
-    for row in trials.itertuples():
-        assert getattr(row, "_5") == pytest.approx(space.sample(5, row.trial)["train.lr"])
+    assert list(trials.trial) == [0, 1, 2] and list(trials.state) == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert list(trials.columns) == ["trial", "name", "state", "lwlrap", "epochs", "seconds", "train.lr",
+                                    "mixers.prob", "model.params.dropout"]
     assert not (work / "experiments" / "tiny-trial0" / "fold_1").exists()  # only --fold 0 trains
     assert (work / "search" / "tiny" / "progress.png").stat().st_size > 1000
 
     # The best trial's config: loads as an experiment and holds the best trial's settings.
-    best_row = trials.loc[trials.lwlrap.idxmax()]
+    complete = trials[trials.state == "COMPLETE"]
+    best_row = complete.loc[complete.lwlrap.idxmax()]
     assert result.best_trial == best_row.trial and result.best_score == pytest.approx(best_row.lwlrap)
     best = load_experiment(result.paths["best"])
     assert result.paths["best"] == experiments / "tiny-best.toml" and best.name == "tiny-best"
-    assert best.train.lr == result.best_params["train.lr"] == space.sample(5, result.best_trial)["train.lr"]
+    assert best.train.lr == result.best_params["train.lr"] == pytest.approx(best_row["train.lr"])
     assert best.mixers.prob == result.best_params["mixers.prob"]
     assert best.model.params == {"base_size": 4, "dropout": result.best_params["model.params.dropout"]}
     assert best.train.epoch_size == 16  # the rest is the base experiment's
@@ -202,9 +288,78 @@ def test_interrupted_search_resumes_without_repeating_trials(tiny_work, experime
     # Asking for one more trial runs only that one; another seed is another search.
     trained.clear()
     run_search(tiny, space, setup, **{**options, "trials": 3})
-    assert trained == ["tiny-trial2"] and list(pd.read_csv(csv).trial) == [0, 1, 2]
+    assert trained == ["tiny-trial3"] and list(pd.read_csv(csv).state).count("COMPLETE") == 3
     with pytest.raises(FreesoundError, match="another seed"):
         run_search(tiny, space, setup, **{**options, "seed": 6})
+
+
+def search_command(dataset, work, experiments, *extra):
+    return [sys.executable, "-m", "freesound", "search", "tiny", "--data", str(dataset.root), "--work", str(work),
+            "--experiments", str(experiments), "--device", "cpu", "--space", str(experiments / "space.toml"),
+            "--fold", "0", *extra]
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_without_repeating_a_trial(tiny_work, experiments):
+    dataset, work = tiny_work
+    open_study("tiny", storage_url(work, "tiny"))  # as the first worker would
+    command = search_command(dataset, work, experiments, "--trials", "6")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for _ in range(2)]
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    trials = pd.read_csv(work / "search" / "tiny" / "trials.csv")
+    complete = trials[trials.state == "COMPLETE"]
+    # Two workers starting a trial at the same moment may run one more than asked, never one twice.
+    assert 6 <= len(complete) <= 7 and complete.name.is_unique
+    for name in complete.name:
+        assert (work / "experiments" / name / "fold_0" / "model.pt").is_file()
+    ran = [set(re.findall(r"^trial (\d+):", output, re.M)) for output in outputs]
+    assert ran[0] and ran[1] and not ran[0] & ran[1], outputs  # both worked, on different trials
+
+
+WORKER = """
+import sys, time
+sys.path[:0] = [{tests!r}]
+from test_search import ScoredByLr, TrialSetup, load_experiment, parse_space, run_search, target
+from freesound.data.dataset import load_dataset
+
+class Slow(ScoredByLr):
+    def prepare(self, setup, log=print):
+        run = super().prepare(setup, log)
+        def slow(name, params, report):
+            print("started", name, flush=True)
+            time.sleep(60)
+            return run(name, params, report)
+        return slow
+
+experiments = {experiments!r}
+space = parse_space({{"train.lr": {{"loguniform": [1e-4, 1e-1]}}}}, target(experiments))
+setup = TrialSetup.create(load_dataset({data!r}), {work!r}, [0])
+run_search(Slow(load_experiment(experiments + "/tiny.toml")), space, setup, trials=1, heartbeat=(1, 2),
+           log=lambda *_: None, progress=False)
+"""
+
+
+def test_a_killed_worker_leaves_a_usable_study_and_its_trial_is_retried(tiny_work, experiments):
+    dataset, work = tiny_work
+    script = WORKER.format(tests=str(REPO / "tests"), experiments=str(experiments), data=str(dataset.root),
+                           work=str(work))
+    worker = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert worker.stdout.readline().strip() == "started tiny-trial0"
+    os.kill(worker.pid, signal.SIGKILL)  # mid-trial: no chance to tell the study
+    worker.wait()
+    time.sleep(3)  # past the grace period of its last heartbeat
+
+    scored = ScoredByLr(load_experiment(experiments / "tiny.toml"))
+    space = parse_space({"train.lr": {"loguniform": [1e-4, 1e-1]}}, target(experiments))
+    result = run_search(scored, space, TrialSetup.create(dataset, work, [0]), trials=1, heartbeat=(1, 2),
+                        experiments_dir=experiments, log=lambda *_: None, progress=False)
+    trials = result.trials
+    assert list(trials.state) == ["FAIL", "COMPLETE"]
+    assert trials["train.lr"][1] == trials["train.lr"][0]  # retried once with the same settings
+    assert result.best_trial == 1
 
 
 def test_stacker_search_writes_a_loadable_ensemble(tiny_work, experiments):
@@ -223,7 +378,7 @@ def test_stacker_search_writes_a_loadable_ensemble(tiny_work, experiments):
     setup = TrialSetup.create(dataset, work, [0, 1], device="cpu", max_epochs=1)
     result = run_search(ens, space, setup, trials=2, seed=0, out=experiments / "ens_tuned.toml",
                         log=lambda *_: None, progress=False)
-    assert list(result.trials.trial) == [0, 1]
+    assert list(result.trials.trial) == [0, 1] and list(result.trials.epochs) == [2, 2]  # 1 epoch, 2 folds
     assert (work / "experiments" / "ens-trial1" / "fold_1" / "model.pt").is_file()
     tuned = load_ensemble(experiments / "ens_tuned.toml")
     assert tuned.experiments == ("fake_a", "fake_b")
@@ -237,15 +392,19 @@ def test_search_command(tiny_work, experiments):
     common = ["--data", dataset.root, "--work", work, "--experiments", experiments, "--device", "cpu"]
     runner = CliRunner()
     result = runner.invoke(main, ["search", "tiny", *map(str, common), "--trials", "1", "--fold", "2",
-                                  "--space", str(experiments / "space.toml"), "--name", "quick"])
+                                  "--space", str(experiments / "space.toml"), "--name", "quick", "--no-prune"])
     assert result.exit_code == 0, result.output + str(result.exception)
     assert "best of 1 trials" in result.output and "best config ->" in result.output
+    assert re.search(r"^trial 0: OOF lwlrap \d\.\d{4} after 1 epoch", result.output, re.M)
     assert load_experiment(experiments / "quick-best.toml").name == "quick-best"
-    settings = json.loads((work / "search" / "quick" / "search.json").read_text())
-    assert settings["folds"] == [2] and settings["seed"] == 0
+    assert (work / "search" / "quick" / "study.db").is_file()
+    settings = optuna.load_study(study_name="quick", storage=storage_url(work, "quick")).user_attrs["settings"]
+    assert settings["folds"] == [2] and settings["seed"] == 0 and settings["sampler"] == "tpe"
     (experiments / "bad.toml").write_text('"train.lrr" = { uniform = [0.1, 0.2] }\n')
     bad = runner.invoke(main, ["search", "tiny", *map(str, common), "--trials", "1", "--space",
                                str(experiments / "bad.toml")])
     assert bad.exit_code == 1 and "train.lrr" in bad.output and "Traceback" not in bad.output
+    grid = runner.invoke(main, ["search", "tiny", *map(str, common), "--trials", "1", "--sampler", "grid"])
+    assert grid.exit_code == 1 and "grid search needs choice or int" in grid.output and "Traceback" not in grid.output
     missing_fold = runner.invoke(main, ["search", "tiny", *map(str, common), "--trials", "1", "--fold", "7"])
     assert missing_fold.exit_code == 1 and "fold(s) 7" in missing_fold.output

@@ -80,8 +80,10 @@ def sample_batch(oof: OOFTiles, clips: np.ndarray, size: int, rng: np.random.Gen
 
 
 def train_stacker_fold(stacker: StackerConfig, oof: OOFTiles, targets: np.ndarray, fold: int, out_dir: Path,
-                       *, classes, device="cpu", log=print) -> tuple:
+                       *, classes, device="cpu", log=print, on_epoch=None) -> tuple:
     """Train one fold's stacker; keep the best-val-lwlrap checkpoint at ``out_dir/model.pt``.
+
+    ``on_epoch(progress, row)`` runs after each epoch, as in ``freesound.training.trainer.train_fold``.
 
     Returns
     -------
@@ -125,7 +127,8 @@ def train_stacker_fold(stacker: StackerConfig, oof: OOFTiles, targets: np.ndarra
         save_checkpoint(out_dir / "model.pt", model, model_name="fcnet", model_params=params,
                         classes=list(classes), audio_config={}, fold=fold, epoch=epoch, val_lwlrap=float(score))
 
-    run = fit(Hooks(train_one_epoch, validate, save_best), optimizer, scheduler, max_epochs=stacker.max_epochs,
+    hooks = Hooks(train_one_epoch, validate, save_best, end_epoch=on_epoch)
+    run = fit(hooks, optimizer, scheduler, max_epochs=stacker.max_epochs,
               early_stop_patience=stacker.early_stop_patience, log_path=out_dir / "log.csv", columns=LOG_COLUMNS)
     log(f"  stacker fold {fold}: best val lwlrap {run.best_score:.4f} after {run.epoch} epochs")
     return run.best_score, valid_clips, valid_probs["best"]

@@ -1,42 +1,58 @@
-"""Random hyperparameter search, each trial trained by the normal training code and scored by OOF
-lwlrap.
+"""Hyperparameter search on Optuna, each trial trained by the normal training code and scored by
+OOF lwlrap.
 
 Targets
 -------
 An experiment file: each trial is a copy of the experiment with sampled settings, trained fold by
-fold with ``freesound.training.trainer.train_fold`` as ``<work>/experiments/<name>-trial<i>/`` and scored by
-the lwlrap of its out-of-fold tile-mean predictions on the validation clips of the trained folds.
-An ensemble file: each trial is a copy of the ensemble's first stacker (the ``StackerConfig``
-defaults when it has none) with sampled settings, trained with
-``freesound.ensembling.stack.train_stacker_fold`` on the ensemble's OOF predictions and scored by its
-out-of-fold lwlrap.
+fold with ``freesound.training.trainer.train_fold`` as ``<work>/experiments/<name>-trial<i>/`` and
+scored by the lwlrap of its out-of-fold tile-mean predictions on the validation clips of the
+trained folds. An ensemble file: each trial is a copy of the ensemble's first stacker (the
+``StackerConfig`` defaults when it has none) with sampled settings, trained with
+``freesound.ensembling.stack.train_stacker_fold`` on the ensemble's OOF predictions and scored by
+its out-of-fold lwlrap.
 
 Search space
 ------------
 A TOML file whose keys are config paths: dotted experiment keys (``train.lr``,
 ``model.params.dropout``, ``mixers.prob``, ``loss.noisy.beta``; quoted or as tables) or, for an
-ensemble, ``StackerConfig`` fields (``lr``, ``p_dropout``). Each value is one distribution::
+ensemble, ``StackerConfig`` fields (``lr``, ``p_dropout``). Each value is one distribution, which
+becomes an Optuna distribution::
 
-    "train.lr" = { loguniform = [1e-4, 1e-2] }      # log-uniform in [low, high], low > 0
-    "model.params.dropout" = { uniform = [0.1, 0.5] }
-    "model.params.base_size" = { int = [4, 16] }      # integers, both ends included
-    "mixers.prob" = { choice = [0.0, 0.5, 0.8] }      # any TOML values, drawn uniformly
+    "train.lr" = { loguniform = [1e-4, 1e-2] }      # FloatDistribution(log=True), low > 0
+    "model.params.dropout" = { uniform = [0.1, 0.5] } # FloatDistribution
+    "model.params.base_size" = { int = [4, 16] }      # IntDistribution, both ends included
+    "mixers.prob" = { choice = [0.0, 0.5, 0.8] }      # CategoricalDistribution (any TOML values)
     "train.max_epochs" = 2                            # a plain value: fixed in every trial
 
 Every key and every value a distribution can give is checked against the config before any trial
 runs (the config's own validation, so an unknown key lists the valid ones); errors name the key.
-Trial ``i`` draws its settings from ``numpy.random.default_rng([seed, i])``, key by key in file
-order, so a resumed search (or a rerun) reproduces the same trials.
+
+Sampling, pruning, storage
+--------------------------
+The sampler is Optuna's TPE (default), random or grid, seeded: trial ``i`` samples with a seed
+made from ``(seed, i)``, so one process with the same seed repeats the same first trial, and
+several processes on one study do not draw the same random settings. Each epoch's val lwlrap is
+reported to the trial through the trainers' ``on_epoch`` hook, as step ``fold position *
+max_epochs + epoch``; a median (default) or Hyperband pruner stops a trial that trails, and its
+weights are removed, so a pruned trial is never taken for a trained experiment.
+
+The study lives in a storage: by default the SQLite file ``<work>/search/<name>/study.db``, or any
+database URL Optuna takes (``--storage postgresql://...``) shared by many machines. Every process
+running the same search on one storage takes the next trial number, so no trial runs twice, and
+the search stops once ``trials`` trials are finished (complete or pruned) or running. Trials send
+a heartbeat; a trial whose process was killed is marked failed once its heartbeat is older than the
+grace period, its partial weights are removed, and it is retried once with the same settings
+(Optuna's ``RetryFailedTrialCallback``). A trial interrupted in a live process (Ctrl-C) is marked
+failed and not retried. A search's settings (target, base config, space, seed, folds, epochs,
+sampler) are stored in the study: resuming or joining it with other settings is refused.
 
 Files
 -----
 Under ``<work>/search/<name>/``::
 
-    search.json   the search's settings (target, base config, space, seed, folds, epochs); a
-                  resumed search must have the same ones
-    trials.csv    trial, name, lwlrap, seconds, then one column per searched key; rewritten
-                  atomically after every finished trial, so a killed search resumes and never
-                  repeats a finished trial (an interrupted trial continues its folds' training)
+    study.db      the Optuna study (unless --storage names another)
+    trials.csv    trial, name, state, lwlrap, epochs, seconds, then one column per searched key;
+                  rewritten from the study after every trial
     progress.png  OOF lwlrap per trial and the best so far
 
 and the best trial's config, after every trial, as an experiment (or ensemble) file, by default
@@ -50,13 +66,16 @@ import dataclasses
 import json
 import math
 import os
-import time
+import shutil
 import tomllib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pandas as pd
+from optuna.trial import TrialState
 
 from freesound.config import (
     ConfigError,
@@ -64,7 +83,6 @@ from freesound.config import (
     Experiment,
     StackerConfig,
     dump_ensemble,
-    dump_experiment,
     dump_toml,
     experiment_from_dict,
     load_config,
@@ -78,18 +96,22 @@ from freesound.ensembling.stack import stacker_inputs, train_stacker_fold
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_csv, atomic_write_text
 from freesound.metrics import lwlrap
-from freesound.paths import fold_dir, search_dir
+from freesound.paths import experiment_dir, fold_dir, search_dir, train_state_dir
 from freesound.progress import progress_bar
 from freesound.tools.plots import plot_search_progress
 from freesound.training.oof import ensure_oof, predict_fold_tiles
 from freesound.training.trainer import check_experiment, train_fold
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband")
 TRIALS_CSV = "trials.csv"
-SETTINGS_JSON = "search.json"
+STUDY_DB = "study.db"
 PROGRESS_PNG = "progress.png"
 #: The columns of ``trials.csv`` before the searched keys.
-TRIAL_COLUMNS = ["trial", "name", "lwlrap", "seconds"]
+TRIAL_COLUMNS = ["trial", "name", "state", "lwlrap", "epochs", "seconds"]
+#: Seconds between a running trial's heartbeats, and the silence after which it counts as dead.
+HEARTBEAT = (30, 120)
 
 DEFAULT_EXPERIMENT_SPACE = """\
 "train.lr" = { loguniform = [1e-4, 1e-2] }
@@ -114,6 +136,10 @@ class SearchSpaceError(ConfigError):
 # Search spaces
 
 
+#: Values Optuna's CategoricalDistribution holds as they are; other choices are drawn by index.
+_CATEGORICAL_TYPES = (type(None), bool, int, float, str)
+
+
 @dataclass(frozen=True)
 class Distribution:
     """One searched setting.
@@ -128,20 +154,39 @@ class Distribution:
     kind: str
     args: tuple
 
-    def sample(self, rng: np.random.Generator):
-        """One value (a fixed value draws nothing from ``rng``)."""
+    @property
+    def by_index(self) -> bool:
+        """A choice among values Optuna cannot store (tables, lists) is drawn as an option index."""
+        return self.kind == "choice" and not all(isinstance(v, _CATEGORICAL_TYPES) for v in self.args)
+
+    def suggest(self, trial, key: str):
+        """The trial's value for ``key``, drawn by its sampler (a fixed value draws nothing)."""
         if self.kind == "uniform":
-            return float(rng.uniform(*self.args))
+            return trial.suggest_float(key, *self.args)
         if self.kind == "loguniform":
-            return float(np.exp(rng.uniform(math.log(self.args[0]), math.log(self.args[1]))))
+            return trial.suggest_float(key, *self.args, log=True)
         if self.kind == "int":
-            return int(rng.integers(self.args[0], self.args[1] + 1))
+            return trial.suggest_int(key, *self.args)
         if self.kind == "choice":
-            return copy.deepcopy(self.args[int(rng.integers(len(self.args)))])
+            return self.value(trial.suggest_categorical(key, self.options()))
         return copy.deepcopy(self.args[0])
 
+    def options(self) -> list:
+        """The categorical values Optuna draws from (option indices for ``by_index`` choices)."""
+        return list(range(len(self.args))) if self.by_index else list(self.args)
+
+    def value(self, drawn):
+        """The setting's value for what Optuna stored (an option index for ``by_index`` choices)."""
+        return copy.deepcopy(self.args[drawn] if self.by_index else drawn)
+
+    def grid(self) -> list:
+        """Every value grid search visits (only ``choice`` and ``int`` have a finite grid)."""
+        if self.kind == "int":
+            return list(range(self.args[0], self.args[1] + 1))
+        return self.options()
+
     def extremes(self) -> list:
-        """Values spanning what ``sample`` can give (both bounds, every option), for checking."""
+        """Values spanning what ``suggest`` can give (both bounds, every option), for checking."""
         if self.kind in ("uniform", "loguniform"):
             return [float(v) for v in self.args]
         return list(self.args)
@@ -156,10 +201,30 @@ class SearchSpace:
 
     params: dict
 
-    def sample(self, seed: int, trial: int) -> dict:
-        """Trial ``trial``'s settings, a function of ``(seed, trial)`` only."""
-        rng = np.random.default_rng([seed, trial])
-        return {key: distribution.sample(rng) for key, distribution in self.params.items()}
+    def suggest(self, trial) -> dict:
+        """A trial's settings, every key drawn from the trial's sampler (fixed keys as given)."""
+        return {key: distribution.suggest(trial, key) for key, distribution in self.params.items()}
+
+    def settings(self, drawn: dict) -> dict:
+        """A trial's settings from what Optuna stored (``FrozenTrial.params``); keys a running trial
+        has not drawn yet are left out."""
+        return {key: copy.deepcopy(distribution.args[0]) if distribution.kind == "fixed"
+                else distribution.value(drawn[key]) for key, distribution in self.params.items()
+                if distribution.kind == "fixed" or key in drawn}
+
+    def grid(self) -> dict:
+        """Grid search's space: every searched key's values.
+
+        Raises
+        ------
+        SearchSpaceError
+            A continuous distribution, which has no grid.
+        """
+        continuous = [key for key, d in self.params.items() if d.kind in ("uniform", "loguniform")]
+        if continuous:
+            raise SearchSpaceError(f"grid search needs choice or int distributions, but {', '.join(continuous)} "
+                                   "are continuous; give them as choice lists")
+        return {key: d.grid() for key, d in self.params.items() if d.kind != "fixed"}
 
     def to_json(self) -> dict:
         return {key: distribution.to_json() for key, distribution in self.params.items()}
@@ -333,6 +398,15 @@ def fold_oof_lwlrap(name: str, setup: TrialSetup) -> float:
     return _finite_lwlrap(multi_hot(labels, setup.dataset.classes), oof.clip_means())
 
 
+def _reporter(report, first_step: int):
+    """A trainer's ``on_epoch`` hook passing each epoch's val lwlrap to ``report`` as one step."""
+
+    def on_epoch(progress, row) -> None:
+        report(first_step + progress.epoch - 1, row["val_lwlrap"])
+
+    return on_epoch
+
+
 class ExperimentTarget:
     """Searches a first-level experiment's settings (dotted keys of its TOML file)."""
 
@@ -365,17 +439,16 @@ class ExperimentTarget:
             check_experiment(experiment, num_classes=2)
 
     def prepare(self, setup: TrialSetup, log=print):
-        """A ``run(trial_name, params) -> OOF lwlrap`` that trains a trial on ``setup.folds``."""
+        """A ``run(trial_name, params, report) -> OOF lwlrap`` that trains a trial on ``setup.folds``,
+        calling ``report(step, val lwlrap)`` after every epoch (step = fold position * max_epochs
+        + epoch - 1)."""
 
-        def run(trial_name: str, params: dict) -> float:
+        def run(trial_name: str, params: dict, report) -> float:
             experiment = self.config(params, trial_name)
-            resolved = dump_experiment(experiment)
-            for fold in setup.folds:
-                # Continue an interrupted fold of this very trial; anything else there is stale.
-                config_file = fold_dir(setup.work, trial_name, fold) / "config.toml"
-                resume = config_file.is_file() and config_file.read_text() == resolved
-                train_fold(experiment, setup.dataset, setup.work, fold, device=setup.device,
-                           max_epochs=setup.max_epochs, resume=resume, progress=False, log=log)
+            max_epochs = setup.max_epochs or experiment.train.max_epochs
+            for position, fold in enumerate(setup.folds):
+                train_fold(experiment, setup.dataset, setup.work, fold, device=setup.device, max_epochs=max_epochs,
+                           progress=False, log=log, on_epoch=_reporter(report, position * max_epochs))
             return fold_oof_lwlrap(trial_name, setup)
 
         return run
@@ -419,18 +492,19 @@ class StackerTarget:
         self.config(params)
 
     def prepare(self, setup: TrialSetup, log=print):
-        """Loads the experiments' OOF tiles once (predicting them first where missing)."""
+        """Loads the experiments' OOF tiles once (predicting them first where missing); the
+        ``run`` reports every epoch like ``ExperimentTarget``'s."""
         classes = setup.dataset.classes
         ensure_oof(self.ensemble.experiments, setup.dataset, setup.work, device=setup.device, log=log)
         oof, truth = stacker_inputs(self.ensemble.experiments, setup.dataset, setup.work)
 
-        def run(trial_name: str, params: dict) -> float:
+        def run(trial_name: str, params: dict, report) -> float:
             stacker = self.config(params, setup.max_epochs)
             clips, probs = [], []
-            for fold in setup.folds:
+            for position, fold in enumerate(setup.folds):
                 _, fold_clips, fold_probs = train_stacker_fold(
                     stacker, oof, truth, fold, fold_dir(setup.work, trial_name, fold), classes=classes,
-                    device=setup.device, log=log)
+                    device=setup.device, log=log, on_epoch=_reporter(report, position * stacker.max_epochs))
                 clips.append(fold_clips)
                 probs.append(fold_probs)
             return _finite_lwlrap(truth[np.concatenate(clips)], np.concatenate(probs))
@@ -450,12 +524,105 @@ def load_target(spec, experiments_dir="experiments"):
 
 
 # --------------------------------------------------------------------------------------------
+# The study
+
+
+def storage_url(work, name: str, storage: str | None = None) -> str:
+    """``storage``, or the SQLite file ``<work>/search/<name>/study.db``."""
+    if storage:
+        return storage
+    path = (search_dir(work, name) / STUDY_DB).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def open_study(name: str, url: str, *, heartbeat: tuple = HEARTBEAT) -> optuna.Study:
+    """Create or join the study ``name`` in the storage at ``url``, maximising OOF lwlrap.
+
+    ``heartbeat`` is ``(interval, grace period)`` in seconds: a running trial writes a heartbeat
+    every interval, and one silent for longer than the grace period (its process was killed) is
+    failed and retried once with the same settings (``RetryHeartbeatStaleTrialCallback``).
+    """
+    interval, grace = heartbeat
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in use
+        storage = optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=interval, grace_period=grace,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
+    return optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
+
+
+def make_sampler(kind: str, seed: int, space: SearchSpace):
+    """Optuna's TPE, random or grid sampler, seeded."""
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "grid":
+        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+    raise FreesoundError(f"unknown sampler {kind!r}; use one of {', '.join(SAMPLERS)}")
+
+
+def make_pruner(kind):
+    """The pruner for a name (``median``, ``hyperband``, or None for no pruning); an Optuna pruner
+    is taken as it is.
+
+    The median pruner stops a trial whose val lwlrap at a step is below the median of earlier
+    trials' at that step, after 3 trials and 4 epochs (the first epochs say little); Hyperband
+    (Li et al. 2018) gives trials budgets of epochs that grow as weak ones are stopped.
+    """
+    if kind is None:
+        return optuna.pruners.NopPruner()
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=4)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto")
+    if isinstance(kind, optuna.pruners.BasePruner):
+        return kind
+    raise FreesoundError(f"unknown pruner {kind!r}; use one of {', '.join(PRUNERS)}")
+
+
+def _trial_seed(seed: int, number: int) -> int:
+    """Trial ``number``'s sampler seed: the same per (seed, number), different across numbers, so
+    processes sharing a study never draw alike."""
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+def _check_settings(study: optuna.Study, settings: dict) -> None:
+    """Record a new study's settings, or check that a resumed (or joined) one has the same."""
+    settings = json.loads(json.dumps(settings))
+    previous = study.user_attrs.get("settings")
+    if previous is None:
+        study.set_user_attr("settings", settings)
+        return
+    differ = [key for key in settings if previous.get(key) != settings[key]]
+    if differ:
+        raise FreesoundError(f"search {study.study_name!r} was started with another {', '.join(differ)}; resume it "
+                             f"with the same settings, or give the new search another --name")
+
+
+def _remove_trial_outputs(work, trial_name: str) -> None:
+    """A pruned or failed trial's weights and resume states, so it is never taken for a trained
+    experiment."""
+    for folder in (experiment_dir(work, trial_name), train_state_dir(work, trial_name)):
+        if folder.exists():
+            shutil.rmtree(folder)
+
+
+def _active_trials(study: optuna.Study) -> int:
+    """Trials that count towards ``--trials``: finished (complete or pruned) or running."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)))
+
+
+# --------------------------------------------------------------------------------------------
 # The search loop
 
 
 @dataclass(frozen=True)
 class SearchResult:
-    """A finished (or resumed and finished) search.
+    """A search that has ``trials`` trials finished.
 
     Attributes
     ----------
@@ -478,27 +645,26 @@ def _cell(value):
     return value if isinstance(value, (int, float, str)) else json.dumps(value)
 
 
-def _check_settings(path: Path, settings: dict) -> None:
-    """Start a search's record, or check that a resumed one was started the same way."""
-    settings = json.loads(json.dumps(settings))
-    if not path.is_file():
-        atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
-        return
-    previous = json.loads(path.read_text())
-    differ = [key for key in settings if previous.get(key) != settings[key]]
-    if differ:
-        raise FreesoundError(f"{path.parent} holds a search started with another {', '.join(differ)}; resume it with "
-                             f"the same settings, or give the new search another --name")
+def trials_frame(study: optuna.Study, space: SearchSpace) -> pd.DataFrame:
+    """Every trial of the study as a ``trials.csv`` table, by trial number.
 
-
-def read_trials(path) -> pd.DataFrame:
-    """``trials.csv`` (empty with the fixed columns when there is none yet)."""
-    path = Path(path)
-    return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=TRIAL_COLUMNS)
+    ``lwlrap`` is the OOF lwlrap of a complete trial (NaN otherwise), ``epochs`` the epochs it
+    trained (over all its folds), ``seconds`` its duration so far.
+    """
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        seconds = trial.duration.total_seconds() if trial.duration is not None else math.nan
+        rows.append({
+            "trial": trial.number, "name": trial.user_attrs.get("name", ""), "state": trial.state.name,
+            "lwlrap": trial.value if trial.state == TrialState.COMPLETE else math.nan,
+            "epochs": len(trial.intermediate_values), "seconds": round(seconds, 2),
+            **{key: _cell(value) for key, value in space.settings(trial.params).items()},
+        })
+    return pd.DataFrame(rows, columns=TRIAL_COLUMNS + list(space.params)).sort_values("trial", ignore_index=True)
 
 
 def format_trials(trials: pd.DataFrame, top: int = 5) -> str:
-    """The best finished trials as a text table."""
+    """The best complete trials as a text table."""
     ranked = trials[np.isfinite(trials.lwlrap.astype(float))].sort_values(["lwlrap", "trial"],
                                                                            ascending=[False, True]).head(top)
     keys = [c for c in trials.columns if c not in TRIAL_COLUMNS]
@@ -509,73 +675,122 @@ def format_trials(trials: pd.DataFrame, top: int = 5) -> str:
 
 
 def run_search(target, space: SearchSpace, setup: TrialSetup, *, trials: int, seed: int = 0, name: str | None = None,
-               out=None, experiments_dir="experiments", log=print, progress: bool = True) -> SearchResult:
-    """Run trials ``0 .. trials-1`` of a random search, skipping those already finished.
+               out=None, experiments_dir="experiments", sampler: str = "tpe", pruner="median",
+               storage: str | None = None, heartbeat: tuple = HEARTBEAT, log=print,
+               progress: bool = True) -> SearchResult:
+    """Run trials until the study has ``trials`` finished (complete or pruned) or running ones.
 
     Parameters
     ----------
     target : ``ExperimentTarget`` or ``StackerTarget``
     space : the searched settings
     setup : dataset, work directory, folds, device and epoch override of every trial
-    trials : total number of trials (a resumed search runs only the missing ones)
-    seed : trial ``i``'s settings are ``space.sample(seed, i)``
-    name : the search's name (default: the target's): trials are ``<name>-trial<i>``, files go to
-        ``<work>/search/<name>/``
+    trials : total number of trials (a resumed search, or one other processes share, runs only
+        the missing ones)
+    seed : seeds the sampler; trial ``i`` samples with a seed made from ``(seed, i)``
+    name : the search's name (default: the target's): the study's name, trials are
+        ``<name>-trial<i>``, files go to ``<work>/search/<name>/``
     out : the best config's file (default ``<experiments_dir>/<name>-best.toml``)
+    sampler : ``tpe``, ``random`` or ``grid`` (every value of choice and int distributions)
+    pruner : ``median``, ``hyperband``, an Optuna pruner, or None for no pruning
+    storage : an Optuna storage URL shared by several processes or machines (default: the SQLite
+        file ``<work>/search/<name>/study.db``)
+    heartbeat : (interval, grace period) in seconds, see ``open_study``
     log : callable for progress lines
     progress : show a progress bar over trials
 
     Raises
     ------
     FreesoundError
-        When ``<work>/search/<name>/`` holds a search with other settings, or no trial scored.
+        The study holds a search with other settings, or no trial has a score.
     """
     name = name or target.name
     directory = search_dir(setup.work, name)
     paths = {"csv": directory / TRIALS_CSV, "png": directory / PROGRESS_PNG,
              "best": Path(out) if out is not None else Path(experiments_dir) / f"{name}-best.toml"}
-    _check_settings(directory / SETTINGS_JSON, {
+    study = open_study(name, storage_url(setup.work, name, storage), heartbeat=heartbeat)
+    _check_settings(study, {
         "target": target.name, "kind": target.kind, "base": target.base_json(), "space": space.to_json(),
-        "seed": seed, "folds": list(setup.folds), "epochs": setup.max_epochs,
+        "seed": seed, "folds": list(setup.folds), "epochs": setup.max_epochs, "sampler": sampler,
     })
-    frame = read_trials(paths["csv"])
-    todo = [i for i in range(trials) if i not in set(frame.trial)]
-    if todo:
-        log(f"search {name}: {len(todo)} trial(s) to run on fold(s) {', '.join(map(str, setup.folds))}, "
-            f"{trials - len(todo)} already finished")
-        run = target.prepare(setup, log=log)
-    bar = progress_bar(total=trials, initial=trials - len(todo), desc=f"search {name}", unit="trial",
-                       enabled=progress)
-    best = None
-    for trial in todo:
-        params = space.sample(seed, trial)
-        trial_name = f"{name}-trial{trial}"
-        started = time.perf_counter()
-        score = run(trial_name, params)
-        row = {"trial": trial, "name": trial_name, "lwlrap": score, "seconds": round(time.perf_counter() - started, 2),
-               **{key: _cell(value) for key, value in params.items()}}
-        frame = pd.DataFrame(frame.to_dict("records") + [row]).sort_values("trial", ignore_index=True)
-        atomic_write_csv(paths["csv"], frame, index=False)
-        log(f"trial {trial}: OOF lwlrap {score:.4f}  " + ", ".join(f"{k}={_cell(v)}" for k, v in params.items()))
-        best = _write_best(target, space, frame, seed, paths, name)
-        bar.update(1)
-        bar.set_postfix(best=f"{best[1]:.4f}")
+    study.sampler = make_sampler(sampler, seed, space)
+    study.pruner = make_pruner(pruner)
+    run, last = None, {}
+
+    def objective(trial: optuna.Trial) -> float:
+        last["number"] = trial.number
+        if sampler != "grid":
+            trial.study.sampler = make_sampler(sampler, _trial_seed(seed, trial.number), space)
+        params = space.suggest(trial)
+        trial_name = f"{name}-trial{trial.number}"
+        trial.set_user_attr("name", trial_name)
+
+        def report(step: int, value: float) -> None:
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"val lwlrap {value:.4f} at step {step} trails the other trials")
+
+        try:
+            return run(trial_name, params, report)
+        except BaseException:  # pruned, failed or interrupted: no partial weights left behind
+            _remove_trial_outputs(setup.work, trial_name)
+            raise
+
+    bar = progress_bar(total=trials, desc=f"search {name}", unit="trial", enabled=progress)
+    shown = 0
+    recorded = None  # (trials.csv frame, best) as last written
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        for failed in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            _remove_trial_outputs(setup.work, failed.user_attrs.get("name", f"{name}-trial{failed.number}"))
+        done = _active_trials(study)
+        bar.update(min(done, trials) - shown)
+        shown = min(done, trials)
+        if done >= trials:
+            break
+        if run is None:
+            log(f"search {name}: {trials - done} trial(s) to run on fold(s) {', '.join(map(str, setup.folds))} "
+                f"({sampler} sampler, {type(study.pruner).__name__})")
+            run = target.prepare(setup, log=log)
+        study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
+        recorded = _record(target, space, study, seed, paths, name)
+        _log_trial(recorded[0], last["number"], log)
     bar.close()
-    best_trial, best_score = best or _write_best(target, space, frame, seed, paths, name)
-    return SearchResult(frame, best_trial, best_score, space.sample(seed, best_trial), paths)
+    if recorded is None or not recorded[0].equals(trials_frame(study, space)):  # other processes added trials
+        recorded = _record(target, space, study, seed, paths, name)
+    frame, best = recorded
+    return SearchResult(frame, *best, paths)
 
 
-def _write_best(target, space: SearchSpace, frame: pd.DataFrame, seed: int, paths: dict, name: str) -> tuple:
-    """Write the best trial's config file and the progress plot; returns (best trial, its score)."""
-    scored = frame[np.isfinite(frame.lwlrap.astype(float))].sort_values("trial")
-    if scored.empty:
+def _record(target, space: SearchSpace, study: optuna.Study, seed: int, paths: dict, name: str) -> tuple:
+    """Write ``trials.csv``, the best trial's config file and the progress plot from the study;
+    return (the trials frame, (best trial, its score, its settings))."""
+    frame = trials_frame(study, space)
+    atomic_write_csv(paths["csv"], frame, index=False)
+    return frame, _write_best(target, space, study, frame, seed, paths, name)
+
+
+def _log_trial(frame: pd.DataFrame, number: int, log) -> None:
+    row = frame.set_index("trial").loc[number]
+    settings = ", ".join(f"{key}={row[key]}" for key in frame.columns if key not in TRIAL_COLUMNS)
+    outcome = f"OOF lwlrap {row.lwlrap:.4f}" if row.state == "COMPLETE" else row.state.lower()
+    log(f"trial {number}: {outcome} after {row.epochs} epoch(s)  {settings}")
+
+
+def _write_best(target, space: SearchSpace, study: optuna.Study, frame: pd.DataFrame, seed: int, paths: dict,
+                name: str) -> tuple:
+    """Write the best trial's config file and the progress plot; return (trial, score, settings)."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.value is not None and math.isfinite(t.value)]
+    if not complete:
         raise FreesoundError(f"search {name}: no trial has a score yet (ask for more --trials)")
-    best = scored.loc[scored.lwlrap.idxmax()]
-    best_trial, best_score = int(best.trial), float(best.lwlrap)
-    params = space.sample(seed, best_trial)
-    header = (f"Best of {len(frame)} trials of `freesound search {target.name}` (seed {seed}): trial {best_trial}, "
-              f"OOF lwlrap {best_score:.4f}\n"
-              + "\n".join(f"  {key} = {json.dumps(value)}" for key, value in params.items()))
-    atomic_write_text(paths["best"], target.best_text(params, paths["best"], header))
+    best = max(complete, key=lambda t: (t.value, -t.number))
+    settings = space.settings(best.params)
+    header = (f"Best of {len(frame)} trials of `freesound search {target.name}` (seed {seed}): trial {best.number}, "
+              f"OOF lwlrap {best.value:.4f}\n"
+              + "\n".join(f"  {key} = {json.dumps(value)}" for key, value in settings.items()))
+    atomic_write_text(paths["best"], target.best_text(settings, paths["best"], header))
     plot_search_progress(frame, paths["png"], f"search {name}: OOF lwlrap per trial")
-    return best_trial, best_score
+    return best.number, float(best.value), settings

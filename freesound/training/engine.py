@@ -66,10 +66,6 @@ class Progress:
                    finished=state["finished"])
 
 
-def _nothing(*_):
-    return None
-
-
 @dataclass
 class Hooks:
     """What differs between trainers; ``fit`` calls them in the order of the module docstring.
@@ -79,15 +75,16 @@ class Hooks:
     train_epoch : ``(epoch index, 0-based) -> dict`` of log values
     validate : ``() -> (val lwlrap, dict of other log values)``
     save_best : ``(epoch, score) -> None``, called when the score improved
-    save_state : ``(Progress) -> None``, the resumable state, after the log is written
-    end_epoch : ``(Progress, row) -> None``, last; may raise to stop training (a pruned trial)
+    save_state : ``(Progress) -> None``, the resumable state, after the log is written (optional)
+    end_epoch : ``(Progress, row) -> None``, last; may raise to stop training, as a search does to
+        prune a trailing trial (optional)
     """
 
     train_epoch: Callable[[int], dict]
     validate: Callable[[], tuple]
     save_best: Callable[[int, float], None]
-    save_state: Callable[[Progress], None] = _nothing
-    end_epoch: Callable[[Progress, dict], None] = _nothing
+    save_state: Callable[[Progress], None] | None = None
+    end_epoch: Callable[[Progress, dict], None] | None = None
 
 
 def fit(hooks: Hooks, optimizer, scheduler, *, max_epochs: int, early_stop_patience: int, log_path, columns,
@@ -122,8 +119,10 @@ def fit(hooks: Hooks, optimizer, scheduler, *, max_epochs: int, early_stop_patie
             progress.bad_epochs += 1
         progress.finished = progress.bad_epochs >= early_stop_patience
         atomic_write_csv(log_path, pd.DataFrame(progress.rows, columns=columns), index=False)
-        hooks.save_state(progress)
-        hooks.end_epoch(progress, row)
+        if hooks.save_state is not None:
+            hooks.save_state(progress)
+        if hooks.end_epoch is not None:
+            hooks.end_epoch(progress, row)
     return progress
 
 

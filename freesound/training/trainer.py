@@ -226,6 +226,7 @@ def train_fold(
     progress: bool = True,
     feature_workers: int = 1,
     log=print,
+    on_epoch=None,
 ) -> FoldResult:
     """Train one fold; with ``resume``, continue from ``state.pt`` exactly where it stopped.
 
@@ -234,15 +235,20 @@ def train_fold(
     A CUDA ``device`` is the current device while it trains (``engine.on_device``), and
     ``train.deterministic`` holds torch to deterministic algorithms meanwhile
     (``engine.deterministic_algorithms``).
+
+    ``on_epoch(progress, row)``, when given, runs after each epoch's log line, with the
+    ``freesound.training.engine.Progress`` and the epoch's log row; it may raise to stop the
+    training (a search prunes a trailing trial this way).
     """
     device = torch.device(device)
     with on_device(device), deterministic_algorithms(experiment.train.deterministic):
         return _train_fold(experiment, dataset, work, fold, device=device, max_epochs=max_epochs, resume=resume,
-                           progress=progress, feature_workers=feature_workers, log=log)
+                           progress=progress, feature_workers=feature_workers, log=log, on_epoch=on_epoch)
 
 
 def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, device: torch.device,
-                max_epochs: int | None, resume: bool, progress: bool, feature_workers: int, log) -> FoldResult:
+                max_epochs: int | None, resume: bool, progress: bool, feature_workers: int, log,
+                on_epoch) -> FoldResult:
     cfg = experiment.train
     out_dir = fold_dir(work, experiment.name, fold)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -328,6 +334,8 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
     def end_epoch(run: Progress, row: dict) -> None:
         log(f"fold {fold} epoch {run.epoch}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
             f"val lwlrap {row['val_lwlrap']:.4f}{' *' if run.best_epoch == run.epoch else ''}")
+        if on_epoch is not None:
+            on_epoch(run, row)
 
     hooks = Hooks(train_one_epoch, validate, save_best, save_fold_state, end_epoch)
     run = fit(hooks, optimizer, scheduler, max_epochs=max_epochs, early_stop_patience=cfg.early_stop_patience,
