@@ -80,11 +80,10 @@ def test_a_terminal_gets_tqdm_and_a_disabled_bar_writes_nothing():
 
 
 def test_every_progress_bar_in_the_package_comes_from_freesound_progress():
+    importing = re.compile(r"^\s*(import tqdm|from tqdm)", re.M)
     users = sorted(path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py")
-                   if "tqdm" in path.read_text() and path.name != "progress.py")
-    # The kernel runtime's docstring names tqdm as a module it never imports.
-    assert users == ["kaggle/runtime.py"]
-    assert "import tqdm" not in (PACKAGE / "kaggle" / "runtime.py").read_text()
+                   if importing.search(path.read_text()))
+    assert users == ["progress.py"]
     callers = sorted(path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py")
                      if "progress_bar(" in path.read_text() and path.name != "progress.py")
     assert callers == ["data/features.py", "data/synth.py", "tools/search.py", "training/trainer.py"]
