@@ -248,19 +248,21 @@ def synthesize_like(out_dir, meta_dir, *, duration_scale: float = 1.0, seed: int
     return LikeSummary(out_dir, reference.counts(), len(todo), seconds)
 
 
-def sample_reference(meta_dir, out_dir, counts: dict, seed: int = 0) -> Path:
+def sample_reference(meta_dir, out_dir, counts: dict, seed: int = 0, include=()) -> Path:
     """Write a smaller metadata folder: ``counts[part]`` rows of each part drawn at random (kept in
     the real order, with the real names and labels) and the whole vocabulary.
 
     For a quick replica of the real metadata (tests, benchmarks). A count above a part's size
-    keeps the whole part.
+    keeps the whole part; rows whose fname is in ``include`` are kept on top of the drawn ones
+    (e.g. clips a corrections file names).
     """
     meta_dir, out_dir = Path(meta_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for split, name in META_FILES.items():
         frame = read_csv(meta_dir / name, dtype=str, keep_default_na=False)
-        keep = np.sort(rng.choice(len(frame), min(counts[split], len(frame)), replace=False))
-        atomic_write_csv(out_dir / name, frame.iloc[keep])
+        drawn = np.zeros(len(frame), dtype=bool)
+        drawn[rng.choice(len(frame), min(counts[split], len(frame)), replace=False)] = True
+        atomic_write_csv(out_dir / name, frame[drawn | frame.fname.isin(set(include)).to_numpy()])
     shutil.copyfile(meta_dir / VOCABULARY, out_dir / VOCABULARY)
     return out_dir
