@@ -59,8 +59,20 @@ def cached_path(split_dir: Path, audio_path) -> Path:
     return split_dir / f"{Path(audio_path).name}.{file_identity(audio_path)}.npy"
 
 
-def _compute_one(audio_path: Path, target: Path, config: AudioConfig):
-    """Compute one clip's log-mel into ``target``; return the failure reason or None.
+def cached_entries(split_dir: Path) -> dict:
+    """The cache files in ``split_dir`` by audio file name: ``{fname: [path, ...]}``, from one
+    directory listing (a listing per clip would make caching a split quadratic in its size)."""
+    entries = {}
+    with os.scandir(split_dir) as listing:
+        for entry in listing:
+            if entry.name.endswith(".npy") and not entry.name.startswith("."):
+                entries.setdefault(entry.name.rsplit(".", 2)[0], []).append(Path(entry.path))
+    return entries
+
+
+def _compute_one(audio_path: Path, target: Path, config: AudioConfig, stale=()):
+    """Compute one clip's log-mel into ``target``, then remove ``stale`` (its older cache files);
+    return the failure reason or None.
 
     Runs in a worker process, so it writes the array itself instead of shipping it back.
     """
@@ -68,8 +80,8 @@ def _compute_one(audio_path: Path, target: Path, config: AudioConfig):
         logmel = read_as_melspectrogram(audio_path, config)
     except AudioDecodeError as error:
         return error.reason
-    for stale in target.parent.glob(f"{audio_path.name}.*.npy"):
-        stale.unlink(missing_ok=True)
+    for path in stale:
+        path.unlink(missing_ok=True)
     atomic_save_npy(target, logmel)
     return None
 
@@ -103,29 +115,31 @@ def cache_features(
     for split in splits:
         split_dir = root / split
         split_dir.mkdir(parents=True, exist_ok=True)
+        existing = cached_entries(split_dir)
         for audio_path in dataset.paths(split):
             if not audio_path.is_file():
                 report.failures.append((split, audio_path.name, "no such file"))
                 continue
             target = cached_path(split_dir, audio_path)
-            if target.is_file():
+            stale = [path for path in existing.get(audio_path.name, ()) if path != target]
+            if len(stale) < len(existing.get(audio_path.name, ())):
                 report.cached += 1
             else:
-                todo.append((split, audio_path, target))
+                todo.append((split, audio_path, target, stale))
     bar = progress_bar(total=len(todo), desc="log-mel features", unit="clip", enabled=progress and bool(todo))
     with bar:
         if workers <= 1:
-            results = (_compute_one(path, target, config) for _, path, target in todo)
+            results = (_compute_one(path, target, config, stale) for _, path, target, stale in todo)
             _collect(todo, results, report, bar)
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(_compute_one, path, target, config) for _, path, target in todo]
+                futures = [pool.submit(_compute_one, path, target, config, stale) for _, path, target, stale in todo]
                 _collect(todo, (future.result() for future in futures), report, bar)
     return report
 
 
 def _collect(todo, results, report: CacheReport, bar) -> None:
-    for (split, audio_path, _), reason in zip(todo, results):
+    for (split, audio_path, _, _), reason in zip(todo, results):
         if reason is None:
             report.computed += 1
         else:
@@ -217,3 +231,16 @@ def load_features(dataset: Dataset, work, split: str, fnames=None, config: Audio
             "which names the cause"
         )
     return logmels
+
+
+def iter_features(dataset: Dataset, work, split: str, fnames=None, config: AudioConfig | None = None, *,
+                  chunk: int = 256):
+    """Yield the cached log-mels of ``fnames`` (default: the whole split) in order, reading
+    ``chunk`` clips at a time: a pass over a split holds one chunk, not the split (the real noisy
+    split's log-mels are about 9 GB).
+
+    Raises what ``load_features`` raises, for the chunk where it happens.
+    """
+    fnames = dataset.fnames(split) if fnames is None else list(fnames)
+    for start in range(0, len(fnames), chunk):
+        yield from load_features(dataset, work, split, fnames[start:start + chunk], config)
