@@ -11,13 +11,16 @@ written atomically, so an interrupted run simply resumes: whatever is already th
 ``cache_features`` computes what is missing (``freesound features`` does it up front);
 ``ensure_features`` does the same for a command that needs the features now (``train``,
 ``predict`` on a dataset) and refuses, naming every clip, when some cannot be used;
-``load_features`` reads them and refuses a cached log-mel that is not finite.
+``load_features`` reads them and refuses a cached log-mel that is not finite; with ``lazy`` it
+holds none of them (``LazyLogmels`` reads each on access), which training does above
+``HOLD_IN_MEMORY_BYTES``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,19 +191,40 @@ class NonFiniteFeaturesError(FreesoundError):
     """A cached log-mel holds NaN or infinite values (cached by an older freesound, or damaged)."""
 
 
-def load_features(dataset: Dataset, work, split: str, fnames=None, config: AudioConfig | None = None) -> list:
-    """Read cached log-mels for ``fnames`` (default: the whole split), in that order.
+#: A training run whose log-mels would take more than this many bytes reads them from the cache on
+#: each access (``LazyLogmels``) instead of holding them. The real FSDKaggle2019 training clips
+#: (10.5 h curated, 80 h noisy) are about 10.7 GB of float32 log-mels: too much beside torch and
+#: the DataLoader on a 16 GB machine such as a Kaggle GPU notebook. The page cache still keeps
+#: whatever fits, and everything smaller (every test and demo) is held as before.
+HOLD_IN_MEMORY_BYTES = 6 * 2 ** 30
 
-    Returns
-    -------
-    list of np.ndarray, float32 (n_mels, frames)
+
+class LazyLogmels(Sequence):
+    """Cached log-mels read from disk each time one is asked for: holds only the file paths.
+
+    ``logmels[i]`` is the float32 ``(n_mels, frames)`` array of clip ``i``, as ``load_features``
+    would return it.
+    """
+
+    def __init__(self, paths):
+        self.paths = tuple(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [np.load(path) for path in self.paths[index]]
+        return np.load(self.paths[index])
+
+
+def cache_paths(dataset: Dataset, work, split: str, fnames=None, config: AudioConfig | None = None) -> list:
+    """The cache file of each of ``fnames`` (default: the whole split), in that order.
 
     Raises
     ------
     MissingFeaturesError
         Naming the clips with no valid cache entry (never computed, failed, or stale).
-    NonFiniteFeaturesError
-        Naming the clips whose cached log-mel is not finite, and their cache files.
     """
     config = config or AudioConfig()
     split_dir = cache_root(work, dataset.root, config) / split
@@ -220,8 +244,36 @@ def load_features(dataset: Dataset, work, split: str, fnames=None, config: Audio
             + ("" if config == AudioConfig() else
                " with --experiment naming the experiment (its [audio] settings differ from the default)")
         )
-    logmels = [np.load(path) for path in paths]
-    bad = [(fname, path) for fname, path, logmel in zip(fnames, paths, logmels) if not np.isfinite(logmel).all()]
+    return paths
+
+
+def load_features(dataset: Dataset, work, split: str, fnames=None, config: AudioConfig | None = None, *,
+                  lazy: bool = False):
+    """Read cached log-mels for ``fnames`` (default: the whole split), in that order.
+
+    With ``lazy`` every clip is still read once, to refuse a log-mel that is not finite, but none
+    is kept: the result is a ``LazyLogmels`` that reads each from disk when asked.
+
+    Returns
+    -------
+    list of np.ndarray, float32 (n_mels, frames); a ``LazyLogmels`` with ``lazy``
+
+    Raises
+    ------
+    MissingFeaturesError
+        Naming the clips with no valid cache entry (never computed, failed, or stale).
+    NonFiniteFeaturesError
+        Naming the clips whose cached log-mel is not finite, and their cache files.
+    """
+    fnames = dataset.fnames(split) if fnames is None else list(fnames)
+    paths = cache_paths(dataset, work, split, fnames, config)
+    logmels, bad = [], []
+    for fname, path in zip(fnames, paths):
+        logmel = np.load(path)
+        if not np.isfinite(logmel).all():
+            bad.append((fname, path))
+        if not lazy:
+            logmels.append(logmel)
     if bad:
         shown = ", ".join(f"{fname} ({path})" for fname, path in bad[:5]) + (
             f" and {len(bad) - 5} more" if len(bad) > 5 else "")
@@ -230,7 +282,12 @@ def load_features(dataset: Dataset, work, split: str, fnames=None, config: Audio
             f"cannot be used: {shown}; delete these cache files and run `freesound features --data {dataset.root}`, "
             "which names the cause"
         )
-    return logmels
+    return LazyLogmels(paths) if lazy else logmels
+
+
+def cached_bytes(dataset: Dataset, work, split: str, fnames=None, config: AudioConfig | None = None) -> int:
+    """Bytes on disk of the cached log-mels of ``fnames``: about what holding them takes."""
+    return sum(os.path.getsize(path) for path in cache_paths(dataset, work, split, fnames, config))
 
 
 def iter_features(dataset: Dataset, work, split: str, fnames=None, config: AudioConfig | None = None, *,
