@@ -15,6 +15,7 @@ reviewed files through its ``[data] corrections`` / ``noisy_corrections`` keys.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -63,9 +64,9 @@ def propose_relabels(name: str, dataset: Dataset, work, *, device="cpu", curated
     tagger = trained_tagger(work, name, device=device)
     ensure_features(dataset, work, tagger.audio_config, splits=("train_noisy",))
     # Streamed: the real noisy split's log-mels (about 9 GB) are never all held at once.
-    noisy_specs = progress_bar(iter_features(dataset, work, "train_noisy", config=tagger.audio_config),
-                               total=len(dataset.noisy), desc="relabel: noisy clips", unit="clip", enabled=progress)
-    noisy_probs = tagger.predict_spectrograms(noisy_specs)
+    noisy_probs = tagger.predict_spectrograms(iter_features(dataset, work, "train_noisy", config=tagger.audio_config),
+                                              track=partial(progress_bar, unit="clip", enabled=progress),
+                                              desc="relabel: noisy clips")
     noisy_target = multi_hot(dataset.noisy.labels, classes)
     noisy_scores = (noisy_probs * noisy_target).sum(axis=1) / noisy_target.sum(axis=1)
     noisy_best = (noisy_probs * noisy_target).max(axis=1)
