@@ -167,3 +167,45 @@ def test_cli_synth_like_and_its_errors(replica, tmp_path):
     assert not (tmp_path / "nope").exists()
     assert "--duration-scale applies only with --like" in run_cli(
         "synth", tmp_path / "x", "--duration-scale", "0.5", expect=2).output
+
+
+@pytest.mark.slow
+def test_pipeline_runs_to_a_kernel_on_the_replica(replica, tmp_path):
+    """features -> make-folds -> train (real corrections) -> predict -> build-kernel -> the kernel
+    in a simulated /kaggle tree, whose submission equals local prediction."""
+    import subprocess
+    import sys
+
+    from conftest import tiny_experiment_toml
+    from freesound.kaggle import COMPETITION
+
+    _, data, _ = replica
+    work, experiments = tmp_path / "work", tmp_path / "experiments"
+    experiments.mkdir()
+    (experiments / "tiny.toml").write_text(
+        tiny_experiment_toml("aux_skip_attention", epoch_size=16, max_epochs=1).replace(
+            "corrected_noisy = 0.0\nnoisy = 0.3", "corrected_noisy = 0.2\nnoisy = 0.1")
+        + f'\n[data]\ncorrections = "{CURATED_CORRECTIONS}"\nnoisy_corrections = "{NOISY_CORRECTIONS}"\n')
+    common = ["--data", data, "--work", work]
+    run_cli("features", *common, "--workers", 2)
+    run_cli("make-folds", *common, "--folds", 2)
+    out = run_cli("train", "tiny", *common, "--experiments", experiments, "--device", "cpu").output
+    assert "fold 1:" in out and "OOF lwlrap" in out
+    run_cli("predict", "tiny", *common, "--experiments", experiments, "--device", "cpu", "--no-oof")
+    local = pd.read_csv(work / "predictions" / "tiny" / "test.csv")
+    assert list(local.fname) == list(load_dataset(data).test_fnames)
+    run_cli("build-kernel", "--experiment", "tiny", "--work", work, "--experiments", experiments,
+            "--out", tmp_path / "kernel")
+
+    root = tmp_path / "kaggle"
+    shutil.copytree(data / "test", root / "input" / COMPETITION / "test")
+    shutil.copy(data / "sample_submission.csv", root / "input" / COMPETITION)
+    shutil.copytree(work / "experiments", root / "input" / "freesound-weights" / "experiments")
+    (root / "working").mkdir()
+    env = {**os.environ, "FREESOUND_KAGGLE_ROOT": str(root), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, str(tmp_path / "kernel" / "kernel.py")], cwd=root / "working", env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    submission = pd.read_csv(root / "working" / "submission.csv")
+    assert list(submission.columns) == list(local.columns) and list(submission.fname) == list(local.fname)
+    np.testing.assert_allclose(submission.iloc[:, 1:].to_numpy(), local.iloc[:, 1:].to_numpy(), atol=1e-5)
