@@ -248,6 +248,7 @@ class Tagger:
         on_error : "raise" (stop at the first undecodable file), "skip" (leave its row out) or
             "silence" (predict it from a silent clip, so every file keeps its row)
         failures : list, optional; each undecodable file is appended as ``(fname, reason)``
+        track : optional, wraps the decoding and the model pass (see ``tile_probabilities``)
 
         Returns
         -------
