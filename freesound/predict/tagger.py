@@ -197,8 +197,8 @@ class Tagger:
         # left over waits for the next clip's tiles, so only the very last batch can be short.
         counts, done = [], []
         queue, queued = [], 0
-        if track is not None:
-            logmels = track(logmels, total=len(logmels) if hasattr(logmels, "__len__") else None, desc=desc)
+        if track is not None:  # a sized input gives the bar its total; otherwise ``track`` may carry one
+            logmels = track(logmels, desc=desc, **({"total": len(logmels)} if hasattr(logmels, "__len__") else {}))
         for logmel in logmels:
             tiles = make_tiles(logmel, self.tile_step)
             counts.append(len(tiles))

@@ -65,7 +65,8 @@ def propose_relabels(name: str, dataset: Dataset, work, *, device="cpu", curated
     ensure_features(dataset, work, tagger.audio_config, splits=("train_noisy",))
     # Streamed: the real noisy split's log-mels (about 9 GB) are never all held at once.
     noisy_probs = tagger.predict_spectrograms(iter_features(dataset, work, "train_noisy", config=tagger.audio_config),
-                                              track=partial(progress_bar, unit="clip", enabled=progress),
+                                              track=partial(progress_bar, total=len(dataset.noisy), unit="clip",
+                                                            enabled=progress),
                                               desc="relabel: noisy clips")
     noisy_target = multi_hot(dataset.noisy.labels, classes)
     noisy_scores = (noisy_probs * noisy_target).sum(axis=1) / noisy_target.sum(axis=1)
