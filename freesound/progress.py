@@ -14,7 +14,9 @@ from __future__ import annotations
 import sys
 import time
 
-from tqdm.auto import tqdm
+# Not tqdm.auto: its asyncio bar calls iter() on the iterable when built, so a DataLoader starts a
+# second set of workers for nothing (and draws a seed from torch's generator) every epoch.
+from tqdm.autonotebook import tqdm
 
 #: A log line each time this much more of the total is done (percent).
 LOG_PERCENT_STEP = 10
