@@ -34,11 +34,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def freesound_command(args, cwd, torchrun: bool = False):
-    """Run ``python -m freesound ARGS`` (under torchrun with 2 processes when asked); return the
-    completed process (stdout and stderr as text)."""
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
-                if torchrun else [sys.executable])
+def freesound_command(args, cwd, torchrun: bool = False, processes: int = 2):
+    """Run ``python -m freesound ARGS`` (under torchrun with ``processes`` processes when asked);
+    return the completed process (stdout and stderr as text)."""
+    launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+                 f"--master_port={free_port()}"] if torchrun else [sys.executable])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FREESOUND_DDP_TIMEOUT_S": "120"}
     return subprocess.run([*launcher, "-m", "freesound", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
@@ -111,6 +111,28 @@ def test_torchrun_trains_a_fold_whose_log_is_the_whole_folds_and_resumes_exactly
     for key, value in states[0]["model"].items():
         assert torch.allclose(value.float(), states[1]["model"][key].float(), rtol=0, atol=RESUME_ATOL), key
     np.testing.assert_allclose([row[:5] for row in states[0]["log"]], [row[:5] for row in states[1]["log"]], atol=1e-6)
+
+
+#: The logged val lwlrap came from fp16 (AMP) predictions on the GPUs, the recomputation from the
+#: CPU's fp32: a rank metric, it moves only where two clips' scores swap order.
+AMP_LWLRAP_TOLERANCE = 0.02
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by make gpu-check)")
+def test_torchrun_on_every_gpu(tiny_setup, tmp_path):
+    """DDP (NCCL) with one process per GPU present: trains, and the logged val lwlrap is the
+    saved weights' on the whole fold."""
+    dataset, work, experiment_path = tiny_setup
+    run = copy_work(work, tmp_path / "gpus")
+    done = freesound_command(train_args(dataset.root, run, experiment_path, "--fold", "0", device="cuda"), tmp_path,
+                             True, processes=torch.cuda.device_count())
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = pd.read_csv(run / "experiments" / "tiny" / "fold_0" / "log.csv")
+    assert list(log.epoch) == [1, 2]
+    recomputed = whole_fold_lwlrap(run / "experiments" / "tiny" / "fold_0" / "model.pt",
+                                   load_experiment(experiment_path, tmp_path), dataset, run)
+    assert recomputed == pytest.approx(log.val_lwlrap.max(), abs=AMP_LWLRAP_TOLERANCE)
 
 
 @pytest.mark.slow
