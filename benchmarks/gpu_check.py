@@ -15,6 +15,14 @@ the GPU and the libraries. The exit status is 1 when any check failed.
                            channels-last, autotuning), fp16 and fp32; max |diff| against the CPU
     check_optimizer_steps  Adam steps of the full-size model with ``step`` counters on the CPU (as
                            a resume restores them now) against on the GPU (as it did before)
+    check_training_feed    the ``default`` experiment's training samples/s, fp32 against AMP at
+                           batch 128, and the samples/s its data pipeline delivers with 1, 4 and
+                           all CPU workers, whole on the CPU and with ``train.augment_on_device``
+                           (plus ``BatchAugment`` on the GPU): is the GPU starved?
+
+The CUDA tests include the ensemble kernel run on CUDA against local CUDA prediction
+(``tests/test_kernel.py``) and DDP under torchrun with one process per GPU present
+(``tests/test_distributed.py``).
 
 To add a check, write one more ``check_*`` function and list it in ``CHECKS``.
 """
@@ -161,7 +169,50 @@ def check_optimizer_steps(quick: bool) -> Check:
                  + table(["optimizer state", "ms/step", "speed-up"], rows) + "\n")
 
 
-CHECKS = [check_cuda_tests, check_inference_speed, check_optimizer_steps]
+def check_training_feed(quick: bool) -> Check:
+    """Training samples/s of ``default`` at batch 128 (fp32, AMP), against what its DataLoader
+    delivers with 1, 4 and all CPU workers, both ways (``bench_scaling.both_sets``)."""
+    from torch.utils.data import DataLoader
+
+    from bench_scaling import both_sets, cpu_count
+    from bench_train import pipeline_throughput, sampling_dataset, step_throughput
+    from freesound.config import load_experiment
+    from freesound.training.device_augment import BatchAugment
+
+    experiment = load_experiment("default", REPO / "experiments")
+    batch_size, steps = 128, 5 if quick else 15
+    dataset = sampling_dataset(experiment, 80, (steps + 1) * batch_size, np.random.default_rng(0))
+    batches = list(DataLoader(dataset, batch_size=batch_size, drop_last=True))
+    rates = {name: step_throughput(experiment, 80, batches, DEVICE, amp) for name, amp in (("fp32", False), ("AMP", True))}
+    consumed = max(rate for rate, _ in rates.values())
+    train_rows = [[name, f"{rate:.0f}", f"{rate / rates['fp32'][0]:.2f}", f"{loss:.5f}"]
+                  for name, (rate, loss) in rates.items()]
+    sets = both_sets(experiment)
+    window = sets["window only"]
+    augment = BatchAugment(experiment.transforms.crop, DEVICE)
+    sample = [torch.stack(parts).to(DEVICE) for parts in zip(*(window[i] for i in range(batch_size)))][:3]
+
+    def augment_batch():
+        augment(*sample)
+        torch.cuda.synchronize()
+
+    augment_rate = batch_size / median(interleaved({"augment": augment_batch}, rounds=5)["augment"])
+    pipeline_rows = []
+    for workers in sorted({1, 4, cpu_count()}):
+        row = [str(workers)]
+        for dataset in sets.values():
+            rate = pipeline_throughput(dataset, batch_size, workers, 3 if quick else 8)
+            row += [f"{rate:.0f}", "yes" if rate >= consumed else "no"]
+        pipeline_rows.append(row)
+    return Check("training feed", all(np.isfinite(loss) for _, loss in rates.values()),
+                 f"## Training `default` at batch {batch_size}, and its data pipeline\n\n"
+                 + table(["mode", "samples/s", "vs fp32", "first-step loss"], train_rows)
+                 + f"\n\nDataLoader samples/s (worker start-up included), against the {consumed:.0f} samples/s the "
+                 f"GPU consumes; BatchAugment on the GPU: {augment_rate:.0f} samples/s.\n\n"
+                 + table(["workers", "CPU pipeline", "keeps up", "augment_on_device", "keeps up"], pipeline_rows) + "\n")
+
+
+CHECKS = [check_cuda_tests, check_inference_speed, check_optimizer_steps, check_training_feed]
 
 
 def main() -> int:

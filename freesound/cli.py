@@ -238,7 +238,22 @@ def _check_device(ctx, param, value):
         except (AssertionError, RuntimeError):  # torch asserts when built without CUDA
             raise click.BadParameter(f"device {value!r} is not available on this machine") from None
     device = value or settings.default_device()
-    require_device(device)
+    require_device(_probed_device(device))
+    return device
+
+
+def _probed_device(device: str) -> str:
+    """The device a command on ``device`` will use: under torchrun, a bare ``cuda`` is the
+    process's own GPU, ``cuda:<LOCAL_RANK>`` (probing ``cuda:0`` from every process would put a
+    CUDA context of each on GPU 0)."""
+    import torch
+
+    try:
+        distributed = settings.torchrun_environment()
+    except ValueError:
+        return device  # the command itself reports the bad variable
+    if distributed and device == "cuda":
+        return str(torch.device("cuda", distributed["local_rank"]))
     return device
 
 
@@ -264,26 +279,47 @@ def precision_option(function):
 @device_option
 @click.option("--resume", is_flag=True, help="Continue interrupted folds from their saved state (refused, naming the settings, if the experiment changed since; max_epochs and workers may change).")
 @click.option("--no-oof", is_flag=True, help="Skip the out-of-fold prediction once every fold is trained.")
-def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device, resume, no_oof):
+@click.option("--devices", default=None,
+              help="Train folds in parallel, one process per device, e.g. cuda:0,cuda:1 (a device may repeat: "
+                   "cpu,cpu). Not under torchrun, which trains each fold on all of its processes.")
+def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device, resume, no_oof, devices):
     """Train EXPERIMENT (a name under experiments/ or a TOML path) on every fold.
 
     Log-mels not cached yet are computed first, with the experiment's [audio] settings (`features`
     does it up front); a clip that cannot be used stops training with its name and the reason.
     Once every fold in folds.csv has weights, predicts each fold's held-out clips (tiled, as
     `predict` does) and reports the per-fold and overall out-of-fold lwlrap.
+
+    Under torchrun (torchrun --nproc_per_node=N -m freesound train ...) the N processes train each
+    fold together (DistributedDataParallel, each on its slice of every batch, cuda:<LOCAL_RANK> or
+    the CPU); process 0 writes the files and prints.
     """
     from freesound.config import load_experiment
     from freesound.data.dataset import load_dataset
     from freesound.metrics import format_scores
     from freesound.paths import experiment_dir
+    from freesound.training.fold_devices import parse_devices, train_and_score_on_devices
     from freesound.training.trainer import train_and_score
 
+    try:
+        distributed = settings.torchrun_environment()
+    except ValueError as error:
+        raise FreesoundError(str(error)) from None
+    given_device = click.get_current_context().get_parameter_source("device") != click.core.ParameterSource.DEFAULT
+    if devices and (given_device or distributed):
+        raise click.UsageError("--devices trains folds in parallel on the devices it names: not with --device, "
+                               "nor under torchrun")
     config = load_experiment(experiment, experiments_dir)
-    report = train_and_score(
-        config, load_dataset(data_dir), work_dir, folds=list(folds) or None, score_oof=not no_oof,
-        device=device or settings.default_device(), max_epochs=epochs, resume=resume, log=click.echo,
-        feature_workers=settings.default_workers(),
-    )
+    options = dict(score_oof=not no_oof, max_epochs=epochs, resume=resume, log=click.echo,
+                   feature_workers=settings.default_workers())
+    if devices:
+        report = train_and_score_on_devices(config, load_dataset(data_dir), work_dir, parse_devices(devices),
+                                            folds=list(folds) or None, **options)
+    else:
+        report = train_and_score(config, load_dataset(data_dir), work_dir, folds=list(folds) or None,
+                                 device=device or settings.default_device(), distributed=distributed, **options)
+    if not report.main:
+        return
     click.echo(f"\n{config.name}: best val lwlrap per fold (centre crop)")
     for result in report.folds:
         click.echo(f"  fold {result.fold}: {result.best_lwlrap:.4f} at epoch {result.best_epoch} of {result.epochs}")

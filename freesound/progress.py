@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 
-from tqdm.auto import tqdm
+# Not tqdm.auto: its asyncio bar calls iter() on the iterable when built, so a DataLoader starts a
+# second set of workers for nothing (and draws a seed from torch's generator) every epoch.
+from tqdm.autonotebook import tqdm
 
 #: A log line each time this much more of the total is done (percent).
 LOG_PERCENT_STEP = 10
@@ -47,7 +50,8 @@ def progress_bar(iterable=None, *, total: int | None = None, desc: str = "", uni
     Returns
     -------
     ``tqdm`` on a terminal (or when disabled), else ``LogProgress``; both iterate, take
-    ``update(n)``, ``set_postfix(**values)`` and ``close()``, and are context managers.
+    ``update(n)``, ``set_postfix(**values)`` and ``close()``, are context managers, and give
+    ``external_write_mode()``, a context in which other lines can be printed without garbling the bar.
     """
     file = sys.stderr if file is None else file
     if not enabled or is_terminal(file):
@@ -111,6 +115,12 @@ class LogProgress:
         crossed = self.leave and self._bucket(self.n) > self._bucket(before)
         if crossed or now - self._last_time >= self.interval_s:
             self._show(now)
+
+    @contextmanager
+    def external_write_mode(self, file=None, nolock=False):
+        """A context for writing other lines while the bar is shown, as tqdm's of the same name
+        (which clears its bar and redraws it after); a log's whole lines need nothing."""
+        yield
 
     def set_postfix(self, **values) -> None:
         """Values shown at the end of the next line, as tqdm does (``loss=0.1234``)."""

@@ -126,15 +126,17 @@ def kaggle_tree(built, root: Path) -> Path:
     return root
 
 
-def run_script(script: Path, root: Path, tmp_dir: Path, python_path=None) -> subprocess.CompletedProcess:
+def run_script(script: Path, root: Path, tmp_dir: Path, python_path=None, cuda: bool = False) -> subprocess.CompletedProcess:
     runner = root / "runner.py"
     runner.write_text(RUNNER)
     tmp_dir.mkdir()
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     if python_path is not None:
         env["PYTHONPATH"] = str(python_path)
-    # CPU like the local reference (CUDA would predict in fp16); TMPDIR shows the unpack folder.
-    env.update(FREESOUND_KAGGLE_ROOT=str(root), CUDA_VISIBLE_DEVICES="", TMPDIR=str(tmp_dir))
+    # CPU like the local reference unless asked (CUDA would predict in fp16); TMPDIR shows the unpack folder.
+    env.update(FREESOUND_KAGGLE_ROOT=str(root), TMPDIR=str(tmp_dir))
+    if not cuda:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     return subprocess.run([sys.executable, str(runner), str(REPO), str(script)], cwd=root / "working",
                           env=env, capture_output=True, text=True, timeout=300)
 
@@ -143,9 +145,9 @@ def embedded_manifest(script: str) -> dict:
     return json.loads(re.search(r"MANIFEST = json.loads\(r'''(.*?)'''\)", script, re.S).group(1))
 
 
-def local_prediction(built, spec):
+def local_prediction(built, spec, device="cpu"):
     paths = [built["base"] / "competition" / "test" / fname for fname in TEST_CLIPS]
-    predictor = EnsemblePredictor.from_spec(spec, lambda p: built["work"] / "experiments" / p)
+    predictor = EnsemblePredictor.from_spec(spec, lambda p: built["work"] / "experiments" / p, device=device)
     failures = []
     return predictor.predict_files(paths, on_error="silence", failures=failures), predictor, failures
 
@@ -181,6 +183,25 @@ def test_kernel_reproduces_local_prediction_offline(built, kernel, tmp_path):
         f"{name} {module.__version__}" for name, module in modules.items())
     without_build_tags = functools.partial(re.sub, r"\+[^,]*", "")
     assert without_build_tags(result.stdout.splitlines()[0]) == without_build_tags(expected)
+
+
+#: The kernel on CUDA against local prediction on CUDA, both fp16 (the kernel's default precision):
+#: the same code on the same device, but cuDNN may pick other algorithms in another process.
+CUDA_KERNEL_TOLERANCE = 2e-3
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by make gpu-check)")
+def test_ensemble_kernel_on_cuda_reproduces_local_cuda_prediction(built, tmp_path):
+    root = kaggle_tree(built, tmp_path / "kaggle")
+    result = run_script(built["written"]["ensemble_kernel"], root, tmp_path / "tmp", cuda=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"device: .*cuda.*, fp16", result.stdout, re.I), result.stdout
+    submission = pd.read_csv(root / "working" / "submission.csv")
+    expected, _, _ = local_prediction(built, built["specs"]["ensemble_kernel"], device="cuda")
+    assert list(submission["fname"]) == list(TEST_CLIPS)
+    np.testing.assert_allclose(submission[CLASSES].to_numpy(), expected[CLASSES].to_numpy(), rtol=0,
+                               atol=CUDA_KERNEL_TOLERANCE)
 
 
 def test_kernel_refuses_a_package_older_than_its_minimum(built, tmp_path):

@@ -79,6 +79,30 @@ def test_a_terminal_gets_tqdm_and_a_disabled_bar_writes_nothing():
     assert quiet.getvalue() == ""
 
 
+class CountingIterable:
+    """Counts the iterators made of it: a DataLoader starts its workers on each."""
+
+    def __init__(self, items):
+        self.items, self.iterators = items, 0
+
+    def __len__(self):
+        return len(self.items)
+
+    def __iter__(self):
+        self.iterators += 1
+        return iter(self.items)
+
+
+def test_a_bar_makes_one_iterator_of_its_iterable_and_only_when_iterated():
+    """tqdm.auto's asyncio bar calls iter() when built: a DataLoader then started a second, unused
+    set of workers every epoch, and drew from torch's generator."""
+    for stream, enabled in ((TerminalStream(), True), (io.StringIO(), False), (io.StringIO(), True)):
+        items = CountingIterable([1, 2, 3])
+        bar = progress_bar(items, file=stream, enabled=enabled)
+        assert items.iterators == 0
+        assert list(bar) == [1, 2, 3] and items.iterators == 1
+
+
 def test_every_progress_bar_in_the_package_comes_from_freesound_progress():
     importing = re.compile(r"^\s*(import tqdm|from tqdm)", re.M)
     users = sorted(path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py")
@@ -86,4 +110,5 @@ def test_every_progress_bar_in_the_package_comes_from_freesound_progress():
     assert users == ["progress.py"]
     callers = sorted(path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py")
                      if "progress_bar(" in path.read_text() and path.name != "progress.py")
-    assert callers == ["data/features.py", "data/synth.py", "data/synth_like.py", "tools/search.py", "training/trainer.py"]
+    assert callers == ["data/features.py", "data/synth.py", "data/synth_like.py", "tools/search.py",
+                       "training/fold_devices.py", "training/trainer.py"]

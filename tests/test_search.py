@@ -94,7 +94,7 @@ def test_default_spaces_are_valid_and_in_the_help(experiments):
 
 @pytest.mark.parametrize("space, message", [
     ({"trian": {"lr": {"uniform": [0.1, 0.2]}}}, r"'trian'.*unknown key\(s\) trian; valid keys are audio, data"),
-    ({"train.lrr": {"uniform": [0.1, 0.2]}}, r"'train.lrr'.*unknown key\(s\) lrr; valid keys are amp, batch_size"),
+    ({"train.lrr": {"uniform": [0.1, 0.2]}}, r"'train.lrr'.*unknown key\(s\) lrr; valid keys are amp, augment_on_device, batch_size"),
     ({"train.lr.x": {"uniform": [0.1, 0.2]}}, r"'train.lr.x'.*train.lr is a setting, not a table"),
     ({"train.lr": {"normal": [0.1, 0.2]}}, r"'train.lr': unknown distribution normal; use one of uniform"),
     ({"train.lr": {"uniform": [0.1, 0.2], "choice": [1]}}, r"'train.lr': give exactly one distribution"),

@@ -3,6 +3,10 @@
     engine.py    the training loop skeleton both trainers share: plateau, early stop, best
                  checkpoint, log rows, resumable state, named hooks
     trainer.py   ``train_fold`` / ``train_experiment``: the method's first-level training
+    distributed.py  one fold trained by the processes of a torchrun job (DDP), and its
+                 one-process case
+    fold_devices.py  folds in parallel, one process per device (``train --devices``)
+    device_augment.py  SpecAugment, deltas and mixing on a batch on the training device
     sampling.py  the per-epoch sampler over curated / corrected-noisy / noisy clips
     augment.py   train-time spectrogram transforms (crop, resized crop, SpecAugment)
     mixers.py    sample mixers (sigmoid-concat, additive)

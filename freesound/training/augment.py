@@ -13,6 +13,10 @@ The method's pipelines (``train_transform`` / ``valid_transform``)::
 
 ``to_network_input`` (``freesound.audio.network_input``) is shared with the inference tiler so
 train and test inputs are built the same way.
+
+With ``train.augment_on_device`` the pipeline stops at the window (``train_window_transform``):
+SpecAugment's masks are drawn here but applied, with the deltas, to whole batches on the training
+device (``freesound.training.device_augment``), from the same random numbers.
 """
 
 from __future__ import annotations
@@ -248,19 +252,62 @@ class SpecAugment:
         self.freq_fraction = freq_fraction
         self.time_fraction = time_fraction
 
-    def __call__(self, spec: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        _check_2d(spec)
-        n_mels, frames = spec.shape
-        fill = spec.min()
-        spec = spec.copy()
+    def draw(self, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+        """The masks for a spectrogram of ``shape`` (``(n_mels, frames)``), without applying them.
+
+        Returns
+        -------
+        np.ndarray
+            int64 ``(k, 4)``, one row ``(first band, bands, first frame, frames)`` per mask.
+        """
+        n_mels, frames = shape
+        masks = []
         for _ in range(int(rng.integers(self.num_masks[0], self.num_masks[1] + 1))):
             band = int(rng.uniform(0.0, self.freq_fraction) * n_mels)
             f0 = int(rng.integers(0, n_mels - band + 1))
-            spec[f0 : f0 + band, :] = fill
             span = int(rng.uniform(0.0, self.time_fraction) * frames)
             t0 = int(rng.integers(0, frames - span + 1))
-            spec[:, t0 : t0 + span] = fill
-        return spec
+            masks.append((f0, band, t0, span))
+        return np.array(masks, dtype=np.int64).reshape(-1, 4)
+
+    def __call__(self, spec: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        _check_2d(spec)
+        return apply_masks(spec, self.draw(spec.shape, rng))
+
+
+def apply_masks(spec: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """A copy of ``spec`` (``(n_mels, frames)``) with each mask row ``(f0, bands, t0, frames)`` of
+    ``SpecAugment.draw`` filled with ``spec``'s minimum, taken before masking (the clip's silence
+    level); a row of zero bands and zero frames changes nothing."""
+    fill = spec.min()
+    spec = spec.copy()
+    for f0, band, t0, span in masks:
+        spec[f0 : f0 + band, :] = fill
+        spec[:, t0 : t0 + span] = fill
+    return spec
+
+
+class DeferredSpecAugment:
+    """``UseWithProb(spec_augment, prob)``'s random draws, leaving the masking for later.
+
+    Returns ``(window, masks)``: the window unchanged and int64 ``(max_masks, 4)`` mask rows (see
+    ``SpecAugment.draw``), zero rows where fewer masks (or none: skipped with ``1 - prob``) were
+    drawn. It draws the same numbers in the same order as the ``UseWithProb`` it stands for, so
+    ``apply_masks`` of its masks gives that transform's output exactly.
+    """
+
+    def __init__(self, spec_augment: SpecAugment, prob: float):
+        check_prob(prob)
+        self.spec_augment = spec_augment
+        self.prob = prob
+        self.max_masks = spec_augment.num_masks[1]
+
+    def __call__(self, window: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        masks = np.zeros((self.max_masks, 4), dtype=np.int64)
+        if rng.random() < self.prob:
+            drawn = self.spec_augment.draw(window.shape, rng)
+            masks[: len(drawn)] = drawn
+        return window, masks
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,20 +382,59 @@ def train_transform(
     Returns ``f(spec, rng) -> np.ndarray`` mapping a log-mel ``(n_mels, frames)`` of any length to
     a float32 network input ``(3, n_mels, size)``.
     """
-    check_prob(resize_prob, "resize_prob")
     check_prob(spec_prob, "spec_prob")
-    return Compose(
-        [
-            random_pad_to_size(size, wrap_prob=wrap_pad_prob, placement=pad_placement),
-            RandomCrop(size),
-            UseWithProb(RandomResizedCrop(scale=resize_scale, ratio=resize_ratio), resize_prob),
-            UseWithProb(
-                SpecAugment(spec_num_masks, freq_fraction=spec_freq_fraction, time_fraction=spec_time_fraction),
-                spec_prob,
-            ),
-            ToNetworkInput(),
-        ]
-    )
+    spec_augment = SpecAugment(spec_num_masks, freq_fraction=spec_freq_fraction, time_fraction=spec_time_fraction)
+    window = _window_steps(size, wrap_pad_prob, pad_placement, resize_prob, resize_scale, resize_ratio)
+    return Compose(window + [UseWithProb(spec_augment, spec_prob), ToNetworkInput()])
+
+
+def _window_steps(size, wrap_pad_prob, pad_placement, resize_prob, resize_scale, resize_ratio) -> list:
+    """The per-clip steps of the train-time pipeline: pad, crop, random resized crop."""
+    check_prob(resize_prob, "resize_prob")
+    return [
+        random_pad_to_size(size, wrap_prob=wrap_pad_prob, placement=pad_placement),
+        RandomCrop(size),
+        UseWithProb(RandomResizedCrop(scale=resize_scale, ratio=resize_ratio), resize_prob),
+    ]
+
+
+class WindowTransform:
+    """The train-time pipeline with its batch-level work left for the device.
+
+    ``f(spec, rng) -> (window, masks)``: the padded, cropped, possibly resized float32 window
+    ``(n_mels, size)`` and the SpecAugment masks drawn for it (``DeferredSpecAugment``: int64
+    ``(max_masks, 4)``). It draws exactly what ``train_transform`` with the same arguments draws,
+    so ``to_network_input(apply_masks(window, masks))`` equals that transform's output;
+    ``freesound.training.device_augment.BatchAugment`` does the masking and the deltas on a whole
+    batch at once.
+    """
+
+    def __init__(self, window: Compose, spec_augment: DeferredSpecAugment):
+        self.window = window
+        self.spec_augment = spec_augment
+
+    def __call__(self, spec: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        window = np.ascontiguousarray(self.window(spec, rng), dtype=np.float32)
+        return self.spec_augment(window, rng)
+
+
+def train_window_transform(
+    size: int = 256,
+    wrap_pad_prob: float = 0.5,
+    pad_placement: str = "center",
+    resize_prob: float = 0.33,
+    resize_scale=(0.8, 1.0),
+    resize_ratio=(1.7, 2.3),
+    spec_prob: float = 0.5,
+    spec_num_masks=(1, 2),
+    spec_freq_fraction: float = 0.15,
+    spec_time_fraction: float = 0.2,
+) -> WindowTransform:
+    """``train_transform``'s pipeline (same arguments) up to the window, with SpecAugment drawn but
+    not applied and no deltas: see ``WindowTransform``."""
+    spec_augment = SpecAugment(spec_num_masks, freq_fraction=spec_freq_fraction, time_fraction=spec_time_fraction)
+    window = _window_steps(size, wrap_pad_prob, pad_placement, resize_prob, resize_scale, resize_ratio)
+    return WindowTransform(Compose(window), DeferredSpecAugment(spec_augment, spec_prob))
 
 
 def valid_transform(size: int = 256) -> Compose:

@@ -98,7 +98,8 @@ def fit(hooks: Hooks, optimizer, scheduler, *, max_epochs: int, early_stop_patie
     scheduler : ``ReduceLROnPlateau`` in ``mode="max"``, stepped on the val lwlrap
     max_epochs : total epochs, counting those of a resumed ``progress``
     early_stop_patience : stop after this many epochs without improvement
-    log_path : ``log.csv``, rewritten atomically after every epoch
+    log_path : ``log.csv``, rewritten atomically after every epoch; None: not written (a torchrun
+        process other than process 0)
     columns : the log's columns, in order (a subset of each row's keys)
     progress : a resumed run's ``Progress`` (default: a fresh one)
     """
@@ -118,7 +119,8 @@ def fit(hooks: Hooks, optimizer, scheduler, *, max_epochs: int, early_stop_patie
         else:
             progress.bad_epochs += 1
         progress.finished = progress.bad_epochs >= early_stop_patience
-        atomic_write_csv(log_path, pd.DataFrame(progress.rows, columns=columns), index=False)
+        if log_path is not None:
+            atomic_write_csv(log_path, pd.DataFrame(progress.rows, columns=columns), index=False)
         if hooks.save_state is not None:
             hooks.save_state(progress)
         if hooks.end_epoch is not None:

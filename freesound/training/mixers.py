@@ -12,6 +12,12 @@ Mixers run after the spectrogram transforms, on network inputs. Every mixer is a
 
 The method's mixer (``method_mixer``): with p=0.8 mix, choosing sigmoid-concat (p=0.6) or an
 additive mix (p=0.4).
+
+Both mixers are weighted sums along time, ``image = w_self * image + w_other * other`` with
+per-frame weights ``(W,)``, and their parts are public so that the mixing can be done later, on a
+whole batch on the training device (``train.augment_on_device``): ``choose(rng)`` makes the
+combinators' random choice (the mixer to apply, or None) and ``weights(width, rng)`` a mixer's own
+draw, in the order ``__call__`` draws them.
 """
 
 from __future__ import annotations
@@ -51,13 +57,21 @@ class SigmoidConcatMixer:
             raise ValueError(f"sigmoid_range must be (min, max) with 0 < min <= max, got {sigmoid_range}")
         self.sigmoid_range = tuple(sigmoid_range)
 
-    def __call__(self, image, target, draw_other: DrawOther, rng: np.random.Generator) -> Sample:
-        other_image, other_target = draw_other()
+    def weights(self, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``(mask, 1 - mask)``, float32 ``(width,)`` each, for a radius drawn from ``rng``."""
         radius = int(rng.integers(self.sigmoid_range[0], self.sigmoid_range[1] + 1))
-        mask = sigmoid_time_mask(image.shape[-1], radius)
-        image = mask * image + (1.0 - mask) * other_image
-        target = np.clip(target + other_target, 0.0, 1.0)
-        return image.astype(np.float32, copy=False), target.astype(np.float32, copy=False)
+        mask = sigmoid_time_mask(width, radius)
+        return mask, 1.0 - mask
+
+    @staticmethod
+    def mix_targets(target, other_target, weights) -> np.ndarray:
+        return np.clip(target + other_target, 0.0, 1.0).astype(np.float32, copy=False)
+
+    def choose(self, rng: np.random.Generator):
+        return self
+
+    def __call__(self, image, target, draw_other: DrawOther, rng: np.random.Generator) -> Sample:
+        return _mix_with(self, image, target, draw_other, rng)
 
 
 class AddMixer:
@@ -73,12 +87,30 @@ class AddMixer:
             raise ValueError(f"alpha_range must satisfy 0 <= min <= max <= 1, got {alpha_range}")
         self.alpha_range = tuple(alpha_range)
 
-    def __call__(self, image, target, draw_other: DrawOther, rng: np.random.Generator) -> Sample:
-        other_image, other_target = draw_other()
+    def weights(self, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``(1 - alpha, alpha)`` repeated over ``width`` frames (float32), alpha drawn from ``rng``."""
         alpha = np.float32(rng.uniform(*self.alpha_range))
-        image = (1 - alpha) * image + alpha * other_image
-        target = (1 - alpha) * target + alpha * other_target
-        return image.astype(np.float32, copy=False), target.astype(np.float32, copy=False)
+        return np.full(width, 1 - alpha, dtype=np.float32), np.full(width, alpha, dtype=np.float32)
+
+    @staticmethod
+    def mix_targets(target, other_target, weights) -> np.ndarray:
+        # The weights are constant along time: their first frame is the labels' weight.
+        self_weight, other_weight = weights[0][0], weights[1][0]
+        return (self_weight * target + other_weight * other_target).astype(np.float32, copy=False)
+
+    def choose(self, rng: np.random.Generator):
+        return self
+
+    def __call__(self, image, target, draw_other: DrawOther, rng: np.random.Generator) -> Sample:
+        return _mix_with(self, image, target, draw_other, rng)
+
+
+def _mix_with(mixer, image, target, draw_other: DrawOther, rng: np.random.Generator) -> Sample:
+    """Draw the other sample, then the mixer's weights; mix images along time and the targets."""
+    other_image, other_target = draw_other()
+    weights = mixer.weights(image.shape[-1], rng)
+    image = weights[0] * image + weights[1] * other_image
+    return image.astype(np.float32, copy=False), mixer.mix_targets(target, other_target, weights)
 
 
 class RandomMixer:
@@ -90,9 +122,17 @@ class RandomMixer:
             raise ValueError("RandomMixer needs at least one mixer")
         self.probs = check_choice_probs(probs, len(self.mixers))
 
-    def __call__(self, image, target, draw_other: DrawOther, rng: np.random.Generator) -> Sample:
+    def choose(self, rng: np.random.Generator):
+        """The mixer to apply (itself chosen by the picked mixer's ``choose``), or None."""
         index = int(rng.choice(len(self.mixers), p=self.probs))
-        return self.mixers[index](image, target, draw_other, rng)
+        return self.mixers[index].choose(rng)
+
+    def __call__(self, image, target, draw_other: DrawOther, rng: np.random.Generator) -> Sample:
+        return _apply_chosen(self.choose(rng), image, target, draw_other, rng)
+
+
+def _apply_chosen(mixer, image, target, draw_other: DrawOther, rng: np.random.Generator) -> Sample:
+    return (image, target) if mixer is None else mixer(image, target, draw_other, rng)
 
 
 class UseMixerWithProb:
@@ -103,10 +143,12 @@ class UseMixerWithProb:
         self.mixer = mixer
         self.prob = prob
 
+    def choose(self, rng: np.random.Generator):
+        """The mixer to apply (with ``prob``, whatever ``mixer.choose`` picks), or None."""
+        return self.mixer.choose(rng) if rng.random() < self.prob else None
+
     def __call__(self, image, target, draw_other: DrawOther, rng: np.random.Generator) -> Sample:
-        if rng.random() < self.prob:
-            return self.mixer(image, target, draw_other, rng)
-        return image, target
+        return _apply_chosen(self.choose(rng), image, target, draw_other, rng)
 
 
 def method_mixer(prob: float = 0.8, sigmoid_prob: float = 0.6, add_prob: float = 0.4) -> UseMixerWithProb:

@@ -3,6 +3,10 @@
 Randomness: every sample draws from ``numpy.random.default_rng((seed, epoch, index))``, so an
 epoch's samples do not depend on the number of DataLoader workers or on what ran before; that
 is what makes a seeded run reproducible and a resumed run identical to an uninterrupted one.
+
+Distributed training splits every batch, not the epoch: ``EpochShard`` gives process ``rank`` of
+``world_size`` its slice of each batch of the one-process run, so the processes' batches together
+are exactly the samples that one process would train on in that step, whatever their number.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import Sampler
 
 
 @dataclass
@@ -79,6 +84,82 @@ class SamplingDataset(TorchDataset):
             torch.from_numpy(np.asarray(target, dtype=np.float32)),
             torch.tensor(source.noisy),
         )
+
+
+class WindowSamplingDataset(SamplingDataset):
+    """``SamplingDataset``'s samples with their batch-level work left for the training device.
+
+    ``transform`` is a ``freesound.training.augment.WindowTransform`` (``(spec, rng) -> (window,
+    masks)``) and ``mixer`` one whose ``choose``/``weights``/``mix_targets`` are used
+    (``freesound.training.mixers``). The same random numbers are drawn in the same order as
+    ``SamplingDataset`` draws them with the matching full transform, so
+    ``freesound.training.device_augment.BatchAugment`` turns a batch of these items into that
+    dataset's images for the same indices (to float rounding of the deltas).
+
+    Items are ``(windows (2, n_mels, W) float32, masks (2, M, 4) int64, weights (2, W) float32,
+    target (C,) float32, noisy () bool)``: the sample's window and its mixing partner's (zeros
+    when it is not mixed), their SpecAugment masks, and the per-frame weights of the two in the
+    mix (``(1, 0)`` when not mixed); the target is already mixed.
+    """
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        source = self.sources[rng.choice(len(self.sources), p=self.probs)]
+        (window, masks), target = self._transformed(source, rng)
+        mixer = self.mixer.choose(rng) if self.mixer is not None else None
+        if mixer is None:
+            other, other_masks = np.zeros_like(window), np.zeros_like(masks)
+            weights = (np.ones(window.shape[-1], np.float32), np.zeros(window.shape[-1], np.float32))
+        else:
+            (other, other_masks), other_target = self._transformed(source, rng)
+            weights = mixer.weights(window.shape[-1], rng)
+            target = mixer.mix_targets(target, other_target, weights)
+        return (
+            torch.from_numpy(np.stack([window, other])),
+            torch.from_numpy(np.stack([masks, other_masks])),
+            torch.from_numpy(np.stack(weights).astype(np.float32, copy=False)),
+            torch.from_numpy(np.asarray(target, dtype=np.float32)),
+            torch.tensor(source.noisy),
+        )
+
+
+class EpochShard(Sampler):
+    """The sample indices one of ``world_size`` processes trains on in an epoch of ``size`` samples.
+
+    The one-process run trains ``size // batch_size`` batches of ``batch_size`` consecutive
+    indices (the last, partial batch dropped). Each of those batches is cut into ``world_size``
+    consecutive slices of ``batch_size // world_size`` indices, and process ``rank`` takes slice
+    ``rank`` of every batch, in batch order. So the slices are disjoint, their union in step ``k``
+    is the one-process run's batch ``k``, and since a sample is drawn from ``(seed, epoch, index)``
+    each process's samples do not depend on the others. With ``world_size=1`` it yields
+    ``0 .. size // batch_size * batch_size - 1``.
+
+    Use it with ``DataLoader(batch_size=batch_size // world_size, drop_last=True)``.
+
+    Raises
+    ------
+    ValueError
+        ``batch_size`` is not a multiple of ``world_size`` (the message says so), or ``rank`` is
+        not in ``[0, world_size)``.
+    """
+
+    def __init__(self, size: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        if batch_size % world_size:
+            raise ValueError(f"a batch of {batch_size} samples cannot be split evenly over {world_size} processes: "
+                             f"set train.batch_size to a multiple of {world_size}")
+        self.size, self.batch_size, self.rank, self.world_size = size, batch_size, rank, world_size
+        self.local_batch = batch_size // world_size
+
+    def __len__(self) -> int:
+        return self.size // self.batch_size * self.local_batch
+
+    def __iter__(self):
+        start = self.rank * self.local_batch
+        for batch in range(self.size // self.batch_size):
+            first = batch * self.batch_size + start
+            yield from range(first, first + self.local_batch)
 
 
 class ValidationDataset(TorchDataset):

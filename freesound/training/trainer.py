@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from freesound.config import ConfigError, Experiment, dump_experiment, experiment_from_dict, read_toml
 from freesound.data import features
@@ -41,7 +41,9 @@ from freesound.metrics import lwlrap
 from freesound.models import create_model, save_checkpoint
 from freesound.paths import checkpoint_path, fold_dir, train_state_path
 from freesound.progress import progress_bar
-from freesound.training.augment import train_transform, valid_transform
+from freesound.training.augment import train_transform, train_window_transform, valid_transform
+from freesound.training.device_augment import AugmentedBatches, BatchAugment
+from freesound.training.distributed import SINGLE, Processes, process_device, process_group
 from freesound.training.engine import (
     Hooks,
     Progress,
@@ -57,7 +59,13 @@ from freesound.training.engine import (
 from freesound.training.losses import AuxLoss, NoisyCuratedLoss, make_loss
 from freesound.training.mixers import method_mixer
 from freesound.training.oof import predict_oof
-from freesound.training.sampling import ClipSource, SamplingDataset, ValidationDataset
+from freesound.training.sampling import (
+    ClipSource,
+    EpochShard,
+    SamplingDataset,
+    ValidationDataset,
+    WindowSamplingDataset,
+)
 
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_lwlrap", "seconds"]
 #: Settings a resumed run may change: how long it trains, how many loader processes it uses and
@@ -200,25 +208,26 @@ def saved_run(state: dict) -> tuple:
 
 
 def resume_note(fold: int, saved_device, saved_amp: bool, device: torch.device, use_amp: bool,
-                generators_restored: bool) -> str | None:
-    """The one log line for a fold resumed under another device or AMP setting, or without every
-    generator it draws from (None when the resume is exact).
+                generators_restored: bool, *, saved_processes: int = 1, processes: int = 1) -> str | None:
+    """The one log line for a fold resumed under another device, AMP setting or number of
+    (torchrun) processes, or without every generator it draws from (None when the resume is exact).
 
     A change of AMP setting starts the gradient scaler afresh: a disabled scaler saves nothing to
     continue from, and an enabled one's loss scale means nothing without AMP. An unrecorded device
-    (a state from before it was recorded) counts as a change only through the other two.
+    (a state from before it was recorded) counts as a change only through the others.
     """
     same_device = saved_device is None or torch.device(saved_device).type == device.type
-    if same_device and saved_amp == use_amp and generators_restored:
+    if same_device and saved_amp == use_amp and generators_restored and saved_processes == processes:
         return None
 
-    def under(where, amp):
-        return f"{where or 'an unrecorded device'} {'with' if amp else 'without'} AMP"
+    def under(where, amp, count):
+        return (f"{where or 'an unrecorded device'} {'with' if amp else 'without'} AMP"
+                f"{f' in {count} processes' if count != 1 else ''}")
 
     consequences = ["the gradient scaler starts fresh"] if saved_amp != use_amp else []
     consequences.append("the resumed epochs will not repeat an uninterrupted run bit for bit")
-    return (f"fold {fold}: saved on {under(saved_device, saved_amp)}, resumed on {under(device, use_amp)}: "
-            f"{' and '.join(consequences)}")
+    return (f"fold {fold}: saved on {under(saved_device, saved_amp, saved_processes)}, resumed on "
+            f"{under(device, use_amp, processes)}: {' and '.join(consequences)}")
 
 
 def train_fold(
@@ -234,6 +243,7 @@ def train_fold(
     feature_workers: int = 1,
     log=print,
     on_epoch=None,
+    processes: Processes = SINGLE,
 ) -> FoldResult:
     """Train one fold; with ``resume``, continue from ``state.pt`` exactly where it stopped.
 
@@ -246,39 +256,75 @@ def train_fold(
     ``on_epoch(progress, row)``, when given, runs after each epoch's log line, with the
     ``freesound.training.engine.Progress`` and the epoch's log row; it may raise to stop the
     training (a search prunes a trailing trial this way).
+
+    ``processes`` (``freesound.training.distributed``) trains the fold together with the other
+    processes of a torchrun job, each on its slice of every batch; only process 0 logs, shows
+    progress and writes files. Every process of the job must call this with the same arguments.
     """
     device = torch.device(device)
     with on_device(device), deterministic_algorithms(experiment.train.deterministic):
         return _train_fold(experiment, dataset, work, fold, device=device, max_epochs=max_epochs, resume=resume,
-                           progress=progress, feature_workers=feature_workers, log=log, on_epoch=on_epoch)
+                           progress=progress and processes.main, feature_workers=feature_workers,
+                           log=processes.main_only(log), on_epoch=on_epoch, processes=processes)
+
+
+def training_set(experiment: Experiment, sources, probs, seed: int) -> SamplingDataset:
+    """The experiment's sampler over ``sources``: whole network inputs (``SamplingDataset``), or,
+    with ``train.augment_on_device``, windows and random draws for ``BatchAugment``
+    (``WindowSamplingDataset``). Both draw the same numbers for the same ``seed``."""
+    transforms, mixers = experiment.transforms, experiment.mixers
+    options = dict(resize_prob=transforms.resized_crop_prob, spec_prob=transforms.spec_augment_prob)
+    mixer = method_mixer(mixers.prob, mixers.sigmoid_concat, mixers.add)
+    if experiment.train.augment_on_device:
+        return WindowSamplingDataset(sources, probs, experiment.train.epoch_size,
+                                     transform=train_window_transform(transforms.crop, **options), mixer=mixer, seed=seed)
+    return SamplingDataset(sources, probs, experiment.train.epoch_size,
+                           transform=train_transform(transforms.crop, **options), mixer=mixer, seed=seed)
+
+
+def compiled(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """``torch.compile(module)`` when ``enabled`` (``train.compile``), else ``module``. The compiled
+    module shares ``module``'s parameters; save and validate ``module`` itself."""
+    return torch.compile(module) if enabled else module
+
+
+def restore_generators(state: dict, device: torch.device, processes: Processes) -> bool:
+    """Set this process's random generators from a saved state: its own entry of the state's
+    ``rank_rng`` (one per process that saved it), or, for states saved before those were kept,
+    the state's own. False (nothing restored) when the state was saved by another number of
+    processes, or ``restore_rng_states`` could not restore every generator."""
+    saved = state.get("rank_rng") or [state]
+    return len(saved) == processes.world_size and restore_rng_states(saved[processes.rank], device)
 
 
 def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, device: torch.device,
                 max_epochs: int | None, resume: bool, progress: bool, feature_workers: int, log,
-                on_epoch) -> FoldResult:
+                on_epoch, processes: Processes) -> FoldResult:
     cfg = experiment.train
     out_dir = fold_dir(work, experiment.name, fold)
     out_dir.mkdir(parents=True, exist_ok=True)
     resume_path = train_state_path(work, experiment.name, fold)
     max_epochs = cfg.max_epochs if max_epochs is None else max_epochs
     use_amp = cfg.amp and device.type == "cuda"
+    try:
+        shard = EpochShard(cfg.epoch_size, cfg.batch_size, processes.rank, processes.world_size)
+    except ValueError as error:
+        raise ConfigError(f"experiment {experiment.name!r}: {error}") from None
 
-    ensure_features(dataset, work, experiment.audio, splits=TRAIN_SPLITS, workers=feature_workers, progress=progress)
+    if processes.local_rank == 0:  # one process per machine caches; the others wait for it
+        ensure_features(dataset, work, experiment.audio, splits=TRAIN_SPLITS, workers=feature_workers,
+                        progress=progress)
+    processes.barrier()
     sources, probs, (valid_specs, valid_targets, _) = build_sources(experiment, dataset, work, fold)
-    transforms = experiment.transforms
-    train_set = SamplingDataset(
-        sources, probs, cfg.epoch_size,
-        transform=train_transform(
-            transforms.crop, resize_prob=transforms.resized_crop_prob,
-            spec_prob=transforms.spec_augment_prob,
-        ),
-        mixer=method_mixer(experiment.mixers.prob, experiment.mixers.sigmoid_concat, experiment.mixers.add),
-        seed=cfg.seed + 1000 * fold,
-    )
-    valid_set = ValidationDataset(valid_specs, valid_targets, valid_transform(transforms.crop))
+    train_set = training_set(experiment, sources, probs, seed=cfg.seed + 1000 * fold)
+    valid_set = ValidationDataset(valid_specs, valid_targets, valid_transform(experiment.transforms.crop))
+    augment = BatchAugment(experiment.transforms.crop, device) if cfg.augment_on_device else None
 
     torch.manual_seed(cfg.seed + fold)
     model = create_training_model(experiment, len(dataset.classes), device)
+    model = processes.prepare_model(model, device, cfg.sync_batchnorm)
+    processes.seed_generators(cfg.seed + fold)
+    train_model = compiled(processes.wrap(model, device), cfg.compile)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience
@@ -289,9 +335,11 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
     valid_loss_fn = make_loss(**experiment.loss.curated)
 
     run = Progress()
-    if resume and resume_path.is_file():
-        state = load_state(resume_path)  # on the CPU, see load_state
-        conflicts = _state_conflicts(state, experiment, work, fold)
+    # Process 0 reads the state (on the CPU, see load_state) and judges it; every process gets both.
+    saved = processes.broadcast(_read_resume_state(resume_path, experiment, work, fold)
+                                if resume and processes.main else None)
+    if saved is not None:
+        state, conflicts = saved
         if conflicts:
             raise StaleTrainingStateError(
                 f"fold {fold} of {experiment.name!r} was trained with other settings "
@@ -302,28 +350,36 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
         restored = {name: module for name, module in modules.items()
                     if name != "scaler" or saved_amp == scaler.is_enabled()}
         run = restore(state, restored, LOG_COLUMNS)
-        generators_restored = restore_rng_states(state, device)
+        generators_restored = restore_generators(state, device, processes)
         log(f"fold {fold}: resuming after epoch {run.epoch} (best val lwlrap {run.best_score:.4f} "
             f"at epoch {run.best_epoch})")
-        note = resume_note(fold, saved_device, saved_amp, device, scaler.is_enabled(), generators_restored)
+        note = resume_note(fold, saved_device, saved_amp, device, scaler.is_enabled(), generators_restored,
+                           saved_processes=state.get("world_size", 1), processes=processes.world_size)
         if note:
             log(note)
         if run.finished:
             return FoldResult(fold, run.best_epoch, run.best_score, run.epoch, out_dir / "model.pt")
-    atomic_write_text(out_dir / "config.toml", dump_experiment(experiment))
+    processes.main_only(atomic_write_text)(out_dir / "config.toml", dump_experiment(experiment))
 
     def train_one_epoch(epoch: int) -> dict:
         train_set.set_epoch(epoch)
         loader = DataLoader(
-            train_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
+            train_set, batch_size=shard.local_batch, sampler=shard, num_workers=cfg.workers,
             drop_last=True, pin_memory=device.type == "cuda",
         )
-        return {"train_loss": train_epoch(model, loader, loss_fn, optimizer, scaler, device, use_amp,
-                                          desc=f"fold {fold} epoch {epoch + 1}", progress=progress)}
+        batches = loader if augment is None else AugmentedBatches(loader, augment)
+        loss = train_epoch(train_model, batches, loss_fn, optimizer, scaler, device, use_amp,
+                           desc=f"fold {fold} epoch {epoch + 1}", progress=progress)
+        return {"train_loss": processes.mean(loss)}
 
     def validate() -> tuple:
-        val_loss, val_scores = _validate(model, valid_set, valid_loss_fn, cfg.batch_size, device, use_amp)
-        return lwlrap(valid_targets, val_scores), {"val_loss": val_loss}
+        processes.sync_buffers(model)  # every process validates process 0's model, the one saved
+        part = processes.shard(len(valid_set))
+        loss_sum, scores = _validate(model, Subset(valid_set, part), valid_loss_fn, cfg.batch_size, device, use_amp,
+                                     len(dataset.classes))
+        scores = processes.gather(scores)
+        val_loss = sum(processes.gather_objects(loss_sum)) / len(valid_set)
+        return lwlrap(valid_targets, scores), {"val_loss": val_loss}
 
     def save_best(epoch: int, score: float) -> None:
         save_checkpoint(
@@ -335,8 +391,11 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
         )
 
     def save_fold_state(run: Progress) -> None:
-        save_state(resume_path, modules, run, LOG_COLUMNS, **rng_states(device), experiment=experiment.to_dict(),
-                   device=str(device), amp=scaler.is_enabled())
+        rank_rng = processes.gather_objects(rng_states(device))  # every process takes part
+        processes.main_only(save_state)(
+            resume_path, modules, run, LOG_COLUMNS, **rank_rng[0], rank_rng=rank_rng,
+            world_size=processes.world_size, experiment=experiment.to_dict(), device=str(device),
+            amp=scaler.is_enabled())
 
     def end_epoch(run: Progress, row: dict) -> None:
         log(f"fold {fold} epoch {run.epoch}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
@@ -344,10 +403,18 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
         if on_epoch is not None:
             on_epoch(run, row)
 
-    hooks = Hooks(train_one_epoch, validate, save_best, save_fold_state, end_epoch)
+    hooks = Hooks(train_one_epoch, validate, processes.main_only(save_best), save_fold_state, end_epoch)
     run = fit(hooks, optimizer, scheduler, max_epochs=max_epochs, early_stop_patience=cfg.early_stop_patience,
-              log_path=out_dir / "log.csv", columns=LOG_COLUMNS, progress=run)
+              log_path=out_dir / "log.csv" if processes.main else None, columns=LOG_COLUMNS, progress=run)
     return FoldResult(fold, run.best_epoch, run.best_score, run.epoch, out_dir / "model.pt")
+
+
+def _read_resume_state(path: Path, experiment: Experiment, work, fold: int) -> tuple | None:
+    """``(state, conflicting settings)`` of the fold's saved state, or None when there is none."""
+    if not path.is_file():
+        return None
+    state = load_state(path)
+    return state, _state_conflicts(state, experiment, work, fold)
 
 
 def train_epoch(model, loader, loss_fn, optimizer, scaler, device, use_amp, *, desc="train", progress=False) -> float:
@@ -376,15 +443,17 @@ def train_epoch(model, loader, loss_fn, optimizer, scaler, device, use_amp, *, d
 
 
 @torch.inference_mode()
-def _validate(model, valid_set, loss_fn, batch_size, device, use_amp):
+def _validate(model, valid_set, loss_fn, batch_size, device, use_amp, num_classes: int) -> tuple:
+    """``(sum of the per-clip validation losses, probabilities (N, num_classes))`` of ``valid_set``
+    (which may be empty: a process's part of a tiny fold)."""
     model.eval()
-    losses, scores = [], []
+    losses, scores = [], [np.empty((0, num_classes), dtype=np.float32)]
     for images, targets in DataLoader(valid_set, batch_size=batch_size):
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             logits = model(images.to(device, memory_format=torch.channels_last))[0].float()
         losses.append(loss_fn(logits, targets.to(device)).item() * len(images))
         scores.append(torch.sigmoid(logits).cpu().numpy())
-    return sum(losses) / len(valid_set), np.concatenate(scores)
+    return sum(losses), np.concatenate(scores)
 
 
 def check_experiment(experiment: Experiment, num_classes: int) -> None:
@@ -418,25 +487,49 @@ class TrainingReport:
     folds : list of FoldResult, the folds trained now
     untrained : list of int, folds of ``folds.csv`` that still have no weights
     oof_scores : dict or None, out-of-fold lwlrap (``predict_oof``) once every fold has weights
+    main : bool, False in a torchrun process other than process 0, which reports nothing
     """
 
     folds: list
     untrained: list
     oof_scores: dict | None
+    main: bool = True
 
 
 def train_and_score(experiment: Experiment, dataset: Dataset, work, folds=None, *, score_oof: bool = True,
-                    device: str = "cpu", log=print, **kwargs) -> TrainingReport:
+                    device: str = "cpu", log=print, distributed: dict | None = None, **kwargs) -> TrainingReport:
     """``freesound train``: train the given folds (default: all), then, once every fold of
     ``folds.csv`` has weights, predict each fold's held-out clips and score them out of fold.
 
     ``kwargs`` go to ``train_fold`` (``max_epochs``, ``resume``, ``progress``, ``feature_workers``).
+
+    ``distributed`` is a torchrun job's environment (``freesound.settings.torchrun_environment``):
+    every process of the job calls this, joins the job's process group on its own device
+    (``process_device``: ``cuda:<LOCAL_RANK>`` for ``cuda``) and the processes train each fold
+    together, one fold after another; process 0 then scores the out-of-fold predictions alone.
     """
-    results = train_experiment(experiment, dataset, work, folds, device=device, log=log, **kwargs)
+    if distributed is None:
+        return score_trained(experiment, dataset, work, train_experiment(
+            experiment, dataset, work, folds, device=device, log=log, **kwargs), score_oof=score_oof, device=device,
+            log=log, feature_workers=kwargs.get("feature_workers", 1), progress=kwargs.get("progress", True))
+    device = process_device(device, distributed)
+    with process_group(distributed, device) as processes:
+        results = train_experiment(experiment, dataset, work, folds, device=device, log=log, processes=processes,
+                                   **kwargs)
+    if not processes.main:
+        return TrainingReport(results, [], None, main=False)
+    return score_trained(experiment, dataset, work, results, score_oof=score_oof, device=device, log=log,
+                         feature_workers=kwargs.get("feature_workers", 1), progress=kwargs.get("progress", True))
+
+
+def score_trained(experiment: Experiment, dataset: Dataset, work, results: list, *, score_oof: bool, device,
+                  log=print, feature_workers: int = 1, progress: bool = True) -> TrainingReport:
+    """The report on folds just trained (``results``): which folds of ``folds.csv`` still lack
+    weights and, once none does and ``score_oof``, the out-of-fold scores (``predict_oof``)."""
     untrained = [fold for fold in recorded_folds(work) or []
                  if not checkpoint_path(work, experiment.name, fold).is_file()]
     scores = None
     if score_oof and not untrained:
-        scores = predict_oof(experiment.name, dataset, work, device=device, log=log,
-                             feature_workers=kwargs.get("feature_workers", 1), progress=kwargs.get("progress", True))
+        scores = predict_oof(experiment.name, dataset, work, device=str(device), log=log,
+                             feature_workers=feature_workers, progress=progress)
     return TrainingReport(results, untrained, scores)

@@ -1,0 +1,202 @@
+"""Folds in parallel: one process per device, each training whole folds.
+
+    freesound train EXPERIMENT --data DIR --devices cuda:0,cuda:1
+
+Folds are independent, so with several GPUs the simplest speed-up is to train several at once,
+one process per device (``spawn``ed: CUDA cannot be used in a forked child). Each process takes
+the next fold from a shared queue and trains it with ``train_fold`` exactly as one process would
+(same files, same resumable state, the same weights on the CPU); the parent caches the log-mels
+first, shows one progress display (epochs of every fold, and each device's fold, epoch and val
+lwlrap), prints each process's epoch lines, and reports the folds together, then the out-of-fold
+score. A device may be named more than once (``cpu,cpu``); CPU processes share this process's torch
+threads (``torch.get_num_threads()``) between them.
+
+If a process fails, the others are stopped (each fold's last finished epoch is saved, so
+``train --resume`` continues them) and the error names the fold and the device.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import traceback
+from dataclasses import dataclass
+
+import torch
+
+from freesound.config import Experiment
+from freesound.data.dataset import Dataset
+from freesound.data.features import ensure_features
+from freesound.data.folds import read_folds
+from freesound.errors import FreesoundError
+from freesound.progress import progress_bar
+from freesound.training.trainer import TRAIN_SPLITS, TrainingReport, check_experiment, score_trained, train_fold
+
+#: Seconds between checks that every fold process is still alive while waiting for its news.
+POLL_S = 1.0
+#: Seconds a fold process that has reported its exit gets to end before it is terminated.
+EXIT_WAIT_S = 60.0
+
+
+class FoldProcessError(FreesoundError):
+    """A fold's process failed (the message names the fold, the device and the error)."""
+
+
+def parse_devices(text: str) -> list:
+    """``"cuda:0,cuda:1"`` -> ``["cuda:0", "cuda:1"]``, each a device torch understands.
+
+    Raises
+    ------
+    FreesoundError
+        An empty list or entry, or a name torch does not know (named).
+    """
+    names = [name.strip() for name in text.split(",")]
+    if not text.strip() or not all(names):
+        raise FreesoundError(f"--devices {text!r}: give devices separated by commas, e.g. cuda:0,cuda:1")
+    for name in names:
+        try:
+            torch.device(name)
+        except RuntimeError:
+            raise FreesoundError(f"--devices: {name!r} is not a torch device (e.g. cuda:0, cuda:1, cpu)") from None
+    return names
+
+
+def device_labels(devices: list) -> list:
+    """Names to show for the processes: the device, with ``#k`` where a device is named twice."""
+    return [device if devices.count(device) == 1 else f"{device}#{devices[:i].count(device)}"
+            for i, device in enumerate(devices)]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a fold process needs besides its device and the queues (pickled once per process)."""
+
+    experiment: Experiment
+    dataset: Dataset
+    work: str
+    max_epochs: int | None
+    resume: bool
+    cpu_threads: int
+
+
+def _fold_process(slot: int, device: str, job: _Job, folds, events) -> None:
+    """A fold process: train folds from ``folds`` until its ``None``, reporting to ``events``:
+    ``("log", slot, line)``, ``("epoch", slot, fold, epoch, val_lwlrap)``, ``("done", slot,
+    FoldResult)``, and last ``("exit", slot)`` or ``("failed", slot, fold, message, traceback or
+    None)``."""
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(job.cpu_threads)
+    fold = None
+    try:
+        while (fold := folds.get()) is not None:
+            result = train_fold(
+                job.experiment, job.dataset, job.work, fold, device=device, max_epochs=job.max_epochs,
+                resume=job.resume, progress=False, log=lambda line: events.put(("log", slot, line)),
+                on_epoch=lambda run, row, fold=fold: events.put(("epoch", slot, fold, run.epoch, row["val_lwlrap"])))
+            events.put(("done", slot, result))
+    except Exception as error:  # reported to the parent, which stops the job with it
+        expected = isinstance(error, FreesoundError)
+        events.put(("failed", slot, fold, str(error) if expected else f"{type(error).__name__}: {error}",
+                     None if expected else traceback.format_exc()))
+        return
+    events.put(("exit", slot))
+
+
+def train_folds_on_devices(experiment: Experiment, dataset: Dataset, work, devices: list, folds=None, *,
+                           max_epochs: int | None = None, resume: bool = False, progress: bool = True,
+                           feature_workers: int = 1, log=print) -> list:
+    """Train ``folds`` (default: every fold of ``folds.csv``) in one process per entry of
+    ``devices``, at most one process per fold; return their ``FoldResult``s in fold order.
+
+    Raises
+    ------
+    FoldProcessError
+        A fold's process failed (or died): the others are stopped; the message names the fold,
+        its device and the error (an unexpected error's traceback is logged first).
+    """
+    check_experiment(experiment, len(dataset.classes))
+    folds = sorted(set(read_folds(work, dataset.curated.fname).fold)) if folds is None else list(folds)
+    ensure_features(dataset, work, experiment.audio, splits=TRAIN_SPLITS, workers=feature_workers, progress=progress)
+    devices = list(devices)[: len(folds)]
+    labels = device_labels(devices)
+    cpu_processes = sum(torch.device(device).type == "cpu" for device in devices)
+    job = _Job(experiment, dataset, str(work), max_epochs, resume,
+               cpu_threads=max(1, torch.get_num_threads() // max(1, cpu_processes)))
+    context = multiprocessing.get_context("spawn")
+    fold_queue, events = context.Queue(), context.Queue()
+    for fold in folds + [None] * len(devices):
+        fold_queue.put(fold)
+    processes = [context.Process(target=_fold_process, args=(slot, device, job, fold_queue, events),
+                                 name=f"freesound-fold-{label}") for slot, (device, label) in
+                 enumerate(zip(devices, labels))]
+    epochs = experiment.train.max_epochs if max_epochs is None else max_epochs
+    log(f"training folds {', '.join(map(str, folds))} on {', '.join(labels)}, one process per device")
+    finished = False
+    try:
+        for process in processes:
+            process.start()
+        results = _follow(processes, events, labels, devices, folds, epochs, progress, log)
+        finished = True
+        return results
+    finally:
+        # A process that reported its exit is left to finish its interpreter's clean-up (a
+        # terminated one can leave its semaphores behind); after a failure the others are stopped.
+        for process in processes:
+            process.join(timeout=EXIT_WAIT_S if finished else 0)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+
+
+def _follow(processes, events, labels, devices, folds, epochs: int, progress: bool, log) -> list:
+    """Show the fold processes' news until each has exited; return their results in fold order."""
+    results, running, counted = {}, set(range(len(processes))), {fold: 0 for fold in folds}
+    status = {label: "starting" for label in labels}
+    with progress_bar(total=len(folds) * epochs, desc="folds", unit="epoch", enabled=progress) as bar:
+        while running:
+            try:
+                event = events.get(timeout=POLL_S)
+            except queue.Empty:
+                for slot in list(running):
+                    if not processes[slot].is_alive():
+                        raise FoldProcessError(f"the process training on {labels[slot]} died (exit status "
+                                               f"{processes[slot].exitcode}); the other folds were stopped, "
+                                               "and train --resume continues them")
+                continue
+            kind, slot = event[0], event[1]
+            if kind == "log":
+                with bar.external_write_mode():
+                    log(f"[{labels[slot]}] {event[2]}")
+            elif kind == "epoch":
+                _, _, fold, epoch, score = event
+                counted[fold] += 1
+                bar.update(1)
+                status[labels[slot]] = f"fold {fold} epoch {epoch}/{epochs} val {score:.3f}"
+                bar.set_postfix(**status)
+            elif kind == "done":
+                result = event[2]
+                results[result.fold] = result
+                bar.update(max(0, epochs - counted[result.fold]))
+                counted[result.fold] = epochs
+                status[labels[slot]] = f"fold {result.fold} done"
+                bar.set_postfix(**status)
+            elif kind == "exit":
+                running.discard(slot)
+            else:
+                _, _, fold, message, details = event
+                if details:
+                    with bar.external_write_mode():
+                        log(details.rstrip())
+                raise FoldProcessError(f"fold {fold} on {devices[slot]} failed: {message} (the other folds were "
+                                       "stopped; train --resume continues them)")
+    return [results[fold] for fold in sorted(results)]
+
+
+def train_and_score_on_devices(experiment: Experiment, dataset: Dataset, work, devices: list, folds=None, *,
+                               score_oof: bool = True, log=print, **kwargs) -> TrainingReport:
+    """``freesound train --devices``: ``train_folds_on_devices``, then the report of
+    ``freesound.training.trainer.score_trained`` (the out-of-fold scores predicted on the first
+    device). ``kwargs`` go to ``train_folds_on_devices``."""
+    results = train_folds_on_devices(experiment, dataset, work, devices, folds, log=log, **kwargs)
+    return score_trained(experiment, dataset, work, results, score_oof=score_oof, device=devices[0], log=log,
+                         feature_workers=kwargs.get("feature_workers", 1), progress=kwargs.get("progress", True))

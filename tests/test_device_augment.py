@@ -1,0 +1,136 @@
+"""``train.augment_on_device``: the batch-level work (SpecAugment, deltas, mixing) done on a batch on
+the device gives the CPU pipeline's images for the same seed, epoch and index, so training draws
+from the same distribution either way."""
+
+import dataclasses
+
+import librosa
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from freesound.audio.network_input import to_network_input
+from freesound.config import experiment_from_dict
+from freesound.training.augment import (
+    DeferredSpecAugment,
+    SpecAugment,
+    UseWithProb,
+    apply_masks,
+    train_transform,
+    train_window_transform,
+)
+from freesound.training.device_augment import BatchAugment, delta_matrix, mask_spans
+from freesound.training.mixers import method_mixer
+from freesound.training.sampling import ClipSource, SamplingDataset, WindowSamplingDataset
+from freesound.training.trainer import train_fold
+
+#: float32 matrix products against librosa's float64 filter, on inputs of magnitude <= 0.8.
+TOLERANCE = 1e-5
+
+
+def logmels(rng, n, frames_range=(20, 900)):
+    """Log-mel-like clips of random lengths, shorter and longer than a 256-frame window."""
+    return [rng.uniform(-80.0, 0.0, (128, int(rng.integers(*frames_range)))).astype(np.float32) for _ in range(n)]
+
+
+def sources(seed=0, classes=10):
+    rng = np.random.default_rng(seed)
+    return [ClipSource("curated", logmels(rng, 20), (rng.random((20, classes)) < 0.2).astype(np.float32), False),
+            ClipSource("noisy", logmels(rng, 20), (rng.random((20, classes)) < 0.2).astype(np.float32), True)]
+
+
+def both_datasets(spec_prob=0.5, resize_prob=0.33, mix_prob=0.8, size=256, epoch=2):
+    options = dict(resize_prob=resize_prob, spec_prob=spec_prob)
+    cpu = SamplingDataset(sources(), [0.6, 0.4], 512, train_transform(size, **options), method_mixer(mix_prob), seed=3)
+    device = WindowSamplingDataset(sources(), [0.6, 0.4], 512, train_window_transform(size, **options),
+                                   method_mixer(mix_prob), seed=3)
+    cpu.set_epoch(epoch)
+    device.set_epoch(epoch)
+    return cpu, device
+
+
+def collate(items):
+    return [torch.stack([item[k] for item in items]) for k in range(len(items[0]))]
+
+
+def test_delta_matrix_is_librosas_delta():
+    x = np.random.default_rng(0).normal(size=(5, 256)).astype(np.float32)
+    for order in (1, 2):
+        expected = librosa.feature.delta(x, width=9, order=order, axis=-1)
+        assert np.abs(x @ delta_matrix(256, order) - expected).max() < 1e-5
+    assert np.abs(x[:, :40] @ delta_matrix(40, 1) - librosa.feature.delta(x[:, :40], width=9)).max() < 1e-5
+
+
+def test_mask_spans_marks_each_span():
+    starts, lengths = torch.tensor([[2, 7], [0, 0]]), torch.tensor([[3, 1], [0, 0]])
+    marked = mask_spans(starts, lengths, 10)
+    assert marked[0].nonzero().flatten().tolist() == [2, 3, 4, 7]
+    assert not marked[1].any()
+
+
+def test_deferred_spec_augment_draws_what_spec_augment_applies():
+    """Same generator state in, same numbers drawn: applying the deferred masks is the transform."""
+    window = np.random.default_rng(1).uniform(-80, 0, (128, 256)).astype(np.float32)
+    spec_augment = SpecAugment()
+    for seed in range(30):
+        expected = UseWithProb(spec_augment, 0.5)(window, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        _, masks = DeferredSpecAugment(spec_augment, 0.5)(window, rng)
+        assert masks.shape == (2, 4)
+        assert np.array_equal(apply_masks(window, masks), expected)
+        # Both left the generator in the same state.
+        reference = np.random.default_rng(seed)
+        UseWithProb(spec_augment, 0.5)(window, reference)
+        assert rng.random() == reference.random()
+
+
+@pytest.mark.parametrize("settings", [{}, {"spec_prob": 1.0, "resize_prob": 1.0, "mix_prob": 1.0},
+                                      {"spec_prob": 0.0, "resize_prob": 0.0, "mix_prob": 0.0}])
+def test_batch_augment_gives_the_cpu_pipelines_images(settings):
+    """Every sample of a batch (mixed or not, masked or not, resized or not) equals the CPU
+    pipeline's image for the same index; targets are identical."""
+    cpu, device = both_datasets(**settings)
+    indices = range(40, 88)
+    images, targets, noisy = collate([cpu[i] for i in indices])
+    windows, masks, weights, device_targets, device_noisy = collate([device[i] for i in indices])
+    out = BatchAugment(256, "cpu")(windows, masks, weights)
+    assert out.shape == images.shape == (48, 3, 128, 256) and out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert (out - images).abs().max().item() < TOLERANCE
+    assert torch.equal(device_targets, targets) and torch.equal(device_noisy, noisy)
+    if not settings:  # the method's probabilities: the batch holds every kind of sample
+        mixed = (weights[:, 1] != 0).any(dim=1)
+        masked = (masks[:, 0, :, 1] + masks[:, 0, :, 3]).sum(dim=1) > 0
+        assert 0 < mixed.sum() < len(indices) and 0 < masked.sum() < len(indices)
+
+
+def test_an_unmixed_sample_is_its_own_network_input():
+    _, device = both_datasets(spec_prob=0.0, resize_prob=0.0, mix_prob=0.0)
+    windows, masks, weights, _, _ = collate([device[5]])
+    assert torch.equal(weights[0], torch.stack([torch.ones(256), torch.zeros(256)]))
+    out = BatchAugment(256, "cpu")(windows, masks, weights)[0].numpy()
+    assert np.abs(out - to_network_input(windows[0, 0].numpy())).max() < TOLERANCE
+
+
+def test_training_with_augment_on_device_matches_the_cpu_pipeline(tiny_data, tmp_path):
+    """The setting changes where the work runs, not what is trained: a fold's first batch has the
+    CPU pipeline's loss (to float rounding). (Later steps drift apart: Adam's first step moves
+    every weight by about the learning rate times the sign of its gradient, and rounding flips
+    the sign of the near-zero ones.)"""
+    import shutil
+
+    dataset, work = tiny_data
+    values = {"name": "tiny", "model": {"name": "simple_cnn", "params": {"base_size": 4}, "aux_weights": [1.0]},
+              "train": {"batch_size": 8, "epoch_size": 8, "max_epochs": 1, "workers": 0, "lr": 3e-3},
+              "sampling": {"curated": 0.7, "corrected_noisy": 0.0, "noisy": 0.3}}
+    losses = {}
+    for on_device in (False, True):
+        run_work = tmp_path / str(on_device)
+        shutil.copytree(work, run_work)
+        experiment = experiment_from_dict(values)
+        experiment = dataclasses.replace(experiment, train=dataclasses.replace(experiment.train,
+                                                                               augment_on_device=on_device))
+        train_fold(experiment, dataset, run_work, 0, progress=False, log=lambda *_: None)
+        losses[on_device] = pd.read_csv(run_work / "experiments/tiny/fold_0/log.csv").train_loss[0]
+    assert losses[True] == pytest.approx(losses[False], abs=1e-6)
