@@ -81,8 +81,26 @@ def experiments_dir_option(function):
 @click.option("--test", "num_test", type=click.IntRange(1), default=200, show_default=True,
               help="Test clips (labels in test_labels.csv).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, byte-identical dataset.")
-def synth(out_dir, num_classes, num_curated, num_noisy, num_test, seed):
-    """Write a synthetic FSDKaggle2019-shaped dataset to OUT_DIR."""
+@click.option("--like", "like_dir", type=click.Path(path_type=Path), default=None,
+              help="Replicate this FSDKaggle2019 metadata folder (train_curated.csv, train_noisy.csv, "
+              "test_post_competition.csv, vocabulary.csv): its names, labels, counts and order, synthetic audio. "
+              "--classes/--curated/--noisy/--test do not apply.")
+@click.option("--duration-scale", type=click.FloatRange(0, min_open=True), default=None,
+              help="With --like: multiply every clip length by this (0.1: about 10 h of audio for the real metadata).  [default: 1]")
+def synth(out_dir, num_classes, num_curated, num_noisy, num_test, seed, like_dir, duration_scale):
+    """Write a synthetic FSDKaggle2019-shaped dataset to OUT_DIR.
+
+    With --like, a replica of the real metadata; an interrupted --like run resumes where it stopped.
+    """
+    if like_dir is not None:
+        from freesound.data.synth_like import synthesize_like
+
+        summary = synthesize_like(out_dir, like_dir, duration_scale=1.0 if duration_scale is None else duration_scale,
+                                  seed=seed, workers=settings.default_workers())
+        click.echo(f"wrote {summary}")
+        return
+    if duration_scale is not None:
+        raise click.UsageError("--duration-scale applies only with --like")
     from freesound.data.synth import synthesize_dataset
 
     summary = synthesize_dataset(

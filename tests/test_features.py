@@ -54,6 +54,37 @@ def test_changed_file_is_recomputed_and_stale_entry_dropped(dataset_copy):
                                   read_as_melspectrogram(other))
 
 
+def test_caching_lists_each_split_folder_once_not_once_per_clip(dataset_copy, monkeypatch):
+    """A listing per clip (a glob for its stale entries) made caching quadratic in the split size:
+    about 17 ms a clip in a folder of 20,000 cache files, 3 CPU-minutes for the real noisy split."""
+    dataset, work = dataset_copy
+    cache_features(dataset, work, splits=("train_curated",), progress=False)
+    victim = dataset.root / "train_curated" / dataset.curated.fname[2]
+    os.utime(victim, ns=(10**18, 10**18))  # one stale entry to replace
+    listings = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path=".": listings.append(str(path)) or real_scandir(path))
+    monkeypatch.setattr(type(work), "glob", lambda self, pattern: listings.append(pattern) or iter(()))
+    report = cache_features(dataset, work, progress=False)
+    assert report.computed == len(dataset.noisy) + len(dataset.test_fnames) + 1
+    assert len(listings) == 3  # one per split
+    assert count_cached(work, dataset) == report.computed + report.cached
+
+
+def test_iter_features_reads_a_chunk_at_a_time(dataset_copy, monkeypatch):
+    import freesound.data.features as features
+
+    dataset, work = dataset_copy
+    cache_features(dataset, work, splits=("train_noisy",), progress=False)
+    whole = load_features(dataset, work, "train_noisy")
+    sizes = []
+    real_load = features.load_features
+    monkeypatch.setattr(features, "load_features", lambda *a, **k: sizes.append(len(a[3])) or real_load(*a, **k))
+    streamed = list(features.iter_features(dataset, work, "train_noisy", chunk=7))
+    assert len(streamed) == len(whole) and all(np.array_equal(a, b) for a, b in zip(streamed, whole))
+    assert max(sizes) == 7 and sum(sizes) == len(whole)
+
+
 def test_changed_config_uses_another_cache(dataset_copy):
     dataset, work = dataset_copy
     cache_features(dataset, work, splits=("test",), progress=False)

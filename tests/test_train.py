@@ -179,6 +179,30 @@ def test_build_sources_splits_by_fold(tiny_data):
     assert valid_targets.shape == (len(valid_fnames), len(dataset.classes))
 
 
+def test_log_mels_past_the_memory_limit_are_read_on_access_to_the_same_weights(tiny_data, tmp_path, monkeypatch):
+    """The real training set's log-mels (about 10.7 GB) are not held: each is read from the cache
+    when drawn, and training gives the same weights as with the log-mels held."""
+    import shutil
+
+    from freesound.data import features
+
+    dataset, work = tiny_data
+    states = {}
+    for mode, limit in (("held", features.HOLD_IN_MEMORY_BYTES), ("lazy", 0)):
+        monkeypatch.setattr(features, "HOLD_IN_MEMORY_BYTES", limit)
+        sources_, _, (valid_specs, _, _) = build_sources(tiny_experiment(), dataset, work, 0)
+        assert all(isinstance(s.specs, features.LazyLogmels) == (mode == "lazy") for s in sources_)
+        assert isinstance(valid_specs, features.LazyLogmels) == (mode == "lazy")
+        np.testing.assert_array_equal(sources_[2].specs[3], features.load_features(
+            dataset, work, "train_noisy", [dataset.noisy.fname[3]])[0])
+        run_work = tmp_path / mode
+        shutil.copytree(work, run_work)
+        train_fold(tiny_experiment(max_epochs=1), dataset, run_work, 0, progress=False, log=lambda *_: None)
+        states[mode] = torch.load(train_state_path(run_work, "tiny", 0), weights_only=True)["model"]
+    for key, value in states["held"].items():
+        assert torch.equal(value, states["lazy"][key]), key
+
+
 def test_train_fold_writes_checkpoint_log_and_config(tiny_work):
     dataset, work = tiny_work
     result = train_fold(tiny_experiment(), dataset, work, 0, progress=False, log=lambda *_: None)

@@ -2,6 +2,7 @@
 
     dataset.py   the layout: label files, the class vocabulary, corrections files
     synth.py     a synthetic dataset in that layout (``freesound synth``)
+    synth_like.py  a synthetic replica of the real FSDKaggle2019 metadata (``freesound synth --like``)
     features.py  the on-disk log-mel cache (``freesound features``)
     folds.py     cross-validation folds of the curated clips (``freesound make-folds``): shuffled,
                  grouped, stratified or given by the dataset, checked

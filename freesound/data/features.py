@@ -11,13 +11,16 @@ written atomically, so an interrupted run simply resumes: whatever is already th
 ``cache_features`` computes what is missing (``freesound features`` does it up front);
 ``ensure_features`` does the same for a command that needs the features now (``train``,
 ``predict`` on a dataset) and refuses, naming every clip, when some cannot be used;
-``load_features`` reads them and refuses a cached log-mel that is not finite.
+``load_features`` reads them and refuses a cached log-mel that is not finite; with ``lazy`` it
+holds none of them (``LazyLogmels`` reads each on access), which training does above
+``HOLD_IN_MEMORY_BYTES``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,8 +62,20 @@ def cached_path(split_dir: Path, audio_path) -> Path:
     return split_dir / f"{Path(audio_path).name}.{file_identity(audio_path)}.npy"
 
 
-def _compute_one(audio_path: Path, target: Path, config: AudioConfig):
-    """Compute one clip's log-mel into ``target``; return the failure reason or None.
+def cached_entries(split_dir: Path) -> dict:
+    """The cache files in ``split_dir`` by audio file name: ``{fname: [path, ...]}``, from one
+    directory listing (a listing per clip would make caching a split quadratic in its size)."""
+    entries = {}
+    with os.scandir(split_dir) as listing:
+        for entry in listing:
+            if entry.name.endswith(".npy") and not entry.name.startswith("."):
+                entries.setdefault(entry.name.rsplit(".", 2)[0], []).append(Path(entry.path))
+    return entries
+
+
+def _compute_one(audio_path: Path, target: Path, config: AudioConfig, stale=()):
+    """Compute one clip's log-mel into ``target``, then remove ``stale`` (its older cache files);
+    return the failure reason or None.
 
     Runs in a worker process, so it writes the array itself instead of shipping it back.
     """
@@ -68,8 +83,8 @@ def _compute_one(audio_path: Path, target: Path, config: AudioConfig):
         logmel = read_as_melspectrogram(audio_path, config)
     except AudioDecodeError as error:
         return error.reason
-    for stale in target.parent.glob(f"{audio_path.name}.*.npy"):
-        stale.unlink(missing_ok=True)
+    for path in stale:
+        path.unlink(missing_ok=True)
     atomic_save_npy(target, logmel)
     return None
 
@@ -103,29 +118,31 @@ def cache_features(
     for split in splits:
         split_dir = root / split
         split_dir.mkdir(parents=True, exist_ok=True)
+        existing = cached_entries(split_dir)
         for audio_path in dataset.paths(split):
             if not audio_path.is_file():
                 report.failures.append((split, audio_path.name, "no such file"))
                 continue
             target = cached_path(split_dir, audio_path)
-            if target.is_file():
+            stale = [path for path in existing.get(audio_path.name, ()) if path != target]
+            if len(stale) < len(existing.get(audio_path.name, ())):
                 report.cached += 1
             else:
-                todo.append((split, audio_path, target))
+                todo.append((split, audio_path, target, stale))
     bar = progress_bar(total=len(todo), desc="log-mel features", unit="clip", enabled=progress and bool(todo))
     with bar:
         if workers <= 1:
-            results = (_compute_one(path, target, config) for _, path, target in todo)
+            results = (_compute_one(path, target, config, stale) for _, path, target, stale in todo)
             _collect(todo, results, report, bar)
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(_compute_one, path, target, config) for _, path, target in todo]
+                futures = [pool.submit(_compute_one, path, target, config, stale) for _, path, target, stale in todo]
                 _collect(todo, (future.result() for future in futures), report, bar)
     return report
 
 
 def _collect(todo, results, report: CacheReport, bar) -> None:
-    for (split, audio_path, _), reason in zip(todo, results):
+    for (split, audio_path, _, _), reason in zip(todo, results):
         if reason is None:
             report.computed += 1
         else:
@@ -174,19 +191,40 @@ class NonFiniteFeaturesError(FreesoundError):
     """A cached log-mel holds NaN or infinite values (cached by an older freesound, or damaged)."""
 
 
-def load_features(dataset: Dataset, work, split: str, fnames=None, config: AudioConfig | None = None) -> list:
-    """Read cached log-mels for ``fnames`` (default: the whole split), in that order.
+#: A training run whose log-mels would take more than this many bytes reads them from the cache on
+#: each access (``LazyLogmels``) instead of holding them. The real FSDKaggle2019 training clips
+#: (10.5 h curated, 80 h noisy) are about 10.7 GB of float32 log-mels: too much beside torch and
+#: the DataLoader on a 16 GB machine such as a Kaggle GPU notebook. The page cache still keeps
+#: whatever fits, and everything smaller (every test and demo) is held as before.
+HOLD_IN_MEMORY_BYTES = 6 * 2 ** 30
 
-    Returns
-    -------
-    list of np.ndarray, float32 (n_mels, frames)
+
+class LazyLogmels(Sequence):
+    """Cached log-mels read from disk each time one is asked for: holds only the file paths.
+
+    ``logmels[i]`` is the float32 ``(n_mels, frames)`` array of clip ``i``, as ``load_features``
+    would return it.
+    """
+
+    def __init__(self, paths):
+        self.paths = tuple(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [np.load(path) for path in self.paths[index]]
+        return np.load(self.paths[index])
+
+
+def cache_paths(dataset: Dataset, work, split: str, fnames=None, config: AudioConfig | None = None) -> list:
+    """The cache file of each of ``fnames`` (default: the whole split), in that order.
 
     Raises
     ------
     MissingFeaturesError
         Naming the clips with no valid cache entry (never computed, failed, or stale).
-    NonFiniteFeaturesError
-        Naming the clips whose cached log-mel is not finite, and their cache files.
     """
     config = config or AudioConfig()
     split_dir = cache_root(work, dataset.root, config) / split
@@ -206,8 +244,36 @@ def load_features(dataset: Dataset, work, split: str, fnames=None, config: Audio
             + ("" if config == AudioConfig() else
                " with --experiment naming the experiment (its [audio] settings differ from the default)")
         )
-    logmels = [np.load(path) for path in paths]
-    bad = [(fname, path) for fname, path, logmel in zip(fnames, paths, logmels) if not np.isfinite(logmel).all()]
+    return paths
+
+
+def load_features(dataset: Dataset, work, split: str, fnames=None, config: AudioConfig | None = None, *,
+                  lazy: bool = False):
+    """Read cached log-mels for ``fnames`` (default: the whole split), in that order.
+
+    With ``lazy`` every clip is still read once, to refuse a log-mel that is not finite, but none
+    is kept: the result is a ``LazyLogmels`` that reads each from disk when asked.
+
+    Returns
+    -------
+    list of np.ndarray, float32 (n_mels, frames); a ``LazyLogmels`` with ``lazy``
+
+    Raises
+    ------
+    MissingFeaturesError
+        Naming the clips with no valid cache entry (never computed, failed, or stale).
+    NonFiniteFeaturesError
+        Naming the clips whose cached log-mel is not finite, and their cache files.
+    """
+    fnames = dataset.fnames(split) if fnames is None else list(fnames)
+    paths = cache_paths(dataset, work, split, fnames, config)
+    logmels, bad = [], []
+    for fname, path in zip(fnames, paths):
+        logmel = np.load(path)
+        if not np.isfinite(logmel).all():
+            bad.append((fname, path))
+        if not lazy:
+            logmels.append(logmel)
     if bad:
         shown = ", ".join(f"{fname} ({path})" for fname, path in bad[:5]) + (
             f" and {len(bad) - 5} more" if len(bad) > 5 else "")
@@ -216,4 +282,22 @@ def load_features(dataset: Dataset, work, split: str, fnames=None, config: Audio
             f"cannot be used: {shown}; delete these cache files and run `freesound features --data {dataset.root}`, "
             "which names the cause"
         )
-    return logmels
+    return LazyLogmels(paths) if lazy else logmels
+
+
+def cached_bytes(dataset: Dataset, work, split: str, fnames=None, config: AudioConfig | None = None) -> int:
+    """Bytes on disk of the cached log-mels of ``fnames``: about what holding them takes."""
+    return sum(os.path.getsize(path) for path in cache_paths(dataset, work, split, fnames, config))
+
+
+def iter_features(dataset: Dataset, work, split: str, fnames=None, config: AudioConfig | None = None, *,
+                  chunk: int = 256):
+    """Yield the cached log-mels of ``fnames`` (default: the whole split) in order, reading
+    ``chunk`` clips at a time: a pass over a split holds one chunk, not the split (the real noisy
+    split's log-mels are about 9 GB).
+
+    Raises what ``load_features`` raises, for the chunk where it happens.
+    """
+    fnames = dataset.fnames(split) if fnames is None else list(fnames)
+    for start in range(0, len(fnames), chunk):
+        yield from load_features(dataset, work, split, fnames[start:start + chunk], config)

@@ -11,6 +11,7 @@ name, or every file with ``all_files``), and the files it passes over are report
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +24,7 @@ from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_csv
 from freesound.paths import predictions_dir, weights_root
 from freesound.predict import EnsemblePredictor
+from freesound.progress import progress_bar
 from freesound.training.oof import predict_oof
 
 
@@ -56,7 +58,7 @@ class PredictionResult:
 def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Dataset | None = None, audio_dir=None,
                    out_csv=None, oof: bool = True, device="cpu", batch_size: int = 64, workers: int = 0,
                    all_files: bool = False, feature_workers: int = 1, precision: str = "fp16",
-                   log=print) -> PredictionResult:
+                   progress: bool = True, log=print) -> PredictionResult:
     """Predict ``dataset``'s test set, or every audio file under ``audio_dir`` (give exactly one).
 
     Parameters
@@ -70,6 +72,7 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
     all_files : under ``audio_dir``, decode every file, not only those named as audio
     precision : "fp16" or "fp32", the first-level models' arithmetic on CUDA (``Tagger``), for the
         out-of-fold scores too
+    progress : progress bars over decoding and each experiment's pass
 
     Raises
     ------
@@ -98,7 +101,8 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
         paths, on_error, default_name = folder.files, "skip", "audio.csv"
     out_csv = Path(out_csv or predictions_dir(work, name) / default_name)
     failures = []
-    frame = predictor.predict_files(paths, on_error=on_error, failures=failures)
+    frame = predictor.predict_files(paths, on_error=on_error, failures=failures,
+                                    track=partial(progress_bar, unit="clip", enabled=progress))
     atomic_write_csv(out_csv, frame.reset_index(), index=False)
     errors_csv = Path(str(out_csv).removesuffix(".csv") + ".errors.csv")
     if failures:

@@ -75,24 +75,27 @@ class EnsemblePredictor:
                     for name, paths in spec.get("stackers", {}).items()}
         return cls(taggers, stackers, device=device, workers=workers)
 
-    def level_probabilities(self, logmels) -> dict:
-        """Every experiment's and stacker's clip probabilities: name -> (N, C) float32."""
+    def level_probabilities(self, logmels, *, track=None) -> dict:
+        """Every experiment's and stacker's clip probabilities: name -> (N, C) float32 (``track``
+        wraps each experiment's pass, as for ``Tagger.tile_probabilities``)."""
         logmels = list(logmels)
-        levels = {name: tagger.predict_spectrograms(logmels) for name, tagger in self.taggers.items()}
+        levels = {name: tagger.predict_spectrograms(logmels, track=track, desc=f"predicting ({name})")
+                  for name, tagger in self.taggers.items()}
         if self.stackers:
             stack_input = np.concatenate([levels[name] for name in self.taggers], axis=1)
             for name, models in self.stackers.items():
                 levels[name] = predict_stacker(models, stack_input, self.device)
         return levels
 
-    def predict_spectrograms(self, logmels) -> np.ndarray:
+    def predict_spectrograms(self, logmels, *, track=None) -> np.ndarray:
         """The blend: geometric mean over experiments and stackers, (N, C) float32."""
-        levels = self.level_probabilities(logmels)
+        levels = self.level_probabilities(logmels, track=track)
         return geometric_mean(np.stack(list(levels.values())))
 
-    def predict_files(self, paths, *, on_error: str = "raise", failures: list | None = None) -> pd.DataFrame:
+    def predict_files(self, paths, *, on_error: str = "raise", failures: list | None = None,
+                      track=None) -> pd.DataFrame:
         """Like ``Tagger.predict_files``: each file is decoded once for all models."""
-        return predict_files(self, paths, on_error=on_error, failures=failures)
+        return predict_files(self, paths, on_error=on_error, failures=failures, track=track)
 
 
 def predict_stacker(models, features: np.ndarray, device="cpu") -> np.ndarray:

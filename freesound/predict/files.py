@@ -41,21 +41,25 @@ class _FileFeatures(TorchDataset):
 
 
 
-def predict_files(predictor, paths, *, on_error: str = "raise", failures: list | None = None) -> pd.DataFrame:
+def predict_files(predictor, paths, *, on_error: str = "raise", failures: list | None = None,
+                  track=None) -> pd.DataFrame:
     """``predictor.predict_spectrograms`` on decoded files, as a DataFrame indexed by ``fname``.
 
     ``predictor`` is a ``Tagger`` or an ``EnsemblePredictor``: anything with ``audio_config``,
-    ``workers``, ``classes`` and ``predict_spectrograms``. Each file is decoded once.
+    ``workers``, ``classes`` and ``predict_spectrograms``. Each file is decoded once. ``track``
+    (as for ``Tagger.tile_probabilities``) wraps the decoding and each model pass.
     """
     names, logmels = predict_logmels_from_files(
-        paths, predictor.audio_config, on_error=on_error, failures=failures, workers=predictor.workers
+        paths, predictor.audio_config, on_error=on_error, failures=failures, workers=predictor.workers,
+        track=track,
     )
-    return pd.DataFrame(predictor.predict_spectrograms(logmels), index=pd.Index(names, name="fname"),
+    return pd.DataFrame(predictor.predict_spectrograms(logmels, track=track), index=pd.Index(names, name="fname"),
                         columns=predictor.classes)
 
 
 def predict_logmels_from_files(paths, config: AudioConfig, *, on_error: str = "raise",
-                               failures: list | None = None, workers: int = 0) -> tuple[list, list]:
+                               failures: list | None = None, workers: int = 0,
+                               track=None) -> tuple[list, list]:
     """Decode files to log-mels (in DataLoader workers when ``workers`` > 0), applying the
     ``on_error`` policy of ``Tagger.predict_files``.
 
@@ -68,7 +72,7 @@ def predict_logmels_from_files(paths, config: AudioConfig, *, on_error: str = "r
     paths = [Path(p) for p in paths]
     loader = DataLoader(_FileFeatures(paths, config), batch_size=None, num_workers=workers, collate_fn=_as_is)
     names, logmels, silent = [], [], None
-    for index, logmel, reason in loader:
+    for index, logmel, reason in track(loader, total=len(paths), desc="decoding") if track else loader:
         if reason is not None:
             if on_error == "raise":
                 raise AudioDecodeError(paths[index], reason)

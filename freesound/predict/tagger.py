@@ -182,8 +182,12 @@ class Tagger:
                 outputs.append(torch.cat(probs).cpu().numpy())
         return np.stack(outputs)
 
-    def tile_probabilities(self, logmels) -> list:
+    def tile_probabilities(self, logmels, *, track=None, desc: str = "predicting") -> list:
         """Per-tile probabilities of every model for every clip.
+
+        ``track(iterable, total=..., desc=...)``, when given, wraps the clips (a caller's progress
+        bar, e.g. ``functools.partial(freesound.progress.progress_bar, unit="clip")``; this layer
+        stays free of tqdm, as the kernel runtime must).
 
         Returns
         -------
@@ -193,6 +197,8 @@ class Tagger:
         # left over waits for the next clip's tiles, so only the very last batch can be short.
         counts, done = [], []
         queue, queued = [], 0
+        if track is not None:  # a sized input gives the bar its total; otherwise ``track`` may carry one
+            logmels = track(logmels, desc=desc, **({"total": len(logmels)} if hasattr(logmels, "__len__") else {}))
         for logmel in logmels:
             tiles = make_tiles(logmel, self.tile_step)
             counts.append(len(tiles))
@@ -212,8 +218,9 @@ class Tagger:
         bounds = np.cumsum([0] + counts)
         return [probs[:, start:end] for start, end in zip(bounds[:-1], bounds[1:])]
 
-    def predict_spectrograms(self, logmels) -> np.ndarray:
-        """Clip probabilities: mean over tiles per model, geometric mean over models.
+    def predict_spectrograms(self, logmels, *, track=None, desc: str = "predicting") -> np.ndarray:
+        """Clip probabilities: mean over tiles per model, geometric mean over models (``track`` and
+        ``desc`` as for ``tile_probabilities``).
 
         Parameters
         ----------
@@ -223,14 +230,16 @@ class Tagger:
         -------
         np.ndarray, float32 (N, C)
         """
-        clip_probs = [geometric_mean(probs.mean(axis=1)) for probs in self.tile_probabilities(logmels)]
+        clip_probs = [geometric_mean(probs.mean(axis=1))
+                      for probs in self.tile_probabilities(logmels, track=track, desc=desc)]
         if not clip_probs:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return np.stack(clip_probs)
 
     # -- files --------------------------------------------------------------------------------
 
-    def predict_files(self, paths, *, on_error: str = "raise", failures: list | None = None) -> pd.DataFrame:
+    def predict_files(self, paths, *, on_error: str = "raise", failures: list | None = None,
+                      track=None) -> pd.DataFrame:
         """Predict audio files.
 
         Parameters
@@ -239,10 +248,11 @@ class Tagger:
         on_error : "raise" (stop at the first undecodable file), "skip" (leave its row out) or
             "silence" (predict it from a silent clip, so every file keeps its row)
         failures : list, optional; each undecodable file is appended as ``(fname, reason)``
+        track : optional, wraps the decoding and the model pass (see ``tile_probabilities``)
 
         Returns
         -------
         DataFrame indexed by ``fname`` with one column per class, in the input order.
         """
-        return predict_files(self, paths, on_error=on_error, failures=failures)
+        return predict_files(self, paths, on_error=on_error, failures=failures, track=track)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from freesound.fileio import atomic_path, atomic_write_csv, atomic_write_text
 from freesound.metrics import score_predictions
 from freesound.paths import experiment_checkpoints, experiment_dir, predictions_dir
 from freesound.predict import Tagger
+from freesound.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,8 @@ def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device=
         ensure_features(dataset, work, tagger.audio_config, splits=("train_curated",), workers=feature_workers,
                         progress=progress)
         logmels = load_features(dataset, work, "train_curated", valid, tagger.audio_config)
-        tiles += [probs[0] for probs in tagger.tile_probabilities(logmels)]
+        tiles += [probs[0] for probs in tagger.tile_probabilities(logmels, track=partial(progress_bar, unit="clip", enabled=progress),
+                                                                    desc=f"{name}: fold {fold} out of fold")]
         fnames += valid
         fold_ids += [fold] * len(valid)
         log(f"{name}: fold {fold} predicted {len(valid)} validation clips")

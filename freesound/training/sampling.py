@@ -26,7 +26,8 @@ class ClipSource:
     Attributes
     ----------
     name : str, e.g. "curated"
-    specs : list of np.ndarray, float32 log-mels (n_mels, frames)
+    specs : sequence of np.ndarray, float32 log-mels (n_mels, frames): a list, or a ``LazyLogmels``
+        that reads each from the feature cache when indexed
     targets : np.ndarray, float32 (N, C)
     noisy : bool, whether the loss treats its labels as noisy
     """

@@ -31,8 +31,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from freesound.config import ConfigError, Experiment, dump_experiment, experiment_from_dict, read_toml
+from freesound.data import features
 from freesound.data.dataset import Dataset, apply_corrections, load_corrections, multi_hot
-from freesound.data.features import ensure_features, load_features
+from freesound.data.features import cached_bytes, ensure_features, load_features
 from freesound.data.folds import read_folds, recorded_folds
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_text
@@ -157,8 +158,14 @@ def build_sources(experiment: Experiment, dataset: Dataset, work, fold: int):
     train_curated = curated[curated.fold != fold]
     valid = curated[curated.fold == fold]
 
+    parts = [(train_curated, "train_curated"), (corrected_noisy, "train_noisy"), (noisy, "train_noisy"),
+             (valid, "train_curated")]
+    # Past what a 16 GB machine can hold beside training, read each log-mel from the cache when drawn.
+    lazy = sum(cached_bytes(dataset, work, split, frame.fname, experiment.audio)
+               for frame, split in parts) > features.HOLD_IN_MEMORY_BYTES
+
     def source(name, frame, split, is_noisy):
-        specs = load_features(dataset, work, split, frame.fname, experiment.audio)
+        specs = load_features(dataset, work, split, frame.fname, experiment.audio, lazy=lazy)
         return ClipSource(name, specs, multi_hot(frame.labels, classes), is_noisy)
 
     sampling = experiment.sampling
@@ -168,7 +175,7 @@ def build_sources(experiment: Experiment, dataset: Dataset, work, fold: int):
         source("noisy", noisy, "train_noisy", True),
     ]
     probs = [sampling.curated, sampling.corrected_noisy, sampling.noisy]
-    valid_specs = load_features(dataset, work, "train_curated", valid.fname, experiment.audio)
+    valid_specs = load_features(dataset, work, "train_curated", valid.fname, experiment.audio, lazy=lazy)
     return sources, probs, (valid_specs, multi_hot(valid.labels, classes), list(valid.fname))
 
 
