@@ -157,6 +157,21 @@ class Tagger:
         ``experiment_checkpoints`` for ``folds`` and ``required``)."""
         return cls.from_checkpoints(experiment_checkpoints(directory, folds, required), **kwargs)
 
+    def subset(self, n_models: int | None = None, tile_step: int | None = None) -> "Tagger":
+        """This Tagger on its first ``n_models`` models (default all) at another ``tile_step``
+        (default its own): what the kernel switches to when its time budget runs short.
+
+        The models and their inference copies are shared, not copied, so a subset costs nothing
+        to make and its predictions for the same models and step equal this Tagger's.
+        """
+        n_models = len(self.models) if n_models is None else n_models
+        if not 1 <= n_models <= len(self.models):
+            raise ValueError(f"a subset needs 1 to {len(self.models)} models, got {n_models}")
+        other = copy.copy(self)  # shallow: the models list is replaced, the inference cache shared
+        other.models = self.models[:n_models]
+        other.tile_step = self.tile_step if tile_step is None else tile_step
+        return other
+
     # -- spectrograms -------------------------------------------------------------------------
 
     def _forward(self, tiles: np.ndarray) -> np.ndarray:
