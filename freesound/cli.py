@@ -597,7 +597,11 @@ def experiments_command(experiments_dir):
 @click.option("--dataset-id", default=None, help="owner/slug of the weights dataset on Kaggle.")
 @click.option("--kernel-id", default=None, help="owner/slug of the pushed kernel (default: from its title).")
 @precision_option
-def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, dataset_id, kernel_id, precision):
+@click.option("--time-limit", type=click.FloatRange(min=1), default=None,
+              help="The kernels' time budget in seconds [default: 3000 on a GPU, 12600 on a CPU, under Kaggle's "
+                   "1 h and 4 h]; a kernel projected to overrun switches to a cheaper plan it names.")
+def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, dataset_id, kernel_id, precision,
+                 time_limit):
     """Bundle the package, a weight manifest and an entry point into self-contained Kaggle kernels.
 
     Also writes kernel/kernel-metadata.json (kaggle kernels push) and
@@ -609,7 +613,7 @@ def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, datas
         raise click.UsageError("give --experiment, --ensemble or both")
     build_kernels(work_dir, experiment=experiment, ensemble=ensemble, out_dir=out_dir,
                   dataset_id=dataset_id or DEFAULT_DATASET_ID, kernel_id=kernel_id,
-                  experiments_dir=experiments_dir, precision=precision, log=click.echo)
+                  experiments_dir=experiments_dir, precision=precision, time_limit=time_limit, log=click.echo)
 
 
 @main.command()

@@ -211,3 +211,31 @@ def test_really_slow_run_ends_within_a_tiny_budget(budget_tree, tmp_path, monkey
     submission = pd.read_csv(root / "working" / "submission.csv")
     assert list(submission["fname"]) == fnames and np.isfinite(submission[CLASSES].to_numpy()).all()
     assert len(summary["plans"]) >= 2
+
+
+def test_build_kernel_writes_the_time_limit_and_the_ranking(budget_tree, tmp_path):
+    import json
+
+    from conftest import run_cli
+    from test_kernel import embedded_manifest
+
+    root, spec, _ = budget_tree
+    work = root.parent / "work"
+    (work / "predictions" / "exp_b").mkdir(parents=True, exist_ok=True)
+    (work / "predictions" / "exp_b" / "oof_scores.json").write_text(json.dumps({"lwlrap": 0.8}))
+    result = run_cli("build-kernel", "--experiment", "exp_a", "--work", work, "--out", tmp_path / "k",
+                     "--time-limit", "900")
+    manifest = embedded_manifest((tmp_path / "k" / "kernel.py").read_text())
+    assert manifest["time_limit"] == 900.0 and manifest["ranking"] == ["exp_a"]
+    assert "time budget: 900 s" in result.output
+    # By default, one budget per device under Kaggle's limits; scored experiments rank first.
+    from kernel_build import build_kernels
+
+    lines = []
+    build_kernels(work, ensemble=spec, out_dir=tmp_path / "d", log=lines.append)
+    manifest = embedded_manifest((tmp_path / "d" / "ensemble_kernel.py").read_text())
+    assert manifest["time_limit"] == {"cuda": 3000.0, "cpu": 12600.0}
+    assert manifest["ranking"] == ["exp_b", "exp_a"]
+    assert any("time budget: 3000 s on cuda, 12600 s on cpu" in line for line in lines)
+    run_cli("build-kernel", "--experiment", "exp_a", "--work", work, "--out", tmp_path / "k", "--time-limit", "0",
+            expect=2)
