@@ -2,6 +2,7 @@
 time, batches of 16 tiles, fp32, ``torch.no_grad``) with the full-size AuxSkipAttention on the CPU.
 
     .venv/bin/python benchmarks/bench_inference.py [--quick] [--threads N]
+    .venv/bin/python benchmarks/bench_inference.py --overlap     # the front end overlapping the model
 
 Both sides use the same torch thread count (default: torch's own, one per core) and their own
 copy of the same weights. Prints Markdown tables and exits with status 1 when the two disagree
@@ -83,13 +84,75 @@ def tiles_timing(logmels, rounds: int) -> tuple:
     return median(times["per-tile loop"]), median(times["make_tiles"]), worst
 
 
+class WaitingTagger(Tagger):
+    """A Tagger on an accelerator stand-in: each batch of tiles waits ``seconds_per_tile`` per tile
+    without using the CPU (as the host does while a GPU computes), and returns zeros."""
+
+    seconds_per_tile = 0.004
+
+    def _forward(self, tiles):
+        time.sleep(self.seconds_per_tile * len(tiles) * len(self.models))
+        return np.zeros((len(self.models), len(tiles), len(self.classes)), np.float32)
+
+
+def overlap_timing(rounds: int, n_clips: int, torch_threads: int) -> list:
+    """Decode-everything-then-predict against ``predict_files``' streaming (the next chunks decode
+    in a worker while the model predicts), on 44.1 kHz wav files of 1-12 s.
+
+    Two models: the accelerator stand-in ``WaitingTagger`` (the CPU is free while it works) and a
+    base-16 AuxSkipAttention on the CPU with ``torch_threads`` threads (the worker needs a core the
+    model leaves free). Returns table rows; both paths' outputs must agree (checked).
+    """
+    import tempfile
+
+    from common import write_clips
+    from freesound.predict import predict_logmels_from_files
+
+    torch.set_num_threads(torch_threads)
+    durations = list(np.random.default_rng(0).uniform(1.0, 12.0, n_clips))
+    classes = [f"c{i}" for i in range(20)]
+    torch.manual_seed(0)
+    small = create_model("aux_skip_attention", num_classes=20, base_size=16).eval()
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        paths = write_clips(folder, durations)
+        for label, tagger in (("accelerator stand-in (waits 4 ms a tile)", WaitingTagger([small], classes, workers=1)),
+                              (f"base-16 model on the CPU, {torch_threads} torch thread(s)",
+                               Tagger([small], classes, workers=1))):
+            def sequential(tagger=tagger):
+                _, logmels = predict_logmels_from_files(paths, tagger.audio_config, workers=tagger.workers)
+                return tagger.predict_spectrograms(logmels)
+
+            def decode_only(tagger=tagger):
+                return predict_logmels_from_files(paths, tagger.audio_config, workers=0)
+
+            def model_only(tagger=tagger, logmels=decode_only()[1]):
+                return tagger.predict_spectrograms(logmels)
+
+            worst = float(np.abs(sequential() - tagger.predict_files(paths).to_numpy()).max())
+            times = interleaved({"decode": decode_only, "model": model_only, "sequential": sequential,
+                                 "streaming": lambda tagger=tagger: tagger.predict_files(paths)}, rounds)
+            t = {name: median(values) for name, values in times.items()}
+            rows.append((label, f"{t['decode']:.2f}", f"{t['model']:.2f}", f"{t['sequential']:.2f}",
+                         f"{t['streaming']:.2f}", f"{t['sequential'] / t['streaming']:.2f}x", f"{worst:.1e}"))
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run (fewer clips and rounds)")
     parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default 3, quick 1)")
     parser.add_argument("--threads", type=int, help="torch threads for both sides (default: torch's)")
     parser.add_argument("--batch-size", type=int, default=64, help="Tagger batch size (default 64)")
+    parser.add_argument("--overlap", action="store_true",
+                        help="only measure the front end overlapping the model (predict_files' streaming)")
     args = parser.parse_args(argv)
+    if args.overlap:
+        print(header("Front end overlapping the model: decode everything first vs predict_files' streaming"))
+        rows = overlap_timing(args.rounds or 3, 24 if args.quick else 64, args.threads or 1)
+        print(table(["model", "decode s (1 process)", "model s", "decode all, then predict s",
+                     "streaming, 1 worker s", "speed-up", "max |diff|"], rows))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds = args.rounds or (1 if args.quick else 3)

@@ -295,12 +295,17 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
               help="Output CSV (default: <work>/predictions/<name>/test.csv or audio.csv).")
 @click.option("--no-oof", is_flag=True, help="Skip the out-of-fold prediction of an experiment.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Tiles per forward pass.")
-@click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
-              help="Processes decoding audio while the model runs.")
+@click.option("--workers", type=click.IntRange(0), default=1, show_default=True,
+              help="Processes decoding audio while the model runs (0: decode in this process, in turn "
+                   "with the model).")
 @device_option
 @precision_option
+@click.option("--runtime", type=click.Choice(["auto", "torch", "onnxruntime", "openvino"]), default="auto",
+              show_default=True,
+              help="What runs the models on a CPU: auto is ONNX Runtime, else OpenVINO, when installed "
+                   "(pip install 'freesound[onnx]'), else torch; CUDA always runs torch.")
 def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_files, out_csv, no_oof, batch_size, workers,
-            device, precision):
+            device, precision, runtime):
     """Predict with a trained EXPERIMENT or ENSEMBLE (name under experiments/ or TOML path).
 
     Writes a submission-format CSV: fname, then one probability column per class. Files that
@@ -321,7 +326,7 @@ def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_file
         load_config(experiment, experiments_dir), work_dir, dataset=load_dataset(data_dir) if data_dir else None,
         audio_dir=audio_dir, out_csv=out_csv, oof=not no_oof, device=device or settings.default_device(),
         batch_size=batch_size, workers=workers, all_files=all_files, feature_workers=settings.default_workers(),
-        precision=precision, log=click.echo,
+        precision=precision, runtime=runtime, log=click.echo,
     )
     if result.audio_folder is not None and result.audio_folder.left_out:
         click.echo(f"left out as not audio by name: {result.audio_folder.describe_left_out()}; "

@@ -1,9 +1,7 @@
 """The kernel's time budget: the plan ladder, the projection, and a simulated slow run that must
 still write a complete submission within a tiny budget."""
 
-import math
 import shutil
-import time
 
 import numpy as np
 import pandas as pd
@@ -129,7 +127,8 @@ def simulated_run(budget_tree, tmp_path, monkeypatch, time_limit, ranking=None):
     if ranking:
         manifest["ranking"] = ranking
     lines = []
-    summary = run_kernel(manifest, root, device="cpu", workers=0, chunk_size=4, clock=clock, log=lines.append)
+    summary = run_kernel(manifest, root, device="cpu", workers=0, chunk_size=4, clock=clock, runtime="torch",
+                         log=lines.append)
     submission = pd.read_csv(root / "working" / "submission.csv")
     (root / "working" / "submission.csv").unlink()
     return summary, submission, lines, manifest
@@ -189,28 +188,6 @@ def test_a_budget_too_small_for_any_plan_still_writes_every_row_in_time(budget_t
     assert summary["plans"][-1][0] == "tile step 256, 1 of 2 folds, experiments exp_b (exp_a dropped), no stackers"
     assert any(line.startswith("warning:") and "mean prediction" in line for line in lines)
     assert any(line == f"out of time: {len(summary['filled'])} clips given the mean prediction" for line in lines)
-
-
-@pytest.mark.slow
-def test_really_slow_run_ends_within_a_tiny_budget(budget_tree, tmp_path, monkeypatch):
-    """The same on the real clock: a device that sleeps 20 ms per tile and fold model, 4 s budget."""
-    root, spec, fnames = budget_tree
-    (root / "working").mkdir(exist_ok=True)
-    real_forward = Tagger._forward
-
-    def slow_forward(self, tiles):
-        time.sleep(0.02 * len(tiles) * len(self.models))
-        return real_forward(self, tiles)
-
-    monkeypatch.setattr(Tagger, "_forward", slow_forward)
-    manifest = build_manifest(spec, root / "input" / "weights")
-    manifest["time_limit"] = 4.0
-    started = time.perf_counter()
-    summary = run_kernel(manifest, root, device="cpu", workers=0, chunk_size=2, log=lambda line: None)
-    assert time.perf_counter() - started <= 4.0 and summary["seconds"] <= 4.0
-    submission = pd.read_csv(root / "working" / "submission.csv")
-    assert list(submission["fname"]) == fnames and np.isfinite(submission[CLASSES].to_numpy()).all()
-    assert len(summary["plans"]) >= 2
 
 
 def test_build_kernel_writes_the_time_limit_and_the_ranking(budget_tree, tmp_path):

@@ -43,6 +43,10 @@ KAGGLE_LIMIT_SECONDS = {"cuda": 3600.0, "cpu": 4 * 3600.0}
 DEFAULT_BUDGET_SECONDS = {"cuda": 3000.0, "cpu": 12600.0}
 #: A plan is chosen only when its projection leaves this fraction of the time left unused.
 HEADROOM = 0.05
+#: The next chunk is predicted only when this multiple of its projected time is left: a chunk can
+#: run slower than the mean of those before it (other processes sharing the CPU), and the rows it
+#: would leave out cost less than an overrun, which disqualifies the submission.
+CHUNK_SAFETY = 1.5
 #: The first projection comes after this fraction of the clips (and at least one chunk).
 FIRST_PART = 0.01
 

@@ -18,6 +18,8 @@ time, under a root that is ``/kaggle`` unless ``FREESOUND_KAGGLE_ROOT`` names an
   for the device): after a first part of the clips the kernel projects the whole run and, when
   the projection is over budget, goes on with a cheaper plan it names (``predict_within_budget``);
   the plans used and the projection are in the summary;
+- on a CPU the models run in ONNX Runtime (or OpenVINO) when the image has it or its wheels are
+  attached as a dataset (``freesound.kaggle.wheels``), else in torch;
 - ``<root>/working/submission.csv`` is written atomically, and nothing else is left there.
 
 Only what a Kaggle Python image has is imported: numpy, pandas, scipy, torch, librosa, soundfile
@@ -46,8 +48,10 @@ from freesound.errors import FreesoundError, one_line_warnings
 from freesound.audio import silent_logmel
 from freesound.fileio import atomic_write_csv, file_sha256
 from freesound.kaggle.budget import (
-    FIRST_PART, KAGGLE_LIMIT_SECONDS, budget_seconds, choose_plan, expected_widths, plan_ladder, project_seconds,
+    CHUNK_SAFETY, FIRST_PART, KAGGLE_LIMIT_SECONDS, budget_seconds, choose_plan, expected_widths, plan_ladder,
+    project_seconds,
 )
+from freesound.kaggle.wheels import kernel_runtime
 from freesound.predict import EnsemblePredictor, tile_layout
 from freesound.predict.files import CHUNK_CLIPS, iter_logmel_chunks
 from freesound.predict.device import describe_device, device_problem
@@ -274,8 +278,8 @@ def predict_within_budget(predictor: EnsemblePredictor, paths: list, *, budget: 
                                   final_projected_seconds=round(elapsed + projected, 1))
             needed = project_seconds(ladder[current], chunk_widths, len(chunk_widths), seconds_per_unit,
                                      seconds_per_clip)
-            if needed > seconds_left:
-                log(f"warning: {_s(seconds_left)} left, the next {len(chunk_widths)} clips need {_s(needed)} "
+            if needed * CHUNK_SAFETY > seconds_left:
+                log(f"warning: {_s(seconds_left)} left, the next {len(chunk_widths)} clips need about {_s(needed)} "
                     f"even with plan {current}: the last {len(paths) - len(widths)} rows get the mean prediction")
                 break
         frames.append(runner.predict_spectrograms(logmels, timings=model_seconds, clock=clock))
@@ -313,7 +317,7 @@ def usable_device(device: torch.device, log) -> torch.device:
 
 def run_kernel(manifest: dict, root=None, *, device=None, workers: int | None = None, batch_size: int = 64,
                chunk_size: int = CHUNK_CLIPS, precision: str | None = None, time_limit=None,
-               clock=time.perf_counter, log=_print) -> dict:
+               runtime: str | None = None, clock=time.perf_counter, log=_print) -> dict:
     """Predict the competition's test set with the manifest's ensemble and write the submission.
 
     Parameters
@@ -331,6 +335,9 @@ def run_kernel(manifest: dict, root=None, *, device=None, workers: int | None = 
         ``time_limit`` (what ``build-kernel --time-limit`` chose), else
         ``freesound.kaggle.budget.DEFAULT_BUDGET_SECONDS`` for the device; the run counts from
         this call (``predict_within_budget``)
+    runtime : what runs the models on a CPU (``freesound.predict.Tagger``); default an ONNX runtime
+        that is installed or attached as wheels (``freesound.kaggle.wheels.kernel_runtime``), else
+        torch
     clock : zero-argument callable returning seconds (injectable for tests)
     log : callable taking one line
 
@@ -362,9 +369,11 @@ def run_kernel(manifest: dict, root=None, *, device=None, workers: int | None = 
     log(f"time budget: {_s(budget)} (Kaggle's limit on this device: "
         f"{_s(KAGGLE_LIMIT_SECONDS['cuda' if device.type == 'cuda' else 'cpu'])})")
 
+    if runtime is None:
+        runtime = kernel_runtime(root / "input", log) if device.type == "cpu" else "torch"
     predictor = EnsemblePredictor.from_spec(spec, weights.__getitem__, device=device, batch_size=batch_size,
                                             workers=default_workers() if workers is None else workers,
-                                            precision=precision)
+                                            precision=precision, runtime=runtime)
     paths = [competition_dir / "test" / fname for fname in sample["fname"]]
     log(f"predicting {len(paths)} clips from {competition_dir / 'test'}")
     result = predict_within_budget(predictor, paths, budget=budget, start=start, clock=clock, chunk_size=chunk_size,

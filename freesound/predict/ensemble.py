@@ -64,12 +64,13 @@ class EnsemblePredictor:
 
     @classmethod
     def from_spec(cls, spec: dict, resolve, *, device="cpu", batch_size: int = 64, workers: int = 0,
-                  tile_step: int = 64, precision: str = "fp16") -> "EnsemblePredictor":
+                  tile_step: int = 64, precision: str = "fp16", runtime: str = "auto") -> "EnsemblePredictor":
         """Load every checkpoint named by ``spec``; ``resolve(relative_path) -> Path``.
-        ``precision`` is the first-level models' arithmetic on CUDA (``Tagger``)."""
+        ``precision`` is the first-level models' arithmetic on CUDA, ``runtime`` what runs them on
+        a CPU (``Tagger``)."""
         taggers = {
             name: Tagger.from_checkpoints([resolve(p) for p in paths], device=device, batch_size=batch_size,
-                                          tile_step=tile_step, precision=precision)
+                                          tile_step=tile_step, precision=precision, runtime=runtime)
             for name, paths in spec["experiments"].items()
         }
         stackers = {name: [load_model(resolve(p)) for p in paths]

@@ -21,6 +21,7 @@ from freesound.errors import FreesoundError, FreesoundWarning
 from freesound.models import load_checkpoint, load_model
 from freesound.paths import experiment_checkpoints
 from freesound.predict.files import predict_files
+from freesound.predict.runtimes import compile_model, resolve_runtime
 from freesound.predict.tiles import geometric_mean, make_tiles
 
 
@@ -121,11 +122,21 @@ class Tagger:
     audio_config : AudioConfig used by ``predict_files``
     workers : int, DataLoader workers decoding audio in ``predict_files``
     precision : "fp16" (fp16 autocast) or "fp32", the arithmetic on CUDA; other devices run fp32
+    runtime : "auto", "torch", "onnxruntime" or "openvino": what runs the models on a CPU
+        (``freesound.predict.runtimes``; "auto" is an installed ONNX runtime, else torch; CUDA runs
+        torch). An ONNX runtime runs each model exported once, with torch's thread count.
+
+    Raises
+    ------
+    FreesoundError
+        An unknown runtime, or one asked for by name that is not installed.
     """
 
     def __init__(self, models, classes, tile_step: int = 64, device="cpu", batch_size: int = 64,
-                 audio_config: AudioConfig | None = None, workers: int = 0, precision: str = "fp16"):
+                 audio_config: AudioConfig | None = None, workers: int = 0, precision: str = "fp16",
+                 runtime: str = "auto"):
         self.device = torch.device(device)
+        self.runtime = resolve_runtime(runtime, self.device)
         self.models = list(models)
         if not self.models:
             raise ValueError("a Tagger needs at least one model")
@@ -182,6 +193,8 @@ class Tagger:
         autocast unless ``precision`` is "fp32", with cuDNN autotuning, and with a short last
         batch padded to ``batch_size`` tiles so that every batch has the same shape.
         """
+        if self.runtime != "torch":
+            return np.stack([self._compiled(model, tiles.shape[1:])(tiles) for model in self.models])
         outputs = []
         on_cuda = self.device.type == "cuda"
         batch = torch.from_numpy(tiles).to(self.device)
@@ -196,6 +209,23 @@ class Tagger:
                          for part, n in _batches(batch, self.batch_size, pad=on_cuda)]
                 outputs.append(torch.cat(probs).cpu().numpy())
         return np.stack(outputs)
+
+    def _compiled(self, model: torch.nn.Module, tile_shape: tuple):
+        """``model`` exported to this Tagger's ONNX runtime for tiles of ``tile_shape``, cached like
+        the inference copies (``_inference_model``): made again when the weights change."""
+        try:
+            fingerprint = _weights_fingerprint(model)
+        except RuntimeError:  # inference tensors carry no version counter
+            fingerprint = None
+        key = ("compiled", id(model), tuple(tile_shape))
+        entry = self._inference_models.get(key)
+        if entry is None or entry[0] is not model or entry[1] != fingerprint:
+            with torch.inference_mode(False):
+                compiled = compile_model(model, self.runtime, torch.get_num_threads(), tuple(tile_shape))
+            entry = self._inference_models[key] = (model, fingerprint, compiled)
+        runner = entry[2]
+        return lambda tiles: np.concatenate([runner(tiles[start:start + self.batch_size])
+                                             for start in range(0, len(tiles), self.batch_size)])
 
     def tile_probabilities(self, logmels) -> list:
         """Per-tile probabilities of every model for every clip.
