@@ -605,8 +605,20 @@ def experiments_command(experiments_dir):
 @click.option("--time-limit", type=click.FloatRange(min=1), default=None,
               help="The kernels' time budget in seconds [default: 3000 on a GPU, 12600 on a CPU, under Kaggle's "
                    "1 h and 4 h]; a kernel projected to overrun switches to a cheaper plan it names.")
+@click.option("--estimate", is_flag=True,
+              help="Write nothing: print the kernels' expected time on the test set, from a short measurement "
+                   "of their models and front end on this machine (or at --tiles-per-second).")
+@click.option("--clips", type=click.IntRange(1), default=None,
+              help="With --estimate: test clips [default: 4481, the competition's].")
+@click.option("--audio-hours", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --estimate: hours of test audio [default: 12.9, the competition's].")
+@click.option("--estimate-audio", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="With --estimate: a folder of test audio whose files' lengths are used instead.")
+@click.option("--tiles-per-second", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --estimate: one model's rate on the target GPU (make gpu-check or "
+                   "benchmarks/bench_inference.py there) instead of measuring this machine.")
 def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, dataset_id, kernel_id, precision,
-                 time_limit):
+                 time_limit, estimate, clips, audio_hours, estimate_audio, tiles_per_second):
     """Bundle the package, a weight manifest and an entry point into self-contained Kaggle kernels.
 
     Also writes kernel/kernel-metadata.json (kaggle kernels push) and
@@ -616,6 +628,15 @@ def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, datas
 
     if not experiment and not ensemble:
         raise click.UsageError("give --experiment, --ensemble or both")
+    if not estimate and (clips or audio_hours or estimate_audio or tiles_per_second):
+        raise click.UsageError("--clips, --audio-hours, --estimate-audio and --tiles-per-second go with --estimate")
+    if estimate:
+        from kernel_build.estimate import estimate_kernels
+
+        estimate_kernels(work_dir, experiment=experiment, ensemble=ensemble, experiments_dir=experiments_dir,
+                         clips=clips, hours=audio_hours, audio_dir=estimate_audio, tiles_per_second=tiles_per_second,
+                         time_limit=time_limit, log=click.echo)
+        return
     build_kernels(work_dir, experiment=experiment, ensemble=ensemble, out_dir=out_dir,
                   dataset_id=dataset_id or DEFAULT_DATASET_ID, kernel_id=kernel_id,
                   experiments_dir=experiments_dir, precision=precision, time_limit=time_limit, log=click.echo)
