@@ -216,3 +216,30 @@ def test_build_kernel_writes_the_time_limit_and_the_ranking(budget_tree, tmp_pat
     assert any("time budget: 3000 s on cuda, 12600 s on cpu" in line for line in lines)
     run_cli("build-kernel", "--experiment", "exp_a", "--work", work, "--out", tmp_path / "k", "--time-limit", "0",
             expect=2)
+
+
+def test_estimate_counts_the_tiles_and_uses_a_target_rate(budget_tree, tmp_path):
+    from kernel_build.estimate import estimate_spec, test_widths
+
+    from conftest import run_cli
+
+    root, spec, _ = budget_tree
+    # 100 clips of 36 s in 1 h: 1 + 36 * 44100 // 690 = 2301 frames, ceil((2301 - 192) / 64) = 33 tiles.
+    widths = test_widths(100, 1.0)
+    assert set(widths) == {2301}
+    estimate = estimate_spec(spec, root / "input" / "weights", clips=100, hours=1.0, tiles_per_second=50.0,
+                             runtime="torch")
+    assert estimate["tiles"] == {"exp_a": 100 * 33 * 2, "exp_b": 100 * 33 * 2}
+    assert estimate["model_seconds"] == pytest.approx(4 * 100 * 33 / 50.0)
+    assert estimate["total_seconds"] == max(estimate["model_seconds"], estimate["frontend_seconds"])
+    assert estimate["budget"] == 3000.0 and estimate["plan"] == "the full ensemble"
+    tight = estimate_spec(spec, root / "input" / "weights", clips=100, hours=1.0, tiles_per_second=50.0,
+                          time_limit=100, runtime="torch")
+    assert tight["plan"].startswith("tile step 256") and tight["plan_seconds"] <= 0.95 * 100
+    work = root.parent / "work"
+    result = run_cli("build-kernel", "--experiment", "exp_a", "--work", work, "--out", tmp_path / "k", "--estimate",
+                     "--clips", "10", "--audio-hours", "0.1")
+    assert "estimate for exp_a on 10 clips (0.10 h of audio), this machine" in result.output
+    assert "exp_a: 660 tiles through its folds" in result.output and "expected kernel time:" in result.output
+    assert not (tmp_path / "k").exists()
+    run_cli("build-kernel", "--experiment", "exp_a", "--work", work, "--clips", "10", expect=2)
