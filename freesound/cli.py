@@ -300,7 +300,7 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
                    "with the model).")
 @device_option
 @precision_option
-@click.option("--runtime", type=click.Choice(["auto", "torch", "onnxruntime", "openvino"]), default="auto",
+@click.option("--runtime", type=click.Choice(["auto", "torch", "onnxruntime", "openvino"]), default="torch",
               show_default=True,
               help="What runs the models on a CPU: auto is ONNX Runtime, else OpenVINO, when installed "
                    "(pip install 'freesound[onnx]'), else torch; CUDA always runs torch.")

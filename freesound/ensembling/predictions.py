@@ -56,7 +56,7 @@ class PredictionResult:
 def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Dataset | None = None, audio_dir=None,
                    out_csv=None, oof: bool = True, device="cpu", batch_size: int = 64, workers: int = 0,
                    all_files: bool = False, feature_workers: int = 1, precision: str = "fp16",
-                   runtime: str = "auto", log=print) -> PredictionResult:
+                   runtime: str = "torch", log=print) -> PredictionResult:
     """Predict ``dataset``'s test set, or every audio file under ``audio_dir`` (give exactly one).
 
     Parameters

@@ -64,7 +64,7 @@ class EnsemblePredictor:
 
     @classmethod
     def from_spec(cls, spec: dict, resolve, *, device="cpu", batch_size: int = 64, workers: int = 0,
-                  tile_step: int = 64, precision: str = "fp16", runtime: str = "auto") -> "EnsemblePredictor":
+                  tile_step: int = 64, precision: str = "fp16", runtime: str = "torch") -> "EnsemblePredictor":
         """Load every checkpoint named by ``spec``; ``resolve(relative_path) -> Path``.
         ``precision`` is the first-level models' arithmetic on CUDA, ``runtime`` what runs them on
         a CPU (``Tagger``)."""

@@ -3,8 +3,10 @@ ONNX Runtime or OpenVINO.
 
 On the 2-vCPU AMD EPYC of ``benchmarks/RESULTS.md`` both ONNX runtimes ran the full-size
 AuxSkipAttention 1.14-1.41x faster than torch's own CPU path (batch norms folded, channels-last,
-oneDNN) at 1e-7 agreement, so ``"auto"`` picks ONNX Runtime, else OpenVINO, when installed
-(``pip install 'freesound[onnx]'`` or ``'freesound[openvino]'``) and torch otherwise. A CUDA
+oneDNN) at 1e-7 agreement (the 1.2x of issue 22 met in one run of two), so ``"auto"`` picks
+ONNX Runtime, else OpenVINO, when installed (``pip install 'freesound[onnx]'`` or
+``'freesound[openvino]'``) and torch otherwise. Local prediction asks for ``"torch"`` unless
+told (``predict --runtime auto``); a kernel uses an installed or attached ONNX runtime. A CUDA
 device always runs torch. The exported graph computes the sigmoid of the main head only.
 
 Optional int8 static quantization (ONNX Runtime's ``quantize_static``, QDQ format, calibrated on

@@ -122,7 +122,7 @@ class Tagger:
     audio_config : AudioConfig used by ``predict_files``
     workers : int, DataLoader workers decoding audio in ``predict_files``
     precision : "fp16" (fp16 autocast) or "fp32", the arithmetic on CUDA; other devices run fp32
-    runtime : "auto", "torch", "onnxruntime" or "openvino": what runs the models on a CPU
+    runtime : "torch" (default), "auto", "onnxruntime" or "openvino": what runs the models on a CPU
         (``freesound.predict.runtimes``; "auto" is an installed ONNX runtime, else torch; CUDA runs
         torch). An ONNX runtime runs each model exported once, with torch's thread count.
 
@@ -134,7 +134,7 @@ class Tagger:
 
     def __init__(self, models, classes, tile_step: int = 64, device="cpu", batch_size: int = 64,
                  audio_config: AudioConfig | None = None, workers: int = 0, precision: str = "fp16",
-                 runtime: str = "auto"):
+                 runtime: str = "torch"):
         self.device = torch.device(device)
         self.runtime = resolve_runtime(runtime, self.device)
         self.models = list(models)

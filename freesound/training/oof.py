@@ -58,7 +58,7 @@ class OOFTiles:
 
 def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device="cpu", batch_size: int = 64,
                        precision: str = "fp16", feature_workers: int = 1, progress: bool = True,
-                       runtime: str = "auto", log=print) -> OOFTiles:
+                       runtime: str = "torch", log=print) -> OOFTiles:
     """Each of ``folds``' models (default: every fold of ``folds.csv``) on its held-out curated
     clips, tile by tile (``device``, ``batch_size``, ``precision`` and ``runtime`` as for ``Tagger``).
 
@@ -88,7 +88,7 @@ def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device=
 
 
 def predict_oof(name: str, dataset: Dataset, work, *, device="cpu", batch_size: int = 64, precision: str = "fp16",
-                feature_workers: int = 1, progress: bool = True, runtime: str = "auto", log=print) -> dict:
+                feature_workers: int = 1, progress: bool = True, runtime: str = "torch", log=print) -> dict:
     """Predict every fold's validation clips with that fold's model; write and score them
     (``predict_fold_tiles``: missing curated log-mels are computed first).
 
