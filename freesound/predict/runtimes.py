@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from freesound.errors import FreesoundError
+from freesound.fileio import atomic_write_bytes
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 #: The order ``"auto"`` tries on a CPU: the faster measured first (benchmarks/RESULTS.md).
@@ -119,7 +120,7 @@ def quantize_int8(onnx_model: bytes, calibration_tiles: np.ndarray) -> bytes:
 
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder) / "model.onnx", Path(folder) / "model.int8.onnx"
-        source.write_bytes(onnx_model)
+        atomic_write_bytes(source, onnx_model)
         quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
         return target.read_bytes()
