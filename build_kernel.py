@@ -21,10 +21,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="kernel", help="output folder (default: kernel)")
     parser.add_argument("--dataset-id", default=DEFAULT_DATASET_ID, help="owner/slug of the weights dataset on Kaggle")
     parser.add_argument("--kernel-id", default=None, help="owner/slug of the pushed kernel (default: from its title)")
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="the kernels' time budget in seconds (default: 3000 on a GPU, 12600 on a CPU)")
     args = parser.parse_args(argv)
     try:
         build_kernels(args.work, experiment=args.experiment or None, ensemble=args.ensemble or None,
-                      out_dir=args.out, dataset_id=args.dataset_id, kernel_id=args.kernel_id)
+                      out_dir=args.out, dataset_id=args.dataset_id, kernel_id=args.kernel_id,
+                      time_limit=args.time_limit)
     except FreesoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -28,5 +28,8 @@ setup(
     extras_require={
         "dev": ["pytest>=7.4", "hypothesis>=6.80", "import-linter>=2.1"],
         "listen": ["sounddevice>=0.4"],
+        # Faster CPU prediction (freesound.predict.runtimes): the releases tested, not older ones.
+        "onnx": ["onnx>=1.23", "onnxruntime>=1.32"],
+        "openvino": ["onnx>=1.23", "openvino>=2026.0"],
     },
 )

@@ -2,6 +2,7 @@
 time, batches of 16 tiles, fp32, ``torch.no_grad``) with the full-size AuxSkipAttention on the CPU.
 
     .venv/bin/python benchmarks/bench_inference.py [--quick] [--threads N]
+    .venv/bin/python benchmarks/bench_inference.py --overlap     # the front end overlapping the model
 
 Both sides use the same torch thread count (default: torch's own, one per core) and their own
 copy of the same weights. Prints Markdown tables and exits with status 1 when the two disagree
@@ -83,13 +84,159 @@ def tiles_timing(logmels, rounds: int) -> tuple:
     return median(times["per-tile loop"]), median(times["make_tiles"]), worst
 
 
+class WaitingTagger(Tagger):
+    """A Tagger on an accelerator stand-in: each batch of tiles waits ``seconds_per_tile`` per tile
+    without using the CPU (as the host does while a GPU computes), and returns zeros."""
+
+    seconds_per_tile = 0.004
+
+    def _forward(self, tiles):
+        time.sleep(self.seconds_per_tile * len(tiles) * len(self.models))
+        return np.zeros((len(self.models), len(tiles), len(self.classes)), np.float32)
+
+
+def overlap_timing(rounds: int, n_clips: int, torch_threads: int) -> list:
+    """Decode-everything-then-predict against ``predict_files``' streaming (the next chunks decode
+    in a worker while the model predicts), on 44.1 kHz wav files of 1-12 s.
+
+    Two models: the accelerator stand-in ``WaitingTagger`` (the CPU is free while it works) and a
+    base-16 AuxSkipAttention on the CPU with ``torch_threads`` threads (the worker needs a core the
+    model leaves free). Returns table rows; both paths' outputs must agree (checked).
+    """
+    import tempfile
+
+    from common import write_clips
+    from freesound.predict import predict_logmels_from_files
+
+    torch.set_num_threads(torch_threads)
+    durations = list(np.random.default_rng(0).uniform(1.0, 12.0, n_clips))
+    classes = [f"c{i}" for i in range(20)]
+    torch.manual_seed(0)
+    small = create_model("aux_skip_attention", num_classes=20, base_size=16).eval()
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        paths = write_clips(folder, durations)
+        for label, tagger in (("accelerator stand-in (waits 4 ms a tile)", WaitingTagger([small], classes, workers=1)),
+                              (f"base-16 model on the CPU, {torch_threads} torch thread(s)",
+                               Tagger([small], classes, workers=1))):
+            def sequential(tagger=tagger):
+                _, logmels = predict_logmels_from_files(paths, tagger.audio_config, workers=tagger.workers)
+                return tagger.predict_spectrograms(logmels)
+
+            def decode_only(tagger=tagger):
+                return predict_logmels_from_files(paths, tagger.audio_config, workers=0)
+
+            def model_only(tagger=tagger, logmels=decode_only()[1]):
+                return tagger.predict_spectrograms(logmels)
+
+            worst = float(np.abs(sequential() - tagger.predict_files(paths).to_numpy()).max())
+            times = interleaved({"decode": decode_only, "model": model_only, "sequential": sequential,
+                                 "streaming": lambda tagger=tagger: tagger.predict_files(paths)}, rounds)
+            t = {name: median(values) for name, values in times.items()}
+            rows.append((label, f"{t['decode']:.2f}", f"{t['model']:.2f}", f"{t['sequential']:.2f}",
+                         f"{t['streaming']:.2f}", f"{t['sequential'] / t['streaming']:.2f}x", f"{worst:.1e}"))
+    return rows
+
+
+def runtimes_timing(logmels, rounds: int, batch_size: int) -> tuple:
+    """The full-size model's clip probabilities from the Tagger on torch, ONNX Runtime, OpenVINO
+    (those installed) and ONNX Runtime int8 (static, QDQ, calibrated on 64 of the clips' tiles),
+    interleaved. Returns (table rows, worst |diff| of the fp32 runtimes against torch)."""
+    from freesound.predict import runtimes
+
+    classes = [f"c{i}" for i in range(MODEL["num_classes"])]
+    model = full_size_model()
+    taggers = {"torch (BN folded, channels_last)": Tagger([model], classes, batch_size=batch_size, runtime="torch")}
+    for name in runtimes.ONNX_RUNTIMES:
+        if runtimes.runtime_usable(name):
+            taggers[name] = Tagger([model], classes, batch_size=batch_size, runtime=name)
+    reference = taggers["torch (BN folded, channels_last)"].predict_spectrograms(logmels)
+    outputs = {name: tagger.predict_spectrograms(logmels) for name, tagger in taggers.items()}
+    candidates = {name: (lambda tagger=tagger: tagger.predict_spectrograms(logmels)) for name, tagger in taggers.items()}
+    if runtimes.runtime_usable("onnxruntime"):
+        tiles = np.concatenate([make_tiles(m) for m in logmels])
+        int8 = runtimes.CompiledModel(runtimes.quantize_int8(runtimes.export_onnx(model), tiles[:64]), "onnxruntime",
+                                      torch.get_num_threads())
+        quantized = Tagger([model], classes, batch_size=batch_size, runtime="onnxruntime")
+        quantized._compiled = lambda _model, _shape: lambda t: np.concatenate(
+            [int8(t[i:i + batch_size]) for i in range(0, len(t), batch_size)])
+        outputs["onnxruntime int8 (static, QDQ)"] = quantized.predict_spectrograms(logmels)
+        candidates["onnxruntime int8 (static, QDQ)"] = lambda: quantized.predict_spectrograms(logmels)
+    times = interleaved(candidates, rounds)
+    n_tiles = sum(tile_layout(m.shape[1])[0] for m in logmels)
+    base = median(times["torch (BN folded, channels_last)"])
+    rows = [(name, f"{median(values):.2f}", f"{n_tiles / median(values):.2f}", f"{base / median(values):.2f}x",
+             f"{float(np.abs(outputs[name] - reference).max()):.1e}") for name, values in times.items()]
+    worst = max(float(np.abs(outputs[name] - reference).max()) for name in taggers)
+    return rows, worst
+
+
+def int8_oof(work, data, name: str) -> tuple:
+    """OOF lwlrap of a trained experiment with each fold model in fp32 (torch) and int8 (ONNX
+    Runtime, static QDQ, calibrated on the tiles of 32 of the fold's own training clips)."""
+    from freesound.data.dataset import load_dataset
+    from freesound.data.features import load_features
+    from freesound.data.folds import read_folds
+    from freesound.metrics import lwlrap
+    from freesound.paths import experiment_checkpoints, experiment_dir
+    from freesound.predict import runtimes
+    from freesound.training.oof import multi_hot
+
+    dataset = load_dataset(data)
+    assignment = read_folds(work, dataset.curated.fname)
+    folds = sorted(set(assignment.fold))
+    fp32, int8, fnames = [], [], []
+    for fold, checkpoint in zip(folds, experiment_checkpoints(experiment_dir(work, name), folds)):
+        tagger = Tagger.from_checkpoints([checkpoint], runtime="torch")
+        valid = assignment[assignment.fold == fold].fname.tolist()
+        train = assignment[assignment.fold != fold].fname.tolist()[:32]
+        config = tagger.audio_config
+        logmels = load_features(dataset, work, "train_curated", valid, config)
+        calibration = np.concatenate([make_tiles(m) for m in load_features(dataset, work, "train_curated", train, config)])
+        compiled = runtimes.CompiledModel(runtimes.quantize_int8(runtimes.export_onnx(tagger.models[0]), calibration),
+                                          "onnxruntime")
+        quantized = Tagger(tagger.models, tagger.classes, runtime="onnxruntime")
+        quantized._compiled = lambda _model, _shape: compiled
+        fp32.append(tagger.predict_spectrograms(logmels))
+        int8.append(quantized.predict_spectrograms(logmels))
+        fnames += valid
+    labels = dataset.curated.set_index("fname").loc[fnames, "labels"]
+    truth = multi_hot(labels, dataset.classes)
+    return lwlrap(truth, np.concatenate(fp32)), lwlrap(truth, np.concatenate(int8))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run (fewer clips and rounds)")
     parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default 3, quick 1)")
     parser.add_argument("--threads", type=int, help="torch threads for both sides (default: torch's)")
     parser.add_argument("--batch-size", type=int, default=64, help="Tagger batch size (default 64)")
+    parser.add_argument("--overlap", action="store_true",
+                        help="only measure the front end overlapping the model (predict_files' streaming)")
+    parser.add_argument("--runtimes", action="store_true",
+                        help="only compare torch, ONNX Runtime, OpenVINO and int8 on the full-size model")
+    parser.add_argument("--int8-oof", nargs=3, metavar=("WORK", "DATA", "EXPERIMENT"),
+                        help="only the OOF lwlrap of a trained experiment in fp32 and int8")
     args = parser.parse_args(argv)
+    if args.int8_oof:
+        before, after = int8_oof(*args.int8_oof)
+        print(f"OOF lwlrap of {args.int8_oof[2]}: fp32 (torch) {before:.4f}, int8 (ONNX Runtime, static QDQ) "
+              f"{after:.4f}, change {after - before:+.4f}")
+        return 0
+    if args.runtimes:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(header("CPU runtimes: the Tagger's clip probabilities, full-size AuxSkipAttention"))
+        durations = [2.0, 5.0, 9.0, 14.0] if args.quick else [1.0, 3.0, 5.0, 7.0, 9.0, 12.0, 15.0, 20.0]
+        rows, worst = runtimes_timing(clip_logmels(durations), args.rounds or 3, args.batch_size)
+        print(f"torch threads {torch.get_num_threads()}, batch {args.batch_size}, clips of {durations} s")
+        print(table(["runtime", "s (median)", "tiles/s", "speed-up", "max |diff| vs torch"], rows))
+        return 0 if worst <= TOLERANCE else 1
+        print(header("Front end overlapping the model: decode everything first vs predict_files' streaming"))
+        rows = overlap_timing(args.rounds or 3, 24 if args.quick else 64, args.threads or 1)
+        print(table(["model", "decode s (1 process)", "model s", "decode all, then predict s",
+                     "streaming, 1 worker s", "speed-up", "max |diff|"], rows))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds = args.rounds or (1 if args.quick else 3)
@@ -103,7 +250,8 @@ def main(argv=None) -> int:
 
     model = full_size_model()
     reference_model = copy.deepcopy(model)  # the reference never sees anything the Tagger does
-    tagger = Tagger([model], classes=[f"c{i}" for i in range(MODEL["num_classes"])], batch_size=args.batch_size)
+    tagger = Tagger([model], classes=[f"c{i}" for i in range(MODEL["num_classes"])], batch_size=args.batch_size,
+                    runtime="torch")
 
     start = time.perf_counter()
     ours = tagger.predict_spectrograms(logmels)  # also builds the Tagger's inference copy once

@@ -349,12 +349,17 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
               help="Output CSV (default: <work>/predictions/<name>/test.csv or audio.csv).")
 @click.option("--no-oof", is_flag=True, help="Skip the out-of-fold prediction of an experiment.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Tiles per forward pass.")
-@click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
-              help="Processes decoding audio while the model runs.")
+@click.option("--workers", type=click.IntRange(0), default=1, show_default=True,
+              help="Processes decoding audio while the model runs (0: decode in this process, in turn "
+                   "with the model).")
 @device_option
 @precision_option
+@click.option("--runtime", type=click.Choice(["auto", "torch", "onnxruntime", "openvino"]), default="torch",
+              show_default=True,
+              help="What runs the models on a CPU: auto is ONNX Runtime, else OpenVINO, when installed "
+                   "(pip install 'freesound[onnx]'), else torch; CUDA always runs torch.")
 def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_files, out_csv, no_oof, batch_size, workers,
-            device, precision):
+            device, precision, runtime):
     """Predict with a trained EXPERIMENT or ENSEMBLE (name under experiments/ or TOML path).
 
     Writes a submission-format CSV: fname, then one probability column per class. Files that
@@ -375,7 +380,7 @@ def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_file
         load_config(experiment, experiments_dir), work_dir, dataset=load_dataset(data_dir) if data_dir else None,
         audio_dir=audio_dir, out_csv=out_csv, oof=not no_oof, device=device or settings.default_device(),
         batch_size=batch_size, workers=workers, all_files=all_files, feature_workers=settings.default_workers(),
-        precision=precision, log=click.echo,
+        precision=precision, runtime=runtime, log=click.echo,
     )
     if result.audio_folder is not None and result.audio_folder.left_out:
         click.echo(f"left out as not audio by name: {result.audio_folder.describe_left_out()}; "
@@ -651,7 +656,23 @@ def experiments_command(experiments_dir):
 @click.option("--dataset-id", default=None, help="owner/slug of the weights dataset on Kaggle.")
 @click.option("--kernel-id", default=None, help="owner/slug of the pushed kernel (default: from its title).")
 @precision_option
-def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, dataset_id, kernel_id, precision):
+@click.option("--time-limit", type=click.FloatRange(min=1), default=None,
+              help="The kernels' time budget in seconds [default: 3000 on a GPU, 12600 on a CPU, under Kaggle's "
+                   "1 h and 4 h]; a kernel projected to overrun switches to a cheaper plan it names.")
+@click.option("--estimate", is_flag=True,
+              help="Write nothing: print the kernels' expected time on the test set, from a short measurement "
+                   "of their models and front end on this machine (or at --tiles-per-second).")
+@click.option("--clips", type=click.IntRange(1), default=None,
+              help="With --estimate: test clips [default: 4481, the competition's].")
+@click.option("--audio-hours", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --estimate: hours of test audio [default: 12.9, the competition's].")
+@click.option("--estimate-audio", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="With --estimate: a folder of test audio whose files' lengths are used instead.")
+@click.option("--tiles-per-second", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --estimate: one model's rate on the target GPU (make gpu-check or "
+                   "benchmarks/bench_inference.py there) instead of measuring this machine.")
+def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, dataset_id, kernel_id, precision,
+                 time_limit, estimate, clips, audio_hours, estimate_audio, tiles_per_second):
     """Bundle the package, a weight manifest and an entry point into self-contained Kaggle kernels.
 
     Also writes kernel/kernel-metadata.json (kaggle kernels push) and
@@ -661,9 +682,18 @@ def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, datas
 
     if not experiment and not ensemble:
         raise click.UsageError("give --experiment, --ensemble or both")
+    if not estimate and (clips or audio_hours or estimate_audio or tiles_per_second):
+        raise click.UsageError("--clips, --audio-hours, --estimate-audio and --tiles-per-second go with --estimate")
+    if estimate:
+        from kernel_build.estimate import estimate_kernels
+
+        estimate_kernels(work_dir, experiment=experiment, ensemble=ensemble, experiments_dir=experiments_dir,
+                         clips=clips, hours=audio_hours, audio_dir=estimate_audio, tiles_per_second=tiles_per_second,
+                         time_limit=time_limit, log=click.echo)
+        return
     build_kernels(work_dir, experiment=experiment, ensemble=ensemble, out_dir=out_dir,
                   dataset_id=dataset_id or DEFAULT_DATASET_ID, kernel_id=kernel_id,
-                  experiments_dir=experiments_dir, precision=precision, log=click.echo)
+                  experiments_dir=experiments_dir, precision=precision, time_limit=time_limit, log=click.echo)
 
 
 @main.command()

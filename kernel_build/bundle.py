@@ -25,6 +25,7 @@ from freesound.ensembling.specs import ensemble_spec, experiment_spec
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_text
 from freesound.kaggle import COMPETITION
+from freesound.paths import predictions_dir
 from freesound.paths import weights_root as weights_folder
 from freesound.predict.tagger import check_precision
 from kernel_build.manifest import build_manifest, missing_weights
@@ -40,7 +41,8 @@ KERNELS = {
 
 
 def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dataset_id=DEFAULT_DATASET_ID,
-                  kernel_id=None, title=None, experiments_dir="experiments", precision="fp16", log=print) -> dict:
+                  kernel_id=None, title=None, experiments_dir="experiments", precision="fp16", time_limit=None,
+                  log=print) -> dict:
     """Render the kernel scripts and the Kaggle metadata files.
 
     Parameters
@@ -55,6 +57,8 @@ def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dat
         derived from the dataset's owner and the pushed spec's name; Kaggle links slug and title)
     experiments_dir : path-like, where ensemble files are looked up
     precision : "fp16" or "fp32", what the kernels predict in on a GPU (the CPU always runs fp32)
+    time_limit : float, the kernels' time budget in seconds; default one per device type under
+        Kaggle's limits (``freesound.kaggle.budget.DEFAULT_BUDGET_SECONDS``)
     log : callable taking one line
 
     Returns
@@ -93,7 +97,7 @@ def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dat
     written, used = {}, set()
     for kind, spec in specs.items():
         template, script_name = KERNELS[kind]
-        manifest = build_manifest(spec, weights_root, precision)
+        manifest = build_manifest(spec, weights_root, precision, time_limit, oof_lwlrap(work, spec["experiments"]))
         used |= {Path(weight["path"]).parts[0] for weight in manifest["weights"]}
         script = render_kernel(template, script_name, package, manifest, dataset_id)
         path = out_dir / script_name
@@ -133,6 +137,20 @@ def resolve_spec(kind: str, value, work, experiments_dir) -> dict:
     if kind == "experiment":
         return experiment_spec(value, work)
     return ensemble_spec(load_ensemble(value, experiments_dir), work)
+
+
+def oof_lwlrap(work, names) -> dict:
+    """Each named experiment's OOF lwlrap from ``<work>/predictions/<name>/oof_scores.json``, where
+    there is one (the kernel's order for dropping experiments, ``freesound.kaggle.budget``)."""
+    scores = {}
+    for name in names:
+        path = predictions_dir(work, name) / "oof_scores.json"
+        if path.is_file():
+            try:
+                scores[name] = float(json.loads(path.read_text(encoding="utf-8"))["lwlrap"])
+            except (ValueError, KeyError, TypeError) as error:
+                raise FreesoundError(f"{path} has no readable lwlrap ({error}); predict {name} again") from None
+    return scores
 
 
 def render_kernel(template: str, script_name: str, package: str, manifest: dict, dataset_id: str) -> str:
@@ -182,6 +200,10 @@ def log_kernel(path: Path, spec: dict, manifest: dict, script: str, weights_root
     for weight in manifest["weights"]:
         log(f"    {weight['path']}  {weight['bytes'] / 1e6:.2f} MB  sha256 {weight['sha256'][:16]}")
     log(f"  configs: {', '.join(manifest['configs']) or 'none found'}")
+    limit = manifest["time_limit"]
+    limit = (", ".join(f"{seconds:.0f} s on {kind}" for kind, seconds in limit.items()) if isinstance(limit, dict)
+             else f"{limit:.0f} s")
+    log(f"  time budget: {limit}; experiments kept longest when short of time: {', '.join(manifest['ranking'])}")
     log(f"  script: {len(script.encode()) / 1e3:.1f} kB")
 
 

@@ -4,10 +4,14 @@
 
     {"format": 1, "freesound_version": "0.1.0", "spec": {...ensemble spec...},
      "weights": [{"path": "small/fold_0/model.pt", "bytes": 123, "sha256": "..."}, ...],
-     "configs": {"small": "<config.toml text>", ...}, "precision": "fp16"}
+     "configs": {"small": "<config.toml text>", ...}, "precision": "fp16",
+     "time_limit": {"cuda": 3000.0, "cpu": 12600.0}, "ranking": ["small", ...]}
 
 ``precision`` is the arithmetic the kernel predicts in on a GPU (``freesound.predict.Tagger``);
-manifests without it predict in fp16 there.
+manifests without it predict in fp16 there. ``time_limit`` is the kernel's time budget in seconds,
+one number or one per device type (``freesound.kaggle.budget``); ``ranking`` lists the experiments
+best first by out-of-fold lwlrap (those without a score last, in ensemble order), the order in
+which a kernel short of time keeps them.
 
 Paths are relative to the weights dataset, which is ``<work>/experiments`` uploaded as is.
 ``freesound.kaggle.runtime`` reads it at run time.
@@ -21,6 +25,7 @@ import freesound
 from freesound.errors import FreesoundError
 from freesound.fileio import file_sha256
 from freesound.kaggle import MANIFEST_FORMAT
+from freesound.kaggle.budget import DEFAULT_BUDGET_SECONDS, budget_seconds
 from freesound.predict import spec_files
 from freesound.predict.tagger import check_precision
 
@@ -39,17 +44,29 @@ def experiment_config(paths: list, weights_root: Path) -> str | None:
     return None
 
 
-def build_manifest(spec: dict, weights_root, precision: str = "fp16") -> dict:
+def experiment_ranking(names: list, scores: dict) -> list:
+    """``names`` best first by ``scores`` (name -> OOF lwlrap); unscored names last, in order."""
+    scored = sorted((name for name in names if name in scores), key=lambda name: -scores[name])
+    return scored + [name for name in names if name not in scores]
+
+
+def build_manifest(spec: dict, weights_root, precision: str = "fp16", time_limit=None,
+                   oof_lwlrap: dict | None = None) -> dict:
     """Hash every weight a spec needs and collect each experiment's and stacker's config;
-    ``precision`` ("fp16" or "fp32") is what the kernel predicts in on a GPU.
+    ``precision`` ("fp16" or "fp32") is what the kernel predicts in on a GPU, ``time_limit`` its
+    budget in seconds (default ``freesound.kaggle.budget.DEFAULT_BUDGET_SECONDS`` per device),
+    ``oof_lwlrap`` (experiment -> score) ranks the experiments.
 
     Raises
     ------
     FreesoundError
-        A weight file is missing; the message names every missing file.
+        A weight file is missing (the message names every missing file), or a time limit that is
+        not a positive number of seconds.
     """
     weights_root = Path(weights_root)
     check_precision(precision)
+    if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
+        raise FreesoundError(f"the time limit must be a positive number of seconds, got {time_limit!r}")
     missing = missing_weights(spec, weights_root)
     if missing:
         raise FreesoundError(
@@ -69,4 +86,6 @@ def build_manifest(spec: dict, weights_root, precision: str = "fp16") -> dict:
         "weights": weights,
         "configs": {name: text for name, text in configs.items() if text is not None},
         "precision": precision,
+        "time_limit": dict(DEFAULT_BUDGET_SECONDS) if time_limit is None else budget_seconds(time_limit, "cpu"),
+        "ranking": experiment_ranking(list(spec["experiments"]), oof_lwlrap or {}),
     }

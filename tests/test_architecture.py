@@ -16,6 +16,9 @@ PACKAGE = REPO / "freesound"
 #: What a Kaggle Python image has (librosa brings audioread), besides the standard library: the
 #: packages whose minimum versions a kernel checks before it runs.
 KAGGLE_IMAGE = set(KERNEL) | {"audioread"}
+#: Optional CPU runtimes: imported inside functions of freesound.predict.runtimes only, when
+#: installed or attached as wheels (freesound.kaggle.wheels); torch runs without them.
+OPTIONAL_RUNTIMES = {"onnx", "onnxruntime", "openvino"}
 
 
 def test_import_linter_contracts_are_kept(capsys):
@@ -29,7 +32,9 @@ def test_the_kernel_runtime_imports_only_what_a_kaggle_image_has():
     graph = grimp.build_graph("freesound", include_external_packages=True)
     imported = graph.find_upstream_modules("freesound.kaggle", as_package=True)
     external = {name.partition(".")[0] for name in imported if not name.startswith("freesound")}
-    assert external - set(sys.stdlib_module_names) <= KAGGLE_IMAGE
+    assert external - set(sys.stdlib_module_names) <= KAGGLE_IMAGE | OPTIONAL_RUNTIMES
+    for runtime in OPTIONAL_RUNTIMES & external:
+        assert graph.find_modules_that_directly_import(runtime) == {"freesound.predict.runtimes"}
     # and it really reaches the front end and the predictor it runs
     assert {"freesound.audio.logmel", "freesound.predict.ensemble"} <= imported
 

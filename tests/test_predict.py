@@ -132,3 +132,31 @@ def test_from_experiment_loads_all_folds_and_names_missing(tmp_path):
     np.testing.assert_allclose(tagger.predict_spectrograms([logmel])[0], reference_predict(models, logmel), atol=1e-5)
     with pytest.raises(FreesoundError, match=r"fold\(s\) 3 have no model.pt"):
         experiment_checkpoints(tmp_path, folds=[0, 3])
+
+
+@pytest.mark.slow
+def test_predicting_while_workers_decode_gives_the_same_outputs(tmp_path):
+    """predict_files streams chunks of clips to the model while a worker decodes the next ones;
+    its rows equal decoding every file first and predicting them all at once, for any chunk size,
+    bad files included."""
+    from freesound.predict.files import iter_logmel_chunks, predict_files
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for index, seconds in enumerate((0.3, 5.0, 1.2, 9.0, 2.5, 0.8, 6.0)):
+        path = tmp_path / f"clip{index}.wav"
+        sf.write(path, (0.3 * rng.standard_normal(int(seconds * 44100))).astype(np.float32), 44100, subtype="PCM_16")
+        paths.append(path)
+    (tmp_path / "clip2.wav").write_bytes(b"not audio")
+    tagger = Tagger(small_models(2), classes=list("abcde"), batch_size=5, runtime="torch", workers=0)
+    logmels = [read_as_melspectrogram(p) if p.name != "clip2.wav" else silent_logmel() for p in paths]
+    sequential = tagger.predict_spectrograms(logmels)
+    for workers, chunk_size in ((0, 7), (1, 2), (2, 3)):
+        failures = []
+        tagger.workers = workers
+        frame = predict_files(tagger, paths, on_error="silence", failures=failures, chunk_size=chunk_size)
+        assert list(frame.index) == [p.name for p in paths] and [f[0] for f in failures] == ["clip2.wav"]
+        np.testing.assert_allclose(frame.to_numpy(), sequential, atol=1e-6)
+    chunks = list(iter_logmel_chunks(paths, tagger.audio_config, on_error="skip", workers=1, chunk_size=3))
+    assert [names for names, _ in chunks] == [["clip0.wav", "clip1.wav"], ["clip3.wav", "clip4.wav", "clip5.wav"],
+                                              ["clip6.wav"]]

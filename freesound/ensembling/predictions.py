@@ -58,7 +58,7 @@ class PredictionResult:
 def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Dataset | None = None, audio_dir=None,
                    out_csv=None, oof: bool = True, device="cpu", batch_size: int = 64, workers: int = 0,
                    all_files: bool = False, feature_workers: int = 1, precision: str = "fp16",
-                   progress: bool = True, log=print) -> PredictionResult:
+                   runtime: str = "torch", progress: bool = True, log=print) -> PredictionResult:
     """Predict ``dataset``'s test set, or every audio file under ``audio_dir`` (give exactly one).
 
     Parameters
@@ -72,7 +72,8 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
     all_files : under ``audio_dir``, decode every file, not only those named as audio
     precision : "fp16" or "fp32", the first-level models' arithmetic on CUDA (``Tagger``), for the
         out-of-fold scores too
-    progress : progress bars over decoding and each experiment's pass
+    runtime : what runs the first-level models on a CPU (``Tagger``), for the out-of-fold scores too
+    progress : a progress bar over the clips predicted, and over each out-of-fold pass
 
     Raises
     ------
@@ -88,13 +89,14 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
     scores = None
     if dataset is not None and isinstance(config, Experiment) and oof:
         scores = predict_oof(name, dataset, work, device=device, batch_size=batch_size, precision=precision,
-                             feature_workers=feature_workers, log=log)
+                             feature_workers=feature_workers, runtime=runtime, log=log)
     folder = None if audio_dir is None else scan_audio_folder(audio_dir, all_files=all_files)
     if folder is not None and not folder.files:
         left_out = f"; left out as not audio by name: {folder.describe_left_out()} (--all-files decodes every file)"
         raise FreesoundError(f"no audio files under {audio_dir}" + (left_out if folder.left_out else ""))
     predictor = EnsemblePredictor.from_spec(spec, lambda path: weights_root(work) / path, device=device,
-                                            batch_size=batch_size, workers=workers, precision=precision)
+                                            batch_size=batch_size, workers=workers, precision=precision,
+                                            runtime=runtime)
     if dataset is not None:
         paths, on_error, default_name = dataset.paths("test"), "silence", "test.csv"
     else:

@@ -1,9 +1,11 @@
 """The Kaggle kernel runtime: what a built kernel script (``kernel/*.py``) runs on Kaggle.
 
     runtime.py  find and check the weights, predict sample_submission.csv, write submission.csv
+    budget.py   the time budget: cheaper plans, their projected cost, which one fits
+    wheels.py   an ONNX runtime from wheels attached as a Kaggle dataset (else torch runs)
 
 It imports only what a Kaggle Python image has (numpy, pandas, scipy, torch, librosa, soundfile),
-a rule the import-linter contract in ``setup.cfg``/``.importlinter`` checks. The bundler that
+and an ONNX runtime only where one is installed or attached (``wheels.py``), a rule the import-linter contract in ``setup.cfg``/``.importlinter`` checks. The bundler that
 writes the kernels is ``kernel_build/``, outside the package.
 """
 

@@ -14,6 +14,12 @@ time, under a root that is ``/kaggle`` unless ``FREESOUND_KAGGLE_ROOT`` names an
 - every row of ``sample_submission.csv`` is predicted in its order by ``EnsemblePredictor``, the
   same code path as local ``freesound predict``; undecodable clips are predicted from silence
   and listed, so the submission is always complete;
+- within a time budget (the manifest's ``time_limit``, else ``freesound.kaggle.budget``'s default
+  for the device): after a first part of the clips the kernel projects the whole run and, when
+  the projection is over budget, goes on with a cheaper plan it names (``predict_within_budget``);
+  the plans used and the projection are in the summary;
+- on a CPU the models run in ONNX Runtime (or OpenVINO) when the image has it or its wheels are
+  attached as a dataset (``freesound.kaggle.wheels``), else in torch;
 - ``<root>/working/submission.csv`` is written atomically, and nothing else is left there.
 
 Only what a Kaggle Python image has is imported: numpy, pandas, scipy, torch, librosa, soundfile
@@ -25,19 +31,29 @@ minimums of ``freesound.versions`` (``kernel_report``).
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 import freesound
 from freesound.data.dataset import read_csv
 from freesound.errors import FreesoundError, one_line_warnings
+from freesound.audio import silent_logmel
 from freesound.fileio import atomic_write_csv, file_sha256
-from freesound.predict import EnsemblePredictor
+from freesound.kaggle.budget import (
+    CHUNK_SAFETY, FIRST_PART, KAGGLE_LIMIT_SECONDS, budget_seconds, choose_plan, expected_widths, plan_ladder,
+    project_seconds,
+)
+from freesound.kaggle.wheels import kernel_runtime
+from freesound.predict import EnsemblePredictor, tile_layout
+from freesound.predict.files import CHUNK_CLIPS, iter_logmel_chunks
 from freesound.predict.device import describe_device, device_problem
 from freesound.predict.tagger import check_precision
 from freesound.settings import default_device, default_workers, kaggle_root
@@ -149,20 +165,143 @@ def to_submission(predictions: pd.DataFrame, sample: pd.DataFrame) -> pd.DataFra
 
 
 def predict_in_chunks(predictor: EnsemblePredictor, paths: list, chunk_size: int, log) -> tuple:
-    """``predict_files`` over consecutive chunks, logging progress after each one.
-
-    Clips are predicted independently, so chunking changes nothing but the progress lines.
+    """Every clip of ``paths`` with the full ensemble, with no time budget (``predict_within_budget``
+    with an unlimited one).
 
     Returns
     -------
     (DataFrame indexed by fname in the order of ``paths``, list of (fname, reason))
     """
-    frames, failures, start = [], [], time.perf_counter()
-    for begin in range(0, len(paths), chunk_size):
-        chunk = paths[begin:begin + chunk_size]
-        frames.append(predictor.predict_files(chunk, on_error="silence", failures=failures))
-        log(f"  {begin + len(chunk)}/{len(paths)} clips, {time.perf_counter() - start:.1f} s")
-    return pd.concat(frames), failures
+    result = predict_within_budget(predictor, paths, budget=math.inf, chunk_size=chunk_size, log=log)
+    return result.predictions, result.failures
+
+
+def _s(seconds: float) -> str:
+    """Seconds for a log line: whole seconds from 100 s up, tenths below."""
+    return f"{seconds:.0f} s" if seconds >= 100 else f"{seconds:.1f} s"
+
+
+def file_bytes(path) -> int:
+    """A file's size in bytes, 0 if it cannot be read (its decoding will say why)."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+@dataclass
+class BudgetedPrediction:
+    """What ``predict_within_budget`` did.
+
+    Attributes
+    ----------
+    predictions : DataFrame indexed by fname, every path's row in order
+    failures : list of (fname, reason), clips predicted from silence
+    plans : list of (plan description, clips predicted with it), in the order used
+    projection : dict or None: the first projection (``after_clips``, ``full_seconds``: the whole
+        run's projected time with the full ensemble, ``plan``, ``projected_seconds``: with the plan
+        chosen then) and the last (``final_plan``, ``final_projected_seconds``)
+    filled : list of fname, rows no plan had time for, given the mean of the predicted rows
+    """
+
+    predictions: pd.DataFrame
+    failures: list
+    plans: list
+    projection: dict | None
+    filled: list
+
+
+def predict_within_budget(predictor: EnsemblePredictor, paths: list, *, budget: float, start: float | None = None,
+                          clock=time.perf_counter, chunk_size: int = CHUNK_CLIPS, ranking=None,
+                          log=_print) -> BudgetedPrediction:
+    """Predict every clip of ``paths`` so that the run ends within ``budget`` seconds of ``start``.
+
+    Clips stream in chunks (``iter_logmel_chunks``: the next chunks decode while the model runs).
+    After a first part (``freesound.kaggle.budget.FIRST_PART``) and after every chunk from then
+    on, the measured cost projects each plan of ``plan_ladder`` over the clips left, and the
+    first that fits the time left predicts the next chunk (a run only gets cheaper). Should even
+    the cheapest plan not have time for the next chunk, the rows left get the mean of the rows
+    predicted (listed in ``filled``), so the submission is complete in time. Undecodable clips
+    are predicted from silence.
+
+    Parameters
+    ----------
+    predictor : EnsemblePredictor, the full ensemble
+    paths : list of paths, in submission order
+    budget : float, seconds (``math.inf``: predict everything with the full ensemble)
+    start : float, the ``clock`` reading the budget counts from; default now
+    clock : zero-argument callable returning seconds (injectable for tests)
+    chunk_size : int, clips per chunk (the granularity of the plan and of the deadline)
+    ranking : list of experiment names, best first, for dropping experiments (``plan_ladder``)
+    log : callable taking one line
+    """
+    start = clock() if start is None else start
+    full_folds = {name: len(tagger.models) for name, tagger in predictor.taggers.items()}
+    step = next(iter(predictor.taggers.values())).tile_step
+    ladder = plan_ladder(full_folds, bool(predictor.stackers), tile_step=step, ranking=ranking)
+    # One silent clip through every model first: building the inference copies, oneDNN's and
+    # cuDNN's set-up are paid here and not counted in the measured cost of a clip.
+    predictor.predict_spectrograms([silent_logmel(predictor.audio_config)])
+    current, runner = 0, predictor
+    sizes = [file_bytes(path) for path in paths]
+    first_part = max(chunk_size, math.ceil(FIRST_PART * len(paths)))
+    names, frames, failures, widths, usage = [], [], [], [], []
+    model_seconds, units = {}, dict.fromkeys(full_folds, 0.0)
+    projection, next_report, loop_start = None, 0.1, clock()
+    chunks = iter_logmel_chunks(paths, predictor.audio_config, on_error="silence", failures=failures,
+                                workers=predictor.workers, chunk_size=chunk_size)
+    for chunk_names, logmels in chunks:
+        chunk_widths = [logmel.shape[1] for logmel in logmels]
+        if widths and math.isfinite(budget):
+            seconds_per_unit = {name: model_seconds[name] / units[name] for name in units if units[name]}
+            seconds_per_clip = max(0.0, clock() - loop_start - sum(model_seconds.values())) / len(widths)
+            seconds_left = budget - (clock() - start)
+            if len(widths) >= first_part:
+                coming = expected_widths(widths, sizes[:len(widths)], sizes[len(widths):])
+                index, projected = choose_plan(ladder, current, seconds_left, coming, len(coming), seconds_per_unit,
+                                               seconds_per_clip)
+                elapsed = clock() - start
+                if projection is None:
+                    full_seconds = elapsed + project_seconds(ladder[0], coming, len(coming), seconds_per_unit,
+                                                             seconds_per_clip)
+                    projection = {"after_clips": len(widths), "full_seconds": round(full_seconds, 1),
+                                  "plan": ladder[index].describe(ladder[0]),
+                                  "projected_seconds": round(elapsed + projected, 1)}
+                    log(f"projection after {len(widths)} of {len(paths)} clips: the full ensemble would take "
+                        f"{_s(full_seconds)} in all, budget {_s(budget)}")
+                if index != current:
+                    current, runner = index, predictor.subset(dict(ladder[index].folds), ladder[index].tile_step,
+                                                              ladder[index].stackers)
+                    log(f"switching to plan {index} of {len(ladder) - 1}: {ladder[index].describe(ladder[0])} "
+                        f"(projected {_s(elapsed + projected)} in all)")
+                projection.update(final_plan=ladder[current].describe(ladder[0]),
+                                  final_projected_seconds=round(elapsed + projected, 1))
+            needed = project_seconds(ladder[current], chunk_widths, len(chunk_widths), seconds_per_unit,
+                                     seconds_per_clip)
+            if needed * CHUNK_SAFETY > seconds_left:
+                log(f"warning: {_s(seconds_left)} left, the next {len(chunk_widths)} clips need about {_s(needed)} "
+                    f"even with plan {current}: the last {len(paths) - len(widths)} rows get the mean prediction")
+                break
+        frames.append(runner.predict_spectrograms(logmels, timings=model_seconds, clock=clock))
+        plan = ladder[current]
+        for name, folds in plan.folds:
+            units[name] += sum(tile_layout(width, plan.tile_step)[0] for width in chunk_widths) * folds
+        if not usage or usage[-1][0] != current:
+            usage.append([current, 0])
+        usage[-1][1] += len(chunk_names)
+        names += chunk_names
+        widths += chunk_widths
+        if len(widths) >= next_report * len(paths) or len(widths) == len(paths):
+            log(f"  {len(widths)}/{len(paths)} clips, {clock() - start:.1f} s")
+            next_report = math.floor(10 * len(widths) / len(paths) + 1) / 10
+    chunks.close()  # stops the decoding workers when the loop ended early
+    predicted = np.concatenate(frames) if frames else np.zeros((0, len(predictor.classes)), np.float32)
+    filled = [Path(path).name for path in paths[len(names):]]
+    mean = predicted.mean(axis=0) if len(predicted) else np.full(len(predictor.classes), 0.5, np.float32)
+    probabilities = np.concatenate([predicted, np.tile(mean.astype(np.float32), (len(filled), 1))])
+    frame = pd.DataFrame(probabilities, index=pd.Index(names + filled, name="fname"), columns=predictor.classes)
+    plans = [(ladder[index].describe(ladder[0]), clips) for index, clips in usage]
+    return BudgetedPrediction(frame, failures, plans, projection, filled)
 
 
 def usable_device(device: torch.device, log) -> torch.device:
@@ -177,7 +316,8 @@ def usable_device(device: torch.device, log) -> torch.device:
 
 
 def run_kernel(manifest: dict, root=None, *, device=None, workers: int | None = None, batch_size: int = 64,
-               chunk_size: int = 1024, precision: str | None = None, log=_print) -> dict:
+               chunk_size: int = CHUNK_CLIPS, precision: str | None = None, time_limit=None,
+               runtime: str | None = None, clock=time.perf_counter, log=_print) -> dict:
     """Predict the competition's test set with the manifest's ensemble and write the submission.
 
     Parameters
@@ -190,16 +330,25 @@ def run_kernel(manifest: dict, root=None, *, device=None, workers: int | None = 
         the manifest's ``precision`` (what ``build-kernel --precision`` chose), else fp16
     workers : int, audio-decoding processes; default every CPU this process may use
     batch_size : int, tiles per forward pass
-    chunk_size : int, clips between progress lines
+    chunk_size : int, clips predicted together (the granularity of the time budget)
+    time_limit : float seconds, or dict device type -> seconds; default the manifest's
+        ``time_limit`` (what ``build-kernel --time-limit`` chose), else
+        ``freesound.kaggle.budget.DEFAULT_BUDGET_SECONDS`` for the device; the run counts from
+        this call (``predict_within_budget``)
+    runtime : what runs the models on a CPU (``freesound.predict.Tagger``); default an ONNX runtime
+        that is installed or attached as wheels (``freesound.kaggle.wheels.kernel_runtime``), else
+        torch
+    clock : zero-argument callable returning seconds (injectable for tests)
     log : callable taking one line
 
     Returns
     -------
     dict with ``name``, ``clips``, ``failures`` (list of (fname, reason)), ``seconds``, ``device``,
     ``submission`` (path), ``weights`` (folders the weights came from), ``package`` (the
-    ``freesound.__file__`` that ran) and ``version``.
+    ``freesound.__file__`` that ran), ``version``, ``time_limit`` (the budget, seconds),
+    ``plans``, ``projection`` and ``filled`` (``BudgetedPrediction``).
     """
-    start = time.perf_counter()
+    start = clock()
     check_manifest(manifest)
     # Normalised so the log and the summary name folders without '..'.
     root = Path(os.path.abspath(root if root is not None else kaggle_root()))
@@ -216,28 +365,45 @@ def run_kernel(manifest: dict, root=None, *, device=None, workers: int | None = 
     total_mb = sum(weight["bytes"] for weight in manifest["weights"]) / 1e6
     log(f"weights: {len(weights)} files, {total_mb:.1f} MB, sha256 verified, from {', '.join(used)}")
     log(f"device: {describe_device(device)}{f', {precision}' if device.type == 'cuda' else ''}")
+    budget = budget_seconds(time_limit if time_limit is not None else manifest.get("time_limit"), device.type)
+    log(f"time budget: {_s(budget)} (Kaggle's limit on this device: "
+        f"{_s(KAGGLE_LIMIT_SECONDS['cuda' if device.type == 'cuda' else 'cpu'])})")
 
+    if runtime is None:
+        runtime = kernel_runtime(root / "input", log) if device.type == "cpu" else "torch"
     predictor = EnsemblePredictor.from_spec(spec, weights.__getitem__, device=device, batch_size=batch_size,
                                             workers=default_workers() if workers is None else workers,
-                                            precision=precision)
+                                            precision=precision, runtime=runtime)
     paths = [competition_dir / "test" / fname for fname in sample["fname"]]
     log(f"predicting {len(paths)} clips from {competition_dir / 'test'}")
-    predictions, failures = predict_in_chunks(predictor, paths, chunk_size, log)
+    result = predict_within_budget(predictor, paths, budget=budget, start=start, clock=clock, chunk_size=chunk_size,
+                                   ranking=manifest.get("ranking"), log=log)
 
     submission_path = root / "working" / SUBMISSION
-    atomic_write_csv(submission_path, to_submission(predictions, sample), index=False)
+    atomic_write_csv(submission_path, to_submission(result.predictions, sample), index=False)
     summary = {
-        "name": spec["name"], "clips": len(paths), "failures": failures,
-        "seconds": round(time.perf_counter() - start, 1), "device": describe_device(device),
+        "name": spec["name"], "clips": len(paths), "failures": result.failures,
+        "seconds": round(clock() - start, 1), "device": describe_device(device),
         "submission": str(submission_path), "weights": used, "package": freesound.__file__,
-        "version": freesound.__version__,
+        "version": freesound.__version__, "time_limit": budget, "plans": result.plans,
+        "projection": result.projection, "filled": result.filled,
     }
     log_summary(summary, log)
     return summary
 
 
 def log_summary(summary: dict, log) -> None:
-    log(f"wrote {summary['submission']}: {summary['clips']} clips in {summary['seconds']} s on {summary['device']}")
+    log(f"wrote {summary['submission']}: {summary['clips']} clips in {summary['seconds']} s on {summary['device']} "
+        f"(budget {_s(summary['time_limit'])})")
+    projection = summary["projection"]
+    if projection is not None:
+        log(f"projection after {projection['after_clips']} clips: full ensemble {_s(projection['full_seconds'])}, "
+            f"chosen plan {_s(projection['projected_seconds'])}; last projection "
+            f"{_s(projection['final_projected_seconds'])}")
+    for description, clips in summary["plans"]:
+        log(f"plan: {description}: {clips} clips")
+    if summary["filled"]:
+        log(f"out of time: {len(summary['filled'])} clips given the mean prediction")
     log(f"undecodable clips (predicted from silence): {len(summary['failures'])}")
     for fname, reason in summary["failures"]:
         log(f"  {fname}: {reason}")

@@ -5,6 +5,7 @@
     ensemble.py  ``EnsemblePredictor``: experiments, stackers and their blend, from a plain spec
     files.py     decoding files for prediction, with a policy for files that cannot be used
     device.py    one tiny convolution first: can the installed torch drive this device?
+    runtimes.py  CPU runtimes: torch, or the models exported to ONNX Runtime / OpenVINO (optional)
 """
 
 from freesound.predict.ensemble import EnsemblePredictor, predict_stacker, spec_files

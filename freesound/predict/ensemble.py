@@ -20,6 +20,7 @@ combined by geometric mean; the blend is the geometric mean of every experiment 
 from __future__ import annotations
 
 import copy
+import time
 
 import numpy as np
 import pandas as pd
@@ -63,33 +64,62 @@ class EnsemblePredictor:
 
     @classmethod
     def from_spec(cls, spec: dict, resolve, *, device="cpu", batch_size: int = 64, workers: int = 0,
-                  tile_step: int = 64, precision: str = "fp16") -> "EnsemblePredictor":
+                  tile_step: int = 64, precision: str = "fp16", runtime: str = "torch") -> "EnsemblePredictor":
         """Load every checkpoint named by ``spec``; ``resolve(relative_path) -> Path``.
-        ``precision`` is the first-level models' arithmetic on CUDA (``Tagger``)."""
+        ``precision`` is the first-level models' arithmetic on CUDA, ``runtime`` what runs them on
+        a CPU (``Tagger``)."""
         taggers = {
             name: Tagger.from_checkpoints([resolve(p) for p in paths], device=device, batch_size=batch_size,
-                                          tile_step=tile_step, precision=precision)
+                                          tile_step=tile_step, precision=precision, runtime=runtime)
             for name, paths in spec["experiments"].items()
         }
         stackers = {name: [load_model(resolve(p)) for p in paths]
                     for name, paths in spec.get("stackers", {}).items()}
         return cls(taggers, stackers, device=device, workers=workers)
 
-    def level_probabilities(self, logmels, *, track=None) -> dict:
-        """Every experiment's and stacker's clip probabilities: name -> (N, C) float32 (``track``
-        wraps each experiment's pass, as for ``Tagger.tile_probabilities``)."""
+    def subset(self, folds: dict, tile_step: int | None = None, stackers: bool = True) -> "EnsemblePredictor":
+        """This ensemble on fewer models: ``folds`` maps each experiment kept (in this ensemble's
+        order) to how many of its folds run (the first ones), at ``tile_step`` (default each
+        experiment's own); ``stackers`` keeps the stackers, which need every experiment.
+        Models are shared, not copied (``Tagger.subset``).
+
+        Raises
+        ------
+        ValueError
+            An unknown experiment, experiments out of order, or stackers without every experiment.
+        """
+        names = list(folds)
+        if [name for name in self.taggers if name in folds] != names:
+            raise ValueError(f"experiments {names} are not a subset of {list(self.taggers)} in its order")
+        if stackers and self.stackers and names != list(self.taggers):
+            raise ValueError("the stackers read every experiment's probabilities: keep them all or drop the stackers")
+        other = copy.copy(self)
+        other.taggers = {name: self.taggers[name].subset(folds[name], tile_step) for name in names}
+        other.stackers = self.stackers if stackers else {}
+        return other
+
+    def level_probabilities(self, logmels, timings: dict | None = None, clock=time.perf_counter) -> dict:
+        """Every experiment's and stacker's clip probabilities: name -> (N, C) float32.
+
+        ``timings``, when given, gets each experiment's seconds (by ``clock``) added to its entry.
+        """
         logmels = list(logmels)
-        levels = {name: tagger.predict_spectrograms(logmels, track=track, desc=f"predicting ({name})")
-                  for name, tagger in self.taggers.items()}
+        levels = {}
+        for name, tagger in self.taggers.items():
+            start = clock()
+            levels[name] = tagger.predict_spectrograms(logmels)
+            if timings is not None:
+                timings[name] = timings.get(name, 0.0) + clock() - start
         if self.stackers:
             stack_input = np.concatenate([levels[name] for name in self.taggers], axis=1)
             for name, models in self.stackers.items():
                 levels[name] = predict_stacker(models, stack_input, self.device)
         return levels
 
-    def predict_spectrograms(self, logmels, *, track=None) -> np.ndarray:
-        """The blend: geometric mean over experiments and stackers, (N, C) float32."""
-        levels = self.level_probabilities(logmels, track=track)
+    def predict_spectrograms(self, logmels, timings: dict | None = None, clock=time.perf_counter) -> np.ndarray:
+        """The blend: geometric mean over experiments and stackers, (N, C) float32
+        (``timings`` and ``clock``: as for ``level_probabilities``)."""
+        levels = self.level_probabilities(logmels, timings, clock)
         return geometric_mean(np.stack(list(levels.values())))
 
     def predict_files(self, paths, *, on_error: str = "raise", failures: list | None = None,

@@ -2,12 +2,19 @@
 
 ``on_error`` is ``"raise"`` (stop at the first bad file), ``"skip"`` (leave its row out) or
 ``"silence"`` (predict it from a silent clip, so every file keeps its row: the kernel's policy).
+
+Decoding streams: ``iter_logmel_chunks`` hands out consecutive chunks of clips while DataLoader
+workers go on decoding the next ones, so the front end runs while the model predicts the chunk
+before (``benchmarks/bench_inference.py --overlap`` measures it). With ``workers=0`` everything
+runs in the calling process, one chunk after the other.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
@@ -16,6 +23,9 @@ from freesound.audio import AudioDecodeError, read_as_melspectrogram, silent_log
 from freesound.config import AudioConfig
 
 ON_ERROR = ("raise", "skip", "silence")
+#: Clips predicted together: large enough that tiles of many clips fill the model's batches, small
+#: enough that the first chunk is decoded soon and the workers stay about two chunks ahead.
+CHUNK_CLIPS = 32
 
 
 def _as_is(item):
@@ -24,7 +34,7 @@ def _as_is(item):
 
 
 class _FileFeatures(TorchDataset):
-    """Decodes files in DataLoader workers so the front end overlaps the model."""
+    """Decodes one file per item, in DataLoader workers."""
 
     def __init__(self, paths, config: AudioConfig):
         self.paths = list(paths)
@@ -40,50 +50,99 @@ class _FileFeatures(TorchDataset):
             return index, None, error.reason
 
 
+def iter_logmel_chunks(paths, config: AudioConfig, *, on_error: str = "raise", failures: list | None = None,
+                       workers: int = 0, chunk_size: int = CHUNK_CLIPS, track=None, desc: str = "decoding"):
+    """Decode files to log-mels, chunk by chunk, applying the ``on_error`` policy of
+    ``Tagger.predict_files``.
 
-def predict_files(predictor, paths, *, on_error: str = "raise", failures: list | None = None,
-                  track=None) -> pd.DataFrame:
-    """``predictor.predict_spectrograms`` on decoded files, as a DataFrame indexed by ``fname``.
+    With ``workers`` > 0, that many DataLoader processes decode one file each at a time and may
+    run up to two chunks ahead of the consumer (``prefetch_factor``), so decoding overlaps
+    whatever the caller does with a chunk. Stopping the iteration early stops the workers.
 
-    ``predictor`` is a ``Tagger`` or an ``EnsemblePredictor``: anything with ``audio_config``,
-    ``workers``, ``classes`` and ``predict_spectrograms``. Each file is decoded once. ``track``
-    (as for ``Tagger.tile_probabilities``) wraps the decoding and each model pass.
-    """
-    names, logmels = predict_logmels_from_files(
-        paths, predictor.audio_config, on_error=on_error, failures=failures, workers=predictor.workers,
-        track=track,
-    )
-    return pd.DataFrame(predictor.predict_spectrograms(logmels, track=track), index=pd.Index(names, name="fname"),
-                        columns=predictor.classes)
+    Parameters
+    ----------
+    paths : sequence of paths
+    config : AudioConfig
+    on_error : one of ``ON_ERROR``
+    failures : list, optional; each file that cannot be used is appended as ``(fname, reason)``
+        when it is reached
+    workers : int, decoding processes (0: in this process)
+    chunk_size : int, clips per chunk (the last one may be shorter)
+    track : optional ``track(iterable, total=..., desc=...)`` wrapping the files as they are
+        decoded (a caller's progress bar, as for ``Tagger.tile_probabilities``), labelled ``desc``
 
+    Yields
+    ------
+    (fnames, logmels): lists for the files of a chunk that get a row, in the input order; every
+    chunk but the last covers ``chunk_size`` input files
 
-def predict_logmels_from_files(paths, config: AudioConfig, *, on_error: str = "raise",
-                               failures: list | None = None, workers: int = 0,
-                               track=None) -> tuple[list, list]:
-    """Decode files to log-mels (in DataLoader workers when ``workers`` > 0), applying the
-    ``on_error`` policy of ``Tagger.predict_files``.
-
-    Returns
-    -------
-    (fnames, logmels) for the files that get a row, in the input order.
+    Raises
+    ------
+    AudioDecodeError
+        With ``on_error="raise"``, at the first file that cannot be used.
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     paths = [Path(p) for p in paths]
-    loader = DataLoader(_FileFeatures(paths, config), batch_size=None, num_workers=workers, collate_fn=_as_is)
-    names, logmels, silent = [], [], None
-    for index, logmel, reason in track(loader, total=len(paths), desc="decoding") if track else loader:
+    prefetch = {"prefetch_factor": max(2, math.ceil(2 * chunk_size / workers))} if workers > 0 else {}
+    loader = DataLoader(_FileFeatures(paths, config), batch_size=None, num_workers=workers, collate_fn=_as_is,
+                        **prefetch)
+    names, logmels, silent, seen = [], [], None, 0
+    for index, logmel, reason in track(loader, total=len(paths), desc=desc) if track else loader:
+        seen += 1
         if reason is not None:
             if on_error == "raise":
                 raise AudioDecodeError(paths[index], reason)
             if failures is not None:
                 failures.append((paths[index].name, reason))
             if on_error == "skip":
-                continue
-            if silent is None:
-                silent = silent_logmel(config)
-            logmel = silent
-        names.append(paths[index].name)
-        logmels.append(logmel)
-    return names, logmels
+                logmel = None
+            else:
+                silent = silent_logmel(config) if silent is None else silent
+                logmel = silent
+        if logmel is not None:
+            names.append(paths[index].name)
+            logmels.append(logmel)
+        if seen % chunk_size == 0 or seen == len(paths):
+            yield names, logmels
+            names, logmels = [], []
 
+
+def predict_files(predictor, paths, *, on_error: str = "raise", failures: list | None = None,
+                  chunk_size: int = CHUNK_CLIPS, track=None) -> pd.DataFrame:
+    """``predictor.predict_spectrograms`` on decoded files, as a DataFrame indexed by ``fname``.
+
+    ``predictor`` is a ``Tagger`` or an ``EnsemblePredictor``: anything with ``audio_config``,
+    ``workers``, ``classes`` and ``predict_spectrograms``. Each file is decoded once; chunks of
+    ``chunk_size`` clips are predicted while the workers decode the next (``iter_logmel_chunks``).
+    Clips are predicted independently, so the chunking changes the results only by float rounding
+    in how tiles share the model's batches. ``track`` (as for ``iter_logmel_chunks``) counts the
+    files as they are decoded, at most two chunks ahead of the model.
+    """
+    names, frames = [], []
+    for chunk_names, logmels in iter_logmel_chunks(paths, predictor.audio_config, on_error=on_error,
+                                                    failures=failures, workers=predictor.workers,
+                                                    chunk_size=chunk_size, track=track, desc="predicting"):
+        if logmels:
+            names += chunk_names
+            frames.append(predictor.predict_spectrograms(logmels))
+    probabilities = np.concatenate(frames) if frames else np.zeros((0, len(predictor.classes)), np.float32)
+    return pd.DataFrame(probabilities, index=pd.Index(names, name="fname"), columns=predictor.classes)
+
+
+def predict_logmels_from_files(paths, config: AudioConfig, *, on_error: str = "raise",
+                               failures: list | None = None, workers: int = 0, track=None) -> tuple[list, list]:
+    """Decode every file to a log-mel (``iter_logmel_chunks``, all chunks together; ``track`` as there).
+
+    Returns
+    -------
+    (fnames, logmels) for the files that get a row, in the input order.
+    """
+    names, logmels = [], []
+    for chunk_names, chunk_logmels in iter_logmel_chunks(paths, config, on_error=on_error, failures=failures,
+                                                          workers=workers, track=track):
+        names += chunk_names
+        logmels += chunk_logmels
+    return names, logmels

@@ -21,6 +21,7 @@ from freesound.errors import FreesoundError, FreesoundWarning
 from freesound.models import load_checkpoint, load_model
 from freesound.paths import experiment_checkpoints
 from freesound.predict.files import predict_files
+from freesound.predict.runtimes import compile_model, resolve_runtime
 from freesound.predict.tiles import geometric_mean, make_tiles
 
 
@@ -121,11 +122,21 @@ class Tagger:
     audio_config : AudioConfig used by ``predict_files``
     workers : int, DataLoader workers decoding audio in ``predict_files``
     precision : "fp16" (fp16 autocast) or "fp32", the arithmetic on CUDA; other devices run fp32
+    runtime : "torch" (default), "auto", "onnxruntime" or "openvino": what runs the models on a CPU
+        (``freesound.predict.runtimes``; "auto" is an installed ONNX runtime, else torch; CUDA runs
+        torch). An ONNX runtime runs each model exported once, with torch's thread count.
+
+    Raises
+    ------
+    FreesoundError
+        An unknown runtime, or one asked for by name that is not installed.
     """
 
     def __init__(self, models, classes, tile_step: int = 64, device="cpu", batch_size: int = 64,
-                 audio_config: AudioConfig | None = None, workers: int = 0, precision: str = "fp16"):
+                 audio_config: AudioConfig | None = None, workers: int = 0, precision: str = "fp16",
+                 runtime: str = "torch"):
         self.device = torch.device(device)
+        self.runtime = resolve_runtime(runtime, self.device)
         self.models = list(models)
         if not self.models:
             raise ValueError("a Tagger needs at least one model")
@@ -157,6 +168,21 @@ class Tagger:
         ``experiment_checkpoints`` for ``folds`` and ``required``)."""
         return cls.from_checkpoints(experiment_checkpoints(directory, folds, required), **kwargs)
 
+    def subset(self, n_models: int | None = None, tile_step: int | None = None) -> "Tagger":
+        """This Tagger on its first ``n_models`` models (default all) at another ``tile_step``
+        (default its own): what the kernel switches to when its time budget runs short.
+
+        The models and their inference copies are shared, not copied, so a subset costs nothing
+        to make and its predictions for the same models and step equal this Tagger's.
+        """
+        n_models = len(self.models) if n_models is None else n_models
+        if not 1 <= n_models <= len(self.models):
+            raise ValueError(f"a subset needs 1 to {len(self.models)} models, got {n_models}")
+        other = copy.copy(self)  # shallow: the models list is replaced, the inference cache shared
+        other.models = self.models[:n_models]
+        other.tile_step = self.tile_step if tile_step is None else tile_step
+        return other
+
     # -- spectrograms -------------------------------------------------------------------------
 
     def _forward(self, tiles: np.ndarray) -> np.ndarray:
@@ -167,6 +193,8 @@ class Tagger:
         autocast unless ``precision`` is "fp32", with cuDNN autotuning, and with a short last
         batch padded to ``batch_size`` tiles so that every batch has the same shape.
         """
+        if self.runtime != "torch":
+            return np.stack([self._compiled(model, tiles.shape[1:])(tiles) for model in self.models])
         outputs = []
         on_cuda = self.device.type == "cuda"
         batch = torch.from_numpy(tiles).to(self.device)
@@ -181,6 +209,23 @@ class Tagger:
                          for part, n in _batches(batch, self.batch_size, pad=on_cuda)]
                 outputs.append(torch.cat(probs).cpu().numpy())
         return np.stack(outputs)
+
+    def _compiled(self, model: torch.nn.Module, tile_shape: tuple):
+        """``model`` exported to this Tagger's ONNX runtime for tiles of ``tile_shape``, cached like
+        the inference copies (``_inference_model``): made again when the weights change."""
+        try:
+            fingerprint = _weights_fingerprint(model)
+        except RuntimeError:  # inference tensors carry no version counter
+            fingerprint = None
+        key = ("compiled", id(model), tuple(tile_shape))
+        entry = self._inference_models.get(key)
+        if entry is None or entry[0] is not model or entry[1] != fingerprint:
+            with torch.inference_mode(False):
+                compiled = compile_model(model, self.runtime, torch.get_num_threads(), tuple(tile_shape))
+            entry = self._inference_models[key] = (model, fingerprint, compiled)
+        runner = entry[2]
+        return lambda tiles: np.concatenate([runner(tiles[start:start + self.batch_size])
+                                             for start in range(0, len(tiles), self.batch_size)])
 
     def tile_probabilities(self, logmels, *, track=None, desc: str = "predicting") -> list:
         """Per-tile probabilities of every model for every clip.
@@ -248,7 +293,7 @@ class Tagger:
         on_error : "raise" (stop at the first undecodable file), "skip" (leave its row out) or
             "silence" (predict it from a silent clip, so every file keeps its row)
         failures : list, optional; each undecodable file is appended as ``(fname, reason)``
-        track : optional, wraps the decoding and the model pass (see ``tile_probabilities``)
+        track : optional, counts the files as they are decoded (``iter_logmel_chunks``)
 
         Returns
         -------

@@ -60,9 +60,9 @@ class OOFTiles:
 
 def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device="cpu", batch_size: int = 64,
                        precision: str = "fp16", feature_workers: int = 1, progress: bool = True,
-                       log=print) -> OOFTiles:
+                       runtime: str = "torch", log=print) -> OOFTiles:
     """Each of ``folds``' models (default: every fold of ``folds.csv``) on its held-out curated
-    clips, tile by tile (``device``, ``batch_size`` and ``precision`` as for ``Tagger``).
+    clips, tile by tile (``device``, ``batch_size``, ``precision`` and ``runtime`` as for ``Tagger``).
 
     Every named fold must have its ``fold_<k>/model.pt``, trained on this dataset's classes.
     Curated log-mels not cached yet are computed first (``ensure_features``, in
@@ -73,7 +73,8 @@ def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device=
     checkpoints = experiment_checkpoints(experiment_dir(work, name), folds)
     fnames, fold_ids, tiles = [], [], []
     for fold, checkpoint in zip(folds, checkpoints):
-        tagger = Tagger.from_checkpoints([checkpoint], device=device, batch_size=batch_size, precision=precision)
+        tagger = Tagger.from_checkpoints([checkpoint], device=device, batch_size=batch_size, precision=precision,
+                                         runtime=runtime)
         if tagger.classes != list(dataset.classes):
             raise FreesoundError(f"{checkpoint} was trained on other classes than {dataset.root}")
         valid = assignment[assignment.fold == fold].fname.tolist()
@@ -90,7 +91,7 @@ def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device=
 
 
 def predict_oof(name: str, dataset: Dataset, work, *, device="cpu", batch_size: int = 64, precision: str = "fp16",
-                feature_workers: int = 1, progress: bool = True, log=print) -> dict:
+                feature_workers: int = 1, progress: bool = True, runtime: str = "torch", log=print) -> dict:
     """Predict every fold's validation clips with that fold's model; write and score them
     (``predict_fold_tiles``: missing curated log-mels are computed first).
 
@@ -99,7 +100,7 @@ def predict_oof(name: str, dataset: Dataset, work, *, device="cpu", batch_size: 
     dict with ``lwlrap`` (overall), ``per_fold`` and ``per_class`` scores (as written to JSON)
     """
     oof = predict_fold_tiles(name, dataset, work, device=device, batch_size=batch_size, precision=precision,
-                             feature_workers=feature_workers, progress=progress, log=log)
+                             feature_workers=feature_workers, progress=progress, runtime=runtime, log=log)
     out_dir = predictions_dir(work, name)
     # oof_scores.json is written last and marks a complete set: a run killed part-way through
     # the three files leaves no marker, and the next one redoes them (``oof_is_current``).

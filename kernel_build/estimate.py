@@ -1,0 +1,214 @@
+"""``build-kernel --estimate``: how long a kernel will take on the competition's test set, before
+uploading it.
+
+The kernel's time is the front end (decoding and log-mels of every clip) plus the models (every
+tile through every fold model of every experiment; the stackers cost next to nothing). Both are
+measured here, briefly, on this machine: the models on random tiles in the kernel's batches with
+the runtime the kernel would use, the front end on a synthetic clip of the test set's mean length.
+For another device a rate in tiles per second (``make gpu-check`` or
+``benchmarks/bench_inference.py`` there) replaces the measured model rate, and the front end is
+assumed hidden behind the models by the kernel's decoding workers (true on a GPU, where the CPU
+cores are free for decoding). On a CPU they share the cores, so the two add up.
+
+The test set is a clip count and hours of audio (by default the competition's, ``KAGGLE_TEST``),
+every clip taken at the mean length, or a folder of audio files whose own lengths are read.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from freesound.audio import read_as_melspectrogram
+from freesound.errors import FreesoundError
+from freesound.kaggle.budget import budget_seconds, choose_plan, plan_ladder, plan_units
+from freesound.predict import Tagger
+from freesound.predict.runtimes import resolve_runtime
+
+#: FSDKaggle2019's test set as Kaggle ran the kernels (DESIGN.md): clips and hours of audio.
+KAGGLE_TEST = {"clips": 4481, "hours": 12.9}
+#: Batches timed per experiment after one warm-up batch.
+TIMED_BATCHES = 2
+
+
+def test_widths(clips: int, hours: float, hop_length: int = 690, sample_rate: int = 44100) -> np.ndarray:
+    """Log-mel widths (frames) of ``clips`` clips of the mean length ``hours * 3600 / clips`` s:
+    ``1 + samples // hop_length`` (centred frames; silence trimming ignored, so an upper bound)."""
+    if clips < 1 or not hours > 0:
+        raise FreesoundError(f"a test set needs at least one clip and some audio, got {clips} clips, {hours} h")
+    samples = int(hours * 3600 / clips * sample_rate)
+    return np.full(clips, 1 + samples // hop_length, dtype=np.int64)
+
+
+def folder_widths(folder, hop_length: int = 690, sample_rate: int = 44100) -> np.ndarray:
+    """Log-mel widths of every audio file in ``folder`` (from each file's length, at 44.1 kHz).
+
+    Raises
+    ------
+    FreesoundError
+        The folder holds no file that soundfile reads.
+    """
+    widths = []
+    for path in sorted(Path(folder).iterdir()):
+        try:
+            info = sf.info(str(path))
+        except (RuntimeError, sf.LibsndfileError):
+            continue  # not audio to libsndfile: the kernel predicts it from silence, at no cost
+        widths.append(1 + int(info.frames * sample_rate / info.samplerate) // hop_length)
+    if not widths:
+        raise FreesoundError(f"{folder} holds no audio file to estimate from")
+    return np.asarray(widths, dtype=np.int64)
+
+
+def seconds_per_tile(tagger: Tagger, batches: int = TIMED_BATCHES) -> float:
+    """Seconds one tile takes through one of ``tagger``'s models: its first model on random tiles,
+    after one warm-up batch (export, oneDNN set-up)."""
+    single = tagger.subset(1)
+    rng = np.random.default_rng(0)
+    tiles = rng.uniform(-0.5, 0.5, (tagger.batch_size, 3, tagger.audio_config.n_mels, 256)).astype(np.float32)
+    single._forward(tiles)
+    start = time.perf_counter()
+    for _ in range(batches):
+        single._forward(tiles)
+    return (time.perf_counter() - start) / (batches * len(tiles))
+
+
+def frontend_seconds_per_frame(config, seconds: float, rounds: int = 3) -> float:
+    """Seconds of decoding and log-mel per log-mel frame, on a noise clip of ``seconds`` written as
+    16-bit wav (the competition's format); the median of ``rounds``."""
+    rng = np.random.default_rng(0)
+    clip = (0.1 * rng.standard_normal(max(1, int(seconds * config.sample_rate)))).astype(np.float32)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "clip.wav"
+        sf.write(path, clip, config.sample_rate, subtype="PCM_16")
+        times = []
+        for _ in range(rounds + 1):
+            start = time.perf_counter()
+            frames = read_as_melspectrogram(path, config).shape[1]
+            times.append(time.perf_counter() - start)
+    return float(np.median(times[1:])) / frames
+
+
+def estimate_kernel(taggers: dict, widths, *, stackers: bool = False, tiles_per_second: float | None = None,
+                    time_limit=None, device_type: str = "cpu") -> dict:
+    """The expected kernel time on clips of ``widths`` frames.
+
+    Parameters
+    ----------
+    taggers : dict experiment -> Tagger (all its folds), as the kernel loads them
+    widths : the test clips' log-mel widths (``test_widths`` or ``folder_widths``)
+    stackers : whether the ensemble has stackers (for the plan ladder)
+    tiles_per_second : a target device's rate for one model; default measured here
+    time_limit, device_type : the budget, as the kernel reads it (``budget_seconds``)
+
+    Returns
+    -------
+    dict with ``clips``, ``audio_hours``, ``tiles`` (per experiment, all folds), ``seconds_per_tile``
+    (per experiment, one model), ``model_seconds``, ``frontend_seconds``, ``total_seconds``,
+    ``budget``, ``runtime`` and ``plan`` (the first plan of the kernel's ladder that fits the budget)
+    """
+    widths = np.asarray(widths, dtype=np.int64)
+    first = next(iter(taggers.values()))
+    config = first.audio_config
+    step = first.tile_step
+    folds = {name: len(tagger.models) for name, tagger in taggers.items()}
+    rates = {name: (1.0 / tiles_per_second if tiles_per_second else seconds_per_tile(tagger))
+             for name, tagger in taggers.items()}
+    ladder = plan_ladder(folds, stackers, tile_step=step)
+    units = plan_units(ladder[0], widths)
+    model_seconds = len(widths) * sum(units[name] * rates[name] for name in units)
+    frontend = frontend_seconds_per_frame(config, float(np.mean(widths)) * config.hop_length / config.sample_rate)
+    frontend_seconds = frontend * float(widths.sum())
+    per_clip = frontend_seconds / len(widths)
+    # A GPU run hides decoding behind the models (the kernel's workers); on a CPU they share cores.
+    if tiles_per_second:
+        total, per_clip = max(model_seconds, frontend_seconds), max(0.0, per_clip - model_seconds / len(widths))
+    else:
+        total = model_seconds + frontend_seconds
+    budget = budget_seconds(time_limit, device_type)
+    index, projected = choose_plan(ladder, 0, budget, widths, len(widths), rates, per_clip)
+    return {
+        "clips": len(widths), "audio_hours": float(widths.sum()) * config.hop_length / config.sample_rate / 3600,
+        "tiles": {name: int(round(units[name] * len(widths))) for name in units},
+        "seconds_per_tile": rates, "model_seconds": model_seconds, "frontend_seconds": frontend_seconds,
+        "total_seconds": total, "budget": budget, "runtime": first.runtime,
+        "plan": ladder[index].describe(ladder[0]) if index else "the full ensemble",
+        "plan_seconds": projected,
+    }
+
+
+def format_estimate(name: str, estimate: dict, tiles_per_second: float | None) -> list:
+    """The estimate as log lines."""
+    where = (f"a device running {tiles_per_second:g} tiles/s per model" if tiles_per_second
+             else f"this machine ({estimate['runtime']}, {torch.get_num_threads()} threads)")
+    lines = [f"estimate for {name} on {estimate['clips']} clips ({estimate['audio_hours']:.2f} h of audio), {where}:"]
+    for experiment, tiles in estimate["tiles"].items():
+        rate = 1.0 / estimate["seconds_per_tile"][experiment]
+        lines.append(f"  {experiment}: {tiles} tiles through its folds, {rate:.1f} tiles/s per model, "
+                     f"{tiles / rate:.0f} s")
+    lines.append(f"  front end: {estimate['frontend_seconds']:.0f} s"
+                 + (" (hidden behind the models by the decoding workers)" if tiles_per_second else ""))
+    verdict = ("fits" if estimate["total_seconds"] <= estimate["budget"]
+               else f"does not fit; the kernel would switch to: {estimate['plan']} "
+                    f"(about {estimate['plan_seconds']:.0f} s)")
+    lines.append(f"  expected kernel time: {estimate['total_seconds']:.0f} s ({estimate['total_seconds'] / 3600:.2f} h); "
+                 f"budget {estimate['budget']:.0f} s: {verdict}")
+    return lines
+
+
+def estimate_spec(spec: dict, weights_root, *, clips: int | None = None, hours: float | None = None,
+                  audio_dir=None, tiles_per_second: float | None = None, time_limit=None, device="cpu",
+                  runtime: str = "auto", batch_size: int = 64) -> dict:
+    """``estimate_kernel`` for an experiment or ensemble spec whose weights are under
+    ``weights_root``, on ``audio_dir``'s files or ``clips`` clips of ``hours`` (default the
+    competition's test set)."""
+    weights_root = Path(weights_root)
+    taggers = {name: Tagger.from_checkpoints([weights_root / path for path in paths], device=device,
+                                             batch_size=batch_size, runtime=resolve_runtime(runtime, device))
+               for name, paths in spec["experiments"].items()}
+    config = next(iter(taggers.values())).audio_config
+    if audio_dir is not None:
+        widths = folder_widths(audio_dir, config.hop_length, config.sample_rate)
+    else:
+        widths = test_widths(clips or KAGGLE_TEST["clips"], hours or KAGGLE_TEST["hours"], config.hop_length,
+                             config.sample_rate)
+    device_type = "cuda" if tiles_per_second else torch.device(device).type
+    return estimate_kernel(taggers, widths, stackers=bool(spec.get("stackers")), tiles_per_second=tiles_per_second,
+                           time_limit=time_limit, device_type=device_type)
+
+
+def estimate_kernels(work, *, experiment=None, ensemble=None, experiments_dir="experiments", clips=None, hours=None,
+                     audio_dir=None, tiles_per_second=None, time_limit=None, runtime="auto", log=print) -> dict:
+    """``build-kernel --estimate``: log the estimate of each kernel that ``build_kernels`` would
+    write (nothing is written). Returns kernel kind -> ``estimate_kernel``'s dict.
+
+    Raises
+    ------
+    FreesoundError
+        Neither kernel asked for, or a weight file missing.
+    """
+    from freesound.paths import weights_root
+    from kernel_build.bundle import resolve_spec
+    from kernel_build.manifest import missing_weights
+
+    specs = {kind: resolve_spec(kind, value, work, experiments_dir)
+             for kind, value in (("experiment", experiment), ("ensemble", ensemble)) if value}
+    if not specs:
+        raise FreesoundError("nothing to estimate: name an experiment, an ensemble or both")
+    root = weights_root(work)
+    estimates = {}
+    for kind, spec in specs.items():
+        missing = missing_weights(spec, root)
+        if missing:
+            raise FreesoundError(f"cannot estimate {spec['name']}: weight files missing under {root} "
+                                 f"({', '.join(missing)})")
+        estimates[kind] = estimate_spec(spec, root, clips=clips, hours=hours, audio_dir=audio_dir,
+                                        tiles_per_second=tiles_per_second, time_limit=time_limit, runtime=runtime)
+        for line in format_estimate(spec["name"], estimates[kind], tiles_per_second):
+            log(line)
+    return estimates
