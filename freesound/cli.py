@@ -306,14 +306,15 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
     except ValueError as error:
         raise FreesoundError(str(error)) from None
     given_device = click.get_current_context().get_parameter_source("device") != click.core.ParameterSource.DEFAULT
-    if devices and (given_device or distributed):
+    if devices is not None and (given_device or distributed):
         raise click.UsageError("--devices trains folds in parallel on the devices it names: not with --device, "
                                "nor under torchrun")
+    device_list = parse_devices(devices) if devices is not None else None
     config = load_experiment(experiment, experiments_dir)
     options = dict(score_oof=not no_oof, max_epochs=epochs, resume=resume, log=click.echo,
                    feature_workers=settings.default_workers())
-    if devices:
-        report = train_and_score_on_devices(config, load_dataset(data_dir), work_dir, parse_devices(devices),
+    if device_list:
+        report = train_and_score_on_devices(config, load_dataset(data_dir), work_dir, device_list,
                                             folds=list(folds) or None, **options)
     else:
         report = train_and_score(config, load_dataset(data_dir), work_dir, folds=list(folds) or None,

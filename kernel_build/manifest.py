@@ -19,6 +19,7 @@ Paths are relative to the weights dataset, which is ``<work>/experiments`` uploa
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import freesound
@@ -65,8 +66,8 @@ def build_manifest(spec: dict, weights_root, precision: str = "fp16", time_limit
     """
     weights_root = Path(weights_root)
     check_precision(precision)
-    if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
-        raise FreesoundError(f"the time limit must be a positive number of seconds, got {time_limit!r}")
+    if time_limit is not None and not (isinstance(time_limit, (int, float)) and 0 < time_limit < math.inf):
+        raise FreesoundError(f"the time limit must be a finite, positive number of seconds, got {time_limit!r}")
     missing = missing_weights(spec, weights_root)
     if missing:
         raise FreesoundError(

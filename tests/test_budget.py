@@ -72,7 +72,7 @@ def test_budget_seconds():
     assert budget_seconds(None, "cpu") == budget_seconds(None, "meta") == 12600.0
     assert budget_seconds(600, "cuda") == 600.0
     assert budget_seconds({"cpu": 90}, "cpu") == 90.0 and budget_seconds({"cpu": 90}, "cuda") == 3000.0
-    for bad in (0, -5, "1h", True):
+    for bad in (0, -5, "1h", True, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="positive number of seconds"):
             budget_seconds(bad, "cpu")
 

@@ -172,7 +172,24 @@ def test_devices_refuses_device_and_bad_names(tiny_setup, tmp_path):
     both = runner.invoke(main, train_args(dataset.root, work, experiment_path, "--devices", "cpu,cpu"))
     assert both.exit_code == 2 and "not with --device" in both.output
     bad = runner.invoke(main, train_args(dataset.root, work, experiment_path, "--devices", "cpu,,cpu", device=None))
-    assert bad.exit_code == 1 and "give devices separated by commas" in bad.output
+    assert bad.exit_code == 1 and "has an empty entry" in bad.output
+    empty = runner.invoke(main, train_args(dataset.root, work, experiment_path, "--devices", "", device=None))
+    assert empty.exit_code == 1 and "--devices is empty" in empty.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_devices_refuses_an_unusable_device_before_any_work(tiny_setup, tmp_path):
+    dataset, _, experiment_path = tiny_setup
+    from click.testing import CliRunner
+
+    from freesound.cli import main
+
+    work = tmp_path / "fresh"
+    result = CliRunner().invoke(main, train_args(dataset.root, work, experiment_path, "--devices", "cpu,cuda:0",
+                                                 device=None))
+    assert result.exit_code == 1, result.output
+    assert "cannot run a convolution on cuda:0" in result.output and "Traceback" not in result.output
+    assert not work.exists()
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 4])

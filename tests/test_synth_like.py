@@ -167,6 +167,17 @@ def test_cli_synth_like_and_its_errors(replica, tmp_path):
     assert not (tmp_path / "nope").exists()
     assert "--duration-scale applies only with --like" in run_cli(
         "synth", tmp_path / "x", "--duration-scale", "0.5", expect=2).output
+    result = run_cli("synth", tmp_path / "inf", "--like", meta, "--duration-scale", "inf", expect=1)
+    assert "finite duration scale" in result.output and not (tmp_path / "inf").exists()
+    # A file name that is a path would be written outside the data folder: refused, nothing written.
+    escape = tmp_path / "escape"
+    shutil.copytree(meta, escape)
+    frame = pd.read_csv(escape / "train_curated.csv")
+    frame.loc[0, "fname"] = "../escape.wav"
+    frame.to_csv(escape / "train_curated.csv", index=False)
+    result = run_cli("synth", tmp_path / "out", "--like", escape, expect=1)
+    assert "row 2" in result.output and "not a plain file name" in result.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "escape.wav").exists()
 
 
 @pytest.mark.slow

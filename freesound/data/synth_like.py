@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -99,7 +100,11 @@ def read_reference(meta_dir) -> Reference:
             raise DatasetError(f"{path}: expected columns 'fname,labels', got {list(frame.columns)[:4]}")
         labels = [parse_labels(text, classes, where=f"{path}, row {row + 2} ({fname})")
                   for row, (fname, text) in enumerate(zip(frame.fname, frame.labels))]
-        for fname in frame.fname:
+        for row, fname in enumerate(frame.fname):
+            # The name becomes a file under OUT/<part>/: a path would write elsewhere.
+            if not isinstance(fname, str) or fname in ("", ".", "..") or Path(fname).name != fname \
+                    or "\\" in fname:
+                raise DatasetError(f"{path}, row {row + 2}: fname {fname!r} is not a plain file name")
             if fname in seen:
                 raise DatasetError(f"{path}: fname {fname!r} appears more than once (also in {seen[fname]})")
             seen[fname] = name
@@ -211,8 +216,8 @@ def synthesize_like(out_dir, meta_dir, *, duration_scale: float = 1.0, seed: int
     DatasetError
         A metadata file that is missing or malformed, named with its row.
     """
-    if not duration_scale > 0:
-        raise SynthError(f"synth needs a duration scale > 0, got {duration_scale}")
+    if not 0 < duration_scale < math.inf:
+        raise SynthError(f"synth needs a finite duration scale > 0, got {duration_scale}")
     if seed < 0:
         raise SynthError(f"synth needs seed >= 0, got {seed}")
     out_dir, meta_dir = Path(out_dir), Path(meta_dir)

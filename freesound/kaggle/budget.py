@@ -27,6 +27,7 @@ Everything here is a pure function of numbers; ``freesound.kaggle.runtime`` does
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -198,6 +199,6 @@ def budget_seconds(time_limit, device_type: str) -> float:
         seconds = time_limit.get(kind, DEFAULT_BUDGET_SECONDS[kind])
     else:
         seconds = time_limit
-    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not seconds > 0:
-        raise ValueError(f"a time limit must be a positive number of seconds, got {seconds!r}")
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 < seconds < math.inf:
+        raise ValueError(f"a time limit must be a finite, positive number of seconds, got {seconds!r}")
     return float(seconds)

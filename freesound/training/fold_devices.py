@@ -29,6 +29,7 @@ from freesound.data.dataset import Dataset
 from freesound.data.features import ensure_features
 from freesound.data.folds import read_folds
 from freesound.errors import FreesoundError
+from freesound.predict.device import require_device
 from freesound.progress import progress_bar
 from freesound.training.trainer import TRAIN_SPLITS, TrainingReport, check_experiment, score_trained, train_fold
 
@@ -43,21 +44,29 @@ class FoldProcessError(FreesoundError):
 
 
 def parse_devices(text: str) -> list:
-    """``"cuda:0,cuda:1"`` -> ``["cuda:0", "cuda:1"]``, each a device torch understands.
+    """``"cuda:0,cuda:1"`` -> ``["cuda:0", "cuda:1"]``, each a device torch understands and that
+    ran one tiny convolution (``freesound.predict.device.require_device``), before any work starts.
 
     Raises
     ------
     FreesoundError
         An empty list or entry, or a name torch does not know (named).
+    UnusableDeviceError
+        A device this machine cannot run (named, with the reason).
     """
     names = [name.strip() for name in text.split(",")]
-    if not text.strip() or not all(names):
-        raise FreesoundError(f"--devices {text!r}: give devices separated by commas, e.g. cuda:0,cuda:1")
+    if not text.strip():
+        raise FreesoundError("--devices is empty: give devices separated by commas, e.g. cuda:0,cuda:1")
+    if not all(names):
+        raise FreesoundError(f"--devices {text!r} has an empty entry: give devices separated by commas, "
+                             "e.g. cuda:0,cuda:1")
     for name in names:
         try:
             torch.device(name)
         except RuntimeError:
             raise FreesoundError(f"--devices: {name!r} is not a torch device (e.g. cuda:0, cuda:1, cpu)") from None
+    for name in dict.fromkeys(names):
+        require_device(name)
     return names
 
 
