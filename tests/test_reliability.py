@@ -763,3 +763,19 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tiny_data, tmp_path
     # Nothing half-written is left where a reader would take it.
     assert sorted(p.name for p in fold_b.iterdir() if not p.name.startswith(".")) == ["config.toml", "log.csv",
                                                                                        "model.pt"]
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_would_give(tmp_path):
+    """mkstemp makes private files; a written kernel or CSV must be as readable as any other file."""
+    import os
+
+    from freesound.fileio import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "kernel.py", "print(1)\n")
+        with open(tmp_path / "plain.py", "w") as handle:
+            handle.write("print(1)\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "kernel.py").stat().st_mode & 0o777 == (tmp_path / "plain.py").stat().st_mode & 0o777 == 0o644
