@@ -89,7 +89,7 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
     scores = None
     if dataset is not None and isinstance(config, Experiment) and oof:
         scores = predict_oof(name, dataset, work, device=device, batch_size=batch_size, precision=precision,
-                             feature_workers=feature_workers, runtime=runtime, log=log)
+                             feature_workers=feature_workers, progress=progress, runtime=runtime, log=log)
     folder = None if audio_dir is None else scan_audio_folder(audio_dir, all_files=all_files)
     if folder is not None and not folder.files:
         left_out = f"; left out as not audio by name: {folder.describe_left_out()} (--all-files decodes every file)"
