@@ -153,15 +153,20 @@ def test_same_seed_same_replica_and_an_interrupted_run_resumes(replica, tmp_path
     assert synthesize_like(tmp_path / "cut", meta, duration_scale=SCALE, seed=1, progress=False).rendered == 0
 
 
+def _metadata_with(meta, out, *, row: int, column: str, value: str):
+    """A copy of the metadata folder ``meta`` at ``out`` with one cell of train_curated.csv changed."""
+    shutil.copytree(meta, out)
+    frame = pd.read_csv(out / "train_curated.csv")
+    frame.loc[row, column] = value
+    frame.to_csv(out / "train_curated.csv", index=False)
+    return out
+
+
 def test_cli_synth_like_and_its_errors(replica, tmp_path):
     meta, _, _ = replica
     out = run_cli("synth", tmp_path / "cli", "--like", meta, "--duration-scale", "0.01").output
     assert "clips" in out and (tmp_path / "cli" / "sample_submission.csv").is_file()
-    bad = tmp_path / "bad"
-    shutil.copytree(meta, bad)
-    frame = pd.read_csv(bad / "train_curated.csv")
-    frame.loc[3, "labels"] = "Not_a_class"
-    frame.to_csv(bad / "train_curated.csv", index=False)
+    bad = _metadata_with(meta, tmp_path / "bad", row=3, column="labels", value="Not_a_class")
     result = run_cli("synth", tmp_path / "nope", "--like", bad, expect=1)
     assert "train_curated.csv, row 5" in result.output and "Not_a_class" in result.output
     assert not (tmp_path / "nope").exists()
@@ -170,11 +175,7 @@ def test_cli_synth_like_and_its_errors(replica, tmp_path):
     result = run_cli("synth", tmp_path / "inf", "--like", meta, "--duration-scale", "inf", expect=1)
     assert "finite duration scale" in result.output and not (tmp_path / "inf").exists()
     # A file name that is a path would be written outside the data folder: refused, nothing written.
-    escape = tmp_path / "escape"
-    shutil.copytree(meta, escape)
-    frame = pd.read_csv(escape / "train_curated.csv")
-    frame.loc[0, "fname"] = "../escape.wav"
-    frame.to_csv(escape / "train_curated.csv", index=False)
+    escape = _metadata_with(meta, tmp_path / "escape", row=0, column="fname", value="../escape.wav")
     result = run_cli("synth", tmp_path / "out", "--like", escape, expect=1)
     assert "row 2" in result.output and "not a plain file name" in result.output
     assert not (tmp_path / "out").exists() and not (tmp_path / "escape.wav").exists()
