@@ -133,8 +133,8 @@ def predict_files(predictor, paths, *, on_error: str = "raise", failures: list |
 
 
 def predict_logmels_from_files(paths, config: AudioConfig, *, on_error: str = "raise",
-                               failures: list | None = None, workers: int = 0, track=None) -> tuple[list, list]:
-    """Decode every file to a log-mel (``iter_logmel_chunks``, all chunks together; ``track`` as there).
+                               failures: list | None = None, workers: int = 0) -> tuple[list, list]:
+    """Decode every file to a log-mel (``iter_logmel_chunks``, all chunks together).
 
     Returns
     -------
@@ -142,7 +142,7 @@ def predict_logmels_from_files(paths, config: AudioConfig, *, on_error: str = "r
     """
     names, logmels = [], []
     for chunk_names, chunk_logmels in iter_logmel_chunks(paths, config, on_error=on_error, failures=failures,
-                                                          workers=workers, track=track):
+                                                          workers=workers):
         names += chunk_names
         logmels += chunk_logmels
     return names, logmels
