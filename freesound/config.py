@@ -169,6 +169,40 @@ class DataConfig:
     noisy_corrections: str = ""
 
 
+AVERAGING_METHODS = ("none", "swa", "ema")
+
+
+@dataclass(frozen=True)
+class AveragingConfig:
+    """Weight averaging (``[averaging]``): the averaged model is the one validated, checkpointed
+    and kept in the resumable state.
+
+    ``"swa"``: stochastic weight averaging (Izmailov et al., 2018), the equal-weight mean of the
+    weights at the end of every epoch from ``swa_start`` on, its batch-norm statistics recomputed
+    over ``bn_batches`` training batches before it is validated; only models averaged from
+    ``swa_start`` on compete for the checkpoint. ``"ema"``: an exponential moving average of the
+    weights and batch-norm statistics, ``avg <- ema_decay * avg + (1 - ema_decay) * w`` after
+    every optimiser step, validated and checkpointed from the first epoch.
+    """
+
+    method: str = "none"
+    #: The first epoch (1-based) whose end-of-epoch weights enter the SWA average.
+    swa_start: int = 1
+    #: Training batches the SWA model's batch-norm statistics are recomputed over (0: one epoch's).
+    bn_batches: int = 0
+    ema_decay: float = 0.999
+
+    def __post_init__(self):
+        if self.method not in AVERAGING_METHODS:
+            raise ValueError(f"method must be one of {', '.join(AVERAGING_METHODS)}, got {self.method!r}")
+        if self.swa_start < 1:
+            raise ValueError(f"swa_start must be an epoch number (1 or more), got {self.swa_start}")
+        if self.bn_batches < 0:
+            raise ValueError(f"bn_batches must be 0 (one epoch) or more, got {self.bn_batches}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be between 0 and 1, got {self.ema_decay}")
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str = "default"
@@ -180,6 +214,7 @@ class Experiment:
     mixers: MixerConfig = field(default_factory=MixerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
+    averaging: AveragingConfig = field(default_factory=AveragingConfig)
     #: The folder of the TOML file, for resolving relative paths ("" when built in code).
     source_dir: str = ""
 

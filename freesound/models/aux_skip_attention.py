@@ -162,12 +162,18 @@ class AuxSkipAttention(nn.Module):
         The merged map has ``b * last_filters`` channels.
     last_fc : int
         Every head's hidden layer has ``b * last_fc`` units.
+    noisy_head : bool
+        Add a noisy-label head ``noisy_fc``, the main head's shape on the same pooled features,
+        for the noisy set's labels (``freesound.training.losses.NoisyHeadLoss``); off, the model
+        is the original, parameter for parameter.
 
     Notes
     -----
     Input ``(B, 3, H, W)``, a log-mel window with its two deltas, ``(B, 3, 128, 256)`` in the
     method; global pooling makes any ``H, W >= 16`` work. ``forward`` returns the logits
-    ``(main, aux3, aux2, aux1)``, each ``(B, num_classes)``; aux3 sits on the deepest skip.
+    ``(main, aux3, aux2, aux1)``, each ``(B, num_classes)``; aux3 sits on the deepest skip. With
+    ``noisy_head``, in training mode only, the noisy head's logits follow as a fifth item; in eval
+    mode (prediction, export) it is not computed.
     """
 
     def __init__(
@@ -179,6 +185,7 @@ class AuxSkipAttention(nn.Module):
         kernel_size: int = 7,
         last_filters: int = 8,
         last_fc: int = 2,
+        noisy_head: bool = False,
     ):
         super().__init__()
         b = base_size
@@ -200,8 +207,9 @@ class AuxSkipAttention(nn.Module):
         self.aux1 = AuxHead(8 * b, b * last_fc, num_classes, dropout)
         self.aux2 = AuxHead(8 * b, b * last_fc, num_classes, dropout)
         self.aux3 = AuxHead(8 * b, b * last_fc, num_classes, dropout)
+        self.noisy_fc = classifier_head(b * last_filters, b * last_fc, num_classes, dropout) if noisy_head else None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.conv1(x)  # (B, b, H/2, W/2)
         skip1 = self.skip1(x)  # (B, 8b, H/16, W/16)
         x = self.conv2(x)  # (B, 2b, H/4, W/4)
@@ -211,5 +219,8 @@ class AuxSkipAttention(nn.Module):
         x = self.conv4(x)  # (B, 8b, H/16, W/16)
         x = torch.cat([x, skip1, skip2, skip3], dim=1)  # (B, 32b, H/16, W/16)
         x = self.merge(self.attention(x))  # (B, b * last_filters, H/16, W/16)
-        main = self.fc(x.mean((2, 3)))
-        return main, self.aux3(skip3), self.aux2(skip2), self.aux1(skip1)
+        pooled = x.mean((2, 3))
+        heads = (self.fc(pooled), self.aux3(skip3), self.aux2(skip2), self.aux1(skip1))
+        if self.noisy_fc is not None and self.training:
+            return (*heads, self.noisy_fc(pooled))
+        return heads

@@ -6,6 +6,7 @@ One epoch, top to bottom::
     score, val_values = hooks.validate()         # val lwlrap, e.g. {"val_loss": 0.05}
     scheduler.step(score)                        # reduce-on-plateau of val lwlrap
     log row: epoch, lr, train values, val values, val_lwlrap, seconds
+    if hooks.restart_best(epoch): forget the best so far # SWA's first averaged model
     if score improved: hooks.save_best(epoch, score)     # keep the best checkpoint
     early stop after `early_stop_patience` epochs without improvement
     write log.csv; hooks.save_state(progress)    # the resumable state, after the log
@@ -78,6 +79,10 @@ class Hooks:
     save_state : ``(Progress) -> None``, the resumable state, after the log is written (optional)
     end_epoch : ``(Progress, row) -> None``, last; may raise to stop training, as a search does to
         prune a trailing trial (optional)
+    restart_best : ``(epoch, 1-based) -> bool``, before the score is compared: True when this
+        epoch's model is the first of a kind the earlier ones must not compete with (SWA's first
+        averaged model); the best score and the epochs without improvement then start afresh from
+        it (optional)
     """
 
     train_epoch: Callable[[int], dict]
@@ -85,6 +90,7 @@ class Hooks:
     save_best: Callable[[int, float], None]
     save_state: Callable[[Progress], None] | None = None
     end_epoch: Callable[[Progress, dict], None] | None = None
+    restart_best: Callable[[int], bool] | None = None
 
 
 def fit(hooks: Hooks, optimizer, scheduler, *, max_epochs: int, early_stop_patience: int, log_path, columns,
@@ -113,6 +119,8 @@ def fit(hooks: Hooks, optimizer, scheduler, *, max_epochs: int, early_stop_patie
         row = {"epoch": progress.epoch, "lr": optimizer.param_groups[0]["lr"], **train_values, **val_values,
                "val_lwlrap": score, "seconds": time.perf_counter() - started}
         progress.rows.append({column: row[column] for column in columns})
+        if hooks.restart_best is not None and hooks.restart_best(progress.epoch):
+            progress.best_score, progress.bad_epochs = -1.0, 0
         if score > progress.best_score:
             progress.best_score, progress.best_epoch, progress.bad_epochs = score, progress.epoch, 0
             hooks.save_best(progress.epoch, score)

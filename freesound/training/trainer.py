@@ -42,6 +42,7 @@ from freesound.models import create_model, save_checkpoint
 from freesound.paths import checkpoint_path, fold_dir, train_state_path
 from freesound.progress import progress_bar
 from freesound.training.augment import train_transform, train_window_transform, valid_transform
+from freesound.training.averaging import WeightAverage
 from freesound.training.device_augment import AugmentedBatches, BatchAugment
 from freesound.training.distributed import SINGLE, Processes, process_device, process_group
 from freesound.training.engine import (
@@ -56,7 +57,7 @@ from freesound.training.engine import (
     rng_states,
     save_state,
 )
-from freesound.training.losses import AuxLoss, NoisyCuratedLoss, make_loss
+from freesound.training.losses import AuxLoss, NoisyCuratedLoss, NoisyHeadLoss, make_loss
 from freesound.training.mixers import method_mixer
 from freesound.training.oof import predict_oof
 from freesound.training.sampling import (
@@ -188,6 +189,12 @@ def create_training_model(experiment: Experiment, num_classes: int, device) -> t
 
 
 def build_loss(experiment: Experiment):
+    """The training loss over the model's heads: ``loss.curated`` on trusted and ``loss.noisy``
+    on noisy samples, on every head; with a noisy-label head (``model.params.noisy_head``),
+    trusted samples on the usual heads and noisy ones on that head only (``NoisyHeadLoss``)."""
+    if experiment.model.params.get("noisy_head", False):
+        return NoisyHeadLoss(make_loss(**experiment.loss.curated), make_loss(**experiment.loss.noisy),
+                             weights=experiment.model.aux_weights)
     noisy_curated = NoisyCuratedLoss(
         make_loss(**experiment.loss.curated), make_loss(**experiment.loss.noisy)
     )
@@ -331,6 +338,9 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
     )
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     modules = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    averaging = WeightAverage(model, experiment.averaging)
+    if averaging.enabled:
+        modules["averaged"] = averaging.averaged
     loss_fn = build_loss(experiment)
     valid_loss_fn = make_loss(**experiment.loss.curated)
 
@@ -361,33 +371,40 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
             return FoldResult(fold, run.best_epoch, run.best_score, run.epoch, out_dir / "model.pt")
     processes.main_only(atomic_write_text)(out_dir / "config.toml", dump_experiment(experiment))
 
-    def train_one_epoch(epoch: int) -> dict:
-        train_set.set_epoch(epoch)
+    def epoch_batches():
         loader = DataLoader(
             train_set, batch_size=shard.local_batch, sampler=shard, num_workers=cfg.workers,
             drop_last=True, pin_memory=device.type == "cuda",
         )
-        batches = loader if augment is None else AugmentedBatches(loader, augment)
-        loss = train_epoch(train_model, batches, loss_fn, optimizer, scaler, device, use_amp,
-                           desc=f"fold {fold} epoch {epoch + 1}", progress=progress)
+        return loader if augment is None else AugmentedBatches(loader, augment)
+
+    def train_one_epoch(epoch: int) -> dict:
+        train_set.set_epoch(epoch)
+        loss = train_epoch(train_model, epoch_batches(), loss_fn, optimizer, scaler, device, use_amp,
+                           desc=f"fold {fold} epoch {epoch + 1}", progress=progress, after_step=averaging.step_hook(model))
+        averaging.end_epoch(model, epoch + 1, epoch_batches, device)
         return {"train_loss": processes.mean(loss)}
 
     def validate() -> tuple:
         processes.sync_buffers(model)  # every process validates process 0's model, the one saved
+        evaluated = averaging.current(model)
+        if evaluated is not model:
+            processes.sync_buffers(evaluated)
         part = processes.shard(len(valid_set))
-        loss_sum, scores = _validate(model, Subset(valid_set, part), valid_loss_fn, cfg.batch_size, device, use_amp,
-                                     len(dataset.classes))
+        loss_sum, scores = _validate(evaluated, Subset(valid_set, part), valid_loss_fn, cfg.batch_size, device,
+                                     use_amp, len(dataset.classes))
         scores = processes.gather(scores)
         val_loss = sum(processes.gather_objects(loss_sum)) / len(valid_set)
         return lwlrap(valid_targets, scores), {"val_loss": val_loss}
 
     def save_best(epoch: int, score: float) -> None:
+        averaged = {"averaging": experiment.averaging.method} if averaging.current(model) is not model else {}
         save_checkpoint(
-            out_dir / "model.pt", model,
+            out_dir / "model.pt", averaging.current(model),
             model_name=experiment.model.name,
             model_params={"num_classes": len(dataset.classes), **experiment.model.params},
             classes=list(dataset.classes), audio_config=experiment.audio.to_dict(),
-            experiment=experiment.name, fold=fold, epoch=epoch, val_lwlrap=float(score),
+            experiment=experiment.name, fold=fold, epoch=epoch, val_lwlrap=float(score), **averaged,
         )
 
     def save_fold_state(run: Progress) -> None:
@@ -403,9 +420,13 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
         if on_epoch is not None:
             on_epoch(run, row)
 
-    hooks = Hooks(train_one_epoch, validate, processes.main_only(save_best), save_fold_state, end_epoch)
+    hooks = Hooks(train_one_epoch, validate, processes.main_only(save_best), save_fold_state, end_epoch,
+                  restart_best=averaging.restarts_best if averaging.enabled else None)
     run = fit(hooks, optimizer, scheduler, max_epochs=max_epochs, early_stop_patience=cfg.early_stop_patience,
               log_path=out_dir / "log.csv" if processes.main else None, columns=LOG_COLUMNS, progress=run)
+    if experiment.averaging.method == "swa" and run.epoch < experiment.averaging.swa_start:
+        log(f"fold {fold}: training ended at epoch {run.epoch}, before SWA's first epoch "
+            f"({experiment.averaging.swa_start}): model.pt holds the best model without averaging")
     return FoldResult(fold, run.best_epoch, run.best_score, run.epoch, out_dir / "model.pt")
 
 
@@ -417,11 +438,13 @@ def _read_resume_state(path: Path, experiment: Experiment, work, fold: int) -> t
     return state, _state_conflicts(state, experiment, work, fold)
 
 
-def train_epoch(model, loader, loss_fn, optimizer, scaler, device, use_amp, *, desc="train", progress=False) -> float:
+def train_epoch(model, loader, loss_fn, optimizer, scaler, device, use_amp, *, desc="train", progress=False,
+                after_step=None) -> float:
     """One pass over ``loader``'s ``(images, targets, noisy)`` batches; returns the mean loss.
 
     ``use_amp`` runs the forward pass under fp16 autocast (CUDA); ``scaler`` is a
-    ``torch.amp.GradScaler``, disabled when AMP is off.
+    ``torch.amp.GradScaler``, disabled when AMP is off. ``after_step()``, when given, runs after
+    every optimiser step (an EMA of the weights).
     """
     model.train()
     total, count = 0.0, 0
@@ -436,6 +459,8 @@ def train_epoch(model, loader, loss_fn, optimizer, scaler, device, use_amp, *, d
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if after_step is not None:
+            after_step()
         total += loss.item() * len(images)
         count += len(images)
         bar.set_postfix(loss=f"{total / count:.4f}")
