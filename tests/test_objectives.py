@@ -355,6 +355,34 @@ def test_options_train_and_predict_through_the_commands(tiny_work, tmp_path):
     assert checkpoint["averaging"] == "swa" and checkpoint["epoch"] == 2
 
 
+@pytest.mark.slow
+def test_noisy_head_and_swa_under_torchrun(tiny_data, tmp_path):
+    """2 gloo processes (DDP) with the noisy head and SWA: every parameter gets a gradient each step
+    even in a process's slice without noisy samples, and the logged val lwlrap of the saved epoch
+    is that of the saved averaged weights on the whole fold (every process validated process 0's
+    averaged model, batch-norm statistics included)."""
+    from test_distributed import freesound_command, train_args, whole_fold_lwlrap
+
+    from freesound.config import load_experiment
+
+    dataset, work = tiny_data
+    toml = tiny_experiment_toml("aux_skip_attention", epoch_size=32, max_epochs=1,
+                                extra_params=", ratio = 4, noisy_head = true")
+    toml = toml.replace("noisy = 0.3", "noisy = 0.1") + '\n[averaging]\nmethod = "swa"\nbn_batches = 2\n'
+    experiment_path = tmp_path / "tiny.toml"
+    experiment_path.write_text(toml)
+    run = tmp_path / "run"
+    shutil.copytree(work, run)
+    done = freesound_command(train_args(dataset.root, run, experiment_path, "--fold", "0"), tmp_path, True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    fold_dir = run / "experiments" / "tiny" / "fold_0"
+    log = pd.read_csv(fold_dir / "log.csv")
+    checkpoint = load_checkpoint(fold_dir / "model.pt")
+    assert checkpoint["averaging"] == "swa" and list(log.epoch) == [1]
+    recomputed = whole_fold_lwlrap(fold_dir / "model.pt", load_experiment(experiment_path, tmp_path), dataset, run)
+    assert recomputed == pytest.approx(log.val_lwlrap[log.epoch == checkpoint["epoch"]].item(), abs=1e-6)
+
+
 if __name__ == "__main__":  # record the golden default run (see the test above)
     import sys
     import tempfile
