@@ -251,6 +251,19 @@ def test_fit_restarts_the_best_when_asked():
     assert (progress.best_epoch, progress.best_score, progress.bad_epochs, saved) == (3, 0.6, 1, [1, 2, 3])
 
 
+def test_states_saved_before_the_averaging_section_existed_still_resume(tiny_work):
+    from freesound.training.trainer import resume_conflicts
+
+    dataset, work = tiny_work
+    train_fold(averaging_experiment({}, max_epochs=1), dataset, work, 0, **QUIET)
+    path = train_state_path(work, "tiny", 0)
+    state = torch.load(path, weights_only=True)
+    del state["experiment"]["averaging"]  # as saved before [averaging] existed
+    torch.save(state, path)
+    assert resume_conflicts(averaging_experiment({}, max_epochs=2), work, 0) == []
+    assert resume_conflicts(averaging_experiment({"method": "ema"}), work, 0) == ["averaging.method"]
+
+
 def averaging_experiment(averaging, max_epochs=3, **model_params):
     return experiment_from_dict({
         "name": "tiny",

@@ -110,9 +110,11 @@ def changed_settings(saved: dict, current: dict) -> list:
 
 def _saved_settings(state: dict, work, name: str, fold: int) -> dict | None:
     """The settings a saved state was trained with: stored in it, or, for states from before
-    they were, the fold's config.toml (None when neither is there)."""
+    they were, the fold's config.toml (None when neither is there). A section added to the
+    settings after the state was saved (``[averaging]``) counts as its defaults, which are what
+    the state was trained with."""
     if "experiment" in state:
-        return state["experiment"]
+        return {**Experiment().to_dict(), **state["experiment"]}
     config = fold_dir(work, name, fold) / "config.toml"
     return experiment_from_dict(read_toml(config), name=name).to_dict() if config.is_file() else None
 
