@@ -74,12 +74,13 @@ def save_fold(path, name, params, seed):
 
 
 def write_weights(weights_root: Path) -> None:
-    """Two tiny experiments of two folds each and an FCNet stacker on their probabilities."""
+    """Two tiny experiments of two folds each and an FCNet stacker on their probabilities; the
+    second experiment's models have a noisy-label head, which prediction ignores."""
     for fold in range(2):
         save_fold(weights_root / f"exp_a/fold_{fold}/model.pt", "aux_skip_attention",
                   {"num_classes": len(CLASSES), "base_size": 4}, seed=fold)
         save_fold(weights_root / f"exp_b/fold_{fold}/model.pt", "simple_cnn",
-                  {"num_classes": len(CLASSES), "base_size": 4}, seed=10 + fold)
+                  {"num_classes": len(CLASSES), "base_size": 4, "noisy_head": True}, seed=10 + fold)
         save_fold(weights_root / f"ens_stacker/fold_{fold}/model.pt", "fcnet",
                   {"in_channels": 2 * len(CLASSES), "num_classes": len(CLASSES), "base_size": 8}, seed=20 + fold)
         (weights_root / f"exp_a/fold_{fold}/config.toml").write_text(CONFIG)

@@ -20,6 +20,7 @@ from freesound.config import AveragingConfig, ConfigError, experiment_from_dict
 from freesound.models import create_model, load_checkpoint, load_model
 from freesound.paths import train_state_path
 from freesound.predict import Tagger
+from freesound.predict.runtimes import runtime_usable
 from freesound.training.averaging import WeightAverage
 from freesound.training.engine import Hooks, fit
 from freesound.training.losses import AuxLoss, NoisyCuratedLoss, NoisyHeadLoss, bce, lsep, lsoft, make_loss
@@ -138,6 +139,17 @@ def test_noisy_head_is_trained_only_and_ignored_at_prediction(name, params):
     logmels = [np.random.default_rng(0).uniform(-80, 0, (32, 300)).astype(np.float32)]
     np.testing.assert_array_equal(Tagger([model], [f"c{i}" for i in range(5)]).predict_spectrograms(logmels),
                                   Tagger([plain], [f"c{i}" for i in range(5)]).predict_spectrograms(logmels))
+
+
+@pytest.mark.skipif(not runtime_usable("onnxruntime"),
+                    reason="onnx or onnxruntime not installed (pip install 'freesound[onnx]')")
+def test_noisy_head_model_exports_its_main_head_to_onnx():
+    torch.manual_seed(0)
+    model = create_model("aux_skip_attention", num_classes=5, base_size=4, ratio=4, noisy_head=True).eval()
+    logmels = [np.random.default_rng(0).uniform(-80, 0, (128, width)).astype(np.float32) for width in (40, 300)]
+    classes = [f"c{i}" for i in range(5)]
+    np.testing.assert_allclose(Tagger([model], classes, runtime="onnxruntime").predict_spectrograms(logmels),
+                               Tagger([model], classes, runtime="torch").predict_spectrograms(logmels), atol=1e-5)
 
 
 def test_noisy_head_loss_splits_the_batch_between_the_heads():
