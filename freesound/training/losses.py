@@ -245,9 +245,10 @@ def make_loss(name: str, **params) -> Callable[..., torch.Tensor]:
     Parameters
     ----------
     name : {"bce", "lsoft", "lq", "lsep", "noisy_curated"}
-        ``"bce"``; ``"lsoft"`` (``beta``); ``"lq"`` (``q``); ``"lsep"`` (no parameters); ``"noisy_curated"`` with ``curated`` and
-        ``noisy`` sub-configs such as ``{"name": "lsoft", "beta": 0.7}`` (defaults: BCE for
-        trusted samples, L_soft with ``beta=0.7`` for noisy ones).
+        ``"bce"``; ``"lsoft"`` (``beta``); ``"lq"`` (``q``); ``"lsep"`` (no parameters);
+        ``"noisy_curated"`` with ``curated`` and ``noisy`` sub-configs such as
+        ``{"name": "lsoft", "beta": 0.7}`` (defaults: BCE for trusted samples, L_soft with
+        ``beta=0.7`` for noisy ones).
 
     Returns
     -------

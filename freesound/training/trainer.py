@@ -3,7 +3,8 @@
 Per epoch (``freesound.training.engine.fit``): train on ``epoch_size`` sampled clips, validate on
 the held-out curated fold (centre-cropped), then, in this order: step the plateau scheduler on val
 lwlrap, keep the checkpoint if val lwlrap improved, write ``log.csv``, save the resumable state,
-and stop early after ``early_stop_patience`` epochs without improvement.
+and stop early after ``early_stop_patience`` epochs without improvement. With ``[averaging]`` (SWA
+or EMA, ``freesound.training.averaging``) the averaged model is the one validated and kept.
 
 Files in ``<work>/experiments/<name>/fold_<k>/``::
 
@@ -383,7 +384,8 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
     def train_one_epoch(epoch: int) -> dict:
         train_set.set_epoch(epoch)
         loss = train_epoch(train_model, epoch_batches(), loss_fn, optimizer, scaler, device, use_amp,
-                           desc=f"fold {fold} epoch {epoch + 1}", progress=progress, after_step=averaging.step_hook(model))
+                           desc=f"fold {fold} epoch {epoch + 1}", progress=progress,
+                           after_step=averaging.step_hook(model))
         averaging.end_epoch(model, epoch + 1, epoch_batches, device)
         return {"train_loss": processes.mean(loss)}
 
