@@ -93,7 +93,7 @@ def test_default_spaces_are_valid_and_in_the_help(experiments):
 
 
 @pytest.mark.parametrize("space, message", [
-    ({"trian": {"lr": {"uniform": [0.1, 0.2]}}}, r"'trian'.*unknown key\(s\) trian; valid keys are audio, data"),
+    ({"trian": {"lr": {"uniform": [0.1, 0.2]}}}, r"'trian'.*unknown key\(s\) trian; valid keys are audio, averaging, data"),
     ({"train.lrr": {"uniform": [0.1, 0.2]}}, r"'train.lrr'.*unknown key\(s\) lrr; valid keys are amp, augment_on_device, batch_size"),
     ({"train.lr.x": {"uniform": [0.1, 0.2]}}, r"'train.lr.x'.*train.lr is a setting, not a table"),
     ({"train.lr": {"normal": [0.1, 0.2]}}, r"'train.lr': unknown distribution normal; use one of uniform"),
