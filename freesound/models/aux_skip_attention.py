@@ -162,11 +162,14 @@ class AuxSkipAttention(nn.Module):
         The merged map has ``b * last_filters`` channels.
     last_fc : int
         Every head's hidden layer has ``b * last_fc`` units.
+    in_channels : int
+        Input planes: 3 in the method (log-mel, delta, delta-delta), 4 with the frequency-position
+        plane (``[input] freq_channel``); only the first convolution's weight depends on it.
 
     Notes
     -----
-    Input ``(B, 3, H, W)``, a log-mel window with its two deltas, ``(B, 3, 128, 256)`` in the
-    method; global pooling makes any ``H, W >= 16`` work. ``forward`` returns the logits
+    Input ``(B, in_channels, H, W)``, a log-mel window with its two deltas, ``(B, 3, 128, 256)`` in
+    the method; global pooling makes any ``H, W >= 16`` work. ``forward`` returns the logits
     ``(main, aux3, aux2, aux1)``, each ``(B, num_classes)``; aux3 sits on the deepest skip.
     """
 
@@ -179,6 +182,7 @@ class AuxSkipAttention(nn.Module):
         kernel_size: int = 7,
         last_filters: int = 8,
         last_fc: int = 2,
+        in_channels: int = 3,
     ):
         super().__init__()
         b = base_size
@@ -187,7 +191,7 @@ class AuxSkipAttention(nn.Module):
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
         # Registration order fixes the state-dict order, which follows the original's.
-        self.conv1 = ConvBlock(3, b)
+        self.conv1 = ConvBlock(in_channels, b)
         self.skip1 = SkipBlock(b, 8 * b, scale=8)
         self.conv2 = ConvBlock(b, 2 * b)
         self.skip2 = SkipBlock(2 * b, 8 * b, scale=4)
