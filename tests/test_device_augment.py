@@ -124,17 +124,23 @@ def test_an_unmixed_sample_is_its_own_network_input():
     assert np.abs(out - to_network_input(windows[0, 0].numpy())).max() < TOLERANCE
 
 
-def test_training_with_augment_on_device_matches_the_cpu_pipeline(tiny_data, tmp_path):
+#: The input options of the other top solutions, all on (tests/test_input_options.py).
+INPUT_OPTIONS = {"input": {"freq_channel": True}, "transforms": {"freq_warp_prob": 0.5},
+                 "mixers": {"prob": 1.0, "sigmoid_concat": 0.3, "add": 0.2, "specmix": 0.5}}
+
+
+@pytest.mark.parametrize("options", [{}, INPUT_OPTIONS], ids=["method", "input-options"])
+def test_training_with_augment_on_device_matches_the_cpu_pipeline(tiny_data, tmp_path, options):
     """The setting changes where the work runs, not what is trained: a fold's first batch has the
-    CPU pipeline's loss (to float rounding). (Later steps drift apart: Adam's first step moves
-    every weight by about the learning rate times the sign of its gradient, and rounding flips
-    the sign of the near-zero ones.)"""
+    CPU pipeline's loss (to float rounding), with the method's augmentation and with the input
+    options on. (Later steps drift apart: Adam's first step moves every weight by about the
+    learning rate times the sign of its gradient, and rounding flips the sign of the near-zero ones.)"""
     import shutil
 
     dataset, work = tiny_data
     values = {"name": "tiny", "model": {"name": "simple_cnn", "params": {"base_size": 4}, "aux_weights": [1.0]},
               "train": {"batch_size": 8, "epoch_size": 8, "max_epochs": 1, "workers": 0, "lr": 3e-3},
-              "sampling": {"curated": 0.7, "corrected_noisy": 0.0, "noisy": 0.3}}
+              "sampling": {"curated": 0.7, "corrected_noisy": 0.0, "noisy": 0.3}, **options}
     losses = {}
     for on_device in (False, True):
         run_work = tmp_path / str(on_device)
