@@ -8,8 +8,8 @@
     fold_devices.py  folds in parallel, one process per device (``train --devices``)
     device_augment.py  SpecAugment, deltas and mixing on a batch on the training device
     sampling.py  the per-epoch sampler over curated / corrected-noisy / noisy clips
-    augment.py   train-time spectrogram transforms (crop, resized crop, SpecAugment)
-    mixers.py    sample mixers (sigmoid-concat, additive)
+    augment.py   train-time spectrogram transforms (crop, resized crop, frequency warp, SpecAugment)
+    mixers.py    sample mixers (sigmoid-concat, additive, SpecMix)
     losses.py    BCE, L_soft, L_q and the auxiliary-head weighting
     oof.py       out-of-fold prediction and scores of a trained experiment
     baseline.py  a logistic regression on band statistics, the yardstick
