@@ -82,7 +82,7 @@ def pipeline_rows(experiment, device: torch.device, quick: bool, batch_size: int
 
     augment = BatchAugment(experiment.transforms.crop, device)
     batch = [torch.stack(parts) for parts in zip(*(sets["window only"][i] for i in range(batch_size)))]
-    moved = [part.to(device) for part in batch[:3]]
+    moved = [part.to(device) for part in batch[:4]]
 
     def augment_batch():
         augment(*moved)

@@ -190,7 +190,7 @@ def check_training_feed(quick: bool) -> Check:
     sets = both_sets(experiment)
     window = sets["window only"]
     augment = BatchAugment(experiment.transforms.crop, DEVICE)
-    sample = [torch.stack(parts).to(DEVICE) for parts in zip(*(window[i] for i in range(batch_size)))][:3]
+    sample = [torch.stack(parts).to(DEVICE) for parts in zip(*(window[i] for i in range(batch_size)))][:4]
 
     def augment_batch():
         augment(*sample)

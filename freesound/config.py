@@ -152,6 +152,11 @@ class TransformConfig:
     crop: int = 256
     resized_crop_prob: float = 0.33
     spec_augment_prob: float = 0.5
+    #: Frequency warping (the upb team's, FAT2019 5th place): a piecewise-linear stretch of the mel
+    #: axis by a factor U(1 - freq_warp_max, 1 + freq_warp_max), applied with this probability
+    #: (``freesound.training.augment.FrequencyWarp``). Off in the method.
+    freq_warp_prob: float = 0.0
+    freq_warp_max: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,41 @@ class MixerConfig:
     prob: float = 0.8
     sigmoid_concat: float = 0.6
     add: float = 0.4
+    #: SpecMix's share of the mixes (Kim et al., Interspeech 2021; FAT2019 8th place); with it,
+    #: ``sigmoid_concat + add + specmix`` must be 1. Off in the method.
+    specmix: float = 0.0
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """What the network sees beside the log-mel window and its two deltas (``[input]``).
+
+    Recorded in every checkpoint (``network_input``) so that prediction builds the same input.
+    """
+
+    #: A fourth input plane holding each row's mel band position, linearly from -1 (the lowest
+    #: band) to 1 (the highest), the same in every frame (CoordConv, Liu et al. 2018; FAT2019
+    #: 3rd place). Off in the method.
+    freq_channel: bool = False
+
+    @property
+    def channels(self) -> int:
+        """Input planes: log-mel, delta, delta-delta, and the frequency position if on."""
+        return 4 if self.freq_channel else 3
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "InputConfig":
+        """From a checkpoint's ``network_input`` (missing: the method's 3-plane input); unknown
+        keys are a ``ValueError`` naming the valid ones."""
+        values = dict(values or {})
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"unknown network input keys {unknown}; valid keys are {sorted(valid)}")
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -215,6 +255,7 @@ class Experiment:
     data: DataConfig = field(default_factory=DataConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     averaging: AveragingConfig = field(default_factory=AveragingConfig)
+    input: InputConfig = field(default_factory=InputConfig)
     #: The folder of the TOML file, for resolving relative paths ("" when built in code).
     source_dir: str = ""
 

@@ -40,11 +40,13 @@ def sources(seed=0, classes=10):
             ClipSource("noisy", logmels(rng, 20), (rng.random((20, classes)) < 0.2).astype(np.float32), True)]
 
 
-def both_datasets(spec_prob=0.5, resize_prob=0.33, mix_prob=0.8, size=256, epoch=2):
-    options = dict(resize_prob=resize_prob, spec_prob=spec_prob)
-    cpu = SamplingDataset(sources(), [0.6, 0.4], 512, train_transform(size, **options), method_mixer(mix_prob), seed=3)
+def both_datasets(spec_prob=0.5, resize_prob=0.33, mix_prob=0.8, size=256, epoch=2, freq_warp_prob=0.0,
+                  mixer_probs=(0.6, 0.4, 0.0), freq_channel=False):
+    options = dict(resize_prob=resize_prob, spec_prob=spec_prob, freq_warp_prob=freq_warp_prob)
+    cpu = SamplingDataset(sources(), [0.6, 0.4], 512, train_transform(size, **options),
+                          method_mixer(mix_prob, *mixer_probs), seed=3, freq_channel=freq_channel)
     device = WindowSamplingDataset(sources(), [0.6, 0.4], 512, train_window_transform(size, **options),
-                                   method_mixer(mix_prob), seed=3)
+                                   method_mixer(mix_prob, *mixer_probs), seed=3)
     cpu.set_epoch(epoch)
     device.set_epoch(epoch)
     return cpu, device
@@ -86,16 +88,19 @@ def test_deferred_spec_augment_draws_what_spec_augment_applies():
 
 
 @pytest.mark.parametrize("settings", [{}, {"spec_prob": 1.0, "resize_prob": 1.0, "mix_prob": 1.0},
-                                      {"spec_prob": 0.0, "resize_prob": 0.0, "mix_prob": 0.0}])
+                                      {"spec_prob": 0.0, "resize_prob": 0.0, "mix_prob": 0.0},
+                                      {"freq_warp_prob": 0.7, "mixer_probs": (0.3, 0.2, 0.5), "freq_channel": True}])
 def test_batch_augment_gives_the_cpu_pipelines_images(settings):
-    """Every sample of a batch (mixed or not, masked or not, resized or not) equals the CPU
-    pipeline's image for the same index; targets are identical."""
+    """Every sample of a batch (mixed or not, masked or not, resized or not, warped or not, by
+    SpecMix or not, with the frequency-position plane or not) equals the CPU pipeline's image for
+    the same index; targets are identical."""
     cpu, device = both_datasets(**settings)
     indices = range(40, 88)
     images, targets, noisy = collate([cpu[i] for i in indices])
-    windows, masks, weights, device_targets, device_noisy = collate([device[i] for i in indices])
-    out = BatchAugment(256, "cpu")(windows, masks, weights)
-    assert out.shape == images.shape == (48, 3, 128, 256) and out.dtype == torch.float32
+    windows, masks, weights, bands, device_targets, device_noisy = collate([device[i] for i in indices])
+    out = BatchAugment(256, "cpu", settings.get("freq_channel", False))(windows, masks, weights, bands)
+    planes = 4 if settings.get("freq_channel") else 3
+    assert out.shape == images.shape == (48, planes, 128, 256) and out.dtype == torch.float32
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert (out - images).abs().max().item() < TOLERANCE
     assert torch.equal(device_targets, targets) and torch.equal(device_noisy, noisy)
@@ -103,27 +108,39 @@ def test_batch_augment_gives_the_cpu_pipelines_images(settings):
         mixed = (weights[:, 1] != 0).any(dim=1)
         masked = (masks[:, 0, :, 1] + masks[:, 0, :, 3]).sum(dim=1) > 0
         assert 0 < mixed.sum() < len(indices) and 0 < masked.sum() < len(indices)
+        assert not bands.any()
+    if settings.get("freq_channel"):  # SpecMix took bands whole in some samples; the plane is exact
+        assert 0 < bands.any(dim=1).sum() < len(indices)
+        assert torch.equal(out[:, 3], images[:, 3])
+        expected = (2 * torch.arange(128, dtype=torch.float64) / 127 - 1)[None, :, None].expand(48, 128, 256)
+        assert (out[:, 3].double() - expected).abs().max().item() < 1e-6
 
 
 def test_an_unmixed_sample_is_its_own_network_input():
     _, device = both_datasets(spec_prob=0.0, resize_prob=0.0, mix_prob=0.0)
-    windows, masks, weights, _, _ = collate([device[5]])
-    assert torch.equal(weights[0], torch.stack([torch.ones(256), torch.zeros(256)]))
-    out = BatchAugment(256, "cpu")(windows, masks, weights)[0].numpy()
+    windows, masks, weights, bands, _, _ = collate([device[5]])
+    assert torch.equal(weights[0], torch.stack([torch.ones(256), torch.zeros(256)])) and not bands.any()
+    out = BatchAugment(256, "cpu")(windows, masks, weights, bands)[0].numpy()
     assert np.abs(out - to_network_input(windows[0, 0].numpy())).max() < TOLERANCE
 
 
-def test_training_with_augment_on_device_matches_the_cpu_pipeline(tiny_data, tmp_path):
+#: The input options of the other top solutions, all on (tests/test_input_options.py).
+INPUT_OPTIONS = {"input": {"freq_channel": True}, "transforms": {"freq_warp_prob": 0.5},
+                 "mixers": {"prob": 1.0, "sigmoid_concat": 0.3, "add": 0.2, "specmix": 0.5}}
+
+
+@pytest.mark.parametrize("options", [{}, INPUT_OPTIONS], ids=["method", "input-options"])
+def test_training_with_augment_on_device_matches_the_cpu_pipeline(tiny_data, tmp_path, options):
     """The setting changes where the work runs, not what is trained: a fold's first batch has the
-    CPU pipeline's loss (to float rounding). (Later steps drift apart: Adam's first step moves
-    every weight by about the learning rate times the sign of its gradient, and rounding flips
-    the sign of the near-zero ones.)"""
+    CPU pipeline's loss (to float rounding), with the method's augmentation and with the input
+    options on. (Later steps drift apart: Adam's first step moves every weight by about the
+    learning rate times the sign of its gradient, and rounding flips the sign of the near-zero ones.)"""
     import shutil
 
     dataset, work = tiny_data
     values = {"name": "tiny", "model": {"name": "simple_cnn", "params": {"base_size": 4}, "aux_weights": [1.0]},
               "train": {"batch_size": 8, "epoch_size": 8, "max_epochs": 1, "workers": 0, "lr": 3e-3},
-              "sampling": {"curated": 0.7, "corrected_noisy": 0.0, "noisy": 0.3}}
+              "sampling": {"curated": 0.7, "corrected_noisy": 0.0, "noisy": 0.3}, **options}
     losses = {}
     for on_device in (False, True):
         run_work = tmp_path / str(on_device)

@@ -67,20 +67,23 @@ runpy.run_path(script, run_name="__main__")
 '''
 
 
-def save_fold(path, name, params, seed):
+def save_fold(path, name, params, seed, **extra):
     torch.manual_seed(seed)
     model = create_model(name, **params).eval()
-    save_checkpoint(path, model, model_name=name, model_params=params, classes=CLASSES, audio_config={})
+    save_checkpoint(path, model, model_name=name, model_params=params, classes=CLASSES, audio_config={}, **extra)
 
 
 def write_weights(weights_root: Path) -> None:
-    """Two tiny experiments of two folds each and an FCNet stacker on their probabilities; the
-    second experiment's models have a noisy-label head, which prediction ignores."""
+    """Two tiny experiments of two folds each and an FCNet stacker on their probabilities. exp_b
+    reads the frequency-position plane too (``[input] freq_channel``), so the ensemble kernel
+    builds each experiment's own network input, and has a noisy-label head, which prediction
+    ignores."""
     for fold in range(2):
         save_fold(weights_root / f"exp_a/fold_{fold}/model.pt", "aux_skip_attention",
                   {"num_classes": len(CLASSES), "base_size": 4}, seed=fold)
         save_fold(weights_root / f"exp_b/fold_{fold}/model.pt", "simple_cnn",
-                  {"num_classes": len(CLASSES), "base_size": 4, "noisy_head": True}, seed=10 + fold)
+                  {"num_classes": len(CLASSES), "base_size": 4, "in_channels": 4, "noisy_head": True},
+                  seed=10 + fold, network_input={"freq_channel": True})
         save_fold(weights_root / f"ens_stacker/fold_{fold}/model.pt", "fcnet",
                   {"in_channels": 2 * len(CLASSES), "num_classes": len(CLASSES), "base_size": 8}, seed=20 + fold)
         (weights_root / f"exp_a/fold_{fold}/config.toml").write_text(CONFIG)
@@ -168,6 +171,8 @@ def test_kernel_reproduces_local_prediction_offline(built, kernel, tmp_path):
 
     submission = pd.read_csv(root / "working" / "submission.csv")
     expected, predictor, failures = local_prediction(built, built["specs"][kernel])
+    assert [tagger.input_config.channels for tagger in predictor.taggers.values()] == (
+        [3] if kernel == "kernel" else [3, 4])
     assert list(submission.columns) == ["fname", *CLASSES]
     assert list(submission["fname"]) == list(TEST_CLIPS)
     np.testing.assert_allclose(submission[CLASSES].to_numpy(), expected[CLASSES].to_numpy(), rtol=0, atol=1e-5)

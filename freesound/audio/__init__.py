@@ -7,6 +7,7 @@
                       ``(n_mels, frames)`` in dB, with the original solution's numbers; a log-mel
                       that is not finite is an ``AudioDecodeError`` (``check_log_mel``)
     network_input.py  a log-mel window + its deltas, /100: the ``(3, n_mels, frames)`` input
+                      (``(4, ...)`` with the frequency-position plane of ``[input] freq_channel``)
     files.py          which files in a folder are audio (one rule, with what it leaves out)
 
 The settings are ``freesound.config.AudioConfig`` (re-exported here)::

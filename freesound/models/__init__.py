@@ -13,7 +13,8 @@
     ['aux_skip_attention', 'fcnet', 'simple_cnn']
     >>> model = create_model("aux_skip_attention", num_classes=80, base_size=64)
 
-First-level models (``aux_skip_attention``, ``simple_cnn``) take ``(B, 3, n_mels, frames)`` and
+First-level models (``aux_skip_attention``, ``simple_cnn``) take ``(B, 3, n_mels, frames)`` (their
+``in_channels`` parameter: 4 planes with ``[input] freq_channel``) and
 return a tuple whose first element is the main head's logits ``(B, num_classes)``; the stacker
 ``fcnet`` takes ``(B, in_channels)`` and returns a logits tensor.
 """

@@ -166,11 +166,14 @@ class AuxSkipAttention(nn.Module):
         Add a noisy-label head ``noisy_fc``, the main head's shape on the same pooled features,
         for the noisy set's labels (``freesound.training.losses.NoisyHeadLoss``); off, the model
         is the original, parameter for parameter.
+    in_channels : int
+        Input planes: 3 in the method (log-mel, delta, delta-delta), 4 with the frequency-position
+        plane (``[input] freq_channel``); only the first convolution's weight depends on it.
 
     Notes
     -----
-    Input ``(B, 3, H, W)``, a log-mel window with its two deltas, ``(B, 3, 128, 256)`` in the
-    method; global pooling makes any ``H, W >= 16`` work. ``forward`` returns the logits
+    Input ``(B, in_channels, H, W)``, a log-mel window with its two deltas, ``(B, 3, 128, 256)`` in
+    the method; global pooling makes any ``H, W >= 16`` work. ``forward`` returns the logits
     ``(main, aux3, aux2, aux1)``, each ``(B, num_classes)``; aux3 sits on the deepest skip. With
     ``noisy_head``, in training mode only, the noisy head's logits follow as a fifth item; in eval
     mode (prediction, export) it is not computed.
@@ -186,6 +189,7 @@ class AuxSkipAttention(nn.Module):
         last_filters: int = 8,
         last_fc: int = 2,
         noisy_head: bool = False,
+        in_channels: int = 3,
     ):
         super().__init__()
         b = base_size
@@ -194,7 +198,7 @@ class AuxSkipAttention(nn.Module):
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
         # Registration order fixes the state-dict order, which follows the original's.
-        self.conv1 = ConvBlock(3, b)
+        self.conv1 = ConvBlock(in_channels, b)
         self.skip1 = SkipBlock(b, 8 * b, scale=8)
         self.conv2 = ConvBlock(b, 2 * b)
         self.skip2 = SkipBlock(2 * b, 8 * b, scale=4)

@@ -157,7 +157,8 @@ class CompiledModel:
             self._compiled = core.compile_model(core.read_model(onnx_model), "CPU", config)
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        """Probabilities ``(B, C)`` float32 of tiles ``(B, 3, H, W)`` float32."""
+        """Probabilities ``(B, C)`` float32 of tiles ``(B, planes, H, W)`` float32 (the planes the
+        model was exported for: 3, or 4 with ``[input] freq_channel``)."""
         tiles = np.ascontiguousarray(tiles, dtype=np.float32)
         if self.runtime == "onnxruntime":
             return self._session.run(None, {"tiles": tiles})[0]

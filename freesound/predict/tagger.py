@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from freesound.config import AudioConfig
+from freesound.config import AudioConfig, InputConfig
 from freesound.errors import FreesoundError, FreesoundWarning
 from freesound.models import load_checkpoint, load_model
 from freesound.paths import experiment_checkpoints
@@ -107,6 +107,27 @@ def _cudnn_autotuning(enabled: bool):
         torch.backends.cudnn.benchmark = previous
 
 
+def checkpoint_input_config(checkpoint: dict, path) -> InputConfig:
+    """The network input a checkpoint's model takes (its ``network_input``; absent in checkpoints
+    from before it was recorded and in imported ones: the method's 3 planes).
+
+    Raises
+    ------
+    FreesoundError
+        ``network_input`` has an unknown key, or the model's ``in_channels`` (default 3) is not the
+        input's plane count.
+    """
+    try:
+        input_config = InputConfig.from_dict(checkpoint.get("network_input"))
+    except (TypeError, ValueError) as error:
+        raise FreesoundError(f"{path}: bad network_input ({error})") from None
+    in_channels = checkpoint["model_params"].get("in_channels", 3)
+    if in_channels != input_config.channels:
+        raise FreesoundError(f"{path}: the model takes {in_channels} input planes but its network input has "
+                             f"{input_config.channels} ({input_config.to_dict()})")
+    return input_config
+
+
 class Tagger:
     """Predicts clip-level class probabilities with one or more models.
 
@@ -125,6 +146,8 @@ class Tagger:
     runtime : "torch" (default), "auto", "onnxruntime" or "openvino": what runs the models on a CPU
         (``freesound.predict.runtimes``; "auto" is an installed ONNX runtime, else torch; CUDA runs
         torch). An ONNX runtime runs each model exported once, with torch's thread count.
+    input_config : InputConfig, the network input the models were trained on (default: the
+        method's log-mel, delta and delta-delta); ``from_checkpoints`` reads it from the checkpoints
 
     Raises
     ------
@@ -134,7 +157,7 @@ class Tagger:
 
     def __init__(self, models, classes, tile_step: int = 64, device="cpu", batch_size: int = 64,
                  audio_config: AudioConfig | None = None, workers: int = 0, precision: str = "fp16",
-                 runtime: str = "torch"):
+                 runtime: str = "torch", input_config: InputConfig | None = None):
         self.device = torch.device(device)
         self.runtime = resolve_runtime(runtime, self.device)
         self.models = list(models)
@@ -146,19 +169,28 @@ class Tagger:
         self.audio_config = audio_config or AudioConfig()
         self.workers = workers
         self.precision = check_precision(precision)
+        self.input_config = input_config or InputConfig()
         self._inference_models = {}  # inference copies on self.device, see _inference_model
 
     @classmethod
     def from_checkpoints(cls, paths, **kwargs) -> "Tagger":
-        """Load checkpoints written by training or the argus importer; they must agree on classes."""
+        """Load checkpoints written by training or the argus importer; they must agree on classes
+        and on the network input (``network_input``; absent: the method's 3 planes), and each
+        model's ``in_channels`` must be that input's plane count."""
         paths = [Path(p) for p in paths]
         if not paths:
             raise FreesoundError("no checkpoints given")
         first = load_checkpoint(paths[0])
+        input_config = checkpoint_input_config(first, paths[0])
         for path in paths[1:]:
-            if list(load_checkpoint(path)["classes"]) != list(first["classes"]):
+            checkpoint = load_checkpoint(path)
+            if list(checkpoint["classes"]) != list(first["classes"]):
                 raise FreesoundError(f"{path} predicts other classes than {paths[0]}")
+            if checkpoint_input_config(checkpoint, path) != input_config:
+                raise FreesoundError(f"{path} was trained on another network input than {paths[0]} "
+                                     f"({checkpoint.get('network_input', {})} against {first.get('network_input', {})})")
         kwargs.setdefault("audio_config", AudioConfig.from_dict(first.get("audio_config") or {}))
+        kwargs.setdefault("input_config", input_config)
         models = [load_model(path) for path in paths]  # on the CPU: the Tagger copies them to its device
         return cls(models, first["classes"], **kwargs)
 
@@ -245,7 +277,7 @@ class Tagger:
         if track is not None:  # a sized input gives the bar its total; otherwise ``track`` may carry one
             logmels = track(logmels, desc=desc, **({"total": len(logmels)} if hasattr(logmels, "__len__") else {}))
         for logmel in logmels:
-            tiles = make_tiles(logmel, self.tile_step)
+            tiles = make_tiles(logmel, self.tile_step, freq_channel=self.input_config.freq_channel)
             counts.append(len(tiles))
             queue.append(tiles)
             queued += len(tiles)

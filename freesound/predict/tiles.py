@@ -35,22 +35,24 @@ def tile_layout(width: int, step: int = 64, tile: int = TILE) -> tuple[int, int,
     return n_tiles, extra // 2, extra - extra // 2
 
 
-def make_tiles(logmel: np.ndarray, step: int = 64, tile: int = TILE) -> np.ndarray:
+def make_tiles(logmel: np.ndarray, step: int = 64, tile: int = TILE, freq_channel: bool = False) -> np.ndarray:
     """Cut a log-mel into network-input tiles.
 
     Parameters
     ----------
     logmel : np.ndarray, float32 (n_mels, frames)
+    freq_channel : bool, append the frequency-position plane (``[input] freq_channel``)
 
     Returns
     -------
-    np.ndarray, float32 (n_tiles, 3, n_mels, tile): each tile with its deltas, /100.
+    np.ndarray, float32 (n_tiles, 3, n_mels, tile): each tile with its deltas, /100
+    (``(n_tiles, 4, n_mels, tile)`` with ``freq_channel``).
     """
     n_tiles, left, right = tile_layout(logmel.shape[1], step, tile)
     padded = np.pad(logmel, ((0, 0), (left, right)), mode="constant", constant_values=logmel.min())
     # The tiles as overlapping views (n_mels, n_tiles, tile); their deltas in one vectorised call.
     windows = np.lib.stride_tricks.sliding_window_view(padded, tile, axis=1)[:, ::step][:, :n_tiles]
-    return to_network_input_batch(windows.transpose(1, 0, 2))
+    return to_network_input_batch(windows.transpose(1, 0, 2), freq_channel)
 
 
 def geometric_mean(probabilities: np.ndarray, axis: int = 0) -> np.ndarray:

@@ -232,6 +232,21 @@ def _read(fold: int, chosen: tuple[Path, int, float], stacker: bool) -> _Source:
     )
 
 
+#: The first convolution of a first-level model: its weight's dimension 1 is the input planes.
+FIRST_CONV_WEIGHT = "conv1.conv1.0.weight"
+
+
+def _check_input_planes(state_dict: Mapping, spec: ArgusArchitecture, path: Path) -> None:
+    """Refuse first-level weights whose first convolution does not read the original's 3 planes
+    (log-mel, delta, delta-delta): an imported checkpoint is predicted with that input."""
+    weight = state_dict.get(FIRST_CONV_WEIGHT)
+    if spec.stacker or weight is None or weight.dim() != 4 or weight.shape[1] == 3:
+        return
+    raise ArgusImportError(
+        f"{path}: {FIRST_CONV_WEIGHT} reads {weight.shape[1]} input planes, but the original models and their "
+        "import read 3 (log-mel, delta, delta-delta), so these weights cannot be imported")
+
+
 def _convert(state_dict: Mapping, spec: ArgusArchitecture, kwargs: dict, path: Path) -> dict:
     """Rename keys, cast to float32, and check keys and shapes against a fresh model."""
     converted = {}
@@ -246,6 +261,7 @@ def _convert(state_dict: Mapping, spec: ArgusArchitecture, kwargs: dict, path: P
             expected = {k: v.shape for k, v in create_model(spec.model_name, **kwargs).state_dict().items()}
         except (TypeError, ValueError) as error:
             raise ArgusImportError(f"{path}: cannot build {spec.model_name} from {kwargs}: {error}") from error
+    _check_input_planes(converted, spec, path)
     missing = [k for k in expected if k not in converted]
     unexpected = [k for k in converted if k not in expected]
     mismatched = [

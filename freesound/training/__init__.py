@@ -8,9 +8,9 @@
     fold_devices.py  folds in parallel, one process per device (``train --devices``)
     device_augment.py  SpecAugment, deltas and mixing on a batch on the training device
     sampling.py  the per-epoch sampler over curated / corrected-noisy / noisy clips
-    augment.py   train-time spectrogram transforms (crop, resized crop, SpecAugment)
+    augment.py   train-time spectrogram transforms (crop, resized crop, frequency warp, SpecAugment)
     averaging.py SWA and EMA of the weights: the averaged model validated and kept
-    mixers.py    sample mixers (sigmoid-concat, additive)
+    mixers.py    sample mixers (sigmoid-concat, additive, SpecMix)
     losses.py    BCE, L_soft, L_q, LSEP, the auxiliary-head weighting and the noisy-head split
     oof.py       out-of-fold prediction and scores of a trained experiment
     baseline.py  a logistic regression on band statistics, the yardstick

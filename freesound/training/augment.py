@@ -8,7 +8,8 @@ sample by sample. Deterministic transforms accept ``rng`` and ignore it.
 The method's pipelines (``train_transform`` / ``valid_transform``)::
 
     train: pad to 256 (wrap | constant, p=0.5 each) -> random 256-frame crop
-           -> RandomResizedCrop (p=0.33) -> SpecAugment (p=0.5) -> to_network_input
+           -> RandomResizedCrop (p=0.33) [-> FrequencyWarp (transforms.freq_warp_prob, off)]
+           -> SpecAugment (p=0.5) -> to_network_input
     valid: pad to 256 (constant) -> centre 256-frame crop -> to_network_input
 
 ``to_network_input`` (``freesound.audio.network_input``) is shared with the inference tiler so
@@ -229,6 +230,62 @@ class RandomResizedCrop:
 
 
 # --------------------------------------------------------------------------------------------
+# Frequency warping
+
+
+def warp_positions(n_mels: int, factor: float, boundary: float = 0.8) -> np.ndarray:
+    """Where each output mel band reads the input, for a piecewise-linear warp of the mel axis.
+
+    The warp maps input band position ``x`` to ``y = factor * x`` up to the knee
+    ``y0 = boundary * S * min(factor, 1)`` (``S = n_mels - 1``), then linearly on to ``S``, so the
+    lowest and highest bands stay in place. This is the shape of vocal tract length perturbation
+    (Jaitly & Hinton 2013, with the knee at ``boundary`` of the axis), applied to the mel band
+    index as the upb team's frequency warping did (Ebbers & Haeb-Umbach, DCASE 2019 Task 2).
+
+    Returns
+    -------
+    np.ndarray
+        float64 ``(n_mels,)``: output band ``j`` reads the input at ``x(j) = interp(j, [0, y0, S],
+        [0, y0 / factor, S])``, the inverse map. ``factor > 1`` moves content up (stretches the low
+        part), ``factor < 1`` down; ``factor == 1`` is the identity.
+    """
+    if factor <= 0 or not 0 < boundary <= 1:
+        raise ValueError(f"need factor > 0 and 0 < boundary <= 1, got factor={factor}, boundary={boundary}")
+    top = n_mels - 1
+    knee = boundary * top * min(factor, 1.0)
+    return np.interp(np.arange(n_mels, dtype=np.float64), [0.0, knee, top], [0.0, knee / factor, top])
+
+
+def warp_bands(spec: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """``spec`` (``(n_mels, frames)``) resampled along the mel axis at ``positions`` (``(n_mels,)``,
+    in ``[0, n_mels - 1]``) by linear interpolation between neighbouring bands; same dtype. Each
+    output value is a convex combination of two input values, so the range is kept."""
+    low = np.floor(positions).astype(np.intp)
+    high = np.minimum(low + 1, spec.shape[0] - 1)
+    weight = (positions - low).astype(spec.dtype)[:, None]
+    return (spec[low] * (1 - weight) + spec[high] * weight).astype(spec.dtype, copy=False)
+
+
+class FrequencyWarp:
+    """Stretch or squeeze the mel axis by a random factor (``warp_positions``, ``warp_bands``).
+
+    The factor is ``U(1 - max_warp, 1 + max_warp)``, one draw from ``rng``. Input and output
+    ``(n_mels, frames)``, same shape and dtype; the input is not modified.
+    """
+
+    def __init__(self, max_warp: float = 0.2, boundary: float = 0.8):
+        if not 0 <= max_warp < 1:
+            raise ValueError(f"max_warp must be in [0, 1), got {max_warp}")
+        self.max_warp = max_warp
+        self.boundary = boundary
+
+    def __call__(self, spec: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        _check_2d(spec)
+        factor = rng.uniform(1.0 - self.max_warp, 1.0 + self.max_warp)
+        return warp_bands(spec, warp_positions(spec.shape[0], factor, self.boundary))
+
+
+# --------------------------------------------------------------------------------------------
 # SpecAugment
 
 
@@ -355,10 +412,14 @@ class UseWithProb:
 
 
 class ToNetworkInput:
-    """``to_network_input`` as a pipeline step (ignores ``rng``)."""
+    """``to_network_input`` as a pipeline step (ignores ``rng``), with the frequency-position plane
+    when ``freq_channel``."""
+
+    def __init__(self, freq_channel: bool = False):
+        self.freq_channel = freq_channel
 
     def __call__(self, spec: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        return to_network_input(spec)
+        return to_network_input(spec, self.freq_channel)
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,26 +437,37 @@ def train_transform(
     spec_num_masks=(1, 2),
     spec_freq_fraction: float = 0.15,
     spec_time_fraction: float = 0.2,
+    freq_warp_prob: float = 0.0,
+    freq_warp_max: float = 0.2,
 ) -> Compose:
     """The method's train-time pipeline; the defaults are the original solution's numbers.
+
+    ``freq_warp_prob`` adds ``FrequencyWarp(freq_warp_max)`` after the resized crop with that
+    probability; at 0 (the method) the step is left out, so no random number is drawn for it.
 
     Returns ``f(spec, rng) -> np.ndarray`` mapping a log-mel ``(n_mels, frames)`` of any length to
     a float32 network input ``(3, n_mels, size)``.
     """
     check_prob(spec_prob, "spec_prob")
     spec_augment = SpecAugment(spec_num_masks, freq_fraction=spec_freq_fraction, time_fraction=spec_time_fraction)
-    window = _window_steps(size, wrap_pad_prob, pad_placement, resize_prob, resize_scale, resize_ratio)
+    window = _window_steps(size, wrap_pad_prob, pad_placement, resize_prob, resize_scale, resize_ratio,
+                           freq_warp_prob, freq_warp_max)
     return Compose(window + [UseWithProb(spec_augment, spec_prob), ToNetworkInput()])
 
 
-def _window_steps(size, wrap_pad_prob, pad_placement, resize_prob, resize_scale, resize_ratio) -> list:
-    """The per-clip steps of the train-time pipeline: pad, crop, random resized crop."""
+def _window_steps(size, wrap_pad_prob, pad_placement, resize_prob, resize_scale, resize_ratio,
+                  freq_warp_prob=0.0, freq_warp_max=0.2) -> list:
+    """The per-clip steps of the train-time pipeline: pad, crop, random resized crop, and the
+    frequency warp when ``freq_warp_prob > 0``."""
     check_prob(resize_prob, "resize_prob")
-    return [
+    check_prob(freq_warp_prob, "freq_warp_prob")
+    steps = [
         random_pad_to_size(size, wrap_prob=wrap_pad_prob, placement=pad_placement),
         RandomCrop(size),
         UseWithProb(RandomResizedCrop(scale=resize_scale, ratio=resize_ratio), resize_prob),
     ]
+    warp = FrequencyWarp(freq_warp_max)  # built (and checked) even when off
+    return steps + ([UseWithProb(warp, freq_warp_prob)] if freq_warp_prob > 0 else [])
 
 
 class WindowTransform:
@@ -429,17 +501,22 @@ def train_window_transform(
     spec_num_masks=(1, 2),
     spec_freq_fraction: float = 0.15,
     spec_time_fraction: float = 0.2,
+    freq_warp_prob: float = 0.0,
+    freq_warp_max: float = 0.2,
 ) -> WindowTransform:
     """``train_transform``'s pipeline (same arguments) up to the window, with SpecAugment drawn but
-    not applied and no deltas: see ``WindowTransform``."""
+    not applied and no deltas: see ``WindowTransform``. The frequency warp is a window step, so
+    both paths run the same code on the same draws."""
     spec_augment = SpecAugment(spec_num_masks, freq_fraction=spec_freq_fraction, time_fraction=spec_time_fraction)
-    window = _window_steps(size, wrap_pad_prob, pad_placement, resize_prob, resize_scale, resize_ratio)
+    window = _window_steps(size, wrap_pad_prob, pad_placement, resize_prob, resize_scale, resize_ratio,
+                           freq_warp_prob, freq_warp_max)
     return WindowTransform(Compose(window), DeferredSpecAugment(spec_augment, spec_prob))
 
 
-def valid_transform(size: int = 256) -> Compose:
+def valid_transform(size: int = 256, freq_channel: bool = False) -> Compose:
     """The validation pipeline: constant pad (centred), centre crop, network input.
 
-    Deterministic; returns ``f(spec, rng=None) -> np.ndarray`` float32 ``(3, n_mels, size)``.
+    Deterministic; returns ``f(spec, rng=None) -> np.ndarray`` float32 ``(3, n_mels, size)``, or
+    ``(4, n_mels, size)`` with the frequency-position plane when ``freq_channel``.
     """
-    return Compose([PadToSize(size, "constant"), CenterCrop(size), ToNetworkInput()])
+    return Compose([PadToSize(size, "constant"), CenterCrop(size), ToNetworkInput(freq_channel)])

@@ -9,7 +9,8 @@ pad, crop, resized crop, and the random draws of SpecAugment and the mixer) and 
 does the rest on a whole batch on the device, from the same draws:
 
     SpecAugment masks (filled with each window's minimum) -> window, delta, delta2 (/100)
-    -> mix with the partner: w_self * image + w_other * partner (per frame)
+    -> mix with the partner: w_self * image + w_other * partner (per frame), then the bands
+       SpecMix marked taken from the partner whole -> [the frequency-position plane appended]
 
 The deltas are one matrix product each along time: ``delta_matrix`` is librosa's own filter
 applied to the identity, edges (``mode="interp"``) included, so ``X @ D`` is
@@ -26,7 +27,7 @@ import librosa
 import numpy as np
 import torch
 
-from freesound.audio.network_input import DELTA_WIDTH, INPUT_SCALE
+from freesound.audio.network_input import DELTA_WIDTH, INPUT_SCALE, freq_positions
 
 
 @lru_cache(maxsize=8)
@@ -53,22 +54,26 @@ def mask_spans(starts: torch.Tensor, lengths: torch.Tensor, size: int) -> torch.
 class BatchAugment:
     """SpecAugment, deltas and mixing for a batch of ``WindowSamplingDataset`` items on ``device``.
 
-    ``augment(windows, masks, weights)`` with ``windows`` float32 ``(B, 2, n_mels, W)`` (each sample
-    and its partner), ``masks`` int64 ``(B, 2, M, 4)`` (rows ``(f0, bands, t0, frames)``) and
-    ``weights`` float32 ``(B, 2, W)`` returns the network inputs, float32 ``(B, 3, n_mels, W)`` in
-    channels-last layout on ``device``.
+    ``augment(windows, masks, weights, partner_bands)`` with ``windows`` float32 ``(B, 2, n_mels, W)`` (each
+    sample and its partner), ``masks`` int64 ``(B, 2, M, 4)`` (rows ``(f0, bands, t0, frames)``),
+    ``weights`` float32 ``(B, 2, W)`` and ``partner_bands`` bool ``(B, n_mels)`` (taken whole from
+    the partner) returns the network inputs, float32 ``(B, 3, n_mels, W)`` in channels-last layout on
+    ``device``; ``(B, 4, n_mels, W)`` with ``freq_channel`` (the plane appended after mixing).
 
     The matrix products run in float32 even where TF32 is allowed for matrix products, so the
     deltas keep float32's precision.
     """
 
-    def __init__(self, frames: int, device):
+    def __init__(self, frames: int, device, freq_channel: bool = False):
         self.device = torch.device(device)
         self.deltas = torch.from_numpy(np.stack([delta_matrix(frames, 1), delta_matrix(frames, 2)])).to(
             self.device, torch.float32)
+        self.freq_channel = freq_channel
 
-    def __call__(self, windows: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        windows, masks, weights = (t.to(self.device, non_blocking=True) for t in (windows, masks, weights))
+    def __call__(self, windows: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor,
+                 partner_bands: torch.Tensor) -> torch.Tensor:
+        windows, masks, weights, partner_bands = (t.to(self.device, non_blocking=True)
+                                                  for t in (windows, masks, weights, partner_bands))
         n_mels, frames = windows.shape[-2:]
         fill = windows.amin(dim=(-2, -1), keepdim=True)
         bands = mask_spans(masks[..., 0], masks[..., 1], n_mels)
@@ -78,6 +83,10 @@ class BatchAugment:
             first, second = masked @ self.deltas[0], masked @ self.deltas[1]
         images = torch.stack([masked, first, second], dim=2) / INPUT_SCALE
         mixed = weights[:, 0, None, None, :] * images[:, 0] + weights[:, 1, None, None, :] * images[:, 1]
+        mixed = torch.where(partner_bands[:, None, :, None], images[:, 1], mixed)
+        if self.freq_channel:
+            plane = torch.from_numpy(freq_positions(n_mels)).to(self.device)[:, None].expand(n_mels, frames)
+            mixed = torch.cat([mixed, plane.expand(len(mixed), 1, n_mels, frames)], dim=1)
         return mixed.contiguous(memory_format=torch.channels_last)
 
 
@@ -104,5 +113,5 @@ class AugmentedBatches:
         return len(self.loader)
 
     def __iter__(self):
-        for windows, masks, weights, targets, noisy in self.loader:
-            yield self.augment(windows, masks, weights), targets, noisy
+        for windows, masks, weights, bands, targets, noisy in self.loader:
+            yield self.augment(windows, masks, weights, bands), targets, noisy

@@ -11,13 +11,15 @@ Mixers run after the spectrogram transforms, on network inputs. Every mixer is a
 - ``rng``: the ``numpy.random.Generator`` all randomness comes from.
 
 The method's mixer (``method_mixer``): with p=0.8 mix, choosing sigmoid-concat (p=0.6) or an
-additive mix (p=0.4).
+additive mix (p=0.4); ``[mixers] specmix`` adds SpecMix to that choice (off in the method).
 
-Both mixers are weighted sums along time, ``image = w_self * image + w_other * other`` with
-per-frame weights ``(W,)``, and their parts are public so that the mixing can be done later, on a
-whole batch on the training device (``train.augment_on_device``): ``choose(rng)`` makes the
-combinators' random choice (the mixer to apply, or None) and ``weights(width, rng)`` a mixer's own
-draw, in the order ``__call__`` draws them.
+Every mixer is a weighted sum along time, ``image = w_self * image + w_other * other`` with
+per-frame weights ``(W,)``, after which the mel bands marked in ``bands`` ``(H,)`` are taken from
+the other sample whole (only SpecMix marks any). Their parts are public so that the mixing can be
+done later, on a whole batch on the training device (``train.augment_on_device``):
+``choose(rng)`` makes the combinators' random choice (the mixer to apply, or None) and
+``mix_weights((H, W), rng) -> (w_self, w_other, bands)`` a mixer's own draw, in the order
+``__call__`` draws them.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class SigmoidConcatMixer:
         mask = sigmoid_time_mask(width, radius)
         return mask, 1.0 - mask
 
+    def mix_weights(self, shape: tuple[int, int], rng: np.random.Generator) -> tuple:
+        """``weights(W)`` and no bands taken whole, for a ``(H, W)`` image."""
+        return (*self.weights(shape[-1], rng), np.zeros(shape[-2], dtype=bool))
+
     @staticmethod
     def mix_targets(target, other_target, weights) -> np.ndarray:
         return np.clip(target + other_target, 0.0, 1.0).astype(np.float32, copy=False)
@@ -92,6 +98,10 @@ class AddMixer:
         alpha = np.float32(rng.uniform(*self.alpha_range))
         return np.full(width, 1 - alpha, dtype=np.float32), np.full(width, alpha, dtype=np.float32)
 
+    def mix_weights(self, shape: tuple[int, int], rng: np.random.Generator) -> tuple:
+        """``weights(W)`` and no bands taken whole, for a ``(H, W)`` image."""
+        return (*self.weights(shape[-1], rng), np.zeros(shape[-2], dtype=bool))
+
     @staticmethod
     def mix_targets(target, other_target, weights) -> np.ndarray:
         # The weights are constant along time: their first frame is the labels' weight.
@@ -105,11 +115,75 @@ class AddMixer:
         return _mix_with(self, image, target, draw_other, rng)
 
 
+class SpecMixMixer:
+    """SpecMix (Kim, Han and Ko, "SpecMix: a mixed sample data augmentation method for training
+    with time-frequency domain features", Interspeech 2021): replace some mel bands and some time
+    spans of this sample by the other's; labels are mixed by the fraction of the area replaced.
+
+    It draws ``k_f`` bands, ``k_f`` uniform in ``num_bands`` (inclusive), each of
+    ``int(U(0, freq_fraction) * H)`` mel bands at a uniform start, then ``k_t`` spans, ``k_t``
+    uniform in ``num_spans``, each of ``int(U(0, time_fraction) * W)`` frames: SpecAugment's masks
+    (``freesound.training.augment.SpecAugment``, the same ranges by default), filled from the other
+    sample instead of with silence. With ``M[f, t] = 1`` where band ``f`` or frame ``t`` is
+    replaced::
+
+        image = (1 - M) * image + M * other
+        lam = M.sum() / (H * W)
+        target = (1 - lam) * target + lam * other_target
+    """
+
+    def __init__(self, num_bands=(1, 3), freq_fraction: float = 0.15, num_spans=(1, 3), time_fraction: float = 0.2):
+        for name, (low, high) in (("num_bands", num_bands), ("num_spans", num_spans)):
+            if not 0 <= low <= high:
+                raise ValueError(f"{name} must be (min, max) with 0 <= min <= max, got {(low, high)}")
+        check_prob(freq_fraction, "freq_fraction")
+        check_prob(time_fraction, "time_fraction")
+        self.num_bands, self.num_spans = tuple(num_bands), tuple(num_spans)
+        self.freq_fraction, self.time_fraction = freq_fraction, time_fraction
+
+    @staticmethod
+    def _spans(size: int, count_range, fraction: float, rng: np.random.Generator) -> np.ndarray:
+        marked = np.zeros(size, dtype=bool)
+        for _ in range(int(rng.integers(count_range[0], count_range[1] + 1))):
+            width = int(rng.uniform(0.0, fraction) * size)
+            start = int(rng.integers(0, size - width + 1))
+            marked[start:start + width] = True
+        return marked
+
+    def mix_weights(self, shape: tuple[int, int], rng: np.random.Generator) -> tuple:
+        """``(1 - T, T, F)`` for a ``(H, W)`` image: ``T`` float32 ``(W,)`` is 1 on the replaced
+        frames, ``F`` bool ``(H,)`` marks the replaced bands (drawn first)."""
+        bands = self._spans(shape[-2], self.num_bands, self.freq_fraction, rng)
+        frames = self._spans(shape[-1], self.num_spans, self.time_fraction, rng).astype(np.float32)
+        return 1.0 - frames, frames, bands
+
+    @staticmethod
+    def replaced_fraction(weights) -> float:
+        """``lam``: the fraction of the ``(H, W)`` area taken from the other sample."""
+        frames, bands = weights[1] > 0, weights[2]
+        return float((bands[:, None] | frames[None, :]).mean())
+
+    @classmethod
+    def mix_targets(cls, target, other_target, weights) -> np.ndarray:
+        lam = np.float32(cls.replaced_fraction(weights))
+        return ((1 - lam) * target + lam * other_target).astype(np.float32, copy=False)
+
+    def choose(self, rng: np.random.Generator):
+        return self
+
+    def __call__(self, image, target, draw_other: DrawOther, rng: np.random.Generator) -> Sample:
+        return _mix_with(self, image, target, draw_other, rng)
+
+
 def _mix_with(mixer, image, target, draw_other: DrawOther, rng: np.random.Generator) -> Sample:
-    """Draw the other sample, then the mixer's weights; mix images along time and the targets."""
+    """Draw the other sample, then the mixer's weights; mix images along time, take the marked
+    bands from the other sample whole, and mix the targets."""
     other_image, other_target = draw_other()
-    weights = mixer.weights(image.shape[-1], rng)
+    weights = mixer.mix_weights(image.shape[-2:], rng)
     image = weights[0] * image + weights[1] * other_image
+    bands = weights[2]
+    if bands.any():
+        image[..., bands, :] = other_image[..., bands, :]
     return image.astype(np.float32, copy=False), mixer.mix_targets(target, other_target, weights)
 
 
@@ -151,9 +225,13 @@ class UseMixerWithProb:
         return _apply_chosen(self.choose(rng), image, target, draw_other, rng)
 
 
-def method_mixer(prob: float = 0.8, sigmoid_prob: float = 0.6, add_prob: float = 0.4) -> UseMixerWithProb:
-    """The method's mixer: with ``prob`` mix, by sigmoid-concat or additively (``sigmoid_prob``
-    and ``add_prob`` are the choice's probabilities and must sum to 1)."""
-    return UseMixerWithProb(
-        RandomMixer([SigmoidConcatMixer(), AddMixer()], probs=[sigmoid_prob, add_prob]), prob
-    )
+def method_mixer(prob: float = 0.8, sigmoid_prob: float = 0.6, add_prob: float = 0.4,
+                 specmix_prob: float = 0.0) -> UseMixerWithProb:
+    """The method's mixer: with ``prob`` mix, by sigmoid-concat, additively or by SpecMix
+    (``sigmoid_prob``, ``add_prob`` and ``specmix_prob`` are the choice's probabilities and must sum
+    to 1). With ``specmix_prob == 0`` SpecMix is not among the choices at all, so the method's
+    mixer draws exactly the random numbers it always drew."""
+    if specmix_prob == 0:
+        return UseMixerWithProb(RandomMixer([SigmoidConcatMixer(), AddMixer()], probs=[sigmoid_prob, add_prob]), prob)
+    return UseMixerWithProb(RandomMixer([SigmoidConcatMixer(), AddMixer(), SpecMixMixer()],
+                                        probs=[sigmoid_prob, add_prob, specmix_prob]), prob)

@@ -18,6 +18,8 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 
+from freesound.audio.network_input import with_freq_channel
+
 
 @dataclass
 class ClipSource:
@@ -45,12 +47,14 @@ class SamplingDataset(TorchDataset):
     """``size`` samples an epoch, each from a source chosen with the given probabilities.
 
     A sample is a transformed window of a random clip of that source, then possibly mixed
-    (``mixer``) with another transformed clip of the same source.
+    (``mixer``) with another transformed clip of the same source; with ``freq_channel`` the
+    frequency-position plane is appended last, after every augmentation, so nothing alters it.
 
-    Items are ``(image (3, n_mels, crop) float32, target (C,) float32, noisy () bool)``.
+    Items are ``(image (3, n_mels, crop) float32, target (C,) float32, noisy () bool)``, the
+    image ``(4, n_mels, crop)`` with ``freq_channel``.
     """
 
-    def __init__(self, sources, probs, size: int, transform, mixer=None, seed: int = 0):
+    def __init__(self, sources, probs, size: int, transform, mixer=None, seed: int = 0, freq_channel: bool = False):
         kept = [(source, p) for source, p in zip(sources, probs) if len(source) > 0 and p > 0]
         if not kept:
             raise ValueError("no training clips: every sampling source is empty or has probability 0")
@@ -61,6 +65,7 @@ class SamplingDataset(TorchDataset):
         self.transform = transform
         self.mixer = mixer
         self.seed = seed
+        self.freq_channel = freq_channel
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -79,6 +84,8 @@ class SamplingDataset(TorchDataset):
         image, target = self._transformed(source, rng)
         if self.mixer is not None:
             image, target = self.mixer(image, target, lambda: self._transformed(source, rng), rng)
+        if self.freq_channel:
+            image = with_freq_channel(image)
         return (
             torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
             torch.from_numpy(np.asarray(target, dtype=np.float32)),
@@ -94,12 +101,14 @@ class WindowSamplingDataset(SamplingDataset):
     (``freesound.training.mixers``). The same random numbers are drawn in the same order as
     ``SamplingDataset`` draws them with the matching full transform, so
     ``freesound.training.device_augment.BatchAugment`` turns a batch of these items into that
-    dataset's images for the same indices (to float rounding of the deltas).
+    dataset's images for the same indices (to float rounding of the deltas). ``freq_channel`` is
+    ``BatchAugment``'s to apply, not this dataset's.
 
     Items are ``(windows (2, n_mels, W) float32, masks (2, M, 4) int64, weights (2, W) float32,
-    target (C,) float32, noisy () bool)``: the sample's window and its mixing partner's (zeros
-    when it is not mixed), their SpecAugment masks, and the per-frame weights of the two in the
-    mix (``(1, 0)`` when not mixed); the target is already mixed.
+    bands (n_mels,) bool, target (C,) float32, noisy () bool)``: the sample's window and its
+    mixing partner's (zeros when it is not mixed), their SpecAugment masks, the per-frame weights
+    of the two in the mix (``(1, 0)`` when not mixed) and the mel bands taken whole from the
+    partner (SpecMix's; none otherwise); the target is already mixed.
     """
 
     def __getitem__(self, index: int):
@@ -109,15 +118,17 @@ class WindowSamplingDataset(SamplingDataset):
         mixer = self.mixer.choose(rng) if self.mixer is not None else None
         if mixer is None:
             other, other_masks = np.zeros_like(window), np.zeros_like(masks)
-            weights = (np.ones(window.shape[-1], np.float32), np.zeros(window.shape[-1], np.float32))
+            weights = (np.ones(window.shape[-1], np.float32), np.zeros(window.shape[-1], np.float32),
+                       np.zeros(window.shape[0], dtype=bool))
         else:
             (other, other_masks), other_target = self._transformed(source, rng)
-            weights = mixer.weights(window.shape[-1], rng)
+            weights = mixer.mix_weights(window.shape, rng)
             target = mixer.mix_targets(target, other_target, weights)
         return (
             torch.from_numpy(np.stack([window, other])),
             torch.from_numpy(np.stack([masks, other_masks])),
-            torch.from_numpy(np.stack(weights).astype(np.float32, copy=False)),
+            torch.from_numpy(np.stack(weights[:2]).astype(np.float32, copy=False)),
+            torch.from_numpy(weights[2]),
             torch.from_numpy(np.asarray(target, dtype=np.float32)),
             torch.tensor(source.noisy),
         )

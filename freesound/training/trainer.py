@@ -103,10 +103,12 @@ def _flatten(values: dict, prefix: str = "") -> dict:
 
 def changed_settings(saved: dict, current: dict) -> list:
     """Dotted keys (``"model.params.base_size"``) whose values differ between two
-    ``Experiment.to_dict()`` dicts, except ``RESUMABLE_SETTINGS``; sorted."""
+    ``Experiment.to_dict()`` dicts, except ``RESUMABLE_SETTINGS``; sorted. A setting added since
+    ``saved`` was written counts as its default there (it did not exist, so it was off)."""
+    defaults = _flatten(Experiment().to_dict())
     saved, current = _flatten(saved), _flatten(current)
     return sorted(key for key in saved.keys() | current.keys()
-                  if key not in RESUMABLE_SETTINGS and saved.get(key) != current.get(key))
+                  if key not in RESUMABLE_SETTINGS and saved.get(key, defaults.get(key)) != current.get(key))
 
 
 def _saved_settings(state: dict, work, name: str, fold: int) -> dict | None:
@@ -183,11 +185,32 @@ def build_sources(experiment: Experiment, dataset: Dataset, work, fold: int):
     return sources, probs, (valid_specs, multi_hot(valid.labels, classes), list(valid.fname))
 
 
+def model_params(experiment: Experiment, num_classes: int) -> dict:
+    """The keyword arguments of the experiment's network (as its checkpoints store them): the
+    ``[model] params``, with ``in_channels`` set to the input's plane count when ``[input]
+    freq_channel`` adds one (the method's 3-plane input leaves the params as they are).
+
+    Raises
+    ------
+    ConfigError
+        ``[model] params`` sets ``in_channels`` to another count than the input has.
+    """
+    params = {"num_classes": num_classes, **experiment.model.params}
+    channels = experiment.input.channels
+    if params.get("in_channels", 3) != channels and "in_channels" in params:
+        raise ConfigError(f"experiment {experiment.name!r}: [model] params in_channels = {params['in_channels']} "
+                          f"but the network input has {channels} planes ([input] freq_channel = "
+                          f"{str(experiment.input.freq_channel).lower()}); leave in_channels out")
+    if experiment.input.freq_channel:
+        params["in_channels"] = channels
+    return params
+
+
 def create_training_model(experiment: Experiment, num_classes: int, device) -> torch.nn.Module:
     """The experiment's network on ``device`` in channels-last layout (``train_epoch`` feeds it
     channels-last batches): about 1.2x faster training steps on the CPU (oneDNN), and the layout
     tensor cores want under AMP. Seed torch first for reproducible initial weights."""
-    model = create_model(experiment.model.name, num_classes=num_classes, **experiment.model.params)
+    model = create_model(experiment.model.name, **model_params(experiment, num_classes))
     return model.to(device, memory_format=torch.channels_last)
 
 
@@ -282,14 +305,22 @@ def training_set(experiment: Experiment, sources, probs, seed: int) -> SamplingD
     """The experiment's sampler over ``sources``: whole network inputs (``SamplingDataset``), or,
     with ``train.augment_on_device``, windows and random draws for ``BatchAugment``
     (``WindowSamplingDataset``). Both draw the same numbers for the same ``seed``."""
-    transforms, mixers = experiment.transforms, experiment.mixers
-    options = dict(resize_prob=transforms.resized_crop_prob, spec_prob=transforms.spec_augment_prob)
-    mixer = method_mixer(mixers.prob, mixers.sigmoid_concat, mixers.add)
+    transforms = experiment.transforms
+    options = dict(resize_prob=transforms.resized_crop_prob, spec_prob=transforms.spec_augment_prob,
+                   freq_warp_prob=transforms.freq_warp_prob, freq_warp_max=transforms.freq_warp_max)
+    mixer = experiment_mixer(experiment)
     if experiment.train.augment_on_device:
         return WindowSamplingDataset(sources, probs, experiment.train.epoch_size,
                                      transform=train_window_transform(transforms.crop, **options), mixer=mixer, seed=seed)
     return SamplingDataset(sources, probs, experiment.train.epoch_size,
-                           transform=train_transform(transforms.crop, **options), mixer=mixer, seed=seed)
+                           transform=train_transform(transforms.crop, **options), mixer=mixer, seed=seed,
+                           freq_channel=experiment.input.freq_channel)
+
+
+def experiment_mixer(experiment: Experiment):
+    """The ``[mixers]`` table's mixer (``method_mixer``)."""
+    mixers = experiment.mixers
+    return method_mixer(mixers.prob, mixers.sigmoid_concat, mixers.add, mixers.specmix)
 
 
 def compiled(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
@@ -327,8 +358,9 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
     processes.barrier()
     sources, probs, (valid_specs, valid_targets, _) = build_sources(experiment, dataset, work, fold)
     train_set = training_set(experiment, sources, probs, seed=cfg.seed + 1000 * fold)
-    valid_set = ValidationDataset(valid_specs, valid_targets, valid_transform(experiment.transforms.crop))
-    augment = BatchAugment(experiment.transforms.crop, device) if cfg.augment_on_device else None
+    freq_channel = experiment.input.freq_channel
+    valid_set = ValidationDataset(valid_specs, valid_targets, valid_transform(experiment.transforms.crop, freq_channel))
+    augment = BatchAugment(experiment.transforms.crop, device, freq_channel) if cfg.augment_on_device else None
 
     torch.manual_seed(cfg.seed + fold)
     model = create_training_model(experiment, len(dataset.classes), device)
@@ -406,8 +438,9 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
         save_checkpoint(
             out_dir / "model.pt", averaging.current(model),
             model_name=experiment.model.name,
-            model_params={"num_classes": len(dataset.classes), **experiment.model.params},
+            model_params=model_params(experiment, len(dataset.classes)),
             classes=list(dataset.classes), audio_config=experiment.audio.to_dict(),
+            network_input=experiment.input.to_dict(),
             experiment=experiment.name, fold=fold, epoch=epoch, val_lwlrap=float(score), **averaged,
         )
 
@@ -486,12 +519,19 @@ def _validate(model, valid_set, loss_fn, batch_size, device, use_amp, num_classe
 
 
 def check_experiment(experiment: Experiment, num_classes: int) -> None:
-    """Build the experiment's model and losses once, so that an unknown model or loss name or a
-    bad parameter is one ``ConfigError`` before any data is loaded."""
+    """Build the experiment's model, losses, transforms and mixer once, so that an unknown model or
+    loss name or a bad parameter (or mixer probabilities that do not sum to 1) is one
+    ``ConfigError`` before any data is loaded."""
+    params = model_params(experiment, num_classes)  # a ConfigError of its own
     try:
-        create_model(experiment.model.name, num_classes=num_classes, **experiment.model.params)
+        create_model(experiment.model.name, **params)
         build_loss(experiment)
         make_loss(**experiment.loss.curated)
+        transforms = experiment.transforms
+        train_transform(transforms.crop, resize_prob=transforms.resized_crop_prob,
+                        spec_prob=transforms.spec_augment_prob, freq_warp_prob=transforms.freq_warp_prob,
+                        freq_warp_max=transforms.freq_warp_max)
+        experiment_mixer(experiment)
     except (KeyError, TypeError, ValueError) as error:
         # KeyError's str() quotes its message; the first argument is the sentence itself.
         raise ConfigError(f"experiment {experiment.name!r}: {error.args[0] if error.args else error}") from error
