@@ -12,5 +12,7 @@
     mixers.py    sample mixers (sigmoid-concat, additive)
     losses.py    BCE, L_soft, L_q and the auxiliary-head weighting
     oof.py       out-of-fold prediction and scores of a trained experiment
+    teacher.py   soft targets from an earlier experiment's or ensemble's predictions ([targets])
+    pretrained.py  a fold started from another experiment's same-fold weights ([pretrained])
     baseline.py  a logistic regression on band statistics, the yardstick
 """
