@@ -201,6 +201,9 @@ def test_training_starts_from_the_pretrained_fold_or_says_what_to_train(taught, 
     finetune = tiny("finetune", pretrained={"experiment": "noisy_only"})
     with pytest.raises(FreesoundError, match=r"starts from 'noisy_only', whose fold 2 has no .*freesound train noisy_only"):
         train_fold(finetune, dataset, work, 2, progress=False, log=lambda line: None)
+    # Every fold is checked before the first one trains.
+    with pytest.raises(FreesoundError, match=r"whose fold\(s\) 0, 1, 2 have no model.pt .*freesound train noisy_only"):
+        train_experiment(finetune, dataset, work, progress=False, log=lambda line: None)
 
 
 # -- freesound distill, end to end ------------------------------------------------------------

@@ -18,6 +18,17 @@ from freesound.models import load_checkpoint
 from freesound.paths import checkpoint_path
 
 
+def check_pretrained(experiment: Experiment, work, folds) -> None:
+    """Refuse, before any training, an experiment whose ``[pretrained]`` experiment lacks one
+    of ``folds`` (the message says what to train)."""
+    source = experiment.pretrained.experiment
+    missing = [fold for fold in folds if source and not checkpoint_path(work, source, fold).is_file()]
+    if missing:
+        raise FreesoundError(f"experiment {experiment.name!r} starts from {source!r}, whose fold(s) "
+                             f"{', '.join(map(str, missing))} have no model.pt under {checkpoint_path(work, source, 0).parents[1]}; "
+                             f"train it first (freesound train {source} --data ...)")
+
+
 def load_pretrained(model: torch.nn.Module, experiment: Experiment, classes, work, fold: int) -> None:
     """Copy fold ``fold`` of ``experiment.pretrained.experiment`` into ``model`` (in place).
 

@@ -59,7 +59,7 @@ from freesound.training.engine import (
 from freesound.training.losses import AuxLoss, NoisyCuratedLoss, make_loss
 from freesound.training.mixers import method_mixer
 from freesound.training.oof import predict_oof
-from freesound.training.pretrained import load_pretrained
+from freesound.training.pretrained import check_pretrained, load_pretrained
 from freesound.training.sampling import (
     ClipSource,
     EpochShard,
@@ -493,6 +493,7 @@ def train_experiment(
     check_experiment(experiment, len(dataset.classes))
     if folds is None:
         folds = sorted(set(read_folds(work, dataset.curated.fname).fold))
+    check_pretrained(experiment, work, folds)
     return [train_fold(experiment, dataset, work, fold, **kwargs) for fold in folds]
 
 
