@@ -20,7 +20,9 @@ labels while it is held out:
   ``predictions/<teacher>/teacher_noisy.npz``, keyed by the teacher's weight files and the noisy
   clips (a changed teacher or dataset recomputes it).
 
-Validation targets are always the given labels. Soft pseudo-labels for noisy clips are the 4th
+Validation targets are always the given labels. A student's validation score is still slightly
+optimistic, as in any stacking on OOF predictions: the teacher's fold-``j`` model that labels a
+training clip of fold ``j`` trained on the student's validation fold. Soft pseudo-labels for noisy clips are the 4th
 place's method in Freesound Audio Tagging 2019; ``freesound distill`` applies the same mechanism
 to every source to train a small student.
 """
