@@ -629,6 +629,45 @@ def relabel(experiment, data_dir, work_dir, experiments_dir, curated_below, prom
     click.echo(f"review table (worst curated first, best noisy first) -> {result.paths['review']}")
 
 
+@main.command()
+@click.argument("teacher")
+@click.option("--student", required=True, help="The student experiment (a name under experiments/ or a TOML path), "
+              "e.g. small_student.")
+@data_option
+@work_option
+@experiments_dir_option
+@click.option("--fold", "folds", type=int, multiple=True, help="Train only this fold (repeatable).")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Override the student's max_epochs.")
+@click.option("--weight", type=click.FloatRange(0, 1), default=None,
+              help="Weight of the teacher's probabilities against the labels (default: the student's [targets] weight).")
+@device_option
+@click.option("--resume", is_flag=True, help="Continue interrupted folds from their saved state.")
+def distill(teacher, student, data_dir, work_dir, experiments_dir, folds, epochs, weight, device, resume):
+    """Train a small STUDENT on TEACHER's soft predictions (an experiment or an ensemble).
+
+    Curated clips learn from the teacher's out-of-fold predictions, noisy ones from its fold
+    models' geometric mean (cached under <work>/predictions/<teacher>/), mixed with the labels.
+    The student is an ordinary experiment: predict and build-kernel use it by its name.
+    """
+    from freesound.config import load_experiment
+    from freesound.data.dataset import load_dataset
+    from freesound.paths import experiment_dir
+    from freesound.tools.distill import distill as distill_student
+
+    result = distill_student(teacher, load_experiment(student, experiments_dir), load_dataset(data_dir), work_dir,
+                             folds=list(folds) or None, experiments_dir=experiments_dir, weight=weight,
+                             device=device or settings.default_device(), max_epochs=epochs, resume=resume,
+                             log=click.echo, feature_workers=settings.default_workers())
+    name = result.student.name
+    click.echo(f"\n{name} (student of {teacher}, weight {result.student.targets.weight:g}) -> "
+               f"{experiment_dir(work_dir, name)}")
+    if result.training.untrained:
+        click.echo(f"out-of-fold lwlrap once fold(s) {', '.join(map(str, result.training.untrained))} are trained too")
+        return
+    click.echo(f"out-of-fold lwlrap: student {result.training.oof_scores['lwlrap']:.4f}, "
+               f"teacher {result.teacher_lwlrap:.4f}")
+
+
 @main.command("experiments")
 @experiments_dir_option
 def experiments_command(experiments_dir):

@@ -243,6 +243,49 @@ class AveragingConfig:
             raise ValueError(f"ema_decay must be between 0 and 1, got {self.ema_decay}")
 
 
+#: The training sources soft targets may apply to (``SamplingConfig``'s fields).
+TARGET_SOURCES = ("curated", "corrected_noisy", "noisy")
+
+
+@dataclass(frozen=True)
+class TargetsConfig:
+    """Soft targets from an earlier model's predictions (off while ``teacher`` is empty).
+
+    A clip of one of ``sources`` trains on ``(1 - weight) * labels + weight * p``, where ``p`` is
+    the ``teacher``'s (an experiment's or an ensemble's) probability: its out-of-fold prediction
+    for a curated clip, its fold models' geometric mean for a noisy one
+    (``freesound.training.teacher``). Soft pseudo-labels for noisy clips are the 4th place's
+    method in Freesound Audio Tagging 2019; ``freesound distill`` uses them for every source.
+    """
+
+    teacher: str = ""
+    sources: tuple = ("noisy",)
+    weight: float = 0.5
+
+    def __post_init__(self):
+        unknown = sorted(set(self.sources) - set(TARGET_SOURCES))
+        if unknown:
+            raise ValueError(f"sources {unknown} are not training sources; choose from {list(TARGET_SOURCES)}")
+        if not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"weight must be in [0, 1], got {self.weight!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.teacher) and bool(self.sources) and self.weight > 0
+
+
+@dataclass(frozen=True)
+class PretrainedConfig:
+    """Start every fold from another experiment's checkpoint of the same fold (off while empty).
+
+    Noisy pretraining then curated fine-tuning (7th place of Freesound Audio Tagging 2019): the
+    pretraining experiment samples only noisy clips, and this one starts from its weights. The
+    models must match (name, parameters and classes).
+    """
+
+    experiment: str = ""
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str = "default"
@@ -256,6 +299,8 @@ class Experiment:
     audio: AudioConfig = field(default_factory=AudioConfig)
     averaging: AveragingConfig = field(default_factory=AveragingConfig)
     input: InputConfig = field(default_factory=InputConfig)
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
+    pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
     #: The folder of the TOML file, for resolving relative paths ("" when built in code).
     source_dir: str = ""
 

@@ -62,9 +62,13 @@ def test_the_experiments_command_lists_names_and_sources(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].split() == ["name", "kind", "from"]
-    assert f"ensemble   ensemble    preset: {presets_dir() / 'ensemble.toml'}" in lines
-    assert "small      experiment  experiments folder: experiments/small.toml" in lines
-    assert f"small      experiment  preset: {presets_dir() / 'small.toml'}  (overridden by the experiments folder)" in lines
+    # Columns are as wide as the longest name: compare with the padding collapsed.
+    words = [" ".join(line.split()) for line in lines]
+    assert f"ensemble ensemble preset: {presets_dir() / 'ensemble.toml'}" in words
+    assert "small experiment experiments folder: experiments/small.toml" in words
+    assert f"small experiment preset: {presets_dir() / 'small.toml'} (overridden by the experiments folder)" in words
+    width = max(len(name) for name in {line.split()[0] for line in lines[1:-1]})
+    assert lines[1].index(lines[1].split()[1]) == width + 2
     assert lines[-1] == f"experiments folder: {tmp_path / 'experiments'}; presets: {presets_dir()}"
 
 

@@ -4,6 +4,7 @@
     search.py        ``freesound search``: hyperparameter search by OOF lwlrap
     select.py        ``freesound select-ensemble``: the best subset of experiments to blend
     relabel.py       ``freesound relabel``: label-correction proposals
+    distill.py       ``freesound distill``: a small student trained on a teacher's soft predictions
     evaluate.py      ``freesound evaluate``: score a submission-format CSV
     plots.py         ``freesound report``: training curves, per-class scores, augmentations
     listen.py        ``freesound listen``: live tagging in a rolling window

@@ -15,19 +15,17 @@ reviewed files through its ``[data] corrections`` / ``noisy_corrections`` keys.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import pandas as pd
 
 from freesound.data.dataset import Dataset, multi_hot, write_corrections
-from freesound.data.features import ensure_features, iter_features
 from freesound.ensembling.specs import trained_tagger
 from freesound.fileio import atomic_write_csv
 from freesound.metrics import per_clip_lrap
 from freesound.paths import predictions_dir
-from freesound.progress import progress_bar
 from freesound.training.oof import load_oof_tiles
+from freesound.training.teacher import predict_noisy
 
 
 @dataclass(frozen=True)
@@ -50,9 +48,9 @@ def propose_relabels(name: str, dataset: Dataset, work, *, device="cpu", curated
     """Rank curated and noisy clips with experiment ``name`` and write proposals.
 
     Writes ``relabel_curated.json``, ``relabel_noisy.json`` (corrections format) and
-    ``relabel_review.csv`` under ``<work>/predictions/<name>/``. Noisy log-mels not cached yet are
-    computed first (``ensure_features``); the noisy clips are then read and predicted a chunk at a
-    time (``iter_features``), with a progress bar unless ``progress`` is False.
+    ``relabel_review.csv`` under ``<work>/predictions/<name>/``. The noisy clips are predicted by
+    ``freesound.training.teacher.predict_noisy`` (missing log-mels computed first, a chunk read at
+    a time, a progress bar unless ``progress`` is False), as soft pseudo-labels are.
     """
     classes = list(dataset.classes)
     out_dir = predictions_dir(work, name)
@@ -62,12 +60,7 @@ def propose_relabels(name: str, dataset: Dataset, work, *, device="cpu", curated
     curated_scores = per_clip_lrap(multi_hot(given, classes), oof_probs)
 
     tagger = trained_tagger(work, name, device=device)
-    ensure_features(dataset, work, tagger.audio_config, splits=("train_noisy",))
-    # Streamed: the real noisy split's log-mels (about 9 GB) are never all held at once.
-    noisy_probs = tagger.predict_spectrograms(iter_features(dataset, work, "train_noisy", config=tagger.audio_config),
-                                              track=partial(progress_bar, total=len(dataset.noisy), unit="clip",
-                                                            enabled=progress),
-                                              desc="relabel: noisy clips")
+    noisy_probs = predict_noisy(tagger, dataset, work, progress=progress, desc="relabel: noisy clips")
     noisy_target = multi_hot(dataset.noisy.labels, classes)
     noisy_scores = (noisy_probs * noisy_target).sum(axis=1) / noisy_target.sum(axis=1)
     noisy_best = (noisy_probs * noisy_target).max(axis=1)

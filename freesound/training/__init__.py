@@ -13,5 +13,7 @@
     mixers.py    sample mixers (sigmoid-concat, additive, SpecMix)
     losses.py    BCE, L_soft, L_q, LSEP, the auxiliary-head weighting and the noisy-head split
     oof.py       out-of-fold prediction and scores of a trained experiment
+    teacher.py   soft targets from an earlier experiment's or ensemble's predictions ([targets])
+    pretrained.py  a fold started from another experiment's same-fold weights ([pretrained])
     baseline.py  a logistic regression on band statistics, the yardstick
 """

@@ -31,6 +31,7 @@ from freesound.data.folds import read_folds
 from freesound.errors import FreesoundError
 from freesound.predict.device import require_device
 from freesound.progress import progress_bar
+from freesound.training.teacher import teacher_predictions
 from freesound.training.trainer import TRAIN_SPLITS, TrainingReport, check_experiment, score_trained, train_fold
 
 #: Seconds between checks that every fold process is still alive while waiting for its news.
@@ -126,6 +127,9 @@ def train_folds_on_devices(experiment: Experiment, dataset: Dataset, work, devic
     check_experiment(experiment, len(dataset.classes))
     folds = sorted(set(read_folds(work, dataset.curated.fname).fold)) if folds is None else list(folds)
     ensure_features(dataset, work, experiment.audio, splits=TRAIN_SPLITS, workers=feature_workers, progress=progress)
+    # A [targets] teacher's predictions are made (and cached) once here, not by every process.
+    teacher_predictions(experiment, dataset, work, device=devices[0], progress=progress,
+                        feature_workers=feature_workers, log=log)
     devices = list(devices)[: len(folds)]
     labels = device_labels(devices)
     cpu_processes = sum(torch.device(device).type == "cpu" for device in devices)

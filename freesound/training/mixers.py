@@ -46,12 +46,15 @@ def sigmoid_time_mask(width: int, radius: float) -> np.ndarray:
 
 
 class SigmoidConcatMixer:
-    """Join two clips in time with a smooth sigmoid crossfade; labels are OR-ed.
+    """Join two clips in time with a smooth sigmoid crossfade; labels are OR-ed (max).
 
     ``image = m * image + (1 - m) * other`` with ``m = sigmoid_time_mask(W, r)`` broadcast over
     channels and mel bands, for an integer radius ``r`` uniform in ``sigmoid_range`` (inclusive).
     The other clip fills the start (left) of the window and this sample the end (right).
-    ``target = clip(target + other_target, 0, 1)``.
+    ``target = max(target, other_target)`` elementwise: the OR of multi-hot labels (the method's
+    ``clip(target + other_target, 0, 1)``, equal on 0/1 labels), and for soft targets
+    (``[targets]``) a class as probable as in the clip where it is most probable, rather than a
+    sum that would make two clips' 0.5 a certain 1.
     """
 
     def __init__(self, sigmoid_range=(3, 12)):
@@ -71,7 +74,7 @@ class SigmoidConcatMixer:
 
     @staticmethod
     def mix_targets(target, other_target, weights) -> np.ndarray:
-        return np.clip(target + other_target, 0.0, 1.0).astype(np.float32, copy=False)
+        return np.maximum(target, other_target).astype(np.float32, copy=False)
 
     def choose(self, rng: np.random.Generator):
         return self

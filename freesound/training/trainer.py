@@ -61,6 +61,7 @@ from freesound.training.engine import (
 from freesound.training.losses import AuxLoss, NoisyCuratedLoss, NoisyHeadLoss, make_loss
 from freesound.training.mixers import method_mixer
 from freesound.training.oof import predict_oof
+from freesound.training.pretrained import check_pretrained, load_pretrained
 from freesound.training.sampling import (
     ClipSource,
     EpochShard,
@@ -68,6 +69,7 @@ from freesound.training.sampling import (
     ValidationDataset,
     WindowSamplingDataset,
 )
+from freesound.training.teacher import TeacherPredictions, soft_targets, teacher_predictions
 
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_lwlrap", "seconds"]
 #: Settings a resumed run may change: how long it trains, how many loader processes it uses and
@@ -107,6 +109,8 @@ def changed_settings(saved: dict, current: dict) -> list:
     ``saved`` was written counts as its default there (it did not exist, so it was off)."""
     defaults = _flatten(Experiment().to_dict())
     saved, current = _flatten(saved), _flatten(current)
+    # A setting added since the state was saved counts as its default there.
+    defaults = _flatten(Experiment().to_dict())
     return sorted(key for key in saved.keys() | current.keys()
                   if key not in RESUMABLE_SETTINGS and saved.get(key, defaults.get(key)) != current.get(key))
 
@@ -136,8 +140,12 @@ def resume_conflicts(experiment: Experiment, work, fold: int) -> list:
     return _state_conflicts(load_state(path), experiment, work, fold)
 
 
-def build_sources(experiment: Experiment, dataset: Dataset, work, fold: int):
+def build_sources(experiment: Experiment, dataset: Dataset, work, fold: int,
+                  teacher: TeacherPredictions | None = None):
     """The fold's training sources and its validation set.
+
+    With ``teacher`` (``freesound.training.teacher``), the sources named by the experiment's
+    ``[targets] sources`` train on soft targets (``soft_targets``); validation keeps the labels.
 
     Returns
     -------
@@ -172,7 +180,10 @@ def build_sources(experiment: Experiment, dataset: Dataset, work, fold: int):
 
     def source(name, frame, split, is_noisy):
         specs = load_features(dataset, work, split, frame.fname, experiment.audio, lazy=lazy)
-        return ClipSource(name, specs, multi_hot(frame.labels, classes), is_noisy)
+        targets = multi_hot(frame.labels, classes)
+        if teacher is not None and name in experiment.targets.sources:
+            targets = soft_targets(targets, teacher.probabilities(split, frame.fname), experiment.targets.weight)
+        return ClipSource(name, specs, targets, is_noisy)
 
     sampling = experiment.sampling
     sources = [
@@ -352,11 +363,16 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
     except ValueError as error:
         raise ConfigError(f"experiment {experiment.name!r}: {error}") from None
 
+    teacher_options = dict(device=device, progress=progress, feature_workers=feature_workers, log=log)
+    teacher = None
     if processes.local_rank == 0:  # one process per machine caches; the others wait for it
         ensure_features(dataset, work, experiment.audio, splits=TRAIN_SPLITS, workers=feature_workers,
                         progress=progress)
+        teacher = teacher_predictions(experiment, dataset, work, **teacher_options)
     processes.barrier()
-    sources, probs, (valid_specs, valid_targets, _) = build_sources(experiment, dataset, work, fold)
+    if processes.local_rank != 0:
+        teacher = teacher_predictions(experiment, dataset, work, **teacher_options)  # cached by now
+    sources, probs, (valid_specs, valid_targets, _) = build_sources(experiment, dataset, work, fold, teacher)
     train_set = training_set(experiment, sources, probs, seed=cfg.seed + 1000 * fold)
     freq_channel = experiment.input.freq_channel
     valid_set = ValidationDataset(valid_specs, valid_targets, valid_transform(experiment.transforms.crop, freq_channel))
@@ -364,6 +380,8 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
 
     torch.manual_seed(cfg.seed + fold)
     model = create_training_model(experiment, len(dataset.classes), device)
+    if experiment.pretrained.experiment:
+        load_pretrained(model, experiment, dataset.classes, work, fold)
     model = processes.prepare_model(model, device, cfg.sync_batchnorm)
     processes.seed_generators(cfg.seed + fold)
     train_model = compiled(processes.wrap(model, device), cfg.compile)
@@ -544,6 +562,7 @@ def train_experiment(
     check_experiment(experiment, len(dataset.classes))
     if folds is None:
         folds = sorted(set(read_folds(work, dataset.curated.fname).fold))
+    check_pretrained(experiment, work, folds)
     return [train_fold(experiment, dataset, work, fold, **kwargs) for fold in folds]
 
 
