@@ -106,8 +106,11 @@ def _flatten(values: dict, prefix: str = "") -> dict:
 def changed_settings(saved: dict, current: dict) -> list:
     """Dotted keys (``"model.params.base_size"``) whose values differ between two
     ``Experiment.to_dict()`` dicts, except ``RESUMABLE_SETTINGS``; sorted. A setting added since
-    ``saved`` was written counts as its default there (it did not exist, so it was off)."""
-    defaults = _flatten(Experiment().to_dict())
+    ``saved`` was written counts as its default there (it did not exist, so it was off); the
+    entries of table-valued settings (model params, losses) are another model's or loss's own, so
+    they have no such default."""
+    defaults = {key: value for key, value in _flatten(Experiment().to_dict()).items()
+                if not key.startswith(("model.params.", "loss."))}
     saved, current = _flatten(saved), _flatten(current)
     # A setting added since the state was saved counts as its default there.
     defaults = _flatten(Experiment().to_dict())
@@ -208,7 +211,7 @@ def model_params(experiment: Experiment, num_classes: int) -> dict:
     """
     params = {"num_classes": num_classes, **experiment.model.params}
     channels = experiment.input.channels
-    if params.get("in_channels", 3) != channels and "in_channels" in params:
+    if "in_channels" in params and params["in_channels"] != channels:
         raise ConfigError(f"experiment {experiment.name!r}: [model] params in_channels = {params['in_channels']} "
                           f"but the network input has {channels} planes ([input] freq_channel = "
                           f"{str(experiment.input.freq_channel).lower()}); leave in_channels out")
@@ -316,16 +319,22 @@ def training_set(experiment: Experiment, sources, probs, seed: int) -> SamplingD
     """The experiment's sampler over ``sources``: whole network inputs (``SamplingDataset``), or,
     with ``train.augment_on_device``, windows and random draws for ``BatchAugment``
     (``WindowSamplingDataset``). Both draw the same numbers for the same ``seed``."""
-    transforms = experiment.transforms
-    options = dict(resize_prob=transforms.resized_crop_prob, spec_prob=transforms.spec_augment_prob,
-                   freq_warp_prob=transforms.freq_warp_prob, freq_warp_max=transforms.freq_warp_max)
+    crop, options = experiment.transforms.crop, transform_options(experiment)
     mixer = experiment_mixer(experiment)
     if experiment.train.augment_on_device:
         return WindowSamplingDataset(sources, probs, experiment.train.epoch_size,
-                                     transform=train_window_transform(transforms.crop, **options), mixer=mixer, seed=seed)
+                                     transform=train_window_transform(crop, **options), mixer=mixer, seed=seed)
     return SamplingDataset(sources, probs, experiment.train.epoch_size,
-                           transform=train_transform(transforms.crop, **options), mixer=mixer, seed=seed,
+                           transform=train_transform(crop, **options), mixer=mixer, seed=seed,
                            freq_channel=experiment.input.freq_channel)
+
+
+def transform_options(experiment: Experiment) -> dict:
+    """The ``[transforms]`` table as ``train_transform``'s (and ``train_window_transform``'s)
+    keyword arguments, the crop size aside."""
+    transforms = experiment.transforms
+    return dict(resize_prob=transforms.resized_crop_prob, spec_prob=transforms.spec_augment_prob,
+                freq_warp_prob=transforms.freq_warp_prob, freq_warp_max=transforms.freq_warp_max)
 
 
 def experiment_mixer(experiment: Experiment):
@@ -545,10 +554,7 @@ def check_experiment(experiment: Experiment, num_classes: int) -> None:
         create_model(experiment.model.name, **params)
         build_loss(experiment)
         make_loss(**experiment.loss.curated)
-        transforms = experiment.transforms
-        train_transform(transforms.crop, resize_prob=transforms.resized_crop_prob,
-                        spec_prob=transforms.spec_augment_prob, freq_warp_prob=transforms.freq_warp_prob,
-                        freq_warp_max=transforms.freq_warp_max)
+        train_transform(experiment.transforms.crop, **transform_options(experiment))
         experiment_mixer(experiment)
     except (KeyError, TypeError, ValueError) as error:
         # KeyError's str() quotes its message; the first argument is the sentence itself.
