@@ -112,19 +112,16 @@ def changed_settings(saved: dict, current: dict) -> list:
     defaults = {key: value for key, value in _flatten(Experiment().to_dict()).items()
                 if not key.startswith(("model.params.", "loss."))}
     saved, current = _flatten(saved), _flatten(current)
-    # A setting added since the state was saved counts as its default there.
-    defaults = _flatten(Experiment().to_dict())
     return sorted(key for key in saved.keys() | current.keys()
                   if key not in RESUMABLE_SETTINGS and saved.get(key, defaults.get(key)) != current.get(key))
 
 
 def _saved_settings(state: dict, work, name: str, fold: int) -> dict | None:
     """The settings a saved state was trained with: stored in it, or, for states from before
-    they were, the fold's config.toml (None when neither is there). A section added to the
-    settings after the state was saved (``[averaging]``) counts as its defaults, which are what
-    the state was trained with."""
+    they were, the fold's config.toml (None when neither is there). Settings added since the
+    state was saved are missing from it; ``changed_settings`` counts them as their defaults."""
     if "experiment" in state:
-        return {**Experiment().to_dict(), **state["experiment"]}
+        return state["experiment"]
     config = fold_dir(work, name, fold) / "config.toml"
     return experiment_from_dict(read_toml(config), name=name).to_dict() if config.is_file() else None
 
