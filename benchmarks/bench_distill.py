@@ -152,8 +152,8 @@ def main(argv=None) -> int:
                   f"{rate[name] / first:.2f}x") for name in predictors]))
     print("\nOOF lwlrap of every experiment trained here (one seed each):")
     print(table(["experiment", "OOF lwlrap"], [(name, f"{score:.4f}") for name, score in oof.items()]))
-    print(f"\nteacher's noisy predictions cached in {predictions_dir(work, args.teacher)}; "
-          f"{(time.perf_counter() - started) / 60:.1f} min in all")
+    cached = f"teacher's noisy predictions cached in {predictions_dir(work, args.teacher)}; " if len(dataset.noisy) else ""
+    print(f"\n{cached}{(time.perf_counter() - started) / 60:.1f} min in all")
     return 0
 
 

@@ -3,6 +3,7 @@ and ``freesound distill``."""
 
 import dataclasses
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -138,6 +139,10 @@ def test_curated_targets_are_out_of_fold_and_noisy_targets_the_fold_gmean(taught
     given = multi_hot(dataset.noisy.labels, dataset.classes)
     np.testing.assert_allclose(again[2].targets, 0.5 * given + 0.5 * noisy, atol=1e-5)
     np.testing.assert_array_equal(again[0].targets, multi_hot(labels.loc[train_fnames], dataset.classes))
+    # The same work folder given as a relative path is the same cache.
+    monkeypatch.chdir(work.parent)
+    relative = teacher_predictions(half, dataset, Path(work.name), progress=False)
+    np.testing.assert_allclose(relative.noisy.to_numpy(), noisy, atol=1e-5)
 
 
 def test_missing_teacher_names_what_to_run_first(taught, tmp_path):

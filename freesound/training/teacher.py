@@ -167,9 +167,12 @@ def predict_noisy(predictor, dataset: Dataset, work, *, progress: bool = True, d
     return np.concatenate(parts)
 
 
-def _cache_key(weights: dict, dataset: Dataset) -> str:
-    """What the noisy predictions depend on: every weight file (path, size, mtime) and the clips."""
-    files = [[str(path), path.stat().st_size, path.stat().st_mtime_ns] for paths in weights.values() for path in paths]
+def _cache_key(weights: dict, dataset: Dataset, work) -> str:
+    """What the noisy predictions depend on: every weight file (path under ``<work>/experiments``,
+    so that ``--work`` may be given relative or absolute; size; mtime) and the clips."""
+    root = weights_root(work)
+    files = [[path.relative_to(root).as_posix(), path.stat().st_size, path.stat().st_mtime_ns]
+             for paths in weights.values() for path in paths]
     return json.dumps({"weights": files, "data": str(Path(dataset.root).resolve()),
                        "noisy": list(dataset.noisy.fname)})
 
@@ -182,7 +185,7 @@ def noisy_teacher_predictions(teacher: str | EnsembleConfig, dataset: Dataset, w
     name = teacher if isinstance(teacher, str) else teacher.name
     weights = _teacher_weights(teacher, work)
     path = predictions_dir(work, name) / NOISY_CACHE
-    key = _cache_key(weights, dataset)
+    key = _cache_key(weights, dataset, work)
     classes = list(dataset.classes)
     if path.is_file():
         with np.load(path) as cached:
