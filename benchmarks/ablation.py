@@ -36,8 +36,9 @@ import argparse
 import json
 import sys
 import tempfile
-import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -169,11 +170,20 @@ def base_settings(dataset: str) -> dict:
 
 
 def train_row(root: str, dataset_kind: str, row: str, seed: int) -> dict:
-    """Train every stage of ``row`` for ``seed`` on fold 0; the last stage's OOF lwlrap."""
+    """Train every stage of ``row`` for ``seed`` on fold 0; the last stage's OOF lwlrap.
+
+    Every fold trains with ``resume``: a finished one is not trained again and an interrupted
+    one continues exactly, so rerunning an ablation costs only what is missing. A row that names
+    ``{baseline}`` as a teacher first completes the baseline's other folds: a teacher's targets
+    for a clip come from the fold model that did not train on it (``freesound.training.teacher``).
+    ``seconds`` is the training time the runs' logs recorded, summed over their stages.
+    """
     import torch
 
     from freesound.config import load_experiment
     from freesound.data.dataset import load_dataset
+    from freesound.data.folds import recorded_folds
+    from freesound.paths import fold_dir
     from freesound.tools.search import ExperimentTarget, TrialSetup, fold_oof_lwlrap
     from freesound.training.trainer import train_fold
 
@@ -183,17 +193,23 @@ def train_row(root: str, dataset_kind: str, row: str, seed: int) -> dict:
     work = root / "work"
     target = ExperimentTarget(load_experiment("small", REPO / "experiments"))
     names = {"baseline": run_name("baseline", seed)}
-    started = time.perf_counter()
+    common = {**base_settings(dataset_kind), "train.seed": seed}
+
+    def train(name: str, settings: dict, fold: int) -> float:
+        train_fold(target.config({**common, **settings}, name), dataset, work, fold, resume=True, progress=False,
+                   log=lambda *_: None)
+        return float(pd.read_csv(fold_dir(work, name, fold) / "log.csv").seconds.sum())
+
+    seconds = 0.0
+    if row in NEEDS_BASELINE:
+        seconds += sum(train(names["baseline"], {}, fold) for fold in recorded_folds(work) if fold != FOLD)
     for suffix, settings in ROWS[row]:
         name = run_name(row, seed, suffix)
         if suffix:
             names[suffix] = name
-        params = {**base_settings(dataset_kind), "train.seed": seed, **fill(settings, names)}
-        experiment = target.config(params, name)
-        train_fold(experiment, dataset, work, FOLD, progress=False, log=lambda *_: None)
+        seconds += train(name, fill(settings, names), FOLD)
     score = fold_oof_lwlrap(name, TrialSetup.create(dataset, work, [FOLD]))
-    return {"dataset": dataset_kind, "row": row, "seed": seed, "lwlrap": score,
-            "seconds": time.perf_counter() - started}
+    return {"dataset": dataset_kind, "row": row, "seed": seed, "lwlrap": score, "seconds": seconds}
 
 
 def band_statistics_lwlrap(root: Path) -> float:
@@ -219,11 +235,11 @@ def read_results(path: Path) -> list:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def run_all(root: Path, datasets, rows, seeds, jobs: int, log=print) -> None:
+def run_all(root: Path, datasets, rows, seeds, jobs: int, log=partial(print, flush=True)) -> None:
     results_path = root / "results.jsonl"
     done = {(r["dataset"], r["row"], r["seed"]) for r in read_results(results_path)}
-    # Seed by seed, so that an ablation cut short has as many seeds for every row.
-    jobs_in_order = [(d, r, s) for d in datasets for s in seeds for r in rows]
+    # Seed by seed, both datasets, so that an ablation cut short has as many seeds for every row.
+    jobs_in_order = [(d, r, s) for s in seeds for d in datasets for r in rows]
     waiting = {job for job in jobs_in_order if job[1] in NEEDS_BASELINE and (job[0], "baseline", job[2]) not in done}
     waves = [[job for job in jobs_in_order if job not in waiting], [job for job in jobs_in_order if job in waiting]]
     with ProcessPoolExecutor(jobs) as pool:
@@ -231,11 +247,15 @@ def run_all(root: Path, datasets, rows, seeds, jobs: int, log=print) -> None:
             todo = [job for job in wave if job not in done]
             futures = {pool.submit(train_row, str(root / d), d, r, s): (d, r, s) for d, r, s in todo}
             for future in as_completed(futures):
-                result = future.result()
+                dataset, row, seed = futures[future]
+                try:
+                    result = future.result()
+                except Exception:  # one failed run is reported and the others go on
+                    log(f"{dataset:9s} {row:24s} seed {seed}: FAILED\n{traceback.format_exc()}")
+                    continue
                 with results_path.open("a") as out:
                     out.write(json.dumps(result) + "\n")
-                log(f"{result['dataset']:9s} {result['row']:24s} seed {result['seed']}: "
-                    f"{result['lwlrap']:.4f} ({result['seconds']:.0f} s)")
+                log(f"{dataset:9s} {row:24s} seed {seed}: {result['lwlrap']:.4f} ({result['seconds']:.0f} s)")
 
 
 def summary(results: list, datasets, rows) -> str:
