@@ -27,6 +27,17 @@ class ConfigError(FreesoundError, ValueError):
     """A bad experiment or ensemble file."""
 
 
+def _from_plain_dict(cls, values: dict | None, what: str):
+    """``cls(**values)`` for a frozen settings dataclass; missing keys take their defaults, an
+    unknown key is a ``ValueError`` naming the valid ones (``what`` names the settings)."""
+    values = dict(values or {})
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ValueError(f"unknown {what} keys {unknown}; valid keys are {sorted(valid)}")
+    return cls(**values)
+
+
 @dataclass(frozen=True)
 class AudioConfig:
     """The front end's numbers. Frozen so that ``key()`` can safely name a feature cache.
@@ -66,12 +77,7 @@ class AudioConfig:
 
         Missing keys take their defaults, so checkpoints saved before a field existed still load.
         """
-        values = dict(values or {})
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ValueError(f"unknown audio config keys {unknown}; valid keys are {sorted(valid)}")
-        return cls(**values)
+        return _from_plain_dict(cls, values, "audio config")
 
     def key(self) -> str:
         """A short hash of every field, stable across Python runs and machines."""
@@ -193,12 +199,7 @@ class InputConfig:
     def from_dict(cls, values: dict | None) -> "InputConfig":
         """From a checkpoint's ``network_input`` (missing: the method's 3-plane input); unknown
         keys are a ``ValueError`` naming the valid ones."""
-        values = dict(values or {})
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ValueError(f"unknown network input keys {unknown}; valid keys are {sorted(valid)}")
-        return cls(**values)
+        return _from_plain_dict(cls, values, "network input")
 
 
 @dataclass(frozen=True)
