@@ -232,7 +232,14 @@ def band_statistics_lwlrap(root: Path) -> float:
 
 
 def read_results(path: Path) -> list:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    """The results recorded in ``path``, the last one of each dataset, row and seed (a rerun that
+    found a run finished records it again)."""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    latest = {}
+    for line in filter(str.strip, lines):
+        result = json.loads(line)
+        latest[result["dataset"], result["row"], result["seed"]] = result
+    return list(latest.values())
 
 
 def run_all(root: Path, datasets, rows, seeds, jobs: int, log=partial(print, flush=True)) -> None:

@@ -174,6 +174,13 @@ class MixerConfig:
     #: ``sigmoid_concat + add + specmix`` must be 1. Off in the method.
     specmix: float = 0.0
 
+    def __post_init__(self):
+        shares = {"sigmoid_concat": self.sigmoid_concat, "add": self.add, "specmix": self.specmix}
+        if min(shares.values()) < 0 or abs(sum(shares.values()) - 1.0) > 1e-6:
+            raise ValueError("the mixers' shares sigmoid_concat + add + specmix must be non-negative and sum to 1, "
+                             f"got {' + '.join(f'{v:g}' for v in shares.values())} = {sum(shares.values()):g} "
+                             "(the method's are 0.6 and 0.4: lower them when raising specmix)")
+
 
 @dataclass(frozen=True)
 class InputConfig:

@@ -28,7 +28,7 @@ from freesound.fileio import file_sha256
 from freesound.kaggle import MANIFEST_FORMAT
 from freesound.kaggle.budget import DEFAULT_BUDGET_SECONDS, budget_seconds
 from freesound.predict import spec_files
-from freesound.predict.tagger import check_precision
+from freesound.predict.tagger import agreeing_checkpoints, check_precision
 
 
 def missing_weights(spec: dict, weights_root) -> list:
@@ -61,7 +61,8 @@ def build_manifest(spec: dict, weights_root, precision: str = "fp16", time_limit
     Raises
     ------
     FreesoundError
-        A weight file is missing (the message names every missing file), or a time limit that is
+        A weight file is missing (the message names every missing file), an experiment's folds
+        disagree on classes or network input (``agreeing_checkpoints``), or a time limit that is
         not a positive number of seconds.
     """
     weights_root = Path(weights_root)
@@ -74,6 +75,8 @@ def build_manifest(spec: dict, weights_root, precision: str = "fp16", time_limit
             f"cannot build a kernel for {spec['name']!r}: {len(missing)} weight file(s) missing under "
             f"{weights_root}: {', '.join(missing)}"
         )
+    for paths in spec["experiments"].values():  # what predict refuses, the kernel would fail on after upload
+        agreeing_checkpoints([weights_root / path for path in paths])
     weights = [
         {"path": path, "bytes": (weights_root / path).stat().st_size, "sha256": file_sha256(weights_root / path)}
         for path in spec_files(spec)

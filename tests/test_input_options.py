@@ -249,9 +249,10 @@ def test_method_mixer_without_specmix_is_the_two_mixer_choice_and_refuses_bad_su
     assert isinstance(plain, UseMixerWithProb) and isinstance(plain.mixer, RandomMixer)
     assert len(plain.mixer.mixers) == 2 and plain.mixer.probs.tolist() == [0.6, 0.4]
     assert isinstance(method_mixer(0.8, 0.3, 0.2, 0.5).mixer.mixers[2], SpecMixMixer)
-    bad = experiment_from_dict({"mixers": {"specmix": 0.5}}, name="bad")
-    with pytest.raises(ConfigError, match=r"experiment 'bad': probs must be 3 non-negative numbers summing to 1"):
-        check_experiment(bad, 6)
+    # The natural slip, specmix raised alone, names the three shares and their sum.
+    with pytest.raises(ConfigError, match=r"mixers: the mixers' shares sigmoid_concat \+ add \+ specmix must be "
+                                          r"non-negative and sum to 1, got 0.6 \+ 0.4 \+ 0.5 = 1.5"):
+        experiment_from_dict({"mixers": {"specmix": 0.5}}, name="bad")
 
 
 # -- frequency warping ----------------------------------------------------------------------------

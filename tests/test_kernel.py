@@ -252,6 +252,18 @@ def test_missing_weight_at_run_time_names_file_and_folders(built, tmp_path):
         run_kernel(manifest, root, device="cpu", log=lambda line: None)
 
 
+def test_build_refuses_an_experiment_whose_folds_take_different_inputs(tmp_path):
+    # predict refuses such folds; a kernel built from them would fail only after upload.
+    params = {"num_classes": len(CLASSES), "base_size": 4}
+    save_fold(tmp_path / "mixed/fold_0/model.pt", "simple_cnn", params, seed=0)
+    save_fold(tmp_path / "mixed/fold_1/model.pt", "simple_cnn", {**params, "in_channels": 4}, seed=1,
+              network_input={"freq_channel": True})
+    spec = {"name": "mixed", "experiments": {"mixed": ["mixed/fold_0/model.pt", "mixed/fold_1/model.pt"]},
+            "stackers": {}}
+    with pytest.raises(FreesoundError, match=r"mixed/fold_1/model.pt was trained on another network input"):
+        build_manifest(spec, tmp_path)
+
+
 def test_weights_may_be_nested_differently_per_experiment(built, tmp_path):
     # zip dir-mode: each experiment's archive may unpack one level deeper on its own.
     root = tmp_path / "kaggle"

@@ -17,7 +17,7 @@ from freesound.data.features import load_features
 from freesound.data.folds import read_folds
 from freesound.errors import FreesoundError
 from freesound.models import load_checkpoint
-from freesound.paths import checkpoint_path, predictions_dir
+from freesound.paths import checkpoint_path, fold_dir, predictions_dir
 from freesound.predict import Tagger
 from freesound.training import teacher as teacher_module
 from freesound.training.mixers import AddMixer, SigmoidConcatMixer
@@ -206,6 +206,11 @@ def test_training_starts_from_the_pretrained_fold_or_says_what_to_train(taught, 
     finetune = tiny("finetune", pretrained={"experiment": "noisy_only"})
     with pytest.raises(FreesoundError, match=r"starts from 'noisy_only', whose fold 2 has no .*freesound train noisy_only"):
         train_fold(finetune, dataset, work, 2, progress=False, log=lambda line: None)
+    # A refused fold leaves no folder behind: predict and build-kernel would count it as a fold.
+    assert not fold_dir(work, "finetune", 2).exists()
+    with pytest.raises(FreesoundError, match=r"'itself' names itself in \[pretrained\] experiment"):
+        train_experiment(tiny("itself", pretrained={"experiment": "itself"}), dataset, work, progress=False,
+                         log=lambda line: None)
     # Every fold is checked before the first one trains.
     with pytest.raises(FreesoundError, match=r"whose fold\(s\) 0, 1, 2 have no model.pt .*freesound train noisy_only"):
         train_experiment(finetune, dataset, work, progress=False, log=lambda line: None)

@@ -128,6 +128,34 @@ def checkpoint_input_config(checkpoint: dict, path) -> InputConfig:
     return input_config
 
 
+def agreeing_checkpoints(paths) -> tuple:
+    """Check that the checkpoints at ``paths`` (one experiment's folds) can be combined: the same
+    classes and the same network input, each model's ``in_channels`` that input's plane count.
+
+    Returns
+    -------
+    (the first checkpoint's dict, its InputConfig)
+
+    Raises
+    ------
+    FreesoundError
+        No path, or a checkpoint that disagrees with the first (named, with what differs).
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise FreesoundError("no checkpoints given")
+    first = load_checkpoint(paths[0])
+    input_config = checkpoint_input_config(first, paths[0])
+    for path in paths[1:]:
+        checkpoint = load_checkpoint(path)
+        if list(checkpoint["classes"]) != list(first["classes"]):
+            raise FreesoundError(f"{path} predicts other classes than {paths[0]}")
+        if checkpoint_input_config(checkpoint, path) != input_config:
+            raise FreesoundError(f"{path} was trained on another network input than {paths[0]} "
+                                 f"({checkpoint.get('network_input', {})} against {first.get('network_input', {})})")
+    return first, input_config
+
+
 class Tagger:
     """Predicts clip-level class probabilities with one or more models.
 
@@ -178,17 +206,7 @@ class Tagger:
         and on the network input (``network_input``; absent: the method's 3 planes), and each
         model's ``in_channels`` must be that input's plane count."""
         paths = [Path(p) for p in paths]
-        if not paths:
-            raise FreesoundError("no checkpoints given")
-        first = load_checkpoint(paths[0])
-        input_config = checkpoint_input_config(first, paths[0])
-        for path in paths[1:]:
-            checkpoint = load_checkpoint(path)
-            if list(checkpoint["classes"]) != list(first["classes"]):
-                raise FreesoundError(f"{path} predicts other classes than {paths[0]}")
-            if checkpoint_input_config(checkpoint, path) != input_config:
-                raise FreesoundError(f"{path} was trained on another network input than {paths[0]} "
-                                     f"({checkpoint.get('network_input', {})} against {first.get('network_input', {})})")
+        first, input_config = agreeing_checkpoints(paths)
         kwargs.setdefault("audio_config", AudioConfig.from_dict(first.get("audio_config") or {}))
         kwargs.setdefault("input_config", input_config)
         models = [load_model(path) for path in paths]  # on the CPU: the Tagger copies them to its device

@@ -22,6 +22,9 @@ def check_pretrained(experiment: Experiment, work, folds) -> None:
     """Refuse, before any training, an experiment whose ``[pretrained]`` experiment lacks one
     of ``folds`` (the message says what to train)."""
     source = experiment.pretrained.experiment
+    if source == experiment.name:
+        raise FreesoundError(f"experiment {experiment.name!r} names itself in [pretrained] experiment; name the "
+                             f"pretraining experiment it starts from")
     missing = [fold for fold in folds if source and not checkpoint_path(work, source, fold).is_file()]
     if missing:
         raise FreesoundError(f"experiment {experiment.name!r} starts from {source!r}, whose fold(s) "

@@ -360,7 +360,6 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
                 on_epoch, processes: Processes) -> FoldResult:
     cfg = experiment.train
     out_dir = fold_dir(work, experiment.name, fold)
-    out_dir.mkdir(parents=True, exist_ok=True)
     resume_path = train_state_path(work, experiment.name, fold)
     max_epochs = cfg.max_epochs if max_epochs is None else max_epochs
     use_amp = cfg.amp and device.type == "cuda"
@@ -428,6 +427,7 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
             log(note)
         if run.finished:
             return FoldResult(fold, run.best_epoch, run.best_score, run.epoch, out_dir / "model.pt")
+    # Only now, every check passed: a refused fold leaves no folder that predict would count as a fold.
     processes.main_only(atomic_write_text)(out_dir / "config.toml", dump_experiment(experiment))
 
     def epoch_batches():
