@@ -270,7 +270,7 @@ def summary(results: list, datasets, rows) -> str:
     baseline, paired by seed (the mean ± std of option minus baseline over the seeds both have:
     seeds move the score more than most options do, so unpaired means would mostly compare seeds)."""
     frame = pd.DataFrame(results)
-    scores = frame.set_index(["dataset", "row", "seed"]).lwlrap
+    scores = frame.set_index(["dataset", "row", "seed"]).lwlrap.sort_index()
     minutes = frame.groupby(["dataset", "row"]).seconds.mean() / 60
     headers = ["option"]
     for d in datasets:
