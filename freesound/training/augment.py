@@ -439,19 +439,24 @@ def train_transform(
     spec_time_fraction: float = 0.2,
     freq_warp_prob: float = 0.0,
     freq_warp_max: float = 0.2,
-) -> Compose:
+    deferred: bool = False,
+) -> Compose | WindowTransform:
     """The method's train-time pipeline; the defaults are the original solution's numbers.
 
     ``freq_warp_prob`` adds ``FrequencyWarp(freq_warp_max)`` after the resized crop with that
     probability; at 0 (the method) the step is left out, so no random number is drawn for it.
 
     Returns ``f(spec, rng) -> np.ndarray`` mapping a log-mel ``(n_mels, frames)`` of any length to
-    a float32 network input ``(3, n_mels, size)``.
+    a float32 network input ``(3, n_mels, size)``; with ``deferred``, the same pipeline up to the
+    window with SpecAugment drawn but not applied (``WindowTransform``, ``train_window_transform``).
     """
-    check_prob(spec_prob, "spec_prob")
+    if not deferred:  # the deferred path's DeferredSpecAugment checks it
+        check_prob(spec_prob, "spec_prob")
     spec_augment = SpecAugment(spec_num_masks, freq_fraction=spec_freq_fraction, time_fraction=spec_time_fraction)
     window = _window_steps(size, wrap_pad_prob, pad_placement, resize_prob, resize_scale, resize_ratio,
                            freq_warp_prob, freq_warp_max)
+    if deferred:
+        return WindowTransform(Compose(window), DeferredSpecAugment(spec_augment, spec_prob))
     return Compose(window + [UseWithProb(spec_augment, spec_prob), ToNetworkInput()])
 
 
@@ -490,27 +495,11 @@ class WindowTransform:
         return self.spec_augment(window, rng)
 
 
-def train_window_transform(
-    size: int = 256,
-    wrap_pad_prob: float = 0.5,
-    pad_placement: str = "center",
-    resize_prob: float = 0.33,
-    resize_scale=(0.8, 1.0),
-    resize_ratio=(1.7, 2.3),
-    spec_prob: float = 0.5,
-    spec_num_masks=(1, 2),
-    spec_freq_fraction: float = 0.15,
-    spec_time_fraction: float = 0.2,
-    freq_warp_prob: float = 0.0,
-    freq_warp_max: float = 0.2,
-) -> WindowTransform:
+def train_window_transform(size: int = 256, **options) -> WindowTransform:
     """``train_transform``'s pipeline (same arguments) up to the window, with SpecAugment drawn but
     not applied and no deltas: see ``WindowTransform``. The frequency warp is a window step, so
     both paths run the same code on the same draws."""
-    spec_augment = SpecAugment(spec_num_masks, freq_fraction=spec_freq_fraction, time_fraction=spec_time_fraction)
-    window = _window_steps(size, wrap_pad_prob, pad_placement, resize_prob, resize_scale, resize_ratio,
-                           freq_warp_prob, freq_warp_max)
-    return WindowTransform(Compose(window), DeferredSpecAugment(spec_augment, spec_prob))
+    return train_transform(size, deferred=True, **options)
 
 
 def valid_transform(size: int = 256, freq_channel: bool = False) -> Compose:
