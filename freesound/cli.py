@@ -318,7 +318,7 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
                                             folds=list(folds) or None, **options)
     else:
         report = train_and_score(config, load_dataset(data_dir), work_dir, folds=list(folds) or None,
-                                 device=device or settings.default_device(), distributed=distributed, **options)
+                                 device=device, distributed=distributed, **options)
     if not report.main:
         return
     click.echo(f"\n{config.name}: best val lwlrap per fold (centre crop)")
@@ -379,7 +379,7 @@ def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_file
         raise click.UsageError("--all-files goes with --audio")
     result = run_prediction(
         load_config(experiment, experiments_dir), work_dir, dataset=load_dataset(data_dir) if data_dir else None,
-        audio_dir=audio_dir, out_csv=out_csv, oof=not no_oof, device=device or settings.default_device(),
+        audio_dir=audio_dir, out_csv=out_csv, oof=not no_oof, device=device,
         batch_size=batch_size, workers=workers, all_files=all_files, feature_workers=settings.default_workers(),
         precision=precision, runtime=runtime, log=click.echo,
     )
@@ -410,7 +410,6 @@ def stack(ensemble, data_dir, work_dir, experiments_dir, device):
     from freesound.ensembling.stack import train_stackers
     from freesound.training.oof import ensure_oof
 
-    device = device or settings.default_device()
     config = load_ensemble(ensemble, experiments_dir)
     dataset = load_dataset(data_dir)
     ensure_oof(config.experiments, dataset, work_dir, device=device, log=click.echo)
@@ -456,7 +455,7 @@ def select_ensemble_command(experiments, data_dir, work_dir, experiments_dir, ma
                 else (StackerConfig(),))
     names = experiment_names(experiments, experiments_dir)
     dataset = load_dataset(data_dir)
-    ensure_oof(names, dataset, work_dir, device=device or settings.default_device(), log=click.echo)
+    ensure_oof(names, dataset, work_dir, device=device, log=click.echo)
     selection = select_ensemble(load_oof_set(names, dataset, work_dir, log=click.echo), max_size)
     click.echo(format_selection(selection, top))
     paths = save_selection(selection, out_file or Path(experiments_dir) / "selected.toml", stackers=stackers, top=top)
@@ -524,7 +523,7 @@ def search(experiment, data_dir, work_dir, experiments_dir, trials, space_file, 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial gets its own line below
     target = load_target(experiment, experiments_dir)
     space = load_space(space_file, target)
-    setup = TrialSetup.create(load_dataset(data_dir), work_dir, folds, device=device or settings.default_device(),
+    setup = TrialSetup.create(load_dataset(data_dir), work_dir, folds, device=device,
                               max_epochs=epochs)
     result = run_search(target, space, setup, trials=trials, seed=seed, name=name, out=out_file,
                         experiments_dir=experiments_dir, sampler=sampler, pruner=None if no_prune else pruner,
@@ -569,7 +568,7 @@ def tag(files, experiment, work_dir, top, device):
     """
     from freesound.ensembling.specs import trained_tagger
 
-    tagger = trained_tagger(work_dir, experiment, device=device or settings.default_device())
+    tagger = trained_tagger(work_dir, experiment, device=device)
     failures = []
     frame = tagger.predict_files(files, on_error="skip", failures=failures)
     for fname, row in frame.iterrows():
@@ -618,7 +617,6 @@ def relabel(experiment, data_dir, work_dir, experiments_dir, curated_below, prom
 
     name = load_experiment(experiment, experiments_dir).name
     dataset = load_dataset(data_dir)
-    device = device or settings.default_device()
     ensure_oof([name], dataset, work_dir, device=device, log=click.echo)
     result = propose_relabels(name, dataset, work_dir, device=device, curated_below=curated_below,
                               promote_at=promote_at, remove_below=remove_below)
@@ -656,7 +654,7 @@ def distill(teacher, student, data_dir, work_dir, experiments_dir, folds, epochs
 
     result = distill_student(teacher, load_experiment(student, experiments_dir), load_dataset(data_dir), work_dir,
                              folds=list(folds) or None, experiments_dir=experiments_dir, weight=weight,
-                             device=device or settings.default_device(), max_epochs=epochs, resume=resume,
+                             device=device, max_epochs=epochs, resume=resume,
                              log=click.echo, feature_workers=settings.default_workers())
     name = result.student.name
     click.echo(f"\n{name} (student of {teacher}, weight {result.student.targets.weight:g}) -> "
@@ -777,7 +775,7 @@ def listen(experiment, work_dir, audio_file, window, hop, top, input_device, dur
     from freesound.ensembling.specs import trained_tagger
     from freesound.tools.listen import format_tags, listen_microphone, replay_file
 
-    tagger = trained_tagger(work_dir, experiment, device=device or settings.default_device())
+    tagger = trained_tagger(work_dir, experiment, device=device)
     if audio_file is not None:
         for time_s, tags in replay_file(audio_file, tagger, window_seconds=window, hop_seconds=hop, top=top):
             click.echo(format_tags(time_s, tags))
