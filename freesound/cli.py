@@ -462,7 +462,36 @@ def select_ensemble_command(experiments, data_dir, work_dir, experiments_dir, ma
     click.echo(f"ensemble -> {paths['ensemble']}\ntable -> {paths['csv']}\nplot -> {paths['png']}")
 
 
-@main.command()
+def _search_help() -> str:
+    """``search``'s help, its example and default spaces read from ``freesound.tools.spaces``."""
+    from freesound.tools.spaces import DEFAULT_EXPERIMENT_SPACE, DEFAULT_STACKER_SPACE, EXAMPLE_SPACE, describe_space
+
+    def block(lines):
+        return "\n".join("  " + line for line in lines)
+
+    return f"""Search EXPERIMENT's settings, or an ENSEMBLE's first stacker's, by OOF lwlrap (Optuna).
+
+Each trial trains with the normal training code and is scored by its out-of-fold lwlrap on
+the trained folds; trials that trail are pruned after each epoch. The study lives in
+<work>/search/<name>/study.db (or --storage): rerunning the command resumes it, and several
+processes or machines running it on one storage share the trials. trials.csv and
+progress.png are written beside it and the best trial's config as a new experiment (or
+ensemble) file after every trial.
+
+\b
+The space is TOML, one entry per config key (experiments: dotted keys such as train.lr,
+model.params.dropout, mixers.prob; ensembles: stacker fields such as lr, p_dropout):
+{block(EXAMPLE_SPACE.splitlines())}
+
+\b
+Default space for an experiment:
+{block(describe_space(DEFAULT_EXPERIMENT_SPACE))}
+\b
+Default space for an ensemble's stacker:
+{block(describe_space(DEFAULT_STACKER_SPACE))}"""
+
+
+@main.command(help=_search_help())
 @click.argument("experiment")
 @data_option
 @work_option
@@ -489,32 +518,6 @@ def select_ensemble_command(experiments, data_dir, work_dir, experiments_dir, ma
 @device_option
 def search(experiment, data_dir, work_dir, experiments_dir, trials, space_file, seed, folds, epochs, name, out_file,
            sampler, pruner, no_prune, storage, device):
-    """Search EXPERIMENT's settings, or an ENSEMBLE's first stacker's, by OOF lwlrap (Optuna).
-
-    Each trial trains with the normal training code and is scored by its out-of-fold lwlrap on
-    the trained folds; trials that trail are pruned after each epoch. The study lives in
-    <work>/search/<name>/study.db (or --storage): rerunning the command resumes it, and several
-    processes or machines running it on one storage share the trials. trials.csv and
-    progress.png are written beside it and the best trial's config as a new experiment (or
-    ensemble) file after every trial.
-
-    \b
-    The space is TOML, one entry per config key (experiments: dotted keys such as train.lr,
-    model.params.dropout, mixers.prob; ensembles: stacker fields such as lr, p_dropout):
-      "train.lr" = { loguniform = [1e-4, 1e-2] }
-      "model.params.dropout" = { uniform = [0.1, 0.5] }
-      "model.params.base_size" = { int = [4, 16] }
-      "mixers.prob" = { choice = [0.0, 0.5, 0.8] }
-      "train.max_epochs" = 20          (a plain value is fixed)
-
-    \b
-    Default space for an experiment:
-      train.lr loguniform [1e-4, 1e-2], model.params.dropout uniform [0.0, 0.5],
-      mixers.prob uniform [0.4, 1.0], transforms.spec_augment_prob uniform [0.2, 0.8]
-    Default space for an ensemble's stacker:
-      lr loguniform [1e-4, 1e-2], p_dropout uniform [0.0, 0.5],
-      base_size choice [32, 64, 128, 256], reduction_scale choice [1, 2, 4, 8]
-    """
     import optuna
 
     from freesound.data.dataset import load_dataset
