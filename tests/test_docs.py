@@ -157,6 +157,15 @@ def test_the_commands_page_documents_every_command():
     assert set(main.commands) <= named
 
 
+def test_every_docs_page_is_in_both_indexes():
+    pages = {page.name for page in (REPO / "docs").glob("*.md")} - {"README.md"}
+    assert pages >= {"commands.md", "experiments.md", "own-data.md", "real-scale.md", "gpus.md", "kernels.md",
+                     "original-weights.md", "development.md", "reliability.md", "search.md"}
+    readme, index = (REPO / "README.md").read_text(), (REPO / "docs" / "README.md").read_text()
+    assert [page for page in sorted(pages) if f"](docs/{page})" not in readme] == []
+    assert [page for page in sorted(pages) if f"]({page})" not in index] == []
+
+
 def test_the_search_page_shows_the_example_space_the_help_shows():
     assert f"```toml\n{EXAMPLE_SPACE}```" in (REPO / "docs" / "search.md").read_text()
 
