@@ -318,7 +318,7 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
                                             folds=list(folds) or None, **options)
     else:
         report = train_and_score(config, load_dataset(data_dir), work_dir, folds=list(folds) or None,
-                                 device=device or settings.default_device(), distributed=distributed, **options)
+                                 device=device, distributed=distributed, **options)
     if not report.main:
         return
     click.echo(f"\n{config.name}: best val lwlrap per fold (centre crop)")
@@ -379,7 +379,7 @@ def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_file
         raise click.UsageError("--all-files goes with --audio")
     result = run_prediction(
         load_config(experiment, experiments_dir), work_dir, dataset=load_dataset(data_dir) if data_dir else None,
-        audio_dir=audio_dir, out_csv=out_csv, oof=not no_oof, device=device or settings.default_device(),
+        audio_dir=audio_dir, out_csv=out_csv, oof=not no_oof, device=device,
         batch_size=batch_size, workers=workers, all_files=all_files, feature_workers=settings.default_workers(),
         precision=precision, runtime=runtime, log=click.echo,
     )
@@ -410,7 +410,6 @@ def stack(ensemble, data_dir, work_dir, experiments_dir, device):
     from freesound.ensembling.stack import train_stackers
     from freesound.training.oof import ensure_oof
 
-    device = device or settings.default_device()
     config = load_ensemble(ensemble, experiments_dir)
     dataset = load_dataset(data_dir)
     ensure_oof(config.experiments, dataset, work_dir, device=device, log=click.echo)
@@ -456,14 +455,43 @@ def select_ensemble_command(experiments, data_dir, work_dir, experiments_dir, ma
                 else (StackerConfig(),))
     names = experiment_names(experiments, experiments_dir)
     dataset = load_dataset(data_dir)
-    ensure_oof(names, dataset, work_dir, device=device or settings.default_device(), log=click.echo)
+    ensure_oof(names, dataset, work_dir, device=device, log=click.echo)
     selection = select_ensemble(load_oof_set(names, dataset, work_dir, log=click.echo), max_size)
     click.echo(format_selection(selection, top))
     paths = save_selection(selection, out_file or Path(experiments_dir) / "selected.toml", stackers=stackers, top=top)
     click.echo(f"ensemble -> {paths['ensemble']}\ntable -> {paths['csv']}\nplot -> {paths['png']}")
 
 
-@main.command()
+def _search_help() -> str:
+    """``search``'s help, its example and default spaces read from ``freesound.tools.spaces``."""
+    from freesound.tools.spaces import DEFAULT_EXPERIMENT_SPACE, DEFAULT_STACKER_SPACE, EXAMPLE_SPACE, describe_space
+
+    def block(lines):
+        return "\n".join("  " + line for line in lines)
+
+    return f"""Search EXPERIMENT's settings, or an ENSEMBLE's first stacker's, by OOF lwlrap (Optuna).
+
+Each trial trains with the normal training code and is scored by its out-of-fold lwlrap on
+the trained folds; trials that trail are pruned after each epoch. The study lives in
+<work>/search/<name>/study.db (or --storage): rerunning the command resumes it, and several
+processes or machines running it on one storage share the trials. trials.csv and
+progress.png are written beside it and the best trial's config as a new experiment (or
+ensemble) file after every trial.
+
+\b
+The space is TOML, one entry per config key (experiments: dotted keys such as train.lr,
+model.params.dropout, mixers.prob; ensembles: stacker fields such as lr, p_dropout):
+{block(EXAMPLE_SPACE.splitlines())}
+
+\b
+Default space for an experiment:
+{block(describe_space(DEFAULT_EXPERIMENT_SPACE))}
+\b
+Default space for an ensemble's stacker:
+{block(describe_space(DEFAULT_STACKER_SPACE))}"""
+
+
+@main.command(help=_search_help())
 @click.argument("experiment")
 @data_option
 @work_option
@@ -490,32 +518,6 @@ def select_ensemble_command(experiments, data_dir, work_dir, experiments_dir, ma
 @device_option
 def search(experiment, data_dir, work_dir, experiments_dir, trials, space_file, seed, folds, epochs, name, out_file,
            sampler, pruner, no_prune, storage, device):
-    """Search EXPERIMENT's settings, or an ENSEMBLE's first stacker's, by OOF lwlrap (Optuna).
-
-    Each trial trains with the normal training code and is scored by its out-of-fold lwlrap on
-    the trained folds; trials that trail are pruned after each epoch. The study lives in
-    <work>/search/<name>/study.db (or --storage): rerunning the command resumes it, and several
-    processes or machines running it on one storage share the trials. trials.csv and
-    progress.png are written beside it and the best trial's config as a new experiment (or
-    ensemble) file after every trial.
-
-    \b
-    The space is TOML, one entry per config key (experiments: dotted keys such as train.lr,
-    model.params.dropout, mixers.prob; ensembles: stacker fields such as lr, p_dropout):
-      "train.lr" = { loguniform = [1e-4, 1e-2] }
-      "model.params.dropout" = { uniform = [0.1, 0.5] }
-      "model.params.base_size" = { int = [4, 16] }
-      "mixers.prob" = { choice = [0.0, 0.5, 0.8] }
-      "train.max_epochs" = 20          (a plain value is fixed)
-
-    \b
-    Default space for an experiment:
-      train.lr loguniform [1e-4, 1e-2], model.params.dropout uniform [0.0, 0.5],
-      mixers.prob uniform [0.4, 1.0], transforms.spec_augment_prob uniform [0.2, 0.8]
-    Default space for an ensemble's stacker:
-      lr loguniform [1e-4, 1e-2], p_dropout uniform [0.0, 0.5],
-      base_size choice [32, 64, 128, 256], reduction_scale choice [1, 2, 4, 8]
-    """
     import optuna
 
     from freesound.data.dataset import load_dataset
@@ -524,7 +526,7 @@ def search(experiment, data_dir, work_dir, experiments_dir, trials, space_file, 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial gets its own line below
     target = load_target(experiment, experiments_dir)
     space = load_space(space_file, target)
-    setup = TrialSetup.create(load_dataset(data_dir), work_dir, folds, device=device or settings.default_device(),
+    setup = TrialSetup.create(load_dataset(data_dir), work_dir, folds, device=device,
                               max_epochs=epochs)
     result = run_search(target, space, setup, trials=trials, seed=seed, name=name, out=out_file,
                         experiments_dir=experiments_dir, sampler=sampler, pruner=None if no_prune else pruner,
@@ -569,7 +571,7 @@ def tag(files, experiment, work_dir, top, device):
     """
     from freesound.ensembling.specs import trained_tagger
 
-    tagger = trained_tagger(work_dir, experiment, device=device or settings.default_device())
+    tagger = trained_tagger(work_dir, experiment, device=device)
     failures = []
     frame = tagger.predict_files(files, on_error="skip", failures=failures)
     for fname, row in frame.iterrows():
@@ -618,7 +620,6 @@ def relabel(experiment, data_dir, work_dir, experiments_dir, curated_below, prom
 
     name = load_experiment(experiment, experiments_dir).name
     dataset = load_dataset(data_dir)
-    device = device or settings.default_device()
     ensure_oof([name], dataset, work_dir, device=device, log=click.echo)
     result = propose_relabels(name, dataset, work_dir, device=device, curated_below=curated_below,
                               promote_at=promote_at, remove_below=remove_below)
@@ -656,7 +657,7 @@ def distill(teacher, student, data_dir, work_dir, experiments_dir, folds, epochs
 
     result = distill_student(teacher, load_experiment(student, experiments_dir), load_dataset(data_dir), work_dir,
                              folds=list(folds) or None, experiments_dir=experiments_dir, weight=weight,
-                             device=device or settings.default_device(), max_epochs=epochs, resume=resume,
+                             device=device, max_epochs=epochs, resume=resume,
                              log=click.echo, feature_workers=settings.default_workers())
     name = result.student.name
     click.echo(f"\n{name} (student of {teacher}, weight {result.student.targets.weight:g}) -> "
@@ -777,7 +778,7 @@ def listen(experiment, work_dir, audio_file, window, hop, top, input_device, dur
     from freesound.ensembling.specs import trained_tagger
     from freesound.tools.listen import format_tags, listen_microphone, replay_file
 
-    tagger = trained_tagger(work_dir, experiment, device=device or settings.default_device())
+    tagger = trained_tagger(work_dir, experiment, device=device)
     if audio_file is not None:
         for time_s, tags in replay_file(audio_file, tagger, window_seconds=window, hop_seconds=hop, top=top):
             click.echo(format_tags(time_s, tags))

@@ -128,18 +128,17 @@ class TrainConfig:
     #: Deterministic algorithms only (torch, cuDNN, cuBLAS), for bit-exact reruns and resumes on
     #: CUDA at some cost in speed; the CPU is deterministic without it.
     deterministic: bool = False
-    #: Compile the training step's model with ``torch.compile``. Off: on the 2-vCPU machine of
-    #: benchmarks/RESULTS.md its steps were 1.15-1.25x faster but compiling took 65-81 s per fold
-    #: process, more than a CPU run of ``small`` saves; ``benchmarks/bench_scaling.py --part
-    #: compile`` measures it on a GPU.
+    #: Compile the training step's model with ``torch.compile``. Off: on a CPU compiling costs
+    #: more than a run of ``small`` saves (benchmarks/RESULTS.md, "Scaling");
+    #: ``benchmarks/bench_scaling.py --part compile`` measures it on a GPU.
     compile: bool = False
     #: Under torchrun, batch-norm statistics over the whole batch (``torch.nn.SyncBatchNorm``;
     #: CUDA only) rather than over each process's slice of it.
     sync_batchnorm: bool = False
     #: SpecAugment, the deltas and the mixing on the training device, batch by batch, instead of
     #: in the DataLoader workers (same random draws, same images to float rounding): a worker
-    #: then delivers 5-7x the samples (benchmarks/RESULTS.md), for GPUs the CPUs cannot
-    #: otherwise keep busy.
+    #: then delivers several times the samples (benchmarks/RESULTS.md, "Scaling"), for GPUs the
+    #: CPUs cannot otherwise keep busy.
     augment_on_device: bool = False
 
 

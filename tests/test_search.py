@@ -39,6 +39,7 @@ from freesound.tools.search import (
     run_search,
     storage_url,
 )
+from freesound.tools.spaces import EXAMPLE_SPACE, describe_space
 from freesound.training.oof import OOFTiles, save_oof_tiles
 
 SPACE = """
@@ -90,6 +91,23 @@ def test_default_spaces_are_valid_and_in_the_help(experiments):
     for line in (DEFAULT_EXPERIMENT_SPACE + DEFAULT_STACKER_SPACE).splitlines():  # '"k" = { kind = [..] }'
         key, kind, values = re.fullmatch(r'"?([\w.]+)"? = \{ (\w+) = (\[.*\]) \}', line).groups()
         assert f"{key} {kind} {values}" in help_text
+
+
+def test_the_helps_example_space_is_a_valid_space_for_the_small_preset():
+    space = parse_space(tomllib.loads(EXAMPLE_SPACE), load_target("small", REPO / "experiments"))
+    assert {key: d.kind for key, d in space.params.items()} == {
+        "train.lr": "loguniform", "model.params.dropout": "uniform", "model.params.base_size": "int",
+        "mixers.prob": "choice", "train.max_epochs": "fixed"}
+    help_text = CliRunner().invoke(main, ["search", "--help"]).output
+    for line in EXAMPLE_SPACE.splitlines():
+        assert line in help_text
+
+
+def test_describe_space_writes_one_line_per_entry_and_refuses_another_shape():
+    assert describe_space('"a.b" = { int = [1, 3] }\nc = { choice = ["x", "y"] }\n') == [
+        "a.b int [1, 3]", 'c choice ["x", "y"]']
+    with pytest.raises(ValueError, match=r"not a one-line search space entry: '\[train\]'"):
+        describe_space("[train]\nlr = { uniform = [0.1, 0.2] }")
 
 
 @pytest.mark.parametrize("space, message", [

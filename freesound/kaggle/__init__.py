@@ -5,8 +5,9 @@
     wheels.py   an ONNX runtime from wheels attached as a Kaggle dataset (else torch runs)
 
 It imports only what a Kaggle Python image has (numpy, pandas, scipy, torch, librosa, soundfile),
-and an ONNX runtime only where one is installed or attached (``wheels.py``), a rule the import-linter contract in ``setup.cfg``/``.importlinter`` checks. The bundler that
-writes the kernels is ``kernel_build/``, outside the package.
+and an ONNX runtime only where one is installed or attached (``wheels.py``), a rule the
+import-linter contract ``kernel-runtime`` in ``.importlinter`` checks. The bundler that writes the
+kernels is ``kernel_build/``, outside the package.
 """
 
 from freesound.kaggle.runtime import COMPETITION, MANIFEST_FORMAT, main, run_kernel

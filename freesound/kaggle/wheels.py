@@ -5,8 +5,8 @@ A Kaggle kernel without internet cannot ``pip install``. A wheel is a zip archiv
 attached wheel of it (``*.whl`` in any ``<root>/input/*/`` folder, or one level deeper) into a
 temporary folder at the front of ``sys.path``, removed when the process exits. Wheels must match
 the image's Python and platform (``pip download --only-binary=:all: --python-version 3.11
---platform manylinux_2_28_x86_64 ...``; the README says how). What cannot be imported afterwards
-is reported, and the models run in torch.
+--platform manylinux_2_28_x86_64 ...``; ``docs/kernels.md`` says how). What cannot be imported
+afterwards is reported, and the models run in torch.
 """
 
 from __future__ import annotations

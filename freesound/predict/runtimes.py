@@ -1,11 +1,11 @@
 """CPU inference runtimes for first-level models: torch, or the model exported to ONNX and run by
 ONNX Runtime or OpenVINO.
 
-On the 2-vCPU AMD EPYC of ``benchmarks/RESULTS.md`` both ONNX runtimes ran the full-size
-AuxSkipAttention 1.14-1.41x faster than torch's own CPU path (batch norms folded, channels-last,
-oneDNN) at 1e-7 agreement (the 1.2x of issue 22 met in one run of two), so ``"auto"`` picks
-ONNX Runtime, else OpenVINO, when installed (``pip install 'freesound[onnx]'`` or
-``'freesound[openvino]'``) and torch otherwise. Local prediction asks for ``"torch"`` unless
+Both ONNX runtimes run the full-size AuxSkipAttention faster than torch's own CPU path (batch
+norms folded, channels-last, oneDNN) and agree with it far inside 1e-4 (``benchmarks/RESULTS.md``,
+"Kernel time budget, ``--estimate``, ONNX runtimes, int8"), so ``"auto"`` picks ONNX Runtime,
+else OpenVINO, when installed (``pip install 'freesound[onnx]'`` or ``'freesound[openvino]'``)
+and torch otherwise. Local prediction asks for ``"torch"`` unless
 told (``predict --runtime auto``); a kernel uses an installed or attached ONNX runtime. A CUDA
 device always runs torch. The exported graph computes the sigmoid of the main head only.
 

@@ -2,6 +2,7 @@
 
     demo.py          ``freesound demo``: the whole chain on synthetic data
     search.py        ``freesound search``: hyperparameter search by OOF lwlrap
+    spaces.py        the search's default and example spaces (TOML text; ``search --help`` shows them)
     select.py        ``freesound select-ensemble``: the best subset of experiments to blend
     relabel.py       ``freesound relabel``: label-correction proposals
     distill.py       ``freesound distill``: a small student trained on a teacher's soft predictions

@@ -16,13 +16,10 @@ Search space
 A TOML file whose keys are config paths: dotted experiment keys (``train.lr``,
 ``model.params.dropout``, ``mixers.prob``, ``loss.noisy.beta``; quoted or as tables) or, for an
 ensemble, ``StackerConfig`` fields (``lr``, ``p_dropout``). Each value is one distribution, which
-becomes an Optuna distribution::
-
-    "train.lr" = { loguniform = [1e-4, 1e-2] }      # FloatDistribution(log=True), low > 0
-    "model.params.dropout" = { uniform = [0.1, 0.5] } # FloatDistribution
-    "model.params.base_size" = { int = [4, 16] }      # IntDistribution, both ends included
-    "mixers.prob" = { choice = [0.0, 0.5, 0.8] }      # CategoricalDistribution (any TOML values)
-    "train.max_epochs" = 2                            # a plain value: fixed in every trial
+becomes an Optuna distribution: ``uniform = [low, high]`` a ``FloatDistribution``, ``loguniform``
+one with ``log=True`` (low > 0), ``int`` an ``IntDistribution`` (both ends included), ``choice = [...]``
+a ``CategoricalDistribution`` (any TOML values); a plain value is fixed in every trial.
+``freesound.tools.spaces`` holds an example and the default spaces (``search --help`` shows them).
 
 Every key and every value a distribution can give is checked against the config before any trial
 runs (the config's own validation, so an unknown key lists the valid ones); errors name the key.
@@ -99,6 +96,7 @@ from freesound.metrics import lwlrap
 from freesound.paths import experiment_dir, fold_dir, search_dir, train_state_dir
 from freesound.progress import progress_bar
 from freesound.tools.plots import plot_search_progress
+from freesound.tools.spaces import DEFAULT_EXPERIMENT_SPACE, DEFAULT_STACKER_SPACE
 from freesound.training.oof import ensure_oof, predict_fold_tiles
 from freesound.training.trainer import check_experiment, train_fold
 
@@ -112,20 +110,6 @@ PROGRESS_PNG = "progress.png"
 TRIAL_COLUMNS = ["trial", "name", "state", "lwlrap", "epochs", "seconds"]
 #: Seconds between a running trial's heartbeats, and the silence after which it counts as dead.
 HEARTBEAT = (30, 120)
-
-DEFAULT_EXPERIMENT_SPACE = """\
-"train.lr" = { loguniform = [1e-4, 1e-2] }
-"model.params.dropout" = { uniform = [0.0, 0.5] }
-"mixers.prob" = { uniform = [0.4, 1.0] }
-"transforms.spec_augment_prob" = { uniform = [0.2, 0.8] }
-"""
-
-DEFAULT_STACKER_SPACE = """\
-lr = { loguniform = [1e-4, 1e-2] }
-p_dropout = { uniform = [0.0, 0.5] }
-base_size = { choice = [32, 64, 128, 256] }
-reduction_scale = { choice = [1, 2, 4, 8] }
-"""
 
 
 class SearchSpaceError(ConfigError):

@@ -62,8 +62,7 @@ class OOFSet:
     truth : np.ndarray ``(N, C)`` bool, the clips' curated labels
     log_probs : np.ndarray ``(E, N, C)`` float64, log of each experiment's probabilities (clipped
         at ``MIN_PROBABILITY``); float64 as read, so near-ties rank as in the files (float32 saved
-        no measurable time: 4,095 subsets of 12 experiments x 5,000 clips scored in 21-26 s in
-        float64 against 23-28 s in float32 on 2 busy CPU cores, 2026-11-30)
+        no measurable time: ``benchmarks/RESULTS.md``, "Ensemble selection")
     """
 
     names: tuple

@@ -1,12 +1,12 @@
 """The batch-level half of the train-time pipeline on the training device (``train.augment_on_device``).
 
 Most of a training sample's CPU time is the deltas (``librosa.feature.delta``, two Savitzky-Golay
-filters over a 128x256 window), computed for every sample and again for its mixing partner: on
-the 2-core machine of ``benchmarks/RESULTS.md`` a worker delivers 185 samples/s of the whole
-pipeline and 985-1346 of its window part. With this setting a
-DataLoader worker stops at the window (``freesound.training.sampling.WindowSamplingDataset``:
-pad, crop, resized crop, and the random draws of SpecAugment and the mixer) and ``BatchAugment``
-does the rest on a whole batch on the device, from the same draws:
+filters over a 128x256 window), computed for every sample and again for its mixing partner, so
+a worker delivers several times more samples of the window part alone (``benchmarks/RESULTS.md``,
+"Scaling"). With this setting a DataLoader worker stops at the window
+(``freesound.training.sampling.WindowSamplingDataset``: pad, crop, resized crop, and the random
+draws of SpecAugment and the mixer) and ``BatchAugment`` does the rest on a whole batch on the
+device, from the same draws:
 
     SpecAugment masks (filled with each window's minimum) -> window, delta, delta2 (/100)
     -> mix with the partner: w_self * image + w_other * partner (per frame), then the bands

@@ -219,8 +219,9 @@ def model_params(experiment: Experiment, num_classes: int) -> dict:
 
 def create_training_model(experiment: Experiment, num_classes: int, device) -> torch.nn.Module:
     """The experiment's network on ``device`` in channels-last layout (``train_epoch`` feeds it
-    channels-last batches): about 1.2x faster training steps on the CPU (oneDNN), and the layout
-    tensor cores want under AMP. Seed torch first for reproducible initial weights."""
+    channels-last batches): faster training steps on the CPU (oneDNN; ``benchmarks/RESULTS.md``,
+    "Training"), and the layout tensor cores want under AMP. Seed torch first for reproducible
+    initial weights."""
     model = create_model(experiment.model.name, **model_params(experiment, num_classes))
     return model.to(device, memory_format=torch.channels_last)
 
