@@ -241,17 +241,17 @@ def test_a_bad_setting_is_pruned_before_its_last_epoch(tiny_work, experiments):
 def test_interrupted_search_resumes_without_repeating_trials(tiny_work, experiments, monkeypatch):
     dataset, work = tiny_work
     trained = []
-    real_train_fold = search_module.train_fold
+    real_train_folds = search_module.train_folds
 
-    def train_fold(experiment, *args, **kwargs):
+    def train_folds(experiment, *args, **kwargs):
         if experiment.name == "tiny-trial1" and not trained.count("interrupted"):
             trained.append("interrupted")
-            real_train_fold(experiment, *args, **kwargs)  # its weights exist, then Ctrl-C
+            real_train_folds(experiment, *args, **kwargs)  # its weights exist, then Ctrl-C
             raise KeyboardInterrupt
         trained.append(experiment.name)
-        return real_train_fold(experiment, *args, **kwargs)
+        return real_train_folds(experiment, *args, **kwargs)
 
-    monkeypatch.setattr(search_module, "train_fold", train_fold)
+    monkeypatch.setattr(search_module, "train_folds", train_folds)
     tiny = target(experiments)
     space = load_space(experiments / "space.toml", tiny)
     setup = TrialSetup.create(dataset, work, [0], device="cpu")
