@@ -170,11 +170,13 @@ class FoldRun:
         pretrained = ([PretrainedStart(experiment, dataset.classes, work, fold)]
                       if experiment.pretrained.experiment else [])
         self.options: list[FoldOption] = [*pretrained, self.group]  # in the order their hooks run
-        self.parts: FoldParts | None = None
+        self.parts: FoldParts | None = None  # built by run()
+        self.train_model: torch.nn.Module | None = None  # the model as trained: DDP-wrapped, compiled
+        self.shard: EpochShard | None = None
 
     def run(self) -> FoldResult:
         """Train (or resume) the fold; return its result."""
-        shard = self._shard()
+        self.shard = self._shard()
         for option in self.options:
             option.start()
         self._build(self._teacher_predictions())
@@ -184,7 +186,7 @@ class FoldRun:
         # Only now, every check passed: a refused fold leaves no folder that predict would count as a fold.
         self.context.processes.main_only(atomic_write_text)(self.out_dir / "config.toml",
                                                             dump_experiment(self.experiment))
-        fit_state = fit(self._hooks(shard), self.parts.optimizer, self.parts.scheduler, max_epochs=self.max_epochs,
+        fit_state = fit(self._hooks(), self.parts.optimizer, self.parts.scheduler, max_epochs=self.max_epochs,
                         early_stop_patience=self.experiment.train.early_stop_patience,
                         log_path=self.out_dir / "log.csv" if self.context.main else None, columns=LOG_COLUMNS,
                         resumed=resumed)
@@ -247,8 +249,7 @@ class FoldRun:
             self.context.log(note)
         return fit_state
 
-    def _hooks(self, shard: EpochShard) -> Hooks:
-        self.shard = shard
+    def _hooks(self) -> Hooks:
         return Hooks(self.train_one_epoch, self.validate, self.context.processes.main_only(self.save_best),
                      self.save_fold_state, self.end_epoch, restart_best=self.restarts_best)
 
