@@ -357,3 +357,16 @@ class TestCudaMixedPrecision:
         assert np.isfinite(loss)
         assert scaler.is_enabled() and scaler.get_scale() > 0
         assert any(not torch.equal(b, p.detach()) for b, p in zip(before, model.parameters()))
+
+
+def test_folds_on_other_processes_refuse_an_epoch_hook(tiny_work):
+    """``on_epoch`` runs in the training process: with one process per device it would never be
+    called, so the entry says so instead of training without it."""
+    from freesound.errors import FreesoundError
+    from freesound.training.experiment_training import OnDevices, train_folds
+
+    dataset, work = tiny_work
+    with pytest.raises(FreesoundError, match="report no epochs to on_epoch"):
+        train_folds(tiny_experiment(), dataset, work, [0], where=OnDevices(("cpu", "cpu")),
+                    on_epoch=lambda fold, fit_state, row: None)
+    assert not (work / "experiments" / "tiny").exists()
