@@ -45,7 +45,8 @@ from freesound.predict import EnsemblePredictor, tile_layout  # noqa: E402
 from freesound.tools.demo import DEMO_FOLDS, DEMO_SIZE  # noqa: E402
 from freesound.tools.distill import distill  # noqa: E402
 from freesound.training.oof import ensure_oof  # noqa: E402
-from freesound.training.trainer import train_and_score  # noqa: E402
+from freesound.training.context import RunContext  # noqa: E402
+from freesound.training.experiment_training import train_folds  # noqa: E402
 
 EXPERIMENTS = REPO / "experiments"
 DEMO_EXTRA = ["small_pseudo", "small_noisy_pretrain", "small_finetune"]
@@ -84,7 +85,8 @@ def fsdd_data(work: Path):
 
 def train(name: str, dataset, work: Path, log) -> float:
     """Train (or finish) an experiment and return its OOF lwlrap."""
-    report = train_and_score(load_experiment(name, EXPERIMENTS), dataset, work, resume=True, progress=False, log=log)
+    report = train_folds(load_experiment(name, EXPERIMENTS), dataset, work, resume=True,
+                         context=RunContext.create(log=log, progress=False))
     return report.oof_scores["lwlrap"]
 
 

@@ -36,8 +36,14 @@ from torch.utils.data import DataLoader  # noqa: E402
 from common import REPO, header, median, table  # noqa: E402
 from freesound.training.augment import train_transform  # noqa: E402
 from freesound.config import load_experiment  # noqa: E402
-from freesound.training.mixers import method_mixer  # noqa: E402
-from freesound.training.trainer import build_loss, create_training_model, train_epoch  # noqa: E402
+from freesound.training.fold_parts import (  # noqa: E402
+    adam_with_plateau,
+    build_loss,
+    create_training_model,
+    experiment_mixer,
+    transform_options,
+)
+from freesound.training.trainer import train_epoch  # noqa: E402
 from freesound.training.sampling import ClipSource, SamplingDataset  # noqa: E402
 
 FRAMES_PER_SECOND = 44100 / 690
@@ -59,15 +65,14 @@ def sampling_dataset(experiment, num_classes: int, size: int, rng: np.random.Gen
         targets = (rng.random((n, num_classes)) < 1.5 / num_classes).astype(np.float32)
         return ClipSource(name, random_logmels(n, seconds, rng), targets, noisy)
 
-    sampling, transforms, mixers = experiment.sampling, experiment.transforms, experiment.mixers
+    sampling = experiment.sampling
     sources = [source("curated", clips_per_source, 7.6, False),
                source("corrected_noisy", clips_per_source, 14.5, False),
                source("noisy", clips_per_source, 14.5, True)]
     return SamplingDataset(
         sources, [sampling.curated, sampling.corrected_noisy, sampling.noisy], size,
-        transform=train_transform(transforms.crop, resize_prob=transforms.resized_crop_prob,
-                                  spec_prob=transforms.spec_augment_prob),
-        mixer=method_mixer(mixers.prob, mixers.sigmoid_concat, mixers.add), seed=0,
+        transform=train_transform(experiment.transforms.crop, **transform_options(experiment)),
+        mixer=experiment_mixer(experiment), seed=0, freq_channel=experiment.input.freq_channel,
     )
 
 
@@ -75,7 +80,8 @@ def step_throughput(experiment, num_classes, batches, device, use_amp) -> tuple:
     """(samples/s over ``batches`` after one warm-up batch, loss of the warm-up batch)."""
     torch.manual_seed(0)
     model = create_training_model(experiment, num_classes, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=experiment.train.lr)
+    cfg = experiment.train
+    optimizer, _ = adam_with_plateau(model.parameters(), cfg.lr, cfg.plateau_factor, cfg.plateau_patience)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = build_loss(experiment)
     moved = [(x.to(device), y.to(device), n.to(device)) for x, y, n in batches]

@@ -298,8 +298,9 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
     from freesound.data.dataset import load_dataset
     from freesound.metrics import format_scores
     from freesound.paths import experiment_dir
-    from freesound.training.fold_devices import parse_devices, train_and_score_on_devices
-    from freesound.training.trainer import train_and_score
+    from freesound.training.context import RunContext
+    from freesound.training.experiment_training import IN_PROCESS, OnDevices, Torchrun, train_folds
+    from freesound.training.fold_devices import parse_devices
 
     try:
         distributed = settings.torchrun_environment()
@@ -309,16 +310,13 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
     if devices is not None and (given_device or distributed):
         raise click.UsageError("--devices trains folds in parallel on the devices it names: not with --device, "
                                "nor under torchrun")
-    device_list = parse_devices(devices) if devices is not None else None
+    where = (OnDevices(tuple(parse_devices(devices))) if devices is not None
+             else Torchrun(distributed) if distributed else IN_PROCESS)
     config = load_experiment(experiment, experiments_dir)
-    options = dict(score_oof=not no_oof, max_epochs=epochs, resume=resume, log=click.echo,
-                   feature_workers=settings.default_workers())
-    if device_list:
-        report = train_and_score_on_devices(config, load_dataset(data_dir), work_dir, device_list,
-                                            folds=list(folds) or None, **options)
-    else:
-        report = train_and_score(config, load_dataset(data_dir), work_dir, folds=list(folds) or None,
-                                 device=device, distributed=distributed, **options)
+    context = RunContext.create(device, log=click.echo,
+                                feature_workers=settings.default_workers())
+    report = train_folds(config, load_dataset(data_dir), work_dir, folds=list(folds) or None, context=context,
+                         where=where, score_oof=not no_oof, max_epochs=epochs, resume=resume)
     if not report.main:
         return
     click.echo(f"\n{config.name}: best val lwlrap per fold (centre crop)")
@@ -654,11 +652,13 @@ def distill(teacher, student, data_dir, work_dir, experiments_dir, folds, epochs
     from freesound.data.dataset import load_dataset
     from freesound.paths import experiment_dir
     from freesound.tools.distill import distill as distill_student
+    from freesound.training.context import RunContext
 
+    context = RunContext.create(device, log=click.echo,
+                                feature_workers=settings.default_workers())
     result = distill_student(teacher, load_experiment(student, experiments_dir), load_dataset(data_dir), work_dir,
                              folds=list(folds) or None, experiments_dir=experiments_dir, weight=weight,
-                             device=device, max_epochs=epochs, resume=resume,
-                             log=click.echo, feature_workers=settings.default_workers())
+                             context=context, max_epochs=epochs, resume=resume)
     name = result.student.name
     click.echo(f"\n{name} (student of {teacher}, weight {result.student.targets.weight:g}) -> "
                f"{experiment_dir(work_dir, name)}")

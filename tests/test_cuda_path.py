@@ -98,17 +98,17 @@ def test_search_trial_resumes_with_amp_on(tiny_work, tmp_path, monkeypatch):
     target = load_target("tiny", folder)
     space = load_space(folder / "space.toml", target)
     setup = TrialSetup.create(dataset, work, [0], device="cpu")
-    real_train_fold = search_module.train_fold
+    real_train_folds = search_module.train_folds
 
     def interrupted(experiment, *args, **kwargs):
-        real_train_fold(experiment, *args, **{**kwargs, "max_epochs": 1})
+        real_train_folds(experiment, *args, **{**kwargs, "max_epochs": 1})
         raise KeyboardInterrupt  # killed after the first epoch's state was saved
 
     options = dict(trials=1, seed=0, experiments_dir=folder, progress=False)
-    monkeypatch.setattr(search_module, "train_fold", interrupted)
+    monkeypatch.setattr(search_module, "train_folds", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_search(target, space, setup, log=lambda *_: None, **options)
-    monkeypatch.setattr(search_module, "train_fold", real_train_fold)
+    monkeypatch.setattr(search_module, "train_folds", real_train_folds)
     monkeypatch.setattr(torch.amp, "GradScaler", EnabledGradScaler)
     lines = []
     result = run_search(target, space, setup, log=lines.append, **options)
@@ -265,13 +265,13 @@ def test_optimizer_state_restores_its_step_counters_on_the_cpu(tmp_path):
     """``load_state`` reads onto the CPU and ``restore`` copies moments to the parameters' device
     while Adam (not capturable) keeps its ``step`` counters on the CPU: counters on a GPU cost a
     device synchronisation per parameter per step. ``meta`` stands in for the GPU."""
-    from freesound.training.engine import Progress, save_state
+    from freesound.training.engine import FitState, save_state
 
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.Adam(model.parameters())
     model(torch.ones(1, 3)).sum().backward()
     optimizer.step()
-    save_state(tmp_path / "state.pt", {"model": model, "optimizer": optimizer}, Progress(), [])
+    save_state(tmp_path / "state.pt", {"model": model, "optimizer": optimizer}, FitState(), [])
     state = load_state(tmp_path / "state.pt")
 
     on_meta = torch.nn.Linear(3, 2, device="meta")

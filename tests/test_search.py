@@ -259,17 +259,17 @@ def test_a_bad_setting_is_pruned_before_its_last_epoch(tiny_work, experiments):
 def test_interrupted_search_resumes_without_repeating_trials(tiny_work, experiments, monkeypatch):
     dataset, work = tiny_work
     trained = []
-    real_train_fold = search_module.train_fold
+    real_train_folds = search_module.train_folds
 
-    def train_fold(experiment, *args, **kwargs):
+    def train_folds(experiment, *args, **kwargs):
         if experiment.name == "tiny-trial1" and not trained.count("interrupted"):
             trained.append("interrupted")
-            real_train_fold(experiment, *args, **kwargs)  # its weights exist, then Ctrl-C
+            real_train_folds(experiment, *args, **kwargs)  # its weights exist, then Ctrl-C
             raise KeyboardInterrupt
         trained.append(experiment.name)
-        return real_train_fold(experiment, *args, **kwargs)
+        return real_train_folds(experiment, *args, **kwargs)
 
-    monkeypatch.setattr(search_module, "train_fold", train_fold)
+    monkeypatch.setattr(search_module, "train_folds", train_folds)
     tiny = target(experiments)
     space = load_space(experiments / "space.toml", tiny)
     setup = TrialSetup.create(dataset, work, [0], device="cpu")
@@ -426,3 +426,16 @@ def test_search_command(tiny_work, experiments):
     assert grid.exit_code == 1 and "grid search needs choice or int" in grid.output and "Traceback" not in grid.output
     missing_fold = runner.invoke(main, ["search", "tiny", *map(str, common), "--trials", "1", "--fold", "7"])
     assert missing_fold.exit_code == 1 and "fold(s) 7" in missing_fold.output
+
+
+def test_a_trial_gets_the_pretrained_preflight_of_train(tiny_work, experiments):
+    """A trial trains through the same entry as ``train``: a ``[pretrained]`` experiment without
+    weights is refused by the preflight, for every fold at once, before any training."""
+    dataset, work = tiny_work
+    values = tomllib.loads(tiny_experiment_toml())
+    values["pretrained"] = {"experiment": "never-trained"}
+    searched = ExperimentTarget(experiment_from_dict(values, name="tiny"))
+    run = searched.prepare(TrialSetup.create(dataset, work, [0, 1]), log=lambda *_: None)
+    with pytest.raises(FreesoundError, match=r"starts from 'never-trained', whose fold\(s\) 0, 1 have no model\.pt"):
+        run("tiny-trial0", {}, lambda step, value: None)
+    assert not (work / "experiments" / "tiny-trial0").exists()

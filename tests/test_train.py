@@ -21,6 +21,7 @@ from freesound.models import load_checkpoint, load_model
 from freesound.paths import train_state_path
 from freesound.training.losses import lsoft
 from freesound.training.sampling import ClipSource, SamplingDataset
+from freesound.training.resume_state import STATE_FORMAT, upgrade_state
 from freesound.training.trainer import (
     LOG_COLUMNS,
     StaleTrainingStateError,
@@ -246,6 +247,47 @@ def test_seeded_training_is_reproducible_and_resume_is_exact(tiny_data, tmp_path
         assert [row[:5] for row in runs[run]["log"]] == [row[:5] for row in runs["straight"]["log"]]
 
 
+def test_a_state_without_a_format_number_resumes_exactly_through_the_upgrade(tiny_data, tmp_path):
+    """A state.pt from before the format number (format 1: no settings, device, AMP setting or
+    per-process generators) resumes to the weights and log of an uninterrupted run."""
+    import shutil
+
+    dataset, work = tiny_data
+    runs = {}
+    for run in ("straight", "format-1"):
+        run_work = tmp_path / run
+        shutil.copytree(work, run_work)
+        if run == "format-1":
+            train_fold(tiny_experiment(max_epochs=1), dataset, run_work, 0, progress=False, log=lambda *_: None)
+            path = train_state_path(run_work, "tiny", 0)
+            state = torch.load(path, weights_only=True)
+            assert state["format"] == STATE_FORMAT
+            for key in ("format", "experiment", "device", "amp", "rank_rng", "world_size"):
+                del state[key]
+            torch.save(state, path)
+        lines = []
+        train_fold(tiny_experiment(max_epochs=3), dataset, run_work, 0, resume=run != "straight", progress=False,
+                   log=lines.append)
+        runs[run] = torch.load(train_state_path(run_work, "tiny", 0), weights_only=True)
+    assert lines[0].startswith("fold 0: resuming after epoch 1") and not any("bit for bit" in line for line in lines)
+    assert runs["format-1"]["format"] == STATE_FORMAT and runs["format-1"]["epoch"] == 3
+    for key, value in runs["straight"]["model"].items():
+        assert torch.equal(value, runs["format-1"]["model"][key]), key
+    assert [row[:5] for row in runs["format-1"]["log"]] == [row[:5] for row in runs["straight"]["log"]]
+
+
+def test_upgrade_state_fills_what_a_format_1_state_lacks():
+    rng = torch.get_rng_state()
+    old = {"rng": rng, "scaler": {"scale": 65536.0}, "epoch": 2}
+    upgraded = upgrade_state(old, lambda: {"name": "from config.toml"})
+    assert upgraded["format"] == STATE_FORMAT and upgraded["experiment"] == {"name": "from config.toml"}
+    assert (upgraded["device"], upgraded["amp"], upgraded["world_size"]) == (None, True, 1)
+    assert list(upgraded["rank_rng"][0]) == ["rng"] and torch.equal(upgraded["rank_rng"][0]["rng"], rng)
+    assert "format" not in old  # the state read is left as it was
+    current = {**upgraded, "experiment": {"name": "saved"}, "device": "cpu", "amp": False}
+    assert upgrade_state(current, lambda: pytest.fail("read config.toml")) == current
+
+
 def test_early_stopping_and_finished_state(tiny_work):
     dataset, work = tiny_work
     experiment = tiny_experiment(max_epochs=30, early_stop_patience=1, lr=1e-9)
@@ -315,3 +357,16 @@ class TestCudaMixedPrecision:
         assert np.isfinite(loss)
         assert scaler.is_enabled() and scaler.get_scale() > 0
         assert any(not torch.equal(b, p.detach()) for b, p in zip(before, model.parameters()))
+
+
+def test_folds_on_other_processes_refuse_an_epoch_hook(tiny_work):
+    """``on_epoch`` runs in the training process: with one process per device it would never be
+    called, so the entry says so instead of training without it."""
+    from freesound.errors import FreesoundError
+    from freesound.training.experiment_training import OnDevices, train_folds
+
+    dataset, work = tiny_work
+    with pytest.raises(FreesoundError, match="report no epochs to on_epoch"):
+        train_folds(tiny_experiment(), dataset, work, [0], where=OnDevices(("cpu", "cpu")),
+                    on_epoch=lambda fold, fit_state, row: None)
+    assert not (work / "experiments" / "tiny").exists()

@@ -28,6 +28,7 @@ from freesound.models import create_model, save_checkpoint
 from freesound.paths import fold_dir, predictions_dir
 from freesound.predict import geometric_mean
 from freesound.training.engine import Hooks, fit
+from freesound.training.fold_parts import adam_with_plateau
 from freesound.training.oof import OOFTiles, load_oof_tiles
 
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_lwlrap", "seconds"]
@@ -83,7 +84,7 @@ def train_stacker_fold(stacker: StackerConfig, oof: OOFTiles, targets: np.ndarra
                        *, classes, device="cpu", log=print, on_epoch=None) -> tuple:
     """Train one fold's stacker; keep the best-val-lwlrap checkpoint at ``out_dir/model.pt``.
 
-    ``on_epoch(progress, row)`` runs after each epoch, as in ``freesound.training.trainer.train_fold``.
+    ``on_epoch(fit_state, row)`` runs after each epoch, as in ``freesound.training.trainer.train_fold``.
 
     Returns
     -------
@@ -97,9 +98,8 @@ def train_stacker_fold(stacker: StackerConfig, oof: OOFTiles, targets: np.ndarra
     torch.manual_seed(stacker.seed + fold)
     rng = np.random.default_rng((stacker.seed, fold))
     model = create_model("fcnet", **params).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=stacker.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=stacker.plateau_factor, patience=stacker.plateau_patience)
+    optimizer, scheduler = adam_with_plateau(model.parameters(), stacker.lr, stacker.plateau_factor,
+                                             stacker.plateau_patience)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     valid_probs = {}
 

@@ -20,7 +20,8 @@ from freesound.data.dataset import Dataset, multi_hot
 from freesound.metrics import lwlrap
 from freesound.paths import experiment_dir
 from freesound.training.teacher import curated_teacher_predictions, resolve_teacher
-from freesound.training.trainer import TrainingReport, train_and_score
+from freesound.training.context import RunContext
+from freesound.training.experiment_training import TrainingReport, train_folds
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,12 @@ def teacher_reference(teacher: str, work, experiments_dir) -> str:
 
 
 def distill(teacher: str, student: Experiment, dataset: Dataset, work, folds=None, *, experiments_dir="experiments",
-            weight: float | None = None, device="cpu", log=print, **kwargs) -> DistillReport:
+            weight: float | None = None, context: RunContext | None = None, **options) -> DistillReport:
     """Train ``student`` on ``teacher``'s soft predictions for every training source, then score it.
 
-    ``kwargs`` go to ``freesound.training.trainer.train_and_score`` (``max_epochs``, ``resume``,
-    ``progress``, ``feature_workers``, ``score_oof``).
+    ``context`` (default: ``RunContext()``) and ``options`` go to
+    ``freesound.training.experiment_training.train_folds`` (``where``, ``max_epochs``, ``resume``,
+    ``score_oof``).
 
     Raises
     ------
@@ -67,11 +69,12 @@ def distill(teacher: str, student: Experiment, dataset: Dataset, work, folds=Non
     reference = teacher_reference(teacher, work, experiments_dir)
     resolve_teacher(reference, work, experiments_dir)  # an unknown teacher stops here, before any training
     student = student_experiment(student, reference, weight=weight)
-    report = train_and_score(student, dataset, work, folds, device=device, log=log, **kwargs)
+    context = context or RunContext()
+    report = train_folds(student, dataset, work, folds, context=context, **options)
     teacher_score = None
     if report.oof_scores is not None:
         curated = curated_teacher_predictions(resolve_teacher(reference, work, experiments_dir), dataset, work,
-                                              device=device, progress=False, log=log)
+                                              device=context.device, progress=False, log=context.log)
         labels = dataset.curated.set_index("fname").labels.loc[curated.index]
         teacher_score = float(lwlrap(multi_hot(labels, dataset.classes), curated.to_numpy()))
     return DistillReport(student, report, teacher_score)

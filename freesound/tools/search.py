@@ -4,7 +4,7 @@ OOF lwlrap.
 Targets
 -------
 An experiment file: each trial is a copy of the experiment with sampled settings, trained fold by
-fold with ``freesound.training.trainer.train_fold`` as ``<work>/experiments/<name>-trial<i>/`` and
+fold with ``freesound.training.experiment_training.train_folds`` as ``<work>/experiments/<name>-trial<i>/`` and
 scored by the lwlrap of its out-of-fold tile-mean predictions on the validation clips of the
 trained folds. An ensemble file: each trial is a copy of the ensemble's first stacker (the
 ``StackerConfig`` defaults when it has none) with sampled settings, trained with
@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -98,7 +99,9 @@ from freesound.progress import progress_bar
 from freesound.tools.plots import plot_search_progress
 from freesound.tools.spaces import DEFAULT_EXPERIMENT_SPACE, DEFAULT_STACKER_SPACE
 from freesound.training.oof import ensure_oof, predict_fold_tiles
-from freesound.training.trainer import check_experiment, train_fold
+from freesound.training.context import RunContext
+from freesound.training.experiment_training import train_folds
+from freesound.training.fold_parts import check_experiment
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 SAMPLERS = ("tpe", "random", "grid")
@@ -382,11 +385,12 @@ def fold_oof_lwlrap(name: str, setup: TrialSetup) -> float:
     return _finite_lwlrap(multi_hot(labels, setup.dataset.classes), oof.clip_means())
 
 
-def _reporter(report, first_step: int):
-    """A trainer's ``on_epoch`` hook passing each epoch's val lwlrap to ``report`` as one step."""
+def _reporter(report, folds: tuple, max_epochs: int):
+    """A ``train_folds`` ``on_epoch`` hook passing each epoch's val lwlrap to ``report`` as one
+    step: step = the fold's position in ``folds`` * ``max_epochs`` + epoch - 1."""
 
-    def on_epoch(progress, row) -> None:
-        report(first_step + progress.epoch - 1, row["val_lwlrap"])
+    def on_epoch(fold, fit_state, row) -> None:
+        report(folds.index(fold) * max_epochs + fit_state.epoch - 1, row["val_lwlrap"])
 
     return on_epoch
 
@@ -430,9 +434,9 @@ class ExperimentTarget:
         def run(trial_name: str, params: dict, report) -> float:
             experiment = self.config(params, trial_name)
             max_epochs = setup.max_epochs or experiment.train.max_epochs
-            for position, fold in enumerate(setup.folds):
-                train_fold(experiment, setup.dataset, setup.work, fold, device=setup.device, max_epochs=max_epochs,
-                           progress=False, log=log, on_epoch=_reporter(report, position * max_epochs))
+            train_folds(experiment, setup.dataset, setup.work, list(setup.folds), max_epochs=max_epochs,
+                        context=RunContext.create(setup.device, log=log, progress=False), score_oof=False,
+                        on_epoch=_reporter(report, setup.folds, max_epochs))
             return fold_oof_lwlrap(trial_name, setup)
 
         return run
@@ -485,10 +489,11 @@ class StackerTarget:
         def run(trial_name: str, params: dict, report) -> float:
             stacker = self.config(params, setup.max_epochs)
             clips, probs = [], []
-            for position, fold in enumerate(setup.folds):
+            reporter = _reporter(report, setup.folds, stacker.max_epochs)
+            for fold in setup.folds:
                 _, fold_clips, fold_probs = train_stacker_fold(
                     stacker, oof, truth, fold, fold_dir(setup.work, trial_name, fold), classes=classes,
-                    device=setup.device, log=log, on_epoch=_reporter(report, position * stacker.max_epochs))
+                    device=setup.device, log=log, on_epoch=functools.partial(reporter, fold))
                 clips.append(fold_clips)
                 probs.append(fold_probs)
             return _finite_lwlrap(truth[np.concatenate(clips)], np.concatenate(probs))

@@ -1,8 +1,16 @@
-"""Training: one fold of one experiment, and its out-of-fold evaluation.
+"""Training: the folds of an experiment, one fold's run and its parts, and the out-of-fold evaluation.
 
+    experiment_training.py  ``train_folds``: the one entry that trains an experiment's folds (in this
+                 process, under torchrun or one process per device) and scores them out of fold
+    trainer.py   ``FoldRun`` / ``train_fold``: one fold's run, its steps the hooks of ``engine.fit``
+    fold_parts.py  the factory of a fold's parts (data, model, optimiser, scheduler, scaler,
+                 losses, on-device augment, weight average); the stacker and benchmarks use it too
+    fold_options.py  the options as parts of a fold run, each with its own hooks: pretrained
+                 start, process group, weight averaging, the teacher's targets
+    resume_state.py  ``state.pt``: its format number, the upgrade of older ones, resume checks
+    context.py   ``RunContext``: device, log, progress display, feature workers, process group
     engine.py    the training loop skeleton both trainers share: plateau, early stop, best
                  checkpoint, log rows, resumable state, named hooks
-    trainer.py   ``train_fold`` / ``train_experiment``: the method's first-level training
     distributed.py  one fold trained by the processes of a torchrun job (DDP), and its
                  one-process case
     fold_devices.py  folds in parallel, one process per device (``train --devices``)

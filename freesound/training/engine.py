@@ -9,10 +9,10 @@ One epoch, top to bottom::
     if hooks.restart_best(epoch): forget the best so far # SWA's first averaged model
     if score improved: hooks.save_best(epoch, score)     # keep the best checkpoint
     early stop after `early_stop_patience` epochs without improvement
-    write log.csv; hooks.save_state(progress)    # the resumable state, after the log
-    hooks.end_epoch(progress, row)               # a log line; a search's pruning
+    write log.csv; hooks.save_state(state)       # the resumable state, after the log
+    hooks.end_epoch(state, row)                  # a log line; a search's pruning
 
-``Progress`` is what a resumed run needs besides the tensors (epoch, best score, patience count,
+``FitState`` is what a resumed run needs besides the tensors (epoch, best score, patience count,
 log rows); ``save_state`` / ``load_state`` write and read it with the modules' state dicts, and
 ``rng_states`` / ``restore_rng_states`` the random generators. ``on_device`` and
 ``deterministic_algorithms`` are the process-wide settings a training run holds while it runs.
@@ -34,7 +34,7 @@ from freesound.settings import use_deterministic_cublas_workspace
 
 
 @dataclass
-class Progress:
+class FitState:
     """Where a training run stands.
 
     Attributes
@@ -61,7 +61,7 @@ class Progress:
                 "finished": self.finished}
 
     @classmethod
-    def from_state(cls, state: dict, columns) -> "Progress":
+    def from_state(cls, state: dict, columns) -> "FitState":
         return cls(epoch=state["epoch"], best_score=state["best_lwlrap"], best_epoch=state["best_epoch"],
                    bad_epochs=state["bad_epochs"], rows=[dict(zip(columns, row)) for row in state["log"]],
                    finished=state["finished"])
@@ -76,8 +76,8 @@ class Hooks:
     train_epoch : ``(epoch index, 0-based) -> dict`` of log values
     validate : ``() -> (val lwlrap, dict of other log values)``
     save_best : ``(epoch, score) -> None``, called when the score improved
-    save_state : ``(Progress) -> None``, the resumable state, after the log is written (optional)
-    end_epoch : ``(Progress, row) -> None``, last; may raise to stop training, as a search does to
+    save_state : ``(FitState) -> None``, the resumable state, after the log is written (optional)
+    end_epoch : ``(FitState, row) -> None``, last; may raise to stop training, as a search does to
         prune a trailing trial (optional)
     restart_best : ``(epoch, 1-based) -> bool``, before the score is compared: True when this
         epoch's model is the first of a kind the earlier ones must not compete with (SWA's first
@@ -88,13 +88,13 @@ class Hooks:
     train_epoch: Callable[[int], dict]
     validate: Callable[[], tuple]
     save_best: Callable[[int, float], None]
-    save_state: Callable[[Progress], None] | None = None
-    end_epoch: Callable[[Progress, dict], None] | None = None
+    save_state: Callable[[FitState], None] | None = None
+    end_epoch: Callable[[FitState, dict], None] | None = None
     restart_best: Callable[[int], bool] | None = None
 
 
 def fit(hooks: Hooks, optimizer, scheduler, *, max_epochs: int, early_stop_patience: int, log_path, columns,
-        progress: Progress | None = None) -> Progress:
+        resumed: FitState | None = None) -> FitState:
     """Train until ``max_epochs`` epochs are done or the run stops early; return where it stands.
 
     Parameters
@@ -102,45 +102,45 @@ def fit(hooks: Hooks, optimizer, scheduler, *, max_epochs: int, early_stop_patie
     hooks : Hooks
     optimizer : its first parameter group's ``lr`` is logged
     scheduler : ``ReduceLROnPlateau`` in ``mode="max"``, stepped on the val lwlrap
-    max_epochs : total epochs, counting those of a resumed ``progress``
+    max_epochs : total epochs, counting those of a ``resumed`` run
     early_stop_patience : stop after this many epochs without improvement
     log_path : ``log.csv``, rewritten atomically after every epoch; None: not written (a torchrun
         process other than process 0)
     columns : the log's columns, in order (a subset of each row's keys)
-    progress : a resumed run's ``Progress`` (default: a fresh one)
+    resumed : a resumed run's ``FitState`` (default: a fresh one)
     """
-    progress = progress or Progress()
-    while progress.epoch < max_epochs and not progress.finished:
+    state = resumed or FitState()
+    while state.epoch < max_epochs and not state.finished:
         started = time.perf_counter()
-        train_values = hooks.train_epoch(progress.epoch)
+        train_values = hooks.train_epoch(state.epoch)
         score, val_values = hooks.validate()
         scheduler.step(score)
-        progress.epoch += 1
-        row = {"epoch": progress.epoch, "lr": optimizer.param_groups[0]["lr"], **train_values, **val_values,
+        state.epoch += 1
+        row = {"epoch": state.epoch, "lr": optimizer.param_groups[0]["lr"], **train_values, **val_values,
                "val_lwlrap": score, "seconds": time.perf_counter() - started}
-        progress.rows.append({column: row[column] for column in columns})
-        if hooks.restart_best is not None and hooks.restart_best(progress.epoch):
-            progress.best_score, progress.bad_epochs = -1.0, 0
-        if score > progress.best_score:
-            progress.best_score, progress.best_epoch, progress.bad_epochs = score, progress.epoch, 0
-            hooks.save_best(progress.epoch, score)
+        state.rows.append({column: row[column] for column in columns})
+        if hooks.restart_best is not None and hooks.restart_best(state.epoch):
+            state.best_score, state.bad_epochs = -1.0, 0
+        if score > state.best_score:
+            state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+            hooks.save_best(state.epoch, score)
         else:
-            progress.bad_epochs += 1
-        progress.finished = progress.bad_epochs >= early_stop_patience
+            state.bad_epochs += 1
+        state.finished = state.bad_epochs >= early_stop_patience
         if log_path is not None:
-            atomic_write_csv(log_path, pd.DataFrame(progress.rows, columns=columns), index=False)
+            atomic_write_csv(log_path, pd.DataFrame(state.rows, columns=columns), index=False)
         if hooks.save_state is not None:
-            hooks.save_state(progress)
+            hooks.save_state(state)
         if hooks.end_epoch is not None:
-            hooks.end_epoch(progress, row)
-    return progress
+            hooks.end_epoch(state, row)
+    return state
 
 
-def save_state(path, modules: dict, progress: Progress, columns, **extra) -> None:
+def save_state(path, modules: dict, fit_state: FitState, columns, **extra) -> None:
     """Write a resumable state atomically: every module's (model, optimizer, scheduler, scaler)
-    ``state_dict()``, the progress and ``extra`` plain values (RNG states, settings)."""
+    ``state_dict()``, the ``FitState`` and ``extra`` plain values (RNG states, settings)."""
     state = {name: module.state_dict() for name, module in modules.items()}
-    state.update(progress.to_state(columns), **extra)
+    state.update(fit_state.to_state(columns), **extra)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -156,11 +156,11 @@ def load_state(path, map_location="cpu") -> dict:
     return torch.load(Path(path), map_location=map_location, weights_only=True)
 
 
-def restore(state: dict, modules: dict, columns) -> Progress:
-    """Load every module's state from ``state`` (read by ``load_state``); return its ``Progress``."""
+def restore(state: dict, modules: dict, columns) -> FitState:
+    """Load every module's state from ``state`` (read by ``load_state``); return its ``FitState``."""
     for name, module in modules.items():
         module.load_state_dict(state[name])
-    return Progress.from_state(state, columns)
+    return FitState.from_state(state, columns)
 
 
 def rng_states(device: torch.device) -> dict:

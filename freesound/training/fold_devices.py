@@ -27,12 +27,12 @@ import torch
 from freesound.config import Experiment
 from freesound.data.dataset import Dataset
 from freesound.data.features import ensure_features
-from freesound.data.folds import read_folds
 from freesound.errors import FreesoundError
 from freesound.predict.device import require_device
 from freesound.progress import progress_bar
+from freesound.training.context import RunContext
 from freesound.training.teacher import teacher_predictions
-from freesound.training.trainer import TRAIN_SPLITS, TrainingReport, check_experiment, score_trained, train_fold
+from freesound.training.trainer import TRAIN_SPLITS, checked_folds, train_fold
 
 #: Seconds between checks that every fold process is still alive while waiting for its news.
 POLL_S = 1.0
@@ -96,12 +96,13 @@ def _fold_process(slot: int, device: str, job: _Job, folds, events) -> None:
     None)``."""
     if torch.device(device).type == "cpu":
         torch.set_num_threads(job.cpu_threads)
+    context = RunContext.create(device, log=lambda line: events.put(("log", slot, line)), progress=False)
     fold = None
     try:
         while (fold := folds.get()) is not None:
             result = train_fold(
-                job.experiment, job.dataset, job.work, fold, device=device, max_epochs=job.max_epochs,
-                resume=job.resume, progress=False, log=lambda line: events.put(("log", slot, line)),
+                job.experiment, job.dataset, job.work, fold, context=context, max_epochs=job.max_epochs,
+                resume=job.resume,
                 on_epoch=lambda run, row, fold=fold: events.put(("epoch", slot, fold, run.epoch, row["val_lwlrap"])))
             events.put(("done", slot, result))
     except Exception as error:  # reported to the parent, which stops the job with it
@@ -113,10 +114,11 @@ def _fold_process(slot: int, device: str, job: _Job, folds, events) -> None:
 
 
 def train_folds_on_devices(experiment: Experiment, dataset: Dataset, work, devices: list, folds=None, *,
-                           max_epochs: int | None = None, resume: bool = False, progress: bool = True,
-                           feature_workers: int = 1, log=print) -> list:
+                           context: RunContext, max_epochs: int | None = None, resume: bool = False) -> list:
     """Train ``folds`` (default: every fold of ``folds.csv``) in one process per entry of
-    ``devices``, at most one process per fold; return their ``FoldResult``s in fold order.
+    ``devices``, at most one process per fold, after ``trainer.checked_folds``; return their
+    ``FoldResult``s in fold order. ``context`` gives the log, progress display and feature workers
+    (its device is unused).
 
     Raises
     ------
@@ -124,12 +126,12 @@ def train_folds_on_devices(experiment: Experiment, dataset: Dataset, work, devic
         A fold's process failed (or died): the others are stopped; the message names the fold,
         its device and the error (an unexpected error's traceback is logged first).
     """
-    check_experiment(experiment, len(dataset.classes))
-    folds = sorted(set(read_folds(work, dataset.curated.fname).fold)) if folds is None else list(folds)
-    ensure_features(dataset, work, experiment.audio, splits=TRAIN_SPLITS, workers=feature_workers, progress=progress)
+    folds = checked_folds(experiment, dataset, work, folds)
+    progress, log = context.show_progress, context.log
+    ensure_features(dataset, work, experiment.audio, splits=TRAIN_SPLITS, workers=context.feature_workers,
+                    progress=progress)
     # A [targets] teacher's predictions are made (and cached) once here, not by every process.
-    teacher_predictions(experiment, dataset, work, device=devices[0], progress=progress,
-                        feature_workers=feature_workers, log=log)
+    teacher_predictions(experiment, dataset, work, **{**context.predicting(), "device": devices[0]})
     devices = list(devices)[: len(folds)]
     labels = device_labels(devices)
     cpu_processes = sum(torch.device(device).type == "cpu" for device in devices)
@@ -203,13 +205,3 @@ def _follow(processes, events, labels, devices, folds, epochs: int, progress: bo
                 raise FoldProcessError(f"fold {fold} on {devices[slot]} failed: {message} (the other folds were "
                                        "stopped; train --resume continues them)")
     return [results[fold] for fold in sorted(results)]
-
-
-def train_and_score_on_devices(experiment: Experiment, dataset: Dataset, work, devices: list, folds=None, *,
-                               score_oof: bool = True, log=print, **kwargs) -> TrainingReport:
-    """``freesound train --devices``: ``train_folds_on_devices``, then the report of
-    ``freesound.training.trainer.score_trained`` (the out-of-fold scores predicted on the first
-    device). ``kwargs`` go to ``train_folds_on_devices``."""
-    results = train_folds_on_devices(experiment, dataset, work, devices, folds, log=log, **kwargs)
-    return score_trained(experiment, dataset, work, results, score_oof=score_oof, device=devices[0], log=log,
-                         feature_workers=kwargs.get("feature_workers", 1), progress=kwargs.get("progress", True))
