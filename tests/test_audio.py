@@ -1,6 +1,7 @@
 """The audio front end: parity with a direct librosa computation, and its rules."""
 
 import dataclasses
+import re
 import sys
 import warnings
 
@@ -254,6 +255,18 @@ def test_a_whole_file_does_not_warn(tmp_path, suffix):
         warnings.simplefilter("error")
         samples, _ = decode(path)
     assert samples.shape == (1, 132300)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_24", "FLOAT", "IMA_ADPCM"])
+def test_a_truncated_wav_states_its_length_in_any_encoding(tmp_path, subtype):
+    path = tmp_path / f"{subtype}.wav"
+    sf.write(path, np.stack([tone(2.0), tone(2.0, seed=1)], axis=1), SR, subtype=subtype)
+    cut_to_half(path)
+    with pytest.warns(AudioTruncatedWarning, match=r"states (\d+) frames") as caught:
+        decode(path)
+    stated = int(re.search(r"states (\d+) frames", str(caught[0].message)).group(1))
+    # Exact where every frame takes the same bytes; ADPCM's within a block (2041 frames here).
+    assert abs(stated - 2 * SR) <= (2041 if subtype == "IMA_ADPCM" else 0)
 
 
 def _set_wav_data_size(path, size):

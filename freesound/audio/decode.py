@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import librosa
 import numpy as np
@@ -140,26 +141,41 @@ def stated_frames(path: Path, handle: sf.SoundFile) -> int:
     chunk = riff_data_chunk(path)
     if chunk is None:
         return handle.frames
-    offset, declared = chunk
-    held = path.stat().st_size - offset
-    if declared <= held or held <= 0 or handle.frames == 0:
+    held = path.stat().st_size - chunk.offset
+    if chunk.size <= held or held <= 0 or handle.frames == 0:
         return handle.frames
-    # Bytes per frame as the file holds them: right for PCM and float, and for ADPCM's blocks too.
-    return handle.frames + round((declared - held) * handle.frames / held)
+    if chunk.format_tag in _FIXED_FRAME_FORMATS and chunk.block_align > 0:
+        return chunk.size // chunk.block_align
+    # A block codec (ADPCM): frames in proportion to the bytes, as the file holds them (within a
+    # block; the ``fact`` chunk that should state them is wrong in files libsndfile writes).
+    return handle.frames + round((chunk.size - held) * handle.frames / held)
 
 
+#: WAVE format tags whose frames all take ``block_align`` bytes: PCM, IEEE float, A-law, mu-law
+#: and WAVE_FORMAT_EXTENSIBLE (which libsndfile reads only with those inside).
+_FIXED_FRAME_FORMATS = (0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE)
 #: Sizes that streaming WAV writers put in a ``data`` chunk header whose length they do not know.
 _UNKNOWN_RIFF_SIZES = (0, 0xFFFFFFFF)
 
 
-def riff_data_chunk(path) -> tuple[int, int] | None:
-    """Where a RIFF/WAVE file's ``data`` chunk starts and the size its header declares.
+class RiffData(NamedTuple):
+    """A RIFF/WAVE file's ``data`` chunk as its header declares it (``riff_data_chunk``)."""
+
+    offset: int  #: of the first sample byte
+    size: int  #: bytes, as declared
+    format_tag: int  #: the ``fmt`` chunk's, 0 when it comes after ``data``
+    block_align: int  #: bytes per frame (per block for ADPCM), 0 when unknown
+
+
+def riff_data_chunk(path) -> RiffData | None:
+    """The ``data`` chunk of a RIFF/WAVE file, as its header declares it.
 
     Returns
     -------
-    (offset of the first sample byte, declared size in bytes), or None for a file that is not
-    little-endian RIFF/WAVE, has no ``data`` chunk header, or declares a placeholder size.
+    RiffData, or None for a file that is not little-endian RIFF/WAVE, has no ``data`` chunk
+    header, or declares a placeholder size (``_UNKNOWN_RIFF_SIZES``).
     """
+    format_tag = block_align = 0
     with open(path, "rb") as handle:
         head = handle.read(12)
         if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
@@ -167,8 +183,13 @@ def riff_data_chunk(path) -> tuple[int, int] | None:
         while len(chunk := handle.read(8)) == 8:
             size = int.from_bytes(chunk[4:], "little")
             if chunk[:4] == b"data":
-                return (None if size in _UNKNOWN_RIFF_SIZES else (handle.tell(), size))
-            handle.seek(size + (size & 1), 1)  # chunks are padded to an even size
+                return None if size in _UNKNOWN_RIFF_SIZES else RiffData(handle.tell(), size, format_tag, block_align)
+            skip = size + (size & 1)  # chunks are padded to an even size
+            if chunk[:4] == b"fmt " and size >= 14:
+                fmt = handle.read(14)
+                format_tag, block_align = int.from_bytes(fmt[:2], "little"), int.from_bytes(fmt[12:14], "little")
+                skip -= len(fmt)
+            handle.seek(skip, 1)
     return None
 
 
