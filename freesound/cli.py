@@ -14,22 +14,28 @@ from pathlib import Path
 import click
 
 from freesound import __version__, settings
-from freesound.errors import FreesoundError, one_line_warnings
+from freesound.errors import FreesoundError, file_error_sentence, one_line_warnings
 
 WORK_DEFAULT = "data"
 
 
 class FreesoundGroup(click.Group):
-    """Turns the library's user-facing errors into one clear sentence, and its warnings into one line."""
+    """Turns the library's user-facing errors into one clear sentence, and its warnings into one line.
+
+    A full disk, a read-only folder or a denied permission (``file_error_sentence``) is one too.
+    """
 
     def invoke(self, ctx):
         try:
             with one_line_warnings(lambda line: click.echo(line, err=True)):
                 return super().invoke(ctx)
-        except FreesoundError as error:
+        except (FreesoundError, OSError) as error:
+            sentence = str(error) if isinstance(error, FreesoundError) else file_error_sentence(error)
+            if sentence is None:
+                raise
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
-            click.echo(f"error: {error}", err=True)
+            click.echo(f"error: {sentence}", err=True)
             sys.exit(1)
 
 
@@ -134,12 +140,19 @@ def features(data_dir, work_dir, workers, experiment, experiments_dir, max_secon
     from freesound.data.features import cache_features, cache_root
 
     config = load_experiment(experiment, experiments_dir).audio if experiment else AudioConfig()
+    if max_seconds is not None and max_seconds < config.min_seconds:
+        raise FreesoundError(f"--max-seconds {max_seconds:g} is below the shortest clip the front end makes "
+                             f"(min_seconds, {config.min_seconds:g} s); give at least {config.min_seconds:g}")
     if max_seconds is not None:
         config = dataclasses.replace(config, max_seconds=max_seconds)
     dataset = load_dataset(data_dir)
     report = cache_features(dataset, work_dir, config, workers=workers or settings.default_workers())
     click.echo(f"features: {report.computed} computed, {report.cached} already cached, "
                f"{len(report.failures)} failed -> {cache_root(work_dir, dataset.root, config)}")
+    for split, fname in report.repaired:
+        click.echo(f"  recomputed a damaged cache file: {split}/{fname}", err=True)
+    for split, fname, _ in report.truncated:
+        click.echo(f"  truncated, cached from the audio that decodes: {split}/{fname}", err=True)
     for split, fname, reason in report.failures:
         click.echo(f"  failed: {split}/{fname}: {reason}", err=True)
     if report.failures:
@@ -388,6 +401,9 @@ def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_file
         click.echo(format_scores(result.name, result.oof_scores, top=10))
     click.echo(f"{result.name}: predicted {len(result.predictions)} clips with {result.checkpoints} first-level and "
                f"{result.stacker_checkpoints} stacker checkpoints -> {result.out_csv}")
+    if result.truncated:
+        click.echo(f"{len(result.truncated)} file(s) are truncated and were predicted from the audio that decodes: "
+                   f"{', '.join(fname for fname, _ in result.truncated)}", err=True)
     for fname, reason in result.failures:
         click.echo(f"failed: {fname}: {reason}", err=True)
     if result.failures:
@@ -570,12 +586,15 @@ def tag(files, experiment, work_dir, top, device):
     from freesound.ensembling.specs import trained_tagger
 
     tagger = trained_tagger(work_dir, experiment, device=device)
-    failures = []
-    frame = tagger.predict_files(files, on_error="skip", failures=failures)
+    failures, truncated = [], []
+    frame = tagger.predict_files(files, on_error="skip", failures=failures, truncated=truncated)
     for fname, row in frame.iterrows():
         click.echo(fname)
         for label, prob in row.sort_values(ascending=False).head(top).items():
             click.echo(f"  {prob:6.3f}  {'#' * int(round(prob * 20)):<20}  {label}")
+    if truncated:
+        click.echo(f"{len(truncated)} file(s) are truncated and were tagged from the audio that decodes: "
+                   f"{', '.join(fname for fname, _ in truncated)}", err=True)
     for fname, reason in failures:
         click.echo(f"error: cannot decode {fname}: {reason}", err=True)
     if failures:

@@ -23,21 +23,41 @@ def atomic_path(path):
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
     The temporary file lives in the destination folder so the rename never crosses filesystems.
-    On an exception the temporary file is removed and ``path`` is untouched.
+    On an exception the temporary file is removed and ``path`` is untouched; an ``OSError``
+    naming no file (a full disk) is raised again naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        yield Path(tmp)
-        # mkstemp makes the file private (0600); the result gets the mode open() would give it.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        with _naming(path):
+            yield Path(tmp)
+            # mkstemp makes the file private (0600); the result gets the mode open() would give it.
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def _naming(path: Path):
+    """Make an ``OSError`` about writing ``path`` name ``path``: a write's ENOSPC names no file,
+    and mkstemp's errors name the hidden temporary file. The one-sentence message
+    (``freesound.errors.file_error_sentence``) then names the file the user asked for and its
+    folder. An error naming another file (a parent folder that cannot be made) is left as it is.
+    """
+    try:
+        yield
+    except OSError as error:
+        named = None if error.filename is None else Path(error.filename)
+        about_tmp = named is not None and named.parent == path.parent and named.name.startswith(f".{path.name}.")
+        if error.errno is None or not (named is None or about_tmp):
+            raise
+        raise type(error)(error.errno, error.strerror, str(path)) from error
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

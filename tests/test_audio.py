@@ -1,6 +1,7 @@
 """The audio front end: parity with a direct librosa computation, and its rules."""
 
 import dataclasses
+import re
 import sys
 import warnings
 
@@ -14,6 +15,7 @@ from freesound.audio import (
     AudioConfig,
     AudioCroppedWarning,
     AudioDecodeError,
+    AudioTruncatedWarning,
     check_log_mel,
     find_audio_files,
     is_audio_name,
@@ -23,6 +25,7 @@ from freesound.audio import (
     to_log_mel,
     trim_to_min_length,
 )
+from freesound.audio.decode import decode
 
 SR = 44100
 
@@ -209,6 +212,100 @@ def test_decode_errors_name_the_file_and_reason(tmp_path):
             read_as_melspectrogram(path)
         assert str(path) in str(info.value)
         assert info.value.reason
+
+
+def write_encoded(path, y, sr=SR):
+    """``y`` encoded in the format of ``path``'s suffix (PCM_16 WAV, FLAC, MP3); skips the test
+    where this libsndfile cannot write MP3 (it can from 1.1)."""
+    options = {".wav": {"subtype": "PCM_16"}, ".flac": {}, ".mp3": {"format": "MP3", "subtype": "MPEG_LAYER_III"}}
+    try:
+        sf.write(path, y, sr, **options[path.suffix])
+    except (sf.LibsndfileError, ValueError, TypeError) as error:
+        pytest.skip(f"this libsndfile cannot write {path.suffix}: {error}")
+    return path
+
+
+def cut_to_half(path):
+    """Keep the first half of the file's bytes, as an interrupted download or copy does."""
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac", ".mp3"])
+def test_a_truncated_file_warns_and_is_used_as_far_as_it_decodes(tmp_path, suffix):
+    # Issue 33: each of these passed without a word (for WAV, libsndfile counts the frames the
+    # bytes hold; a FLAC cut mid-frame failed the whole read; an MP3 read 63,407 of 132,300).
+    y = tone(3.0)
+    whole, _ = decode(write_encoded(tmp_path / f"whole{suffix}", y))
+    path = cut_to_half(write_encoded(tmp_path / f"clip{suffix}", y))
+    with pytest.warns(AudioTruncatedWarning) as caught:
+        samples, sr = decode(path)
+    assert sr == SR and len(caught) == 1
+    decoded = samples.shape[1]
+    assert 0.35 * y.size < decoded < 0.55 * y.size
+    # What decodes is the start of the clip, sample for sample.
+    np.testing.assert_array_equal(samples, whole[:, :decoded])
+    assert str(caught[0].message) == (
+        f"{path} is truncated or damaged: its header states 132300 frames (3.00 s) but only {decoded} "
+        f"({decoded / SR:.2f} s) decode; the audio that decodes is used")
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac", ".mp3"])
+def test_a_whole_file_does_not_warn(tmp_path, suffix):
+    path = write_encoded(tmp_path / f"clip{suffix}", tone(3.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        samples, _ = decode(path)
+    assert samples.shape == (1, 132300)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_24", "FLOAT", "IMA_ADPCM"])
+def test_a_truncated_wav_states_its_length_in_any_encoding(tmp_path, subtype):
+    path = tmp_path / f"{subtype}.wav"
+    sf.write(path, np.stack([tone(2.0), tone(2.0, seed=1)], axis=1), SR, subtype=subtype)
+    cut_to_half(path)
+    with pytest.warns(AudioTruncatedWarning, match=r"states (\d+) frames") as caught:
+        decode(path)
+    stated = int(re.search(r"states (\d+) frames", str(caught[0].message)).group(1))
+    # Exact where every frame takes the same bytes; ADPCM's within a block (2041 frames here).
+    assert abs(stated - 2 * SR) <= (2041 if subtype == "IMA_ADPCM" else 0)
+
+
+def _set_wav_data_size(path, size):
+    data = bytearray(path.read_bytes())
+    at = data.index(b"data") + 4
+    data[at:at + 4] = size.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+def test_a_wav_whose_data_size_is_a_streaming_placeholder_does_not_warn(tmp_path):
+    # A writer that did not know the length (a pipe) leaves 0xFFFFFFFF: the file's bytes decide.
+    path = write_encoded(tmp_path / "streamed.wav", tone(1.0))
+    _set_wav_data_size(path, 0xFFFFFFFF)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        samples, _ = decode(path)
+    assert samples.shape == (1, SR)
+
+
+def test_a_wav_with_a_chunk_after_its_data_does_not_warn(tmp_path):
+    path = write_encoded(tmp_path / "tagged.wav", tone(1.0))
+    data = bytearray(path.read_bytes() + b"LIST" + (4).to_bytes(4, "little") + b"INFO")
+    data[4:8] = (len(data) - 8).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        samples, _ = decode(path)
+    assert samples.shape == (1, SR)
+
+
+def test_a_truncated_wav_cropped_within_what_it_holds_is_only_cropped(tmp_path):
+    # 3 s stated, 1.5 s held, 1 s used: the audio used is whole, so only the crop is news.
+    path = cut_to_half(write_encoded(tmp_path / "clip.wav", tone(3.0)))
+    with pytest.warns(AudioCroppedWarning, match="is 3.0 s long; only its first 1 s") as caught:
+        samples, _ = decode(path, max_seconds=1.0)
+    assert samples.shape == (1, SR) and len(caught) == 1
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

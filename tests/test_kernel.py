@@ -392,3 +392,30 @@ def test_build_names_weight_folders_the_kernels_do_not_use(built, tmp_path):
     assert re.search(r"note: 3 folder\(s\) in \S+ that these kernels do not use "
                      r"\(ens_stacker, exp_a-trial0, exp_b; [\d.]+ MB\)", notes[0]), notes
     assert not any("do not use" in line for line in built["log"])  # both kernels use every folder
+
+
+def test_kernel_warns_of_a_truncated_clip_and_lists_it_in_its_summary(built, tmp_path):
+    """Issue 33: a clip cut to half its bytes was predicted without a word. It is still predicted,
+    from the audio that decodes, with one warning, and the summary lists it. The decoding runs in
+    a DataLoader worker, whose warning the kernel's process shows."""
+    from freesound.audio import AudioTruncatedWarning
+
+    root = kaggle_tree(built, tmp_path / "kaggle")
+    clip = root / "input" / COMPETITION / "test" / "d4.wav"
+    clip.write_bytes(clip.read_bytes()[:clip.stat().st_size // 2])
+    manifest = build_manifest(built["specs"]["kernel"], built["work"] / "experiments")
+    lines = []
+    with pytest.warns(AudioTruncatedWarning) as caught:
+        summary = run_kernel(manifest, root, device="cpu", workers=1, log=lines.append)
+    # What half the bytes hold: a 44-byte header, then 2-byte PCM_16 frames.
+    held = (clip.stat().st_size - 44) // 2
+    assert held == 110239
+    message = (f"{clip} is truncated or damaged: its header states 220500 frames (5.00 s) but only {held} (2.50 s) "
+               "decode; the audio that decodes is used")
+    assert [str(warning.message) for warning in caught] == [message]
+    assert summary["truncated"] == [("d4.wav", message)]
+    assert [fname for fname, _ in summary["failures"]] == ["broken.wav"]
+    at = lines.index("truncated clips (predicted from the audio that decodes): 1")
+    assert lines[at + 1] == f"  d4.wav: {message}"
+    submission = pd.read_csv(root / "working" / "submission.csv")
+    assert list(submission["fname"]) == list(TEST_CLIPS)

@@ -1,7 +1,8 @@
 """The audio front end: from any audio file to what the network sees.
 
     decode.py         any file -> float32 samples (``decode``, ``to_mono``, ``resample``), or an
-                      ``AudioDecodeError`` naming the file and the reason
+                      ``AudioDecodeError`` naming the file and the reason; a file that decodes
+                      fewer frames than its header states warns (``AudioTruncatedWarning``)
     trim.py           silence trimming with a minimum clip length (librosa's decision, faster)
     logmel.py         ``read_audio`` -> ``to_log_mel`` = ``read_as_melspectrogram``: float32
                       ``(n_mels, frames)`` in dB, with the original solution's numbers; a log-mel
@@ -17,7 +18,15 @@ The settings are ``freesound.config.AudioConfig`` (re-exported here)::
     logmel = read_as_melspectrogram(path) # both at once
 """
 
-from freesound.audio.decode import SAMPLE_RATE_RANGE, AudioCroppedWarning, AudioDecodeError, decode, resample, to_mono
+from freesound.audio.decode import (
+    SAMPLE_RATE_RANGE,
+    AudioCroppedWarning,
+    AudioDecodeError,
+    AudioTruncatedWarning,
+    decode,
+    resample,
+    to_mono,
+)
 from freesound.audio.files import AUDIO_EXTENSIONS, AudioFolder, find_audio_files, is_audio_name, scan_audio_folder
 from freesound.audio.logmel import (
     check_log_mel,
@@ -33,7 +42,7 @@ from freesound.config import DEFAULT_AUDIO_CONFIG, AudioConfig
 
 __all__ = [
     "AUDIO_EXTENSIONS", "AudioFolder", "DEFAULT_AUDIO_CONFIG", "SAMPLE_RATE_RANGE", "AudioConfig",
-    "AudioCroppedWarning", "AudioDecodeError", "check_log_mel", "decode", "find_audio_files", "is_audio_name",
+    "AudioCroppedWarning", "AudioDecodeError", "AudioTruncatedWarning", "check_log_mel", "decode", "find_audio_files", "is_audio_name",
     "mel_filterbank", "power_to_db", "read_as_melspectrogram", "read_audio", "resample", "scan_audio_folder",
     "silent_logmel", "to_log_mel", "to_mono", "trim_to_min_length",
 ]

@@ -4,9 +4,11 @@ Layout under the work directory::
 
     features/<dataset>-<path hash>/<AudioConfig.key()>/<split>/<fname>.<file identity>.npy
 
-The audio config's hash and each audio file's identity (size and modification time) are part of
-the path, so a changed config or a rewritten file never reuses a stale spectrogram. Every file is
-written atomically, so an interrupted run simply resumes: whatever is already there is valid.
+The audio config's hash and each audio file's identity (``file_identity``: its size, modification
+time, and a hash of its first and last 64 KiB) are part of the path, so a changed config or a
+rewritten file never reuses a stale spectrogram, even one replaced by a file of the same size and
+time. Every file is written atomically, so an interrupted run simply resumes; a cache file damaged
+some other way (truncated, zero bytes: ``npy_is_whole``) is computed again.
 
 ``cache_features`` computes what is missing (``freesound features`` does it up front);
 ``ensure_features`` does the same for a command that needs the features now (``train``,
@@ -18,8 +20,12 @@ holds none of them (``LazyLogmels`` reads each on access), which training does a
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
+import signal
+import sys
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -27,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from freesound.audio import AudioDecodeError, read_as_melspectrogram
+from freesound.audio import AudioDecodeError, AudioTruncatedWarning, read_as_melspectrogram
 from freesound.config import AudioConfig
 from freesound.data.dataset import SPLITS, Dataset
-from freesound.errors import FreesoundError
+from freesound.errors import FreesoundError, call_recording_warnings
 from freesound.fileio import atomic_save_npy
 from freesound.paths import features_root
 from freesound.progress import progress_bar
@@ -38,11 +44,19 @@ from freesound.progress import progress_bar
 
 @dataclass
 class CacheReport:
-    """What one caching run did. ``failures`` holds ``(split, fname, reason)``."""
+    """What one caching run did.
+
+    ``failures`` holds ``(split, fname, reason)``; ``truncated`` holds ``(split, fname, warning
+    message)`` for clips computed from a file that decodes fewer frames than its header states
+    (cached from the audio that decodes); ``repaired`` holds ``(split, fname)`` for damaged cache
+    files computed again.
+    """
 
     computed: int = 0
     cached: int = 0
     failures: list = field(default_factory=list)
+    truncated: list = field(default_factory=list)
+    repaired: list = field(default_factory=list)
 
 
 def cache_root(work, data_root, config: AudioConfig) -> Path:
@@ -52,14 +66,58 @@ def cache_root(work, data_root, config: AudioConfig) -> Path:
     return features_root(work) / f"{data_root.name}-{path_hash}" / config.key()
 
 
+#: Bytes hashed at each end of an audio file for its cache identity: the header and the first and
+#: last few tenths of a second, so a file replaced by another of the same size and modification
+#: time gets another identity at the cost of two small reads.
+IDENTITY_BLOCK_BYTES = 64 * 1024
+
+
 def file_identity(audio_path) -> str:
-    """A short hash of the file's size and modification time (ns)."""
-    stat = os.stat(audio_path)
-    return hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    """A short hash of the file's size, modification time (ns), and its first and last
+    ``IDENTITY_BLOCK_BYTES`` (the whole file when it is shorter than two blocks).
+
+    The time catches an edit in the middle that keeps the size; the bytes catch a replacement
+    that keeps size and time (a copy with ``cp -p``, an archive's timestamps).
+    """
+    digest = hashlib.sha256()
+    with open(audio_path, "rb") as handle:
+        stat = os.fstat(handle.fileno())
+        digest.update(f"{stat.st_size}:{stat.st_mtime_ns}:".encode())
+        digest.update(handle.read(IDENTITY_BLOCK_BYTES))
+        if stat.st_size > 2 * IDENTITY_BLOCK_BYTES:
+            handle.seek(-IDENTITY_BLOCK_BYTES, os.SEEK_END)
+        digest.update(handle.read(IDENTITY_BLOCK_BYTES))
+    return digest.hexdigest()[:10]
+
+
+def npy_is_whole(path) -> bool:
+    """Whether ``path`` is a readable ``.npy`` file holding every byte its header promises.
+
+    Reads the header only: a zero-byte or truncated cache file (a copy cut short, a disk that
+    filled up outside freesound) is caught without loading the array.
+    """
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(handle)
+            expected = handle.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            return os.fstat(handle.fileno()).st_size == expected
+    except (OSError, ValueError, EOFError):
+        return False
 
 
 def cached_path(split_dir: Path, audio_path) -> Path:
     return split_dir / f"{Path(audio_path).name}.{file_identity(audio_path)}.npy"
+
+
+def _cached_path_or_none(split_dir: Path, audio_path: Path) -> Path | None:
+    """``cached_path``, or None for an audio file that is missing or cannot be read."""
+    try:
+        return cached_path(split_dir, audio_path)
+    except OSError:
+        return None
 
 
 def cached_entries(split_dir: Path) -> dict:
@@ -74,19 +132,37 @@ def cached_entries(split_dir: Path) -> dict:
 
 
 def _compute_one(audio_path: Path, target: Path, config: AudioConfig, stale=()):
-    """Compute one clip's log-mel into ``target``, then remove ``stale`` (its older cache files);
-    return the failure reason or None.
+    """Compute one clip's log-mel into ``target``, then remove ``stale`` (its older cache files).
 
-    Runs in a worker process, so it writes the array itself instead of shipping it back.
+    Runs in a worker process, so it writes the array itself instead of shipping it back, and
+    hands back the warnings decoding raised for the parent to show and list.
+
+    Returns
+    -------
+    (failure reason or None, list of warnings)
     """
     try:
-        logmel = read_as_melspectrogram(audio_path, config)
+        logmel, caught = call_recording_warnings(read_as_melspectrogram, audio_path, config)
     except AudioDecodeError as error:
-        return error.reason
+        return error.reason, []
     for path in stale:
         path.unlink(missing_ok=True)
     atomic_save_npy(target, logmel)
-    return None
+    return None, caught
+
+
+#: prctl's option that sends the calling process a signal when its parent dies (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: on Linux, end this worker when ``parent``, the process that started it,
+    dies (a killed ``freesound features`` would otherwise leave its workers computing). A no-op
+    elsewhere."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before the request took effect
+            os._exit(1)
 
 
 def cache_features(
@@ -109,7 +185,9 @@ def cache_features(
     Returns
     -------
     CacheReport; clips that cannot be used (undecodable, or a log-mel that is not finite) are
-    listed in ``failures`` and not cached.
+    listed in ``failures`` and not cached; truncated files are listed in ``truncated`` and cached
+    from the audio that decodes (each with an ``AudioTruncatedWarning``, shown in this process);
+    damaged cache files (``npy_is_whole``) are computed again and listed in ``repaired``.
     """
     config = config or AudioConfig()
     root = cache_root(work, dataset.root, config)
@@ -123,11 +201,18 @@ def cache_features(
             if not audio_path.is_file():
                 report.failures.append((split, audio_path.name, "no such file"))
                 continue
-            target = cached_path(split_dir, audio_path)
+            try:
+                target = cached_path(split_dir, audio_path)
+            except OSError as error:  # its identity reads the file
+                report.failures.append((split, audio_path.name, f"cannot be read ({error.strerror})"))
+                continue
             stale = [path for path in existing.get(audio_path.name, ()) if path != target]
-            if len(stale) < len(existing.get(audio_path.name, ())):
+            if len(stale) == len(existing.get(audio_path.name, ())):
+                todo.append((split, audio_path, target, stale))
+            elif npy_is_whole(target):
                 report.cached += 1
             else:
+                report.repaired.append((split, audio_path.name))
                 todo.append((split, audio_path, target, stale))
     bar = progress_bar(total=len(todo), desc="log-mel features", unit="clip", enabled=progress and bool(todo))
     with bar:
@@ -135,14 +220,24 @@ def cache_features(
             results = (_compute_one(path, target, config, stale) for _, path, target, stale in todo)
             _collect(todo, results, report, bar)
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent,
+                                     initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(_compute_one, path, target, config, stale) for _, path, target, stale in todo]
-                _collect(todo, (future.result() for future in futures), report, bar)
+                try:
+                    _collect(todo, (future.result() for future in futures), report, bar)
+                except BaseException:
+                    # A full disk fails every clip after it: stop at the first.
+                    pool.shutdown(cancel_futures=True)
+                    raise
     return report
 
 
 def _collect(todo, results, report: CacheReport, bar) -> None:
-    for (split, audio_path, _, _), reason in zip(todo, results):
+    for (split, audio_path, _, _), (reason, caught) in zip(todo, results):
+        for warning in caught:
+            warnings.warn(warning, stacklevel=2)
+            if isinstance(warning, AudioTruncatedWarning):
+                report.truncated.append((split, audio_path.name, str(warning)))
         if reason is None:
             report.computed += 1
         else:
@@ -191,6 +286,27 @@ class NonFiniteFeaturesError(FreesoundError):
     """A cached log-mel holds NaN or infinite values (cached by an older freesound, or damaged)."""
 
 
+class DamagedFeaturesError(FreesoundError):
+    """A cached log-mel file cannot be read (zero bytes, truncated, not an array)."""
+
+
+def read_cached_logmel(path: Path, dataset: Dataset) -> np.ndarray:
+    """One cached log-mel, float32 ``(n_mels, frames)``.
+
+    Raises
+    ------
+    DamagedFeaturesError
+        Naming the file and NumPy's reason, and the command that computes it again.
+    """
+    try:
+        return np.load(path)
+    except (OSError, ValueError, EOFError) as error:
+        raise DamagedFeaturesError(
+            f"the cached log-mel {path} is damaged ({str(error) or type(error).__name__}); run "
+            f"`freesound features --data {dataset.root}`, which computes it again"
+        ) from error
+
+
 #: A training run whose log-mels would take more than this many bytes reads them from the cache on
 #: each access (``LazyLogmels``) instead of holding them. The real FSDKaggle2019 training clips
 #: (10.5 h curated, 80 h noisy) are about 10.7 GB of float32 log-mels: too much beside torch and
@@ -232,7 +348,7 @@ def cache_paths(dataset: Dataset, work, split: str, fnames=None, config: AudioCo
     paths, missing = [], []
     for fname in fnames:
         audio_path = dataset.audio_dir(split) / fname
-        path = cached_path(split_dir, audio_path) if audio_path.is_file() else None
+        path = _cached_path_or_none(split_dir, audio_path)
         if path is None or not path.is_file():
             missing.append(fname)
         paths.append(path)
@@ -262,6 +378,8 @@ def load_features(dataset: Dataset, work, split: str, fnames=None, config: Audio
     ------
     MissingFeaturesError
         Naming the clips with no valid cache entry (never computed, failed, or stale).
+    DamagedFeaturesError
+        Naming the first cache file that cannot be read (``read_cached_logmel``).
     NonFiniteFeaturesError
         Naming the clips whose cached log-mel is not finite, and their cache files.
     """
@@ -269,7 +387,7 @@ def load_features(dataset: Dataset, work, split: str, fnames=None, config: Audio
     paths = cache_paths(dataset, work, split, fnames, config)
     logmels, bad = [], []
     for fname, path in zip(fnames, paths):
-        logmel = np.load(path)
+        logmel = read_cached_logmel(path, dataset)
         if not np.isfinite(logmel).all():
             bad.append((fname, path))
         if not lazy:

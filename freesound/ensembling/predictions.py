@@ -10,7 +10,7 @@ name, or every file with ``all_files``), and the files it passes over are report
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -42,6 +42,8 @@ class PredictionResult:
     oof_scores : dict or None, an experiment's out-of-fold scores (``predict_oof``)
     checkpoints, stacker_checkpoints : int, the first-level and stacker weights used
     audio_folder : ``AudioFolder`` of ``audio_dir`` (the files read and those left out), or None
+    truncated : list of (fname, warning message), files that decode fewer frames than their
+        header states, predicted from the audio that decodes
     """
 
     name: str
@@ -53,6 +55,7 @@ class PredictionResult:
     checkpoints: int
     stacker_checkpoints: int
     audio_folder: AudioFolder | None = None
+    truncated: list = field(default_factory=list)
 
 
 def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Dataset | None = None, audio_dir=None,
@@ -102,8 +105,8 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
     else:
         paths, on_error, default_name = folder.files, "skip", "audio.csv"
     out_csv = Path(out_csv or predictions_dir(work, name) / default_name)
-    failures = []
-    frame = predictor.predict_files(paths, on_error=on_error, failures=failures,
+    failures, truncated = [], []
+    frame = predictor.predict_files(paths, on_error=on_error, failures=failures, truncated=truncated,
                                     track=partial(progress_bar, unit="clip", enabled=progress))
     atomic_write_csv(out_csv, frame.reset_index(), index=False)
     errors_csv = Path(str(out_csv).removesuffix(".csv") + ".errors.csv")
@@ -113,4 +116,5 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
         name=name, predictions=frame, out_csv=out_csv, failures=failures, errors_csv=errors_csv, oof_scores=scores,
         checkpoints=sum(len(p) for p in spec["experiments"].values()),
         stacker_checkpoints=sum(len(p) for p in spec["stackers"].values()), audio_folder=folder,
+        truncated=truncated,
     )

@@ -13,7 +13,8 @@ time, under a root that is ``/kaggle`` unless ``FREESOUND_KAGGLE_ROOT`` names an
   one warning names the GPU and the architectures torch supports and the kernel uses the CPU;
 - every row of ``sample_submission.csv`` is predicted in its order by ``EnsemblePredictor``, the
   same code path as local ``freesound predict``; undecodable clips are predicted from silence
-  and listed, so the submission is always complete;
+  and listed, so the submission is always complete; truncated clips (fewer frames decode than
+  their header states) are predicted from what decodes, with a warning, and listed;
 - within a time budget (the manifest's ``time_limit``, else ``freesound.kaggle.budget``'s default
   for the device): after a first part of the clips the kernel projects the whole run and, when
   the projection is over budget, goes on with a cheaper plan it names (``predict_within_budget``);
@@ -202,6 +203,8 @@ class BudgetedPrediction:
         run's projected time with the full ensemble, ``plan``, ``projected_seconds``: with the plan
         chosen then) and the last (``final_plan``, ``final_projected_seconds``)
     filled : list of fname, rows no plan had time for, given the mean of the predicted rows
+    truncated : list of (fname, warning message), clips that decode fewer frames than their
+        header states, predicted from the audio that decodes
     """
 
     predictions: pd.DataFrame
@@ -209,6 +212,7 @@ class BudgetedPrediction:
     plans: list
     projection: dict | None
     filled: list
+    truncated: list
 
 
 def predict_within_budget(predictor: EnsemblePredictor, paths: list, *, budget: float, start: float | None = None,
@@ -245,11 +249,11 @@ def predict_within_budget(predictor: EnsemblePredictor, paths: list, *, budget: 
     current, runner = 0, predictor
     sizes = [file_bytes(path) for path in paths]
     first_part = max(chunk_size, math.ceil(FIRST_PART * len(paths)))
-    names, frames, failures, widths, usage = [], [], [], [], []
+    names, frames, failures, truncated, widths, usage = [], [], [], [], [], []
     model_seconds, units = {}, dict.fromkeys(full_folds, 0.0)
     projection, next_report, loop_start = None, 0.1, clock()
     chunks = iter_logmel_chunks(paths, predictor.audio_config, on_error="silence", failures=failures,
-                                workers=predictor.workers, chunk_size=chunk_size)
+                                truncated=truncated, workers=predictor.workers, chunk_size=chunk_size)
     for chunk_names, logmels in chunks:
         chunk_widths = [logmel.shape[1] for logmel in logmels]
         if widths and math.isfinite(budget):
@@ -301,7 +305,7 @@ def predict_within_budget(predictor: EnsemblePredictor, paths: list, *, budget: 
     probabilities = np.concatenate([predicted, np.tile(mean.astype(np.float32), (len(filled), 1))])
     frame = pd.DataFrame(probabilities, index=pd.Index(names + filled, name="fname"), columns=predictor.classes)
     plans = [(ladder[index].describe(ladder[0]), clips) for index, clips in usage]
-    return BudgetedPrediction(frame, failures, plans, projection, filled)
+    return BudgetedPrediction(frame, failures, plans, projection, filled, truncated)
 
 
 def usable_device(device: torch.device, log) -> torch.device:
@@ -346,7 +350,7 @@ def run_kernel(manifest: dict, root=None, *, device=None, workers: int | None = 
     dict with ``name``, ``clips``, ``failures`` (list of (fname, reason)), ``seconds``, ``device``,
     ``submission`` (path), ``weights`` (folders the weights came from), ``package`` (the
     ``freesound.__file__`` that ran), ``version``, ``time_limit`` (the budget, seconds),
-    ``plans``, ``projection`` and ``filled`` (``BudgetedPrediction``).
+    ``plans``, ``projection``, ``filled`` and ``truncated`` (``BudgetedPrediction``).
     """
     start = clock()
     check_manifest(manifest)
@@ -386,7 +390,7 @@ def run_kernel(manifest: dict, root=None, *, device=None, workers: int | None = 
         "seconds": round(clock() - start, 1), "device": describe_device(device),
         "submission": str(submission_path), "weights": used, "package": freesound.__file__,
         "version": freesound.__version__, "time_limit": budget, "plans": result.plans,
-        "projection": result.projection, "filled": result.filled,
+        "projection": result.projection, "filled": result.filled, "truncated": result.truncated,
     }
     log_summary(summary, log)
     return summary
@@ -407,6 +411,10 @@ def log_summary(summary: dict, log) -> None:
     log(f"undecodable clips (predicted from silence): {len(summary['failures'])}")
     for fname, reason in summary["failures"]:
         log(f"  {fname}: {reason}")
+    if summary["truncated"]:
+        log(f"truncated clips (predicted from the audio that decodes): {len(summary['truncated'])}")
+    for fname, message in summary["truncated"]:
+        log(f"  {fname}: {message}")
 
 
 def main(manifest: dict) -> dict:

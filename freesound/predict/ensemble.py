@@ -123,9 +123,9 @@ class EnsemblePredictor:
         return geometric_mean(np.stack(list(levels.values())))
 
     def predict_files(self, paths, *, on_error: str = "raise", failures: list | None = None,
-                      track=None) -> pd.DataFrame:
+                      truncated: list | None = None, track=None) -> pd.DataFrame:
         """Like ``Tagger.predict_files``: each file is decoded once for all models."""
-        return predict_files(self, paths, on_error=on_error, failures=failures, track=track)
+        return predict_files(self, paths, on_error=on_error, failures=failures, truncated=truncated, track=track)
 
 
 def predict_stacker(models, features: np.ndarray, device="cpu") -> np.ndarray:

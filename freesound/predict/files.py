@@ -12,6 +12,7 @@ runs in the calling process, one chunk after the other.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,9 @@ import pandas as pd
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from freesound.audio import AudioDecodeError, read_as_melspectrogram, silent_logmel
+from freesound.audio import AudioDecodeError, AudioTruncatedWarning, read_as_melspectrogram, silent_logmel
 from freesound.config import AudioConfig
+from freesound.errors import call_recording_warnings
 
 ON_ERROR = ("raise", "skip", "silence")
 #: Clips predicted together: large enough that tiles of many clips fill the model's batches, small
@@ -34,7 +36,8 @@ def _as_is(item):
 
 
 class _FileFeatures(TorchDataset):
-    """Decodes one file per item, in DataLoader workers."""
+    """Decodes one file per item, in DataLoader workers; an item is ``(index, logmel or None,
+    failure reason or None, warnings raised)``, the warnings for the parent to show and list."""
 
     def __init__(self, paths, config: AudioConfig):
         self.paths = list(paths)
@@ -45,13 +48,15 @@ class _FileFeatures(TorchDataset):
 
     def __getitem__(self, index):
         try:
-            return index, read_as_melspectrogram(self.paths[index], self.config), None
+            logmel, caught = call_recording_warnings(read_as_melspectrogram, self.paths[index], self.config)
+            return index, logmel, None, caught
         except AudioDecodeError as error:
-            return index, None, error.reason
+            return index, None, error.reason, []
 
 
 def iter_logmel_chunks(paths, config: AudioConfig, *, on_error: str = "raise", failures: list | None = None,
-                       workers: int = 0, chunk_size: int = CHUNK_CLIPS, track=None, desc: str = "decoding"):
+                       truncated: list | None = None, workers: int = 0, chunk_size: int = CHUNK_CLIPS, track=None,
+                       desc: str = "decoding"):
     """Decode files to log-mels, chunk by chunk, applying the ``on_error`` policy of
     ``Tagger.predict_files``.
 
@@ -66,6 +71,9 @@ def iter_logmel_chunks(paths, config: AudioConfig, *, on_error: str = "raise", f
     on_error : one of ``ON_ERROR``
     failures : list, optional; each file that cannot be used is appended as ``(fname, reason)``
         when it is reached
+    truncated : list, optional; each file that decodes fewer frames than its header states
+        (``AudioTruncatedWarning``) is appended as ``(fname, warning message)``: it is predicted
+        from the audio that decodes. Warnings raised in the workers are shown here, in this process.
     workers : int, decoding processes (0: in this process)
     chunk_size : int, clips per chunk (the last one may be shorter)
     track : optional ``track(iterable, total=..., desc=...)`` wrapping the files as they are
@@ -90,8 +98,12 @@ def iter_logmel_chunks(paths, config: AudioConfig, *, on_error: str = "raise", f
     loader = DataLoader(_FileFeatures(paths, config), batch_size=None, num_workers=workers, collate_fn=_as_is,
                         **prefetch)
     names, logmels, silent, seen = [], [], None, 0
-    for index, logmel, reason in track(loader, total=len(paths), desc=desc) if track else loader:
+    for index, logmel, reason, caught in track(loader, total=len(paths), desc=desc) if track else loader:
         seen += 1
+        for warning in caught:
+            warnings.warn(warning, stacklevel=2)
+            if truncated is not None and isinstance(warning, AudioTruncatedWarning):
+                truncated.append((paths[index].name, str(warning)))
         if reason is not None:
             if on_error == "raise":
                 raise AudioDecodeError(paths[index], reason)
@@ -111,7 +123,7 @@ def iter_logmel_chunks(paths, config: AudioConfig, *, on_error: str = "raise", f
 
 
 def predict_files(predictor, paths, *, on_error: str = "raise", failures: list | None = None,
-                  chunk_size: int = CHUNK_CLIPS, track=None) -> pd.DataFrame:
+                  truncated: list | None = None, chunk_size: int = CHUNK_CLIPS, track=None) -> pd.DataFrame:
     """``predictor.predict_spectrograms`` on decoded files, as a DataFrame indexed by ``fname``.
 
     ``predictor`` is a ``Tagger`` or an ``EnsemblePredictor``: anything with ``audio_config``,
@@ -119,11 +131,13 @@ def predict_files(predictor, paths, *, on_error: str = "raise", failures: list |
     ``chunk_size`` clips are predicted while the workers decode the next (``iter_logmel_chunks``).
     Clips are predicted independently, so the chunking changes the results only by float rounding
     in how tiles share the model's batches. ``track`` (as for ``iter_logmel_chunks``) counts the
-    files as they are decoded, at most two chunks ahead of the model.
+    files as they are decoded, at most two chunks ahead of the model. ``failures`` and
+    ``truncated`` collect as for ``iter_logmel_chunks``.
     """
     names, frames = [], []
     for chunk_names, logmels in iter_logmel_chunks(paths, predictor.audio_config, on_error=on_error,
-                                                    failures=failures, workers=predictor.workers,
+                                                    failures=failures, truncated=truncated,
+                                                    workers=predictor.workers,
                                                     chunk_size=chunk_size, track=track, desc="predicting"):
         if logmels:
             names += chunk_names

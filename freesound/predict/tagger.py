@@ -334,7 +334,7 @@ class Tagger:
     # -- files --------------------------------------------------------------------------------
 
     def predict_files(self, paths, *, on_error: str = "raise", failures: list | None = None,
-                      track=None) -> pd.DataFrame:
+                      truncated: list | None = None, track=None) -> pd.DataFrame:
         """Predict audio files.
 
         Parameters
@@ -343,11 +343,13 @@ class Tagger:
         on_error : "raise" (stop at the first undecodable file), "skip" (leave its row out) or
             "silence" (predict it from a silent clip, so every file keeps its row)
         failures : list, optional; each undecodable file is appended as ``(fname, reason)``
+        truncated : list, optional; each file that decodes fewer frames than its header states is
+            appended as ``(fname, warning message)`` (it is predicted from what decodes)
         track : optional, counts the files as they are decoded (``iter_logmel_chunks``)
 
         Returns
         -------
         DataFrame indexed by ``fname`` with one column per class, in the input order.
         """
-        return predict_files(self, paths, on_error=on_error, failures=failures, track=track)
+        return predict_files(self, paths, on_error=on_error, failures=failures, truncated=truncated, track=track)
 
