@@ -27,7 +27,7 @@ import torch
 from freesound.config import Experiment
 from freesound.data.dataset import Dataset
 from freesound.data.features import ensure_features
-from freesound.data.folds import read_folds
+from freesound.data.folds import requested_folds
 from freesound.errors import FreesoundError
 from freesound.predict.device import require_device
 from freesound.progress import progress_bar
@@ -125,7 +125,7 @@ def train_folds_on_devices(experiment: Experiment, dataset: Dataset, work, devic
         its device and the error (an unexpected error's traceback is logged first).
     """
     check_experiment(experiment, len(dataset.classes))
-    folds = sorted(set(read_folds(work, dataset.curated.fname).fold)) if folds is None else list(folds)
+    folds = requested_folds(work, dataset.curated.fname, folds)
     ensure_features(dataset, work, experiment.audio, splits=TRAIN_SPLITS, workers=feature_workers, progress=progress)
     # A [targets] teacher's predictions are made (and cached) once here, not by every process.
     teacher_predictions(experiment, dataset, work, device=devices[0], progress=progress,
