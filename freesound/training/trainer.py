@@ -35,12 +35,12 @@ from freesound.config import ConfigError, Experiment, dump_experiment, experimen
 from freesound.data import features
 from freesound.data.dataset import Dataset, apply_corrections, load_corrections, multi_hot
 from freesound.data.features import cached_bytes, ensure_features, load_features
-from freesound.data.folds import read_folds, recorded_folds
+from freesound.data.folds import fold_fingerprint, read_folds, recorded_folds, requested_folds
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_text
 from freesound.metrics import lwlrap
 from freesound.models import create_model, save_checkpoint
-from freesound.paths import checkpoint_path, fold_dir, train_state_path
+from freesound.paths import checkpoint_path, fold_dir, fold_unfinished, train_state_path
 from freesound.progress import progress_bar
 from freesound.training.augment import train_transform, train_window_transform, valid_transform
 from freesound.training.averaging import WeightAverage
@@ -58,6 +58,7 @@ from freesound.training.engine import (
     rng_states,
     save_state,
 )
+from freesound.training.fold_guard import check_resume_held_out, fold_lock, mark_finished, mark_unfinished
 from freesound.training.losses import AuxLoss, NoisyCuratedLoss, NoisyHeadLoss, make_loss
 from freesound.training.mixers import method_mixer
 from freesound.training.oof import predict_oof
@@ -306,7 +307,8 @@ def train_fold(
     progress and writes files. Every process of the job must call this with the same arguments.
     """
     device = torch.device(device)
-    with on_device(device), deterministic_algorithms(experiment.train.deterministic):
+    with on_device(device), deterministic_algorithms(experiment.train.deterministic), \
+            fold_lock(work, experiment.name, fold, enabled=processes.main):
         return _train_fold(experiment, dataset, work, fold, device=device, max_epochs=max_epochs, resume=resume,
                            progress=progress and processes.main, feature_workers=feature_workers,
                            log=processes.main_only(log), on_epoch=on_epoch, processes=processes)
@@ -378,6 +380,7 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
     if processes.local_rank != 0:
         teacher = teacher_predictions(experiment, dataset, work, **teacher_options)  # cached by now
     sources, probs, (valid_specs, valid_targets, _) = build_sources(experiment, dataset, work, fold, teacher)
+    held_out = fold_fingerprint(read_folds(work, dataset.curated.fname), fold)  # fold_guard: the split trained on
     train_set = training_set(experiment, sources, probs, seed=cfg.seed + 1000 * fold)
     freq_channel = experiment.input.freq_channel
     valid_set = ValidationDataset(valid_specs, valid_targets, valid_transform(experiment.transforms.crop, freq_channel))
@@ -413,6 +416,7 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
                 f"fold {fold} of {experiment.name!r} was trained with other settings "
                 f"({', '.join(conflicts)} changed), so it cannot be resumed; train it again without "
                 f"--resume (its state in {resume_path.parent} is then replaced)")
+        check_resume_held_out(state, held_out, work, experiment.name, fold)
         saved_device, saved_amp = saved_run(state)
         # A disabled scaler saved {}, which an enabled one refuses to load: it starts fresh then.
         restored = {name: module for name, module in modules.items()
@@ -429,6 +433,7 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
             return FoldResult(fold, run.best_epoch, run.best_score, run.epoch, out_dir / "model.pt")
     # Only now, every check passed: a refused fold leaves no folder that predict would count as a fold.
     processes.main_only(atomic_write_text)(out_dir / "config.toml", dump_experiment(experiment))
+    processes.main_only(mark_unfinished)(work, experiment.name, fold)
 
     def epoch_batches():
         loader = DataLoader(
@@ -466,6 +471,7 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
             classes=list(dataset.classes), audio_config=experiment.audio.to_dict(),
             network_input=experiment.input.to_dict(),
             experiment=experiment.name, fold=fold, epoch=epoch, val_lwlrap=float(score), **averaged,
+            held_out=held_out,
         )
 
     def save_fold_state(run: Progress) -> None:
@@ -473,7 +479,7 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
         processes.main_only(save_state)(
             resume_path, modules, run, LOG_COLUMNS, **rank_rng[0], rank_rng=rank_rng,
             world_size=processes.world_size, experiment=experiment.to_dict(), device=str(device),
-            amp=scaler.is_enabled())
+            amp=scaler.is_enabled(), held_out=held_out)
 
     def end_epoch(run: Progress, row: dict) -> None:
         log(f"fold {fold} epoch {run.epoch}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
@@ -485,6 +491,7 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
                   restart_best=averaging.restarts_best if averaging.enabled else None)
     run = fit(hooks, optimizer, scheduler, max_epochs=max_epochs, early_stop_patience=cfg.early_stop_patience,
               log_path=out_dir / "log.csv" if processes.main else None, columns=LOG_COLUMNS, progress=run)
+    processes.main_only(mark_finished)(work, experiment.name, fold)
     if experiment.averaging.method == "swa" and run.epoch < experiment.averaging.swa_start:
         log(f"fold {fold}: training ended at epoch {run.epoch}, before SWA's first epoch "
             f"({experiment.averaging.swa_start}): model.pt holds the best model without averaging")
@@ -563,8 +570,7 @@ def train_experiment(
 ) -> list:
     """Train the given folds (default: every fold in ``folds.csv``)."""
     check_experiment(experiment, len(dataset.classes))
-    if folds is None:
-        folds = sorted(set(read_folds(work, dataset.curated.fname).fold))
+    folds = requested_folds(work, dataset.curated.fname, folds)
     check_pretrained(experiment, work, folds)
     return [train_fold(experiment, dataset, work, fold, **kwargs) for fold in folds]
 
@@ -604,7 +610,7 @@ def train_and_score(experiment: Experiment, dataset: Dataset, work, folds=None, 
             experiment, dataset, work, folds, device=device, log=log, **kwargs), score_oof=score_oof, device=device,
             log=log, feature_workers=kwargs.get("feature_workers", 1), progress=kwargs.get("progress", True))
     device = process_device(device, distributed)
-    with process_group(distributed, device) as processes:
+    with process_group(distributed, device, log=log) as processes:
         results = train_experiment(experiment, dataset, work, folds, device=device, log=log, processes=processes,
                                    **kwargs)
     if not processes.main:
@@ -618,7 +624,8 @@ def score_trained(experiment: Experiment, dataset: Dataset, work, results: list,
     """The report on folds just trained (``results``): which folds of ``folds.csv`` still lack
     weights and, once none does and ``score_oof``, the out-of-fold scores (``predict_oof``)."""
     untrained = [fold for fold in recorded_folds(work) or []
-                 if not checkpoint_path(work, experiment.name, fold).is_file()]
+                 if not checkpoint_path(work, experiment.name, fold).is_file()
+                 or fold_unfinished(work, experiment.name, fold)]
     scores = None
     if score_oof and not untrained:
         scores = predict_oof(experiment.name, dataset, work, device=str(device), log=log,
