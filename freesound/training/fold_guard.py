@@ -58,22 +58,23 @@ def fold_lock(work, name: str, fold: int, *, enabled: bool = True):
 @contextmanager
 def _held_lock(path: Path, name: str, fold: int):
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
+    # Written in place, not by an atomic rename: the lock is held on this one file (inode).
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+            holder = os.read(descriptor, 64).decode(errors="replace").strip() or "unknown"
             raise FoldBusyError(f"fold {fold} of {name!r} is being trained by another process (pid {holder}, "
                                 f"holding {path}); wait for it to end or stop it") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+    finally:
+        os.close(descriptor)
 
 
 def mark_unfinished(work, name: str, fold: int) -> None:
