@@ -2,6 +2,7 @@
 the split it trained on, and by one training at a time; ``folds.csv``, ``--fold`` and the training
 settings are checked when read; a truncated resumable state is one sentence."""
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -113,6 +114,20 @@ def test_an_interrupted_fold_is_refused_by_predict_and_build_kernel_until_it_is_
         "config.toml", "log.csv", "model.pt"]
     again = cli(*predict_args(dataset, work, experiments, tmp_path / "p.csv"))
     assert again.exit_code == 0 and "warning" not in again.stderr, again.output
+
+
+def test_resuming_a_fold_killed_after_its_last_save_marks_it_finished(trained_work):
+    """A fold that stopped early and was killed before its marker went: resuming it clears it."""
+    dataset, work, experiments = trained_work
+    loaded = load_experiment("tiny", experiments)
+    stopping = dataclasses.replace(loaded, train=dataclasses.replace(loaded.train, max_epochs=30,
+                                                                        early_stop_patience=1, lr=1e-9))
+    epochs = train_fold(stopping, dataset, work, 0, **QUIET).epochs
+    assert epochs < 30 and torch.load(train_state_path(work, "tiny", 0), weights_only=True)["finished"]
+    marker = experiment_dir(work, "tiny") / "fold_0" / "unfinished"
+    marker.write_text("")
+    assert train_fold(stopping, dataset, work, 0, resume=True, **QUIET).epochs == epochs
+    assert not marker.exists()
 
 
 def test_train_reports_an_unfinished_fold_as_not_yet_trained(trained_work):

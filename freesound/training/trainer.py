@@ -430,6 +430,7 @@ def _train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, de
         if note:
             log(note)
         if run.finished:
+            processes.main_only(mark_finished)(work, experiment.name, fold)  # killed just after its last save
             return FoldResult(fold, run.best_epoch, run.best_score, run.epoch, out_dir / "model.pt")
     # Only now, every check passed: a refused fold leaves no folder that predict would count as a fold.
     processes.main_only(atomic_write_text)(out_dir / "config.toml", dump_experiment(experiment))
