@@ -27,8 +27,8 @@ from freesound.fileio import atomic_path, atomic_write_csv, atomic_write_text
 from freesound.metrics import score_predictions
 from freesound.paths import experiment_checkpoints, experiment_dir, predictions_dir
 from freesound.predict import Tagger
-from freesound.training.fold_guard import check_checkpoint_held_out
 from freesound.progress import progress_bar
+from freesound.training.fold_guard import check_checkpoint_held_out
 
 
 @dataclass(frozen=True)
