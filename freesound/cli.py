@@ -733,7 +733,7 @@ def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, datas
 
         estimate_kernels(work_dir, experiment=experiment, ensemble=ensemble, experiments_dir=experiments_dir,
                          clips=clips, hours=audio_hours, audio_dir=estimate_audio, tiles_per_second=tiles_per_second,
-                         time_limit=time_limit, log=click.echo)
+                         time_limit=time_limit, allow_unfinished=allow_unfinished, log=click.echo)
         return
     build_kernels(work_dir, experiment=experiment, ensemble=ensemble, out_dir=out_dir,
                   dataset_id=dataset_id or DEFAULT_DATASET_ID, kernel_id=kernel_id,

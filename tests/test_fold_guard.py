@@ -95,6 +95,8 @@ def test_an_interrupted_fold_is_refused_by_predict_and_build_kernel_until_it_is_
     kernel = cli("build-kernel", "--experiment", "tiny", "--work", work, "--out", tmp_path / "kernel")
     assert_one_error(kernel, "fold(s) 1 have not finished training")
     assert not (tmp_path / "kernel").exists()
+    estimate = cli("build-kernel", "--experiment", "tiny", "--work", work, "--estimate", "--tiles-per-second", 100)
+    assert_one_error(estimate, "fold(s) 1 have not finished training")
     with pytest.raises(FreesoundError, match="fold.s. 1 have not finished training"):
         predict_oof("tiny", dataset, work, **QUIET)
 
