@@ -370,8 +370,10 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
               show_default=True,
               help="What runs the models on a CPU: auto is ONNX Runtime, else OpenVINO, when installed "
                    "(pip install 'freesound[onnx]'), else torch; CUDA always runs torch.")
+@click.option("--allow-unfinished", is_flag=True,
+              help="Use folds whose training was interrupted (their best epoch so far), with a warning.")
 def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_files, out_csv, no_oof, batch_size, workers,
-            device, precision, runtime):
+            device, precision, runtime, allow_unfinished):
     """Predict with a trained EXPERIMENT or ENSEMBLE (name under experiments/ or TOML path).
 
     Writes a submission-format CSV: fname, then one probability column per class. Files that
@@ -392,7 +394,7 @@ def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_file
         load_config(experiment, experiments_dir), work_dir, dataset=load_dataset(data_dir) if data_dir else None,
         audio_dir=audio_dir, out_csv=out_csv, oof=not no_oof, device=device,
         batch_size=batch_size, workers=workers, all_files=all_files, feature_workers=settings.default_workers(),
-        precision=precision, runtime=runtime, log=click.echo,
+        precision=precision, runtime=runtime, allow_unfinished=allow_unfinished, log=click.echo,
     )
     if result.audio_folder is not None and result.audio_folder.left_out:
         click.echo(f"left out as not audio by name: {result.audio_folder.describe_left_out()}; "
@@ -731,8 +733,10 @@ def experiments_command(experiments_dir):
 @click.option("--tiles-per-second", type=click.FloatRange(min=0, min_open=True), default=None,
               help="With --estimate: one model's rate on the target GPU (make gpu-check or "
                    "benchmarks/bench_inference.py there) instead of measuring this machine.")
+@click.option("--allow-unfinished", is_flag=True,
+              help="Bundle folds whose training was interrupted (their best epoch so far), with a warning.")
 def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, dataset_id, kernel_id, precision,
-                 time_limit, estimate, clips, audio_hours, estimate_audio, tiles_per_second):
+                 time_limit, estimate, clips, audio_hours, estimate_audio, tiles_per_second, allow_unfinished):
     """Bundle the package, a weight manifest and an entry point into self-contained Kaggle kernels.
 
     Also writes kernel/kernel-metadata.json (kaggle kernels push) and
@@ -749,11 +753,12 @@ def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, datas
 
         estimate_kernels(work_dir, experiment=experiment, ensemble=ensemble, experiments_dir=experiments_dir,
                          clips=clips, hours=audio_hours, audio_dir=estimate_audio, tiles_per_second=tiles_per_second,
-                         time_limit=time_limit, log=click.echo)
+                         time_limit=time_limit, allow_unfinished=allow_unfinished, log=click.echo)
         return
     build_kernels(work_dir, experiment=experiment, ensemble=ensemble, out_dir=out_dir,
                   dataset_id=dataset_id or DEFAULT_DATASET_ID, kernel_id=kernel_id,
-                  experiments_dir=experiments_dir, precision=precision, time_limit=time_limit, log=click.echo)
+                  experiments_dir=experiments_dir, precision=precision, time_limit=time_limit,
+                  allow_unfinished=allow_unfinished, log=click.echo)
 
 
 @main.command()

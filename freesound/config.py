@@ -111,6 +111,26 @@ class LossConfig:
     noisy: dict = field(default_factory=lambda: {"name": "lsoft", "beta": 0.7})
 
 
+def check_step_settings(lr: float, batch_size: int, epoch_size: int) -> None:
+    """The settings every training step depends on, in range.
+
+    Raises
+    ------
+    ValueError
+        One sentence naming the first key out of range, its value and the valid range: ``lr`` not
+        above 0, ``batch_size`` below 2 (batch norm needs two samples), or ``epoch_size`` below
+        ``batch_size`` (an epoch of no step would keep the untrained model as the best).
+    """
+    if not lr > 0:
+        raise ValueError(f"lr = {lr!r} is out of range: it must be above 0")
+    if batch_size < 2:
+        raise ValueError(f"batch_size = {batch_size!r} is out of range: it must be 2 or more (batch norm needs "
+                         f"two samples a batch)")
+    if epoch_size < batch_size:
+        raise ValueError(f"epoch_size = {epoch_size!r} is out of range: it must be at least batch_size "
+                         f"({batch_size}), or an epoch trains no step")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     lr: float = 9e-4
@@ -141,6 +161,9 @@ class TrainConfig:
     #: CPUs cannot otherwise keep busy.
     augment_on_device: bool = False
 
+    def __post_init__(self):
+        check_step_settings(self.lr, self.batch_size, self.epoch_size)
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -150,6 +173,14 @@ class SamplingConfig:
     curated: float = 0.57
     corrected_noisy: float = 0.42
     noisy: float = 0.01
+
+    def __post_init__(self):
+        shares = dataclasses.asdict(self)
+        for name, share in shares.items():
+            if share < 0:
+                raise ValueError(f"{name} = {share!r} is out of range: a sampling share must be 0 or more")
+        if not sum(shares.values()) > 0:
+            raise ValueError(f"every sampling share is 0 ({', '.join(shares)}): at least one must be above 0")
 
 
 @dataclass(frozen=True)
@@ -539,6 +570,9 @@ class StackerConfig:
     plateau_factor: float = 0.6
     early_stop_patience: int = 12
     seed: int = 42
+
+    def __post_init__(self):
+        check_step_settings(self.lr, self.batch_size, self.epoch_size)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ KERNELS = {
 
 def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dataset_id=DEFAULT_DATASET_ID,
                   kernel_id=None, title=None, experiments_dir="experiments", precision="fp16", time_limit=None,
-                  log=print) -> dict:
+                  allow_unfinished: bool = False, log=print) -> dict:
     """Render the kernel scripts and the Kaggle metadata files.
 
     Parameters
@@ -59,6 +59,8 @@ def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dat
     precision : "fp16" or "fp32", what the kernels predict in on a GPU (the CPU always runs fp32)
     time_limit : float, the kernels' time budget in seconds; default one per device type under
         Kaggle's limits (``freesound.kaggle.budget.DEFAULT_BUDGET_SECONDS``)
+    allow_unfinished : bundle folds that have not finished training, with a warning naming them
+        (default: refused, ``freesound.paths.experiment_checkpoints``)
     log : callable taking one line
 
     Returns
@@ -75,7 +77,7 @@ def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dat
     check_precision(precision)
     weights_root = weights_folder(work)
     specs = {
-        kind: resolve_spec(kind, value, work, experiments_dir)
+        kind: resolve_spec(kind, value, work, experiments_dir, allow_unfinished)
         for kind, value in (("experiment", experiment), ("ensemble", ensemble)) if value
     }
     if not specs:
@@ -130,13 +132,14 @@ def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dat
     return written
 
 
-def resolve_spec(kind: str, value, work, experiments_dir) -> dict:
-    """A spec dict from a name (an experiment under ``<work>/experiments`` or an ensemble file)."""
+def resolve_spec(kind: str, value, work, experiments_dir, allow_unfinished: bool = False) -> dict:
+    """A spec dict from a name (an experiment under ``<work>/experiments`` or an ensemble file);
+    folds that have not finished training are refused unless ``allow_unfinished``."""
     if isinstance(value, dict):
         return value
     if kind == "experiment":
-        return experiment_spec(value, work)
-    return ensemble_spec(load_ensemble(value, experiments_dir), work)
+        return experiment_spec(value, work, allow_unfinished=allow_unfinished)
+    return ensemble_spec(load_ensemble(value, experiments_dir), work, allow_unfinished)
 
 
 def oof_lwlrap(work, names) -> dict:

@@ -184,20 +184,22 @@ def estimate_spec(spec: dict, weights_root, *, clips: int | None = None, hours: 
 
 
 def estimate_kernels(work, *, experiment=None, ensemble=None, experiments_dir="experiments", clips=None, hours=None,
-                     audio_dir=None, tiles_per_second=None, time_limit=None, runtime="auto", log=print) -> dict:
+                     audio_dir=None, tiles_per_second=None, time_limit=None, runtime="auto",
+                     allow_unfinished: bool = False, log=print) -> dict:
     """``build-kernel --estimate``: log the estimate of each kernel that ``build_kernels`` would
     write (nothing is written). Returns kernel kind -> ``estimate_kernel``'s dict.
 
     Raises
     ------
     FreesoundError
-        Neither kernel asked for, or a weight file missing.
+        Neither kernel asked for, a weight file missing, or a fold that has not finished training
+        (unless ``allow_unfinished``).
     """
     from freesound.paths import weights_root
     from kernel_build.bundle import resolve_spec
     from kernel_build.manifest import missing_weights
 
-    specs = {kind: resolve_spec(kind, value, work, experiments_dir)
+    specs = {kind: resolve_spec(kind, value, work, experiments_dir, allow_unfinished)
              for kind, value in (("experiment", experiment), ("ensemble", ensemble)) if value}
     if not specs:
         raise FreesoundError("nothing to estimate: name an experiment, an ensemble or both")

@@ -18,7 +18,7 @@ from freesound.metrics import lwlrap
 from freesound.models import load_model
 from freesound.paths import train_state_path
 from freesound.training.augment import valid_transform
-from freesound.training.distributed import DistributedError, Processes, process_device
+from freesound.training.distributed import DistributedError, Processes, process_device, process_group
 from freesound.training.sampling import EpochShard, ValidationDataset
 from freesound.training.trainer import build_sources, train_fold
 
@@ -87,6 +87,7 @@ def test_torchrun_trains_a_fold_whose_log_is_the_whole_folds_and_resumes_exactly
     done = freesound_command(train_args(dataset.root, straight, experiment_path, "--fold", "0"), tmp_path, True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("fold 0 epoch 1:") == 1 and done.stdout.count("fold 0 epoch 2:") == 1
+    assert done.stdout.count("distributed run: 2 processes joined one process group (gloo backend, cpu)") == 1
     fold_dir = straight / "experiments" / "tiny" / "fold_0"
     log = pd.read_csv(fold_dir / "log.csv")
     assert list(log.epoch) == [1, 2]
@@ -257,3 +258,15 @@ def test_one_process_is_left_alone():
     model = torch.nn.Linear(2, 2)
     assert processes.wrap(model, torch.device("cpu")) is model
     assert processes.prepare_model(model, torch.device("cpu"), True) is model
+
+
+def test_process_0_says_once_that_the_processes_joined_one_run(monkeypatch):
+    """Under torchrun the log says that the processes formed one run: how many, and the backend."""
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    lines = []
+    env = {"rank": 0, "world_size": 1, "local_rank": 0, "timeout_s": 60}
+    with process_group(env, torch.device("cpu"), log=lines.append) as processes:
+        assert (processes.rank, processes.world_size) == (0, 1)
+    assert lines == ["distributed run: 1 processes joined one process group (gloo backend, cpu); each fold is "
+                     "trained by all of them together"]

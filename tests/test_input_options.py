@@ -44,7 +44,7 @@ def default_pipeline_digest() -> dict:
     for on_device in (False, True):
         experiment = experiment_from_dict({})
         experiment = dataclasses.replace(experiment, train=dataclasses.replace(
-            experiment.train, augment_on_device=on_device, epoch_size=24))
+            experiment.train, augment_on_device=on_device, epoch_size=24, batch_size=24))  # one batch of 24
         dataset = training_set(experiment, clip_sources(), [0.57, 0.42, 0.01], seed=5)
         dataset.set_epoch(3)
         items = [dataset[i] for i in range(ITEMS)]

@@ -10,6 +10,7 @@ written: groups disjoint across folds, and every class present in every training
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,19 +232,97 @@ def write_folds(work, folds: pd.DataFrame) -> Path:
 
 def recorded_folds(work) -> list | None:
     """The fold numbers of ``<work>/folds.csv``, or None when there is none: the folds a trained
-    experiment under ``work`` must have."""
+    experiment under ``work`` must have (the file is checked as ``read_folds`` checks it)."""
     path = folds_path(work)
     if not path.is_file():
         return None
-    return sorted(set(read_csv(path, usecols=["fold"], dtype={"fold": int}).fold))
+    return sorted(set(_read_folds_file(path).fold))
 
 
 def read_folds(work, curated_fnames) -> pd.DataFrame:
-    """Read ``folds.csv``, checking that it covers exactly the dataset's curated clips."""
+    """Read ``folds.csv``, checking it (``check_folds_file``) and that it covers exactly the
+    dataset's curated clips."""
     path = folds_path(work)
     if not path.is_file():
         raise FreesoundError(f"{path} not found; run `freesound make-folds` first")
-    folds = read_csv(path, dtype={"fname": str, "fold": int})
+    folds = _read_folds_file(path)
     if set(folds.fname) != set(curated_fnames):
         raise FreesoundError(f"{path} does not match this dataset's curated clips; rerun `freesound make-folds`")
     return folds
+
+
+def _read_folds_file(path: Path) -> pd.DataFrame:
+    frame = read_csv(path, dtype=str, keep_default_na=False)
+    return check_folds_file(frame, path)
+
+
+def check_folds_file(frame: pd.DataFrame, path) -> pd.DataFrame:
+    """``folds.csv`` as read (all columns text), checked: columns ``fname`` and ``fold``, each clip
+    once, and the folds whole numbers 0 .. K-1 for some K >= 2.
+
+    Returns
+    -------
+    DataFrame ``fname`` (str), ``fold`` (int), in the file's order
+
+    Raises
+    ------
+    FreesoundError
+        One sentence naming ``path`` and the first offending clip or fold.
+    """
+    missing = [column for column in ("fname", "fold") if column not in frame.columns]
+    if missing:
+        raise FreesoundError(f"{path}: no column {missing[0]!r} (expected the columns fname,fold; "
+                             f"rerun `freesound make-folds`)")
+    twice = frame.fname[frame.fname.duplicated()]
+    if len(twice):
+        raise FreesoundError(f"{path} lists clip {twice.iloc[0]!r} more than once ({twice.nunique()} clip(s) "
+                             f"repeated): a clip has one fold; rerun `freesound make-folds`")
+    values = frame.fold.str.strip()
+    whole = values.str.fullmatch(r"-?[0-9]+")
+    if not whole.all():
+        row = frame[~whole].iloc[0]
+        raise FreesoundError(f"{path}: clip {row.fname!r} has fold {row.fold!r}, not a whole number")
+    folds = values.astype(int)
+    n_folds = folds.nunique()
+    outside = folds[(folds < 0) | (folds >= n_folds)]
+    if len(outside):
+        raise FreesoundError(f"{path}: clip {frame.fname[outside.index[0]]!r} has fold {outside.iloc[0]}, outside "
+                             f"0..{n_folds - 1} (its {n_folds} folds must be numbered 0 to {n_folds - 1})")
+    if n_folds < 2:
+        raise FreesoundError(f"{path} has {n_folds} fold; cross-validation needs 2 or more")
+    return pd.DataFrame({"fname": frame.fname.to_numpy(), "fold": folds.to_numpy()})
+
+
+def requested_folds(work, curated_fnames, folds=None) -> list:
+    """The folds to train: ``folds`` (e.g. ``train --fold``), each once and each a fold of
+    ``folds.csv`` (read and checked by ``read_folds``), or, when None, every fold there.
+
+    Raises
+    ------
+    FreesoundError
+        A fold given twice, or one that ``folds.csv`` does not have (named, with the folds it has).
+    """
+    recorded = sorted(set(read_folds(work, curated_fnames).fold))
+    if folds is None:
+        return recorded
+    folds = list(folds)
+    for fold in folds:
+        if folds.count(fold) > 1:
+            raise FreesoundError(f"fold {fold} is asked for {folds.count(fold)} times; name each fold once")
+        if fold not in recorded:
+            raise FreesoundError(f"fold {fold} is not in {folds_path(work)} (its folds are "
+                                 f"{', '.join(map(str, recorded))})")
+    return folds
+
+
+def held_out_fingerprint(fnames) -> str:
+    """A short fingerprint of a fold's held-out clips: the first 16 hex digits of the SHA-256 of
+    their sorted names, one a line. Recorded with each fold's weights and training state, so that
+    a fold is never used with, nor resumed on, another split than it trained on."""
+    text = "\n".join(sorted(str(name) for name in fnames))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fold_fingerprint(folds: pd.DataFrame, fold: int) -> str:
+    """``held_out_fingerprint`` of the clips ``folds`` (``fname,fold``) holds out in ``fold``."""
+    return held_out_fingerprint(folds.fname[folds.fold == fold])

@@ -61,7 +61,8 @@ class PredictionResult:
 def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Dataset | None = None, audio_dir=None,
                    out_csv=None, oof: bool = True, device="cpu", batch_size: int = 64, workers: int = 0,
                    all_files: bool = False, feature_workers: int = 1, precision: str = "fp16",
-                   runtime: str = "torch", progress: bool = True, log=print) -> PredictionResult:
+                   runtime: str = "torch", progress: bool = True, allow_unfinished: bool = False,
+                   log=print) -> PredictionResult:
     """Predict ``dataset``'s test set, or every audio file under ``audio_dir`` (give exactly one).
 
     Parameters
@@ -77,6 +78,8 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
         out-of-fold scores too
     runtime : what runs the first-level models on a CPU (``Tagger``), for the out-of-fold scores too
     progress : a progress bar over the clips predicted, and over each out-of-fold pass
+    allow_unfinished : use folds that have not finished training, with a warning naming them
+        (default: refused)
 
     Raises
     ------
@@ -87,12 +90,13 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
     """
     if (dataset is None) == (audio_dir is None):
         raise ValueError("give exactly one of dataset and audio_dir")
-    spec = prediction_spec(config, work)
+    spec = prediction_spec(config, work, allow_unfinished)
     name = spec["name"]
     scores = None
     if dataset is not None and isinstance(config, Experiment) and oof:
         scores = predict_oof(name, dataset, work, device=device, batch_size=batch_size, precision=precision,
-                             feature_workers=feature_workers, progress=progress, runtime=runtime, log=log)
+                             feature_workers=feature_workers, progress=progress, runtime=runtime,
+                             allow_unfinished=allow_unfinished, log=log)
     folder = None if audio_dir is None else scan_audio_folder(audio_dir, all_files=all_files)
     if folder is not None and not folder.files:
         left_out = f"; left out as not audio by name: {folder.describe_left_out()} (--all-files decodes every file)"

@@ -21,6 +21,7 @@ import torch
 
 from freesound.config import EnsembleConfig, StackerConfig
 from freesound.data.dataset import Dataset, multi_hot, probability_frame
+from freesound.data.folds import read_folds
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_csv, atomic_write_text
 from freesound.metrics import lwlrap, score_predictions
@@ -28,20 +29,27 @@ from freesound.models import create_model, save_checkpoint
 from freesound.paths import fold_dir, predictions_dir
 from freesound.predict import geometric_mean
 from freesound.training.engine import Hooks, fit
+from freesound.training.fold_guard import check_oof_folds
 from freesound.training.fold_parts import adam_with_plateau
 from freesound.training.oof import OOFTiles, load_oof_tiles
 
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_lwlrap", "seconds"]
 
 
-def stacked_oof(experiments, work) -> OOFTiles:
-    """Concatenate the experiments' OOF tile probabilities along the class axis.
+def stacked_oof(experiments, work, folds=None) -> OOFTiles:
+    """Concatenate the experiments' OOF tile probabilities along the class axis; with ``folds``
+    (``folds.csv`` as ``read_folds`` gives it), each must have been predicted on those folds
+    (``check_oof_folds``).
 
     Returns
     -------
     OOFTiles whose ``probs`` is (total tiles, E·C), clips in the first experiment's order.
     """
-    tiles = [load_oof_tiles(predictions_dir(work, name) / "oof_tiles.npz") for name in experiments]
+    paths = [predictions_dir(work, name) / "oof_tiles.npz" for name in experiments]
+    tiles = [load_oof_tiles(path) for path in paths]
+    if folds is not None:
+        for path, oof in zip(paths, tiles):
+            check_oof_folds(path, oof.fnames, oof.folds, folds, work)
     first = tiles[0]
     aligned = [first] + [t.reorder(first.fnames) for t in tiles[1:]]
     for name, other in zip(experiments[1:], aligned[1:]):
@@ -53,9 +61,10 @@ def stacked_oof(experiments, work) -> OOFTiles:
 def stacker_inputs(experiments, dataset: Dataset, work) -> tuple:
     """The stacked OOF tiles of ``experiments`` and their clips' (N, C) curated targets.
 
-    Raises ``FreesoundError`` when the experiments' predictions are not over this dataset's classes.
+    Raises ``FreesoundError`` when the experiments' predictions are not over this dataset's classes,
+    or were made on other folds than ``folds.csv``.
     """
-    oof = stacked_oof(experiments, work)
+    oof = stacked_oof(experiments, work, read_folds(work, dataset.curated.fname))
     if oof.probs.shape[1] != len(dataset.classes) * len(experiments):
         raise FreesoundError("the experiments' OOF predictions do not match this dataset's classes")
     labels = dataset.curated.set_index("fname").loc[list(oof.fnames), "labels"]

@@ -20,10 +20,12 @@ import numpy as np
 import pandas as pd
 
 from freesound.data.dataset import Dataset, multi_hot, write_corrections
+from freesound.data.folds import read_folds
 from freesound.ensembling.specs import trained_tagger
 from freesound.fileio import atomic_write_csv
 from freesound.metrics import per_clip_lrap
 from freesound.paths import predictions_dir
+from freesound.training.fold_guard import check_oof_folds
 from freesound.training.oof import load_oof_tiles
 from freesound.training.teacher import predict_noisy
 
@@ -50,11 +52,13 @@ def propose_relabels(name: str, dataset: Dataset, work, *, device="cpu", curated
     Writes ``relabel_curated.json``, ``relabel_noisy.json`` (corrections format) and
     ``relabel_review.csv`` under ``<work>/predictions/<name>/``. The noisy clips are predicted by
     ``freesound.training.teacher.predict_noisy`` (missing log-mels computed first, a chunk read at
-    a time, a progress bar unless ``progress`` is False), as soft pseudo-labels are.
+    a time, a progress bar unless ``progress`` is False), as soft pseudo-labels are. OOF
+    predictions made on other folds than ``folds.csv`` are refused (``check_oof_folds``).
     """
     classes = list(dataset.classes)
     out_dir = predictions_dir(work, name)
     oof = load_oof_tiles(out_dir / "oof_tiles.npz")
+    check_oof_folds(out_dir / "oof_tiles.npz", oof.fnames, oof.folds, read_folds(work, dataset.curated.fname), work)
     oof_probs = oof.clip_means()
     given = dataset.curated.set_index("fname").loc[list(oof.fnames), "labels"]
     curated_scores = per_clip_lrap(multi_hot(given, classes), oof_probs)

@@ -14,6 +14,8 @@
     distributed.py  one fold trained by the processes of a torchrun job (DDP), and its
                  one-process case
     fold_devices.py  folds in parallel, one process per device (``train --devices``)
+    fold_guard.py  a fold's training lock, its unfinished marker, and the check that its weights
+                 and state held out the clips folds.csv holds out
     device_augment.py  SpecAugment, deltas and mixing on a batch on the training device
     sampling.py  the per-epoch sampler over curated / corrected-noisy / noisy clips
     augment.py   train-time spectrogram transforms (crop, resized crop, frequency warp, SpecAugment)

@@ -188,18 +188,27 @@ def process_device(device: str, env: dict) -> torch.device:
     return torch.device("cuda", env["local_rank"])
 
 
+def job_line(world_size: int, backend: str, device: torch.device) -> str:
+    """The one log line that says the processes joined as one run (process 0 writes it)."""
+    return (f"distributed run: {world_size} processes joined one process group ({backend} backend, "
+            f"{device.type}); each fold is trained by all of them together")
+
+
 @contextmanager
-def process_group(env: dict, device: torch.device):
+def process_group(env: dict, device: torch.device, log=None):
     """Join the job ``env`` describes (``settings.torchrun_environment``) for the duration of the
     context, with the backend for ``device`` and ``env["timeout_s"]`` on every collective; yield
-    this process's ``Processes``.
+    this process's ``Processes``. Once joined, process 0 says so through ``log`` (``job_line``).
 
     torchrun's own rendezvous (``MASTER_ADDR``/``MASTER_PORT``, read by torch's ``env://``
     initialisation) connects the processes.
     """
     options = {"device_id": device} if device.type == "cuda" else {}
-    dist.init_process_group(backend_for(device.type), rank=env["rank"], world_size=env["world_size"],
+    backend = backend_for(device.type)
+    dist.init_process_group(backend, rank=env["rank"], world_size=env["world_size"],
                             timeout=timedelta(seconds=env["timeout_s"]), **options)
+    if log is not None and env["rank"] == 0:
+        log(job_line(env["world_size"], backend, device))
     try:
         yield Processes(env["rank"], env["world_size"], env["local_rank"])
     finally:

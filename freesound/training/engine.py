@@ -29,7 +29,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from freesound.errors import FreesoundError
 from freesound.fileio import atomic_path, atomic_write_csv
+from freesound.models.checkpoint import CheckpointError, read_torch_file
 from freesound.settings import use_deterministic_cublas_workspace
 
 
@@ -152,8 +154,18 @@ def load_state(path, map_location="cpu") -> dict:
     its module's device, except the optimizers' ``step`` counters, which torch keeps where they are
     loaded unless the optimizer is ``capturable`` or ``fused``; counters on a GPU cost one device
     synchronisation per parameter per step (``torch.optim.Adam``'s ``capturable`` documentation).
+
+    Raises
+    ------
+    FreesoundError
+        The file is not a readable state (truncated by a full disk, say): one sentence naming it
+        and saying to train without ``--resume``, which replaces it.
     """
-    return torch.load(Path(path), map_location=map_location, weights_only=True)
+    try:
+        return read_torch_file(Path(path), map_location, what="training state")
+    except (CheckpointError, OSError) as error:
+        reason = str(error) if isinstance(error, CheckpointError) else f"{path}: unreadable ({error})"
+        raise FreesoundError(f"{reason}; train the fold again without --resume, which replaces it") from error
 
 
 def restore(state: dict, modules: dict, columns) -> FitState:

@@ -26,7 +26,7 @@ from freesound.config import Experiment
 from freesound.data.dataset import Dataset
 from freesound.data.folds import recorded_folds
 from freesound.errors import FreesoundError
-from freesound.paths import checkpoint_path
+from freesound.paths import checkpoint_path, fold_unfinished
 from freesound.training.context import RunContext
 from freesound.training.distributed import process_device, process_group
 from freesound.training.fold_devices import train_folds_on_devices
@@ -63,7 +63,7 @@ class TrainingReport:
     Attributes
     ----------
     folds : list of FoldResult, the folds trained now
-    untrained : list of int, folds of ``folds.csv`` that still have no weights
+    untrained : list of int, folds of ``folds.csv`` that still have no weights, or unfinished ones
     oof_scores : dict or None, out-of-fold lwlrap (``predict_oof``) once every fold has weights
     main : bool, False in a torchrun process other than process 0, which reports nothing
     """
@@ -106,7 +106,7 @@ def train_folds(experiment: Experiment, dataset: Dataset, work, folds=None, *, c
         context = dataclasses.replace(context, device=torch.device(where.devices[0]))
     elif isinstance(where, Torchrun):
         device = process_device(str(context.device), where.environment)
-        with process_group(where.environment, device) as processes:
+        with process_group(where.environment, device, log=context.log) as processes:
             context = dataclasses.replace(context, device=device).in_group(processes)
             results = train_experiment(experiment, dataset, work, folds, context=context, on_epoch=on_epoch, **run)
         if not processes.main:
@@ -121,7 +121,8 @@ def score_trained(experiment: Experiment, dataset: Dataset, work, results: list,
     """The report on folds just trained (``results``): which folds of ``folds.csv`` still lack
     weights and, once none does and ``score_oof``, the out-of-fold scores (``predict_oof``)."""
     untrained = [fold for fold in recorded_folds(work) or []
-                 if not checkpoint_path(work, experiment.name, fold).is_file()]
+                 if not checkpoint_path(work, experiment.name, fold).is_file()
+                 or fold_unfinished(work, experiment.name, fold)]
     scores = None
     if score_oof and not untrained:
         scores = predict_oof(experiment.name, dataset, work, **context.predicting())

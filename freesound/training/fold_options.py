@@ -4,14 +4,17 @@ A fold run (``freesound.training.trainer.FoldRun``) calls every part's hooks at 
 the order the parts are listed::
 
     start()                      the fold begins (nothing read yet)
+    check_resume(state)          a saved state is about to be restored: refuse it by raising
     adapt_model(model) -> model  the network is built, before its optimiser (``build_fold_parts``)
     modules() -> dict            modules whose state the resumable state keeps besides the fold's own
     step_hook() -> fn or None    called after every optimiser step
     end_train_epoch(epoch, batches)   an epoch's training is done (1-based), before validation
     evaluated(model) -> model    the module to validate and checkpoint
     restarts_best(epoch) -> bool this epoch's model must not compete with the earlier ones
+    begin_fit()                  every check passed; the first epoch (or the resumed one) follows
     checkpoint_fields() -> dict  what ``model.pt`` records of the option
-    end_fold(fit_state)          training stopped
+    state_fields() -> dict       what ``state.pt`` records of the option
+    end_fold(fit_state)          training stopped (or a resumed fold had already ended)
 
 Every hook does nothing unless a part overrides it, so an option adds a part and one line where
 the run lists its parts. The teacher of ``[targets]`` (``TeacherTargets``) comes before the parts:
@@ -30,6 +33,7 @@ from freesound.training.averaging import WeightAverage
 from freesound.training.context import RunContext
 from freesound.training.distributed import Processes
 from freesound.training.engine import FitState
+from freesound.training.fold_guard import check_resume_held_out, mark_finished, mark_unfinished
 from freesound.training.pretrained import load_pretrained
 from freesound.training.teacher import TeacherPredictions, teacher_predictions
 
@@ -38,6 +42,9 @@ class FoldOption:
     """A part of a fold run; its hooks (the module docstring) do nothing until overridden."""
 
     def start(self) -> None:
+        return None
+
+    def check_resume(self, state: dict) -> None:
         return None
 
     def adapt_model(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -58,7 +65,13 @@ class FoldOption:
     def restarts_best(self, epoch: int) -> bool:
         return False
 
+    def begin_fit(self) -> None:
+        return None
+
     def checkpoint_fields(self) -> dict:
+        return {}
+
+    def state_fields(self) -> dict:
         return {}
 
     def end_fold(self, fit_state: FitState) -> None:
@@ -74,6 +87,31 @@ class PretrainedStart(FoldOption):
     def adapt_model(self, model: torch.nn.Module) -> torch.nn.Module:
         load_pretrained(model, self.experiment, self.classes, self.work, self.fold)
         return model
+
+
+class SplitGuard(FoldOption):
+    """The split the fold trains on and whether it ended (``freesound.training.fold_guard``): the
+    held-out clips' fingerprint is recorded in ``model.pt`` and ``state.pt`` and a state saved on
+    another split is not resumed; the fold is marked unfinished from its first epoch until
+    training ends, so that predict and build-kernel refuse it meanwhile. Process 0 writes."""
+
+    def __init__(self, work, name: str, fold: int, held_out: str, processes: Processes):
+        self.work, self.name, self.fold, self.held_out, self.processes = work, name, fold, held_out, processes
+
+    def check_resume(self, state: dict) -> None:
+        check_resume_held_out(state, self.held_out, self.work, self.name, self.fold)
+
+    def begin_fit(self) -> None:
+        self.processes.main_only(mark_unfinished)(self.work, self.name, self.fold)
+
+    def checkpoint_fields(self) -> dict:
+        return {"held_out": self.held_out}
+
+    def state_fields(self) -> dict:
+        return {"held_out": self.held_out}
+
+    def end_fold(self, fit_state: FitState) -> None:
+        self.processes.main_only(mark_finished)(self.work, self.name, self.fold)
 
 
 class ProcessGroup(FoldOption):

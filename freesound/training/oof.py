@@ -28,6 +28,7 @@ from freesound.metrics import score_predictions
 from freesound.paths import experiment_checkpoints, experiment_dir, predictions_dir
 from freesound.predict import Tagger
 from freesound.progress import progress_bar
+from freesound.training.fold_guard import check_checkpoint_held_out
 
 
 @dataclass(frozen=True)
@@ -60,17 +61,21 @@ class OOFTiles:
 
 def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device="cpu", batch_size: int = 64,
                        precision: str = "fp16", feature_workers: int = 1, progress: bool = True,
-                       runtime: str = "torch", log=print) -> OOFTiles:
+                       runtime: str = "torch", allow_unfinished: bool = False, log=print) -> OOFTiles:
     """Each of ``folds``' models (default: every fold of ``folds.csv``) on its held-out curated
     clips, tile by tile (``device``, ``batch_size``, ``precision`` and ``runtime`` as for ``Tagger``).
 
-    Every named fold must have its ``fold_<k>/model.pt``, trained on this dataset's classes.
+    Every named fold must have its ``fold_<k>/model.pt``, trained on this dataset's classes,
+    holding out the clips ``folds.csv`` holds out in that fold (``check_checkpoint_held_out``), and
+    finished training (or, with ``allow_unfinished``, a warning names it; ``experiment_checkpoints``).
     Curated log-mels not cached yet are computed first (``ensure_features``, in
     ``feature_workers`` processes, with a progress bar if ``progress``).
     """
     assignment = read_folds(work, dataset.curated.fname)
     folds = sorted(set(assignment.fold)) if folds is None else list(folds)
-    checkpoints = experiment_checkpoints(experiment_dir(work, name), folds)
+    checkpoints = experiment_checkpoints(experiment_dir(work, name), folds, allow_unfinished=allow_unfinished)
+    for fold, checkpoint in zip(folds, checkpoints):
+        check_checkpoint_held_out(checkpoint, assignment, fold, work)
     fnames, fold_ids, tiles = [], [], []
     for fold, checkpoint in zip(folds, checkpoints):
         tagger = Tagger.from_checkpoints([checkpoint], device=device, batch_size=batch_size, precision=precision,
@@ -91,16 +96,19 @@ def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device=
 
 
 def predict_oof(name: str, dataset: Dataset, work, *, device="cpu", batch_size: int = 64, precision: str = "fp16",
-                feature_workers: int = 1, progress: bool = True, runtime: str = "torch", log=print) -> dict:
+                feature_workers: int = 1, progress: bool = True, runtime: str = "torch",
+                allow_unfinished: bool = False, log=print) -> dict:
     """Predict every fold's validation clips with that fold's model; write and score them
-    (``predict_fold_tiles``: missing curated log-mels are computed first).
+    (``predict_fold_tiles``: missing curated log-mels are computed first; unfinished folds are
+    refused unless ``allow_unfinished``).
 
     Returns
     -------
     dict with ``lwlrap`` (overall), ``per_fold`` and ``per_class`` scores (as written to JSON)
     """
     oof = predict_fold_tiles(name, dataset, work, device=device, batch_size=batch_size, precision=precision,
-                             feature_workers=feature_workers, progress=progress, runtime=runtime, log=log)
+                             feature_workers=feature_workers, progress=progress, runtime=runtime,
+                             allow_unfinished=allow_unfinished, log=log)
     out_dir = predictions_dir(work, name)
     # oof_scores.json is written last and marks a complete set: a run killed part-way through
     # the three files leaves no marker, and the next one redoes them (``oof_is_current``).

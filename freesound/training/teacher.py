@@ -46,6 +46,7 @@ from freesound.models import load_model
 from freesound.paths import experiment_checkpoints, experiment_dir, predictions_dir, weights_root
 from freesound.predict import EnsemblePredictor, Tagger, geometric_mean
 from freesound.progress import progress_bar
+from freesound.training.fold_guard import StaleSplitError, check_oof_folds
 from freesound.training.oof import load_oof_tiles, oof_is_current, predict_oof
 
 NOISY_CACHE = "teacher_noisy.npz"
@@ -203,23 +204,17 @@ def noisy_teacher_predictions(teacher: str | EnsembleConfig, dataset: Dataset, w
     return pd.DataFrame(probs, index=pd.Index(fnames, name="fname"), columns=classes)
 
 
-def _check_folds(name: str, oof_folds: pd.Series, assignment: pd.DataFrame) -> None:
-    """The teacher's OOF must come from this work folder's folds: else a clip's prediction may
-    come from a model that trained on it."""
-    expected = assignment.set_index("fname").fold
-    if (set(oof_folds.index) != set(expected.index)
-            or not np.array_equal(oof_folds.to_numpy(), expected.loc[oof_folds.index].to_numpy())):
-        raise FreesoundError(f"teacher {name!r} was predicted out of fold on other folds than folds.csv; "
-                             f"retrain it on these folds (or make-folds as it was)")
-
-
 def _experiment_oof(name: str, teacher: str, dataset: Dataset, work, assignment, *, device, progress,
                     feature_workers, log) -> pd.DataFrame:
     if not oof_is_current(work, name):
         predict_oof(name, dataset, work, device=str(device), progress=progress, feature_workers=feature_workers,
                     log=log)
-    oof = load_oof_tiles(predictions_dir(work, name) / "oof_tiles.npz")
-    _check_folds(teacher, pd.Series(oof.folds, index=oof.fnames), assignment)
+    path = predictions_dir(work, name) / "oof_tiles.npz"
+    oof = load_oof_tiles(path)
+    try:  # the teacher's OOF must come from these folds: else a clip's target may come from a model trained on it
+        check_oof_folds(path, oof.fnames, oof.folds, assignment, work)
+    except StaleSplitError as error:
+        raise StaleSplitError(f"teacher {teacher!r}: {error}") from None
     return pd.DataFrame(oof.clip_means(), index=pd.Index(oof.fnames, name="fname"), columns=list(dataset.classes))
 
 

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Subset
 from freesound.config import ConfigError, Experiment, dump_experiment
 from freesound.data.dataset import Dataset
 from freesound.data.features import ensure_features
-from freesound.data.folds import read_folds
+from freesound.data.folds import fold_fingerprint, read_folds, requested_folds
 from freesound.fileio import atomic_write_text
 from freesound.metrics import lwlrap
 from freesound.models import save_checkpoint
@@ -47,7 +47,15 @@ from freesound.progress import progress_bar
 from freesound.training.context import RunContext
 from freesound.training.device_augment import AugmentedBatches
 from freesound.training.engine import FitState, Hooks, deterministic_algorithms, fit, on_device, restore, rng_states, save_state
-from freesound.training.fold_options import Averaging, FoldOption, PretrainedStart, ProcessGroup, TeacherTargets
+from freesound.training.fold_guard import fold_lock
+from freesound.training.fold_options import (
+    Averaging,
+    FoldOption,
+    PretrainedStart,
+    ProcessGroup,
+    SplitGuard,
+    TeacherTargets,
+)
 # build_loss, build_sources, create_training_model, training_set, StaleTrainingStateError, changed_settings,
 # resume_conflicts and saved_run are imported from here too: the names fold training has always offered.
 from freesound.training.fold_parts import (
@@ -111,7 +119,8 @@ def train_fold(experiment: Experiment, dataset: Dataset, work, fold: int, *, con
     shows progress and writes files. Every process of the job must call this with the same arguments.
     """
     context = context or RunContext.create(**context_options)
-    with on_device(context.device), deterministic_algorithms(experiment.train.deterministic):
+    with on_device(context.device), deterministic_algorithms(experiment.train.deterministic), \
+            fold_lock(work, experiment.name, fold, enabled=context.main):
         return FoldRun(experiment, dataset, work, fold, context, max_epochs=max_epochs, resume=resume,
                        on_epoch=on_epoch).run()
 
@@ -121,7 +130,7 @@ def checked_folds(experiment: Experiment, dataset: Dataset, work, folds=None) ->
     (``check_experiment``) and its ``[pretrained]`` folds (``check_pretrained``) are checked: the
     preflight of every way folds are trained."""
     check_experiment(experiment, len(dataset.classes))
-    folds = sorted(set(read_folds(work, dataset.curated.fname).fold)) if folds is None else list(folds)
+    folds = requested_folds(work, dataset.curated.fname, folds)
     check_pretrained(experiment, work, folds)
     return folds
 
@@ -169,7 +178,9 @@ class FoldRun:
         self.group = ProcessGroup(context.processes, context.device, cfg.sync_batchnorm, cfg.seed + fold)
         pretrained = ([PretrainedStart(experiment, dataset.classes, work, fold)]
                       if experiment.pretrained.experiment else [])
-        self.options: list[FoldOption] = [*pretrained, self.group]  # in the order their hooks run
+        held_out = fold_fingerprint(read_folds(work, dataset.curated.fname), fold)
+        guard = SplitGuard(work, experiment.name, fold, held_out, context.processes)
+        self.options: list[FoldOption] = [*pretrained, self.group, guard]  # in the order their hooks run
         self.parts: FoldParts | None = None  # built by run()
         self.train_model: torch.nn.Module | None = None  # the model as trained: DDP-wrapped, compiled
         self.shard: EpochShard | None = None
@@ -181,18 +192,24 @@ class FoldRun:
             option.start()
         self._build(self._teacher_predictions())
         resumed = self._resumed()
-        if resumed is not None and resumed.finished:
+        if resumed is not None and resumed.finished:  # perhaps killed just after its last save
+            self._end(resumed)
             return self._result(resumed)
         # Only now, every check passed: a refused fold leaves no folder that predict would count as a fold.
         self.context.processes.main_only(atomic_write_text)(self.out_dir / "config.toml",
                                                             dump_experiment(self.experiment))
+        for option in self.options:
+            option.begin_fit()
         fit_state = fit(self._hooks(), self.parts.optimizer, self.parts.scheduler, max_epochs=self.max_epochs,
                         early_stop_patience=self.experiment.train.early_stop_patience,
                         log_path=self.out_dir / "log.csv" if self.context.main else None, columns=LOG_COLUMNS,
                         resumed=resumed)
+        self._end(fit_state)
+        return self._result(fit_state)
+
+    def _end(self, fit_state: FitState) -> None:
         for option in self.options:
             option.end_fold(fit_state)
-        return self._result(fit_state)
 
     def _shard(self) -> EpochShard:
         cfg, processes = self.experiment.train, self.context.processes
@@ -235,6 +252,8 @@ class FoldRun:
         if state is None:
             return None
         refuse_conflicts(state, self.experiment, self.fold, self.state_path)
+        for option in self.options:
+            option.check_resume(state)
         scaler = self.parts.scaler
         # A disabled scaler saved {}, which an enabled one refuses to load: it starts fresh then.
         restored = {name: module for name, module in self._modules().items()
@@ -311,10 +330,13 @@ class FoldRun:
     def save_fold_state(self, fit_state: FitState) -> None:
         processes, device = self.context.processes, self.context.device
         rank_rng = processes.gather_objects(rng_states(device))  # every process takes part
+        fields = {}
+        for option in self.options:
+            fields.update(option.state_fields())
         processes.main_only(save_state)(
             self.state_path, self._modules(), fit_state, LOG_COLUMNS, **rank_rng[0], rank_rng=rank_rng,
             world_size=processes.world_size, experiment=self.experiment.to_dict(), device=str(device),
-            amp=self.parts.scaler.is_enabled(), format=STATE_FORMAT)
+            amp=self.parts.scaler.is_enabled(), format=STATE_FORMAT, **fields)
 
     def end_epoch(self, fit_state: FitState, row: dict) -> None:
         self.context.log(f"fold {self.fold} epoch {fit_state.epoch}: train loss {row['train_loss']:.4f}, val loss "
