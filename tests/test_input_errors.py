@@ -7,11 +7,22 @@ folders, TOML files that are not UTF-8, ``prepare`` reading its own output, repe
 ``search`` storages that cannot be opened or are created by two workers at once.
 """
 
+import json
 import os
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
+from conftest import REPO, tiny_experiment_toml
+from freesound.data.dataset import (
+    FSD2019_CLASSES,
+    DatasetError,
+    apply_corrections,
+    load_corrections,
+    read_labels_csv,
+)
 from freesound.tools.argus_import import ArgusImportError, import_argus
 from test_reliability import assert_one_error, cli, env, save_stub_folds, write_clip  # noqa: F401 (fixture)
 
@@ -80,3 +91,62 @@ def test_import_argus_of_a_file_that_is_not_an_argus_checkpoint_names_it(tmp_pat
     assert str(path) in str(error.value)
     assert_one_error(cli("import-argus", tmp_path / "src", "--name", "x", "--work", tmp_path / "work"), path)
     assert not (tmp_path / "work" / "experiments" / "x").exists()
+
+
+# ----------------------------------------------------------------------------- corrections
+
+REFERENCE = (REPO.parent / "shared" / "reference").resolve()
+if not REFERENCE.is_dir():  # a worktree beside the main checkout: ../shared is one level higher
+    REFERENCE = Path("/work/shared/reference")
+FRAME = pd.DataFrame({"fname": ["03c79a1d.wav", "0a1b2c3d.wav", "ffffffff.wav"],
+                      "labels": [("Bark",), ("Purr",), ("Meow",)]})
+
+
+def test_corrections_naming_clips_the_dataset_lacks_are_refused_by_name(tmp_path):
+    path = tmp_path / "fixes.json"
+    path.write_text(json.dumps({"03c79a1d": "remove", "0a1b2c3d.wav": "Bark", **{f"x{i}.wav": "Meow" for i in range(6)}}))
+    corrections = load_corrections(path, FSD2019_CLASSES)
+    with pytest.raises(DatasetError) as error:
+        apply_corrections(FRAME, corrections)
+    message = str(error.value)
+    assert message.startswith(f"{path} names 7 clip(s) that are not among the 3 clips it applies to: ")
+    assert "'03c79a1d' (meant '03c79a1d.wav'?)" in message
+    assert "'x0.wav', 'x1.wav', 'x2.wav', 'x3.wav' and 2 more" in message
+    # a sample of the clips, knowingly: the named ones are corrected, the others skipped
+    fixed = apply_corrections(FRAME, corrections, unknown="ignore")
+    assert list(fixed.fname) == list(FRAME.fname) and list(fixed.labels) == [("Bark",), ("Bark",), ("Meow",)]
+
+
+def test_train_refuses_corrections_that_name_no_clip(env):
+    fname = env.dataset.curated.fname[1]
+    (env.experiments / "fixes.json").write_text(json.dumps({Path(fname).stem: "remove"}))
+    (env.experiments / "fixed.toml").write_text(tiny_experiment_toml(epoch_size=16, max_epochs=1)
+                                                + '\n[data]\ncorrections = "fixes.json"\n')
+    result = cli("train", "fixed", "--data", env.dataset.root, "--work", env.work, "--experiments", env.experiments,
+                 "--device", "cpu", "--fold", "0")
+    assert_one_error(result, env.experiments / "fixes.json", f"meant {fname!r}?")
+    assert not (env.work / "experiments" / "fixed" / "fold_0" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("value,kind", [(["Bark"], 'a list (["Bark"])'), (3, "a number (3)"),
+                                        ({"a": 1}, 'an object ({"a": 1})'), (None, "null (null)")])
+def test_a_corrections_value_that_is_not_a_string_is_named_for_what_it_is(tmp_path, value, kind):
+    path = tmp_path / "fixes.json"
+    path.write_text(json.dumps({"a.wav": "Bark", "b.wav": value}))
+    with pytest.raises(DatasetError) as error:
+        load_corrections(path, FSD2019_CLASSES)
+    assert str(error.value) == (f"{path}, entry 'b.wav': {kind}; expected a string, the labels comma-separated "
+                                '("Bark,Meow") or "remove"')
+
+
+@pytest.mark.parametrize("name,split", [("corrections.json", "train_curated"), ("noisy_corrections.json", "train_noisy")])
+def test_the_reference_corrections_name_only_clips_of_the_real_dataset(name, split):
+    path, labels = REFERENCE / name, REFERENCE / "fsdkaggle2019" / f"{split}.csv"
+    if not path.is_file() or not labels.is_file():
+        pytest.skip(f"the reference corrections and metadata are not at {REFERENCE}")
+    corrections = load_corrections(path, FSD2019_CLASSES)
+    frame = read_labels_csv(labels, FSD2019_CLASSES)
+    fixed = apply_corrections(frame, corrections, only_corrected=split == "train_noisy")
+    removed = sum(labels is None for labels in corrections.values())
+    expected = len(corrections) - removed if split == "train_noisy" else len(frame) - removed
+    assert len(fixed) == expected
