@@ -150,3 +150,58 @@ def test_the_reference_corrections_name_only_clips_of_the_real_dataset(name, spl
     removed = sum(labels is None for labels in corrections.values())
     expected = len(corrections) - removed if split == "train_noisy" else len(frame) - removed
     assert len(fixed) == expected
+
+
+# ----------------------------------------------------------------------------- evaluate's class columns
+
+
+def write_layout(folder, predictions, vocabulary=("a", "b", "c")):
+    """``folder`` with a sample_submission.csv of ``vocabulary`` (unless None), a test_labels.csv of
+    three clips and ``predictions.csv`` (class -> scores of the three clips)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fnames = ["x.wav", "y.wav", "z.wav"]
+    if vocabulary is not None:
+        pd.DataFrame(0.0, index=range(3), columns=list(vocabulary)).assign(fname=fnames)[
+            ["fname", *vocabulary]].to_csv(folder / "sample_submission.csv", index=False)
+    pd.DataFrame({"fname": fnames, "labels": ["a", "b,c", "c"]}).to_csv(folder / "test_labels.csv", index=False)
+    pd.DataFrame({"fname": fnames, **predictions}).to_csv(folder / "predictions.csv", index=False)
+    return folder / "predictions.csv", folder / "test_labels.csv"
+
+
+SCORES = {"a": [0.9, 0.1, 0.2], "b": [0.3, 0.8, 0.1], "c": [0.1, 0.7, 0.6]}
+
+
+def test_evaluate_refuses_a_class_column_outside_the_vocabulary(tmp_path):
+    predictions, labels = write_layout(tmp_path / "data", {**SCORES, "d": [0.95, 0.9, 0.9]})
+    result = cli("evaluate", predictions, "--labels", labels)
+    assert_one_error(result, predictions, "1 column(s) are not classes", "'d'", tmp_path / "data" / "sample_submission.csv")
+    # the same with the vocabulary given (--data) for labels kept elsewhere
+    elsewhere = tmp_path / "labels"
+    elsewhere.mkdir()
+    (elsewhere / "test_labels.csv").write_bytes(labels.read_bytes())
+    assert_one_error(cli("evaluate", predictions, "--labels", elsewhere / "test_labels.csv", "--data",
+                         tmp_path / "data"), predictions, "'d'")
+
+
+def test_evaluate_names_a_missing_class_column_as_missing_from_the_predictions(tmp_path):
+    predictions, labels = write_layout(tmp_path / "data", {"a": SCORES["a"], "b": SCORES["b"]})
+    assert_one_error(cli("evaluate", predictions, "--labels", labels),
+                     f"{predictions} has no column for 1 of the 3 classes", "'c'")
+    # without a vocabulary: the labelled class that has no column, and a clip labelled with it
+    predictions, labels = write_layout(tmp_path / "bare", {"a": SCORES["a"], "b": SCORES["b"]}, vocabulary=None)
+    assert_one_error(cli("evaluate", predictions, "--labels", labels),
+                     f"{predictions} has no column for 1 class(es) that {labels} labels clips with", "'c' (e.g. y.wav)")
+
+
+def test_evaluate_matches_columns_by_name_and_warns_of_an_unlabelled_column_without_a_vocabulary(tmp_path):
+    predictions, labels = write_layout(tmp_path / "data", SCORES)
+    scores = cli("evaluate", predictions, "--labels", labels)
+    assert scores.exit_code == 0 and scores.stderr == ""
+    reordered, labels = write_layout(tmp_path / "reordered", {name: SCORES[name] for name in ("c", "a", "b")})
+    assert cli("evaluate", reordered, "--labels", labels).stdout == scores.stdout.replace(str(predictions.name),
+                                                                                            reordered.name)
+    predictions, labels = write_layout(tmp_path / "bare", {**SCORES, "d": [0.95, 0.9, 0.9]}, vocabulary=None)
+    result = cli("evaluate", predictions, "--labels", labels)
+    assert result.exit_code == 0
+    assert result.stderr.startswith(f"warning: {predictions}: no clip of {labels} is labelled with 1 of its class "
+                                    "columns, ranked with the others all the same: 'd'; give the dataset (--data)")
