@@ -343,7 +343,8 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
 @experiments_dir_option
 @click.option("--audio", "audio_dir", type=click.Path(path_type=Path), default=None,
               help="Predict every audio file under this folder instead of a test set (audio by extension, "
-                   "any case; other files are listed as left out).")
+                   "any case; other files are listed as left out); a row's fname is the file's path relative "
+                   "to the folder (a/x.wav), its name in a flat folder.")
 @click.option("--all-files", is_flag=True,
               help="With --audio: decode every file under the folder, whatever its name; the decoder decides.")
 @click.option("--out", "out_csv", type=click.Path(path_type=Path), default=None,

@@ -205,3 +205,24 @@ def test_evaluate_matches_columns_by_name_and_warns_of_an_unlabelled_column_with
     assert result.exit_code == 0
     assert result.stderr.startswith(f"warning: {predictions}: no clip of {labels} is labelled with 1 of its class "
                                     "columns, ranked with the others all the same: 'd'; give the dataset (--data)")
+
+
+# ----------------------------------------------------------------------------- predict --audio row names
+
+
+def test_predict_audio_names_rows_by_their_path_under_the_folder(env):
+    audio = env.tmp / "audio"
+    for sub in ("a", "b", "c"):
+        (audio / sub).mkdir(parents=True)
+    write_clip(audio / "a" / "x.wav", seconds=1.0)
+    write_clip(audio / "b" / "x.wav", seconds=3.0)
+    write_clip(audio / "y.wav")
+    (audio / "c" / "x.wav").write_bytes(b"\x00" * 100)
+    out = env.tmp / "out.csv"
+    result = cli("predict", "stub", "--audio", audio, "--work", env.work, "--experiments", env.experiments,
+                 "--out", out, "--workers", "0")
+    assert result.exit_code == 1 and "failed: c/x.wav: " in result.stderr
+    frame = pd.read_csv(out).set_index("fname")
+    assert list(frame.index) == ["a/x.wav", "b/x.wav", "y.wav"]
+    assert not frame.loc["a/x.wav"].equals(frame.loc["b/x.wav"])  # two clips, not one twice
+    assert pd.read_csv(env.tmp / "out.errors.csv").fname.tolist() == ["c/x.wav"]

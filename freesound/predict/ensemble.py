@@ -123,9 +123,9 @@ class EnsemblePredictor:
         return geometric_mean(np.stack(list(levels.values())))
 
     def predict_files(self, paths, *, on_error: str = "raise", failures: list | None = None,
-                      track=None) -> pd.DataFrame:
+                      track=None, names=None) -> pd.DataFrame:
         """Like ``Tagger.predict_files``: each file is decoded once for all models."""
-        return predict_files(self, paths, on_error=on_error, failures=failures, track=track)
+        return predict_files(self, paths, on_error=on_error, failures=failures, track=track, names=names)
 
 
 def predict_stacker(models, features: np.ndarray, device="cpu") -> np.ndarray:

@@ -334,7 +334,7 @@ class Tagger:
     # -- files --------------------------------------------------------------------------------
 
     def predict_files(self, paths, *, on_error: str = "raise", failures: list | None = None,
-                      track=None) -> pd.DataFrame:
+                      track=None, names=None) -> pd.DataFrame:
         """Predict audio files.
 
         Parameters
@@ -344,10 +344,11 @@ class Tagger:
             "silence" (predict it from a silent clip, so every file keeps its row)
         failures : list, optional; each undecodable file is appended as ``(fname, reason)``
         track : optional, counts the files as they are decoded (``iter_logmel_chunks``)
+        names : sequence of str, optional; the rows' names (default: each file's name)
 
         Returns
         -------
         DataFrame indexed by ``fname`` with one column per class, in the input order.
         """
-        return predict_files(self, paths, on_error=on_error, failures=failures, track=track)
+        return predict_files(self, paths, on_error=on_error, failures=failures, track=track, names=names)
 
