@@ -688,6 +688,7 @@ def experiments_command(experiments_dir):
     click.echo(f"{'name':<{width}}  {'kind':<10}  from")
     for entry in entries:
         note = "  (overridden by the experiments folder)" if entry.overridden else ""
+        note += f"  ({entry.problem})" if entry.problem else ""
         click.echo(f"{entry.name:<{width}}  {entry.kind:<10}  {entry.source}: {entry.path}{note}")
     click.echo(f"experiments folder: {Path(experiments_dir).resolve()}; presets: {presets_dir()}")
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import REPO, tiny_experiment_toml
+from freesound.config import load_experiment
 from freesound.data.dataset import (
     FSD2019_CLASSES,
     DatasetError,
@@ -226,3 +227,36 @@ def test_predict_audio_names_rows_by_their_path_under_the_folder(env):
     assert list(frame.index) == ["a/x.wav", "b/x.wav", "y.wav"]
     assert not frame.loc["a/x.wav"].equals(frame.loc["b/x.wav"])  # two clips, not one twice
     assert pd.read_csv(env.tmp / "out.errors.csv").fname.tolist() == ["c/x.wav"]
+
+
+# ----------------------------------------------------------------------------- TOML encodings
+
+
+def test_a_utf16_experiment_is_one_sentence_saying_to_save_it_as_utf8(env):
+    for encoding in ("utf-16", "utf-16-le"):  # with a byte-order mark (Notepad's "Unicode") and without
+        (env.experiments / "wide.toml").write_text("[train]\nlr = 0.001\n", encoding=encoding)
+        result = cli("train", "wide", "--data", env.dataset.root, "--work", env.work, "--experiments",
+                     env.experiments)
+        assert_one_error(result, env.experiments / "wide.toml", "UTF-16 text; TOML files are UTF-8, save it as UTF-8")
+    (env.experiments / "latin.toml").write_bytes("# réglages\n[train]\nlr = 0.001\n".encode("latin-1"))
+    assert_one_error(cli("train", "latin", "--data", env.dataset.root, "--work", env.work, "--experiments",
+                         env.experiments), env.experiments / "latin.toml", "not UTF-8 text (byte 3 is 0xe9)")
+
+
+def test_a_utf8_experiment_with_a_byte_order_mark_is_read(tmp_path):
+    (tmp_path / "bom.toml").write_text("# réglages\n[train]\nlr = 0.002\n", encoding="utf-8-sig")
+    assert (tmp_path / "bom.toml").read_bytes().startswith(b"\xef\xbb\xbf")
+    assert load_experiment("bom", tmp_path).train.lr == 0.002
+
+
+def test_one_unreadable_file_does_not_break_the_experiments_listing(tmp_path):
+    folder = tmp_path / "experiments"
+    folder.mkdir()
+    (folder / "wide.toml").write_text("[train]\nlr = 0.001\n", encoding="utf-16")
+    (folder / "mine.toml").write_text("[train]\nlr = 0.001\n")
+    result = cli("experiments", "--experiments", folder)
+    assert result.exit_code == 0, result.output
+    words = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    assert f"mine experiment experiments folder: {folder / 'mine.toml'}" in words
+    assert (f"wide unreadable experiments folder: {folder / 'wide.toml'} (UTF-16 text; TOML files are UTF-8, "
+            "save it as UTF-8)") in words
