@@ -260,3 +260,31 @@ def test_one_unreadable_file_does_not_break_the_experiments_listing(tmp_path):
     assert f"mine experiment experiments folder: {folder / 'mine.toml'}" in words
     assert (f"wide unreadable experiments folder: {folder / 'wide.toml'} (UTF-16 text; TOML files are UTF-8, "
             "save it as UTF-8)") in words
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def test_prepare_csv_with_absolute_and_relative_paths_and_a_relative_src(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for folder in ("dog", "cat"):
+        (tmp_path / "src" / folder).mkdir(parents=True)
+        write_clip(tmp_path / "src" / folder / "1.wav", seconds=0.2)
+    write_clip(tmp_path / "src" / "dog" / "2.wav", seconds=0.2)
+    (tmp_path / "src" / "meta.csv").write_text(
+        f"fname,label\n{tmp_path / 'src' / 'dog' / '1.wav'},dog\ncat/1.wav,cat\n{tmp_path / 'src' / 'dog' / '2.wav'},dog\n")
+    result = cli("prepare", "src", "out", "--csv", "meta.csv")
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(tmp_path / "out" / "train_curated.csv").to_dict("list") == {
+        "fname": ["dog__1.wav", "cat__1.wav", "2.wav"], "labels": ["dog", "cat", "dog"]}
+    assert "renamed: src/cat/1.wav -> cat__1.wav" in result.stdout
+
+
+def test_prepare_refuses_an_output_inside_the_collection(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "src" / "dog").mkdir(parents=True)
+    write_clip(tmp_path / "src" / "dog" / "1.wav", seconds=0.2)
+    for out in ("src/prepared", "./src/dog/../prepared", tmp_path / "src"):
+        assert_one_error(cli("prepare", "src", out), f"{Path(out)} is inside the collection src",
+                         "name a folder outside it")
+    assert sorted(p.name for p in (tmp_path / "src").iterdir()) == ["dog"]
