@@ -10,6 +10,7 @@ folders, TOML files that are not UTF-8, ``prepare`` reading its own output, repe
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -288,3 +289,22 @@ def test_prepare_refuses_an_output_inside_the_collection(tmp_path, monkeypatch):
         assert_one_error(cli("prepare", "src", out), f"{Path(out)} is inside the collection src",
                          "name a folder outside it")
     assert sorted(p.name for p in (tmp_path / "src").iterdir()) == ["dog"]
+
+
+# ----------------------------------------------------------------------------- repeated folds
+
+
+def test_train_with_a_fold_given_twice_trains_it_once(env, monkeypatch):
+    import freesound.training.trainer as trainer
+
+    asked = []
+
+    def train_and_score(config, dataset, work, *, folds, **options):
+        asked.append(folds)
+        return SimpleNamespace(main=False)
+
+    monkeypatch.setattr(trainer, "train_and_score", train_and_score)
+    result = cli("train", "stub", "--data", env.dataset.root, "--work", env.work, "--experiments", env.experiments,
+                 "--device", "cpu", "--fold", "2", "--fold", "0", "--fold", "2")
+    assert result.exit_code == 0, result.output
+    assert asked == [[2, 0]]
