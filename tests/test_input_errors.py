@@ -9,9 +9,14 @@ folders, TOML files that are not UTF-8, ``prepare`` reading its own output, repe
 
 import json
 import os
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import optuna
 import pandas as pd
 import pytest
 import torch
@@ -25,7 +30,9 @@ from freesound.data.dataset import (
     load_corrections,
     read_labels_csv,
 )
+from freesound.errors import FreesoundError
 from freesound.tools.argus_import import ArgusImportError, import_argus
+from freesound.tools.search import open_study
 from test_reliability import assert_one_error, cli, env, save_stub_folds, write_clip  # noqa: F401 (fixture)
 
 
@@ -308,3 +315,77 @@ def test_train_with_a_fold_given_twice_trains_it_once(env, monkeypatch):
                  "--device", "cpu", "--fold", "2", "--fold", "0", "--fold", "2")
     assert result.exit_code == 0, result.output
     assert asked == [[2, 0]]
+
+
+# ----------------------------------------------------------------------------- search storages
+
+
+def bad_storages(tmp_path):
+    """(URL, what the sentence says) for each kind of storage that cannot be opened."""
+    (tmp_path / "notes.txt").write_text("not a database")
+    sqlite3.connect(tmp_path / "empty.db").close()
+    return [
+        (f"sqlite:///{tmp_path}/missing/study.db", f"folder {tmp_path / 'missing'} does not exist"),
+        (f"sqlite:///file:{tmp_path}/empty.db?mode=ro&uri=true", "cannot open the study (attempt to write a readonly "
+                                                                  "database)"),
+        ("study.db", "'study.db' is not a database URL; write e.g. sqlite:///path/study.db"),
+        ("postgresql://me:secret@localhost/db", "postgresql://me:***@localhost/db: the postgresql driver"),
+        ("https://example.com/study", "'https' is not a database SQLAlchemy knows"),
+        (f"sqlite:///{tmp_path}/notes.txt", f"{tmp_path / 'notes.txt'} is not an SQLite database file"),
+    ]
+
+
+def test_every_bad_search_storage_is_one_sentence(tmp_path):
+    for url, message in bad_storages(tmp_path):
+        with pytest.raises(FreesoundError) as error:
+            open_study("s", url)
+        assert message in str(error.value) and "\n" not in str(error.value), (url, str(error.value))
+        assert "secret" not in str(error.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_for_the_study_is_named(tmp_path):
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)
+    with pytest.raises(FreesoundError, match=f"folder {tmp_path / 'ro'} is read-only"):
+        open_study("s", f"sqlite:///{tmp_path}/ro/study.db")
+
+
+def test_search_command_names_a_bad_storage(env):
+    (env.tmp / "space.toml").write_text('"train.lr" = { loguniform = [1e-4, 1e-2] }\n')
+    result = cli("search", "stub", "--data", env.dataset.root, "--work", env.work, "--experiments", env.experiments,
+                 "--trials", "1", "--device", "cpu", "--space", env.tmp / "space.toml",
+                 "--storage", f"sqlite:///{env.tmp}/missing/study.db")
+    assert_one_error(result, f"folder {env.tmp / 'missing'} does not exist")
+
+
+RACER = """
+import sys, time, warnings
+from pathlib import Path
+warnings.simplefilter("ignore")
+from freesound.tools.search import open_study
+ready, go = Path(sys.argv[1]), Path(sys.argv[2])
+ready.touch()
+while not go.exists():
+    time.sleep(0.0005)
+open_study("s", sys.argv[3])
+print("opened")
+"""
+
+
+@pytest.mark.slow
+def test_workers_creating_one_fresh_study_at_the_same_moment_all_open_it(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for attempt in range(5):
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        url = f"sqlite:///{folder / 'study.db'}"
+        workers = [subprocess.Popen([sys.executable, "-c", RACER, folder / f"ready{i}", folder / "go", url], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+        while not all((folder / f"ready{i}").exists() for i in range(2)):
+            time.sleep(0.01)
+        (folder / "go").touch()
+        outputs = [worker.communicate(timeout=120)[0] for worker in workers]
+        assert [worker.returncode for worker in workers] == [0, 0], (attempt, outputs)
+        assert all(output.strip().endswith("opened") for output in outputs)
+        assert len(optuna.get_all_study_summaries(url)) == 1
