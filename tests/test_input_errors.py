@@ -30,7 +30,7 @@ from freesound.data.dataset import (
     load_corrections,
     read_labels_csv,
 )
-from freesound.errors import FreesoundError
+from freesound.errors import FreesoundError, FreesoundWarning
 from freesound.tools.argus_import import ArgusImportError, import_argus
 from freesound.tools.search import open_study
 from test_reliability import assert_one_error, cli, env, save_stub_folds, write_clip  # noqa: F401 (fixture)
@@ -120,10 +120,24 @@ def test_corrections_naming_clips_the_dataset_lacks_are_refused_by_name(tmp_path
     message = str(error.value)
     assert message.startswith(f"{path} names 7 clip(s) that are not among the 3 clips it applies to: ")
     assert "'03c79a1d' (meant '03c79a1d.wav'?)" in message
-    assert "'x0.wav', 'x1.wav', 'x2.wav', 'x3.wav' and 2 more" in message
+    assert message.endswith("'x0.wav', 'x1.wav', 'x2.wav', 'x3.wav' and 2 more; name each clip with its extension")
     # a sample of the clips, knowingly: the named ones are corrected, the others skipped
     fixed = apply_corrections(FRAME, corrections, unknown="ignore")
     assert list(fixed.fname) == list(FRAME.fname) and list(fixed.labels) == [("Bark",), ("Bark",), ("Meow",)]
+
+
+def test_corrections_of_another_dataset_are_refused_and_of_a_larger_one_named_in_a_warning(tmp_path):
+    path = tmp_path / "fixes.json"
+    path.write_text(json.dumps({"x0.wav": "remove", "x1.wav": "Bark"}))
+    with pytest.raises(DatasetError, match=r"names 2 clip\(s\) .*: 'x0.wav', 'x1.wav'; is it another dataset's file\?$"):
+        apply_corrections(FRAME, load_corrections(path, FSD2019_CLASSES))
+    path.write_text(json.dumps({"x0.wav": "remove", "ffffffff.wav": "remove"}))
+    with pytest.warns(FreesoundWarning) as warned:
+        fixed = apply_corrections(FRAME, load_corrections(path, FSD2019_CLASSES))
+    assert [str(w.message) for w in warned] == [
+        f"{path} names 1 clip(s) that are not among the 3 clips it applies to: 'x0.wav'; skipped: right for a sample "
+        "of the dataset the file is for, a typo otherwise"]
+    assert list(fixed.fname) == ["03c79a1d.wav", "0a1b2c3d.wav"]
 
 
 def test_train_refuses_corrections_that_name_no_clip(env):

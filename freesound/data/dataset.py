@@ -12,13 +12,14 @@ Everything here reads files and returns plain pandas / numpy objects; nothing is
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from freesound.errors import FreesoundError
+from freesound.errors import FreesoundError, FreesoundWarning
 from freesound.fileio import atomic_write_text
 
 #: The 80 FSDKaggle2019 classes, in ``sample_submission.csv`` column order (the default vocabulary).
@@ -276,36 +277,42 @@ def load_corrections(path, classes) -> Corrections:
 
 
 def apply_corrections(frame: pd.DataFrame, corrections: dict, *, only_corrected: bool = False,
-                      unknown: str = "raise") -> pd.DataFrame:
+                      unknown: str = "check") -> pd.DataFrame:
     """Relabel or drop rows of a ``fname,labels`` frame.
 
     With ``only_corrected`` the result keeps just the relabelled rows: that is how the trusted
     "corrected noisy" set is made from the noisy set.
 
-    ``unknown`` is what a correction naming no row of ``frame`` does: ``"raise"`` (a typo, a
-    forgotten extension or another dataset's file would otherwise leave the clip as it was
-    without a word) or ``"ignore"`` (``frame`` is knowingly a sample of the clips the file
-    covers).
+    ``unknown`` is what corrections naming no row of ``frame`` do. ``"check"``: where they are
+    certainly mistakes (a clip named without its extension, or a file none of whose clips is
+    in ``frame``) they are refused; the others are named in a ``FreesoundWarning`` and skipped
+    (a sample of a dataset, such as a replica of part of FSDKaggle2019, with the full dataset's
+    corrections). ``"ignore"``: skipped without a word (``frame`` is knowingly a sample).
 
     Raises
     ------
     DatasetError
-        With ``unknown="raise"``, corrections naming clips ``frame`` lacks: the file (for
-        ``Corrections``), how many, the first few, and the clip meant where only the
-        extension is missing.
+        With ``unknown="check"``, a certain mistake: the file (for ``Corrections``), how many
+        clips, the first five, and the clip meant where only the extension is missing.
     """
-    if unknown not in ("raise", "ignore"):
-        raise ValueError(f"unknown must be 'raise' or 'ignore', got {unknown!r}")
+    if unknown not in ("check", "ignore"):
+        raise ValueError(f"unknown must be 'check' or 'ignore', got {unknown!r}")
     present = set(frame.fname)
-    missing = [fname for fname in corrections if fname not in present] if unknown == "raise" else []
+    missing = [fname for fname in corrections if fname not in present] if unknown == "check" else []
     if missing:
         by_stem = {Path(fname).stem: fname for fname in frame.fname}
         shown = [f"{fname!r} (meant {by_stem[fname]!r}?)" if fname in by_stem else repr(fname)
                  for fname in missing[:5]]
         source = corrections.path if isinstance(corrections, Corrections) else "corrections"
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise DatasetError(f"{source} names {len(missing)} clip(s) that are not among the {len(frame)} clips it "
-                           f"applies to: {', '.join(shown)}{more}")
+        message = (f"{source} names {len(missing)} clip(s) that are not among the {len(frame)} clips it applies to: "
+                   f"{', '.join(shown)}{more}")
+        without_extension = [fname for fname in missing if fname in by_stem]
+        if without_extension or len(missing) == len(corrections):
+            raise DatasetError(message + ("; name each clip with its extension" if without_extension else
+                                          "; is it another dataset's file?"))
+        warnings.warn(message + "; skipped: right for a sample of the dataset the file is for, a typo otherwise",
+                      FreesoundWarning, stacklevel=2)
     relabel = {fname: labels for fname, labels in corrections.items() if labels is not None}
     removed = {fname for fname, labels in corrections.items() if labels is None}
     keep = ~frame.fname.isin(removed)
