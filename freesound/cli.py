@@ -301,7 +301,6 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
     from freesound.training.fold_devices import parse_devices, train_and_score_on_devices
     from freesound.training.trainer import train_and_score
 
-    folds = tuple(dict.fromkeys(folds))  # --fold 0 --fold 0 trains fold 0 once
     try:
         distributed = settings.torchrun_environment()
     except ValueError as error:

@@ -3,7 +3,7 @@ is one ``error:`` sentence naming the file or setting (exit 1), or a named warni
 
 Damaged weights (a truncated ``model.pt``, a file that is no argus checkpoint), corrections that
 name no clip, prediction columns outside the class vocabulary, clips of the same name in two
-folders, TOML files that are not UTF-8, ``prepare`` reading its own output, repeated folds, and
+folders, TOML files that are not UTF-8, ``prepare`` reading its own output, and
 ``search`` storages that cannot be opened or are created by two workers at once.
 """
 
@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import optuna
 import pandas as pd
@@ -310,25 +309,6 @@ def test_prepare_refuses_an_output_inside_the_collection(tmp_path, monkeypatch):
         assert_one_error(cli("prepare", "src", out), f"{Path(out)} is inside the collection src",
                          "name a folder outside it")
     assert sorted(p.name for p in (tmp_path / "src").iterdir()) == ["dog"]
-
-
-# ----------------------------------------------------------------------------- repeated folds
-
-
-def test_train_with_a_fold_given_twice_trains_it_once(env, monkeypatch):
-    import freesound.training.trainer as trainer
-
-    asked = []
-
-    def train_and_score(config, dataset, work, *, folds, **options):
-        asked.append(folds)
-        return SimpleNamespace(main=False)
-
-    monkeypatch.setattr(trainer, "train_and_score", train_and_score)
-    result = cli("train", "stub", "--data", env.dataset.root, "--work", env.work, "--experiments", env.experiments,
-                 "--device", "cpu", "--fold", "2", "--fold", "0", "--fold", "2")
-    assert result.exit_code == 0, result.output
-    assert asked == [[2, 0]]
 
 
 # ----------------------------------------------------------------------------- search storages
