@@ -354,7 +354,8 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
 @experiments_dir_option
 @click.option("--audio", "audio_dir", type=click.Path(path_type=Path), default=None,
               help="Predict every audio file under this folder instead of a test set (audio by extension, "
-                   "any case; other files are listed as left out).")
+                   "any case; other files are listed as left out); a row's fname is the file's path relative "
+                   "to the folder (a/x.wav), its name in a flat folder.")
 @click.option("--all-files", is_flag=True,
               help="With --audio: decode every file under the folder, whatever its name; the decoder decides.")
 @click.option("--out", "out_csv", type=click.Path(path_type=Path), default=None,
@@ -559,16 +560,21 @@ def search(experiment, data_dir, work_dir, experiments_dir, trials, space_file, 
 @click.option("--top", type=click.IntRange(1), default=None, help="Show only the N worst classes.")
 @click.option("--subset", is_flag=True,
               help="Score only the labelled clips that have predictions (default: every labelled clip must).")
-def evaluate(predictions_csv, labels_csv, top, subset):
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Dataset whose sample_submission.csv gives the class vocabulary the class columns must be "
+                   "(default: the --labels file's folder, when it holds one).")
+def evaluate(predictions_csv, labels_csv, top, subset, data_dir):
     """Score a submission-format CSV: overall and per-class lwlrap.
 
     Every clip of --labels must have exactly one row of predictions (or give --subset); scores are
-    compared in full float64 precision.
+    compared in full float64 precision. The class columns must be the dataset's classes, no more
+    and no fewer (an extra column would change the score).
     """
     from freesound.metrics import format_scores
     from freesound.tools.evaluate import evaluate_csv
 
-    scores = evaluate_csv(predictions_csv, labels_csv, subset=subset)
+    vocabulary = None if data_dir is None else data_dir / "sample_submission.csv"
+    scores = evaluate_csv(predictions_csv, labels_csv, subset=subset, vocabulary=vocabulary)
     click.echo(format_scores(predictions_csv.name, scores, top=top, label="lwlrap"))
     if scores["clips"] < scores["labelled_clips"]:
         click.echo(f"scored {scores['clips']} of the {scores['labelled_clips']} labelled clips (--subset)")
@@ -704,6 +710,7 @@ def experiments_command(experiments_dir):
     click.echo(f"{'name':<{width}}  {'kind':<10}  from")
     for entry in entries:
         note = "  (overridden by the experiments folder)" if entry.overridden else ""
+        note += f"  ({entry.problem})" if entry.problem else ""
         click.echo(f"{entry.name:<{width}}  {entry.kind:<10}  {entry.source}: {entry.path}{note}")
     click.echo(f"experiments folder: {Path(experiments_dir).resolve()}; presets: {presets_dir()}")
 

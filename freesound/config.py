@@ -13,6 +13,7 @@ method's dropout and head width. The search sets its keys through the same funct
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import json
@@ -474,13 +475,15 @@ class ExperimentFile:
     """One name ``find_experiment_file`` can resolve, and where it comes from."""
 
     name: str
-    #: ``"experiment"`` or ``"ensemble"``
+    #: ``"experiment"``, ``"ensemble"``, or ``"unreadable"`` (not UTF-8 or not TOML: ``problem`` says)
     kind: str
     path: Path
     #: ``"experiments folder"`` (the user's ``--experiments``) or ``"preset"`` (shipped with the package)
     source: str
     #: A preset hidden by the user's file of the same name (that file is used instead).
     overridden: bool = False
+    #: Why the file cannot be read, for kind ``"unreadable"``.
+    problem: str = ""
 
 
 def available_experiments(experiments_dir="experiments") -> list:
@@ -492,12 +495,9 @@ def available_experiments(experiments_dir="experiments") -> list:
 
     Returns
     -------
-    list of ExperimentFile, sorted by name, the file in use before an overridden preset
-
-    Raises
-    ------
-    ConfigError
-        A file there is not valid TOML (named).
+    list of ExperimentFile, sorted by name, the file in use before an overridden preset; a file
+    that cannot be read is listed as ``"unreadable"`` with the reason, so one bad file does not
+    hide the others
     """
     presets = presets_dir()
     folders = [(presets, "preset")]
@@ -506,16 +506,40 @@ def available_experiments(experiments_dir="experiments") -> list:
     found, seen = [], set()
     for folder, source in folders:
         for path in sorted(Path(folder).glob("*.toml")):
-            kind = "ensemble" if is_ensemble_file(path) else "experiment"
-            found.append(ExperimentFile(path.stem, kind, path, source, overridden=path.stem in seen))
+            try:
+                kind, problem = "ensemble" if is_ensemble_file(path) else "experiment", ""
+            except ConfigError as error:
+                kind, problem = "unreadable", str(error).removeprefix(f"{path}: ")
+            found.append(ExperimentFile(path.stem, kind, path, source, overridden=path.stem in seen, problem=problem))
             seen.add(path.stem)
     return sorted(found, key=lambda entry: (entry.name, entry.overridden))
 
 
 def read_toml(path) -> dict:
+    """A TOML file's tables; the file is UTF-8, with or without a byte-order mark (Windows editors
+    write one).
+
+    Raises
+    ------
+    ConfigError
+        The file cannot be read, is UTF-16 or otherwise not UTF-8 (saying to save it as UTF-8),
+        or is not valid TOML.
+    """
     path = Path(path)
     try:
-        return tomllib.loads(path.read_text())
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read it ({error.strerror or error})") from None
+    # TOML forbids NUL, so NUL bytes mean two-byte characters: UTF-16 (Notepad's "Unicode").
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in data:
+        raise ConfigError(f"{path}: UTF-16 text; TOML files are UTF-8, save it as UTF-8")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start} is {data[error.start]:#04x}); "
+                          "save it as UTF-8") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
 

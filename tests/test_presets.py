@@ -75,4 +75,7 @@ def test_the_experiments_command_lists_names_and_sources(tmp_path, monkeypatch):
 def test_a_broken_file_in_the_folder_is_named(tmp_path):
     (tmp_path / "broken.toml").write_text("[train\n")
     with pytest.raises(ConfigError, match=r"broken\.toml: not valid TOML"):
-        available_experiments(tmp_path)
+        load_experiment("broken", tmp_path)
+    # the listing goes on past it, naming it as unreadable (issue #33)
+    entry = next(e for e in available_experiments(tmp_path) if e.name == "broken")
+    assert entry.kind == "unreadable" and entry.problem.startswith("not valid TOML")

@@ -12,13 +12,14 @@ Everything here reads files and returns plain pandas / numpy objects; nothing is
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from freesound.errors import FreesoundError
+from freesound.errors import FreesoundError, FreesoundWarning
 from freesound.fileio import atomic_write_text
 
 #: The 80 FSDKaggle2019 classes, in ``sample_submission.csv`` column order (the default vocabulary).
@@ -233,12 +234,27 @@ def multi_hot(labels, classes) -> np.ndarray:
     return target
 
 
-def load_corrections(path, classes) -> dict:
+class Corrections(dict):
+    """A corrections file, read: ``{fname: tuple of labels, or None for a clip to remove}``, with
+    ``path``, the file it was read from (for messages)."""
+
+    def __init__(self, entries, path):
+        super().__init__(entries)
+        self.path = Path(path)
+
+
+def load_corrections(path, classes) -> Corrections:
     """Read a corrections file: ``{fname: "label,label" | "remove"}``.
 
     Returns
     -------
-    dict mapping fname to a tuple of labels, or to ``None`` for a clip to remove.
+    Corrections mapping fname to a tuple of labels, or to ``None`` for a clip to remove.
+
+    Raises
+    ------
+    DatasetError
+        A missing file, invalid JSON, not an object, a value that is not a string (named with its
+        type), or a label outside ``classes``.
     """
     path = Path(path)
     try:
@@ -249,18 +265,54 @@ def load_corrections(path, classes) -> dict:
         raise DatasetError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(raw, dict):
         raise DatasetError(f"{path}: expected a JSON object mapping fname to labels or 'remove'")
-    return {
+    for fname, value in raw.items():
+        if not isinstance(value, str):
+            kind = {list: "a list", dict: "an object", bool: "true/false", type(None): "null"}.get(type(value), "a number")
+            raise DatasetError(f"{path}, entry {fname!r}: {kind} ({json.dumps(value)}); expected a string, the labels "
+                               f"comma-separated (\"Bark,Meow\") or \"{REMOVE}\"")
+    return Corrections({
         fname: None if value == REMOVE else parse_labels(value, classes, where=f"{path}, entry {fname!r}")
         for fname, value in raw.items()
-    }
+    }, path)
 
 
-def apply_corrections(frame: pd.DataFrame, corrections: dict, *, only_corrected: bool = False) -> pd.DataFrame:
+def apply_corrections(frame: pd.DataFrame, corrections: dict, *, only_corrected: bool = False,
+                      unknown: str = "check") -> pd.DataFrame:
     """Relabel or drop rows of a ``fname,labels`` frame.
 
     With ``only_corrected`` the result keeps just the relabelled rows: that is how the trusted
     "corrected noisy" set is made from the noisy set.
+
+    ``unknown`` is what corrections naming no row of ``frame`` do. ``"check"``: where they are
+    certainly mistakes (a clip named without its extension, or a file none of whose clips is
+    in ``frame``) they are refused; the others are named in a ``FreesoundWarning`` and skipped
+    (a sample of a dataset, such as a replica of part of FSDKaggle2019, with the full dataset's
+    corrections). ``"ignore"``: skipped without a word (``frame`` is knowingly a sample).
+
+    Raises
+    ------
+    DatasetError
+        With ``unknown="check"``, a certain mistake: the file (for ``Corrections``), how many
+        clips, the first five, and the clip meant where only the extension is missing.
     """
+    if unknown not in ("check", "ignore"):
+        raise ValueError(f"unknown must be 'check' or 'ignore', got {unknown!r}")
+    present = set(frame.fname)
+    missing = [fname for fname in corrections if fname not in present] if unknown == "check" else []
+    if missing:
+        by_stem = {Path(fname).stem: fname for fname in frame.fname}
+        shown = [f"{fname!r} (meant {by_stem[fname]!r}?)" if fname in by_stem else repr(fname)
+                 for fname in missing[:5]]
+        source = corrections.path if isinstance(corrections, Corrections) else "corrections"
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        message = (f"{source} names {len(missing)} clip(s) that are not among the {len(frame)} clips it applies to: "
+                   f"{', '.join(shown)}{more}")
+        without_extension = [fname for fname in missing if fname in by_stem]
+        if without_extension or len(missing) == len(corrections):
+            raise DatasetError(message + ("; name each clip with its extension" if without_extension else
+                                          "; is it another dataset's file?"))
+        warnings.warn(message + "; skipped: right for a sample of the dataset the file is for, a typo otherwise",
+                      FreesoundWarning, stacklevel=2)
     relabel = {fname: labels for fname, labels in corrections.items() if labels is not None}
     removed = {fname for fname, labels in corrections.items() if labels is None}
     keep = ~frame.fname.isin(removed)

@@ -333,15 +333,15 @@ def unique_names(clips, root=None) -> tuple:
     renamed : list of (source path, new name), for the clips whose name changed
     """
     sources = [clip.source for clip in clips]
-    if root is None:
-        root = Path(os.path.commonpath([str(p.parent) for p in sources])) if sources else Path(".")
+    if root is None:  # absolute, since a CSV may name some files by absolute and some by relative paths
+        root = Path(os.path.commonpath([os.path.abspath(p.parent) for p in sources])) if sources else Path(".")
     counts = pd.Series([p.name for p in sources]).value_counts()
     wanted = []
     for path in sources:
         if counts[path.name] == 1:
             wanted.append(path.name)
         else:
-            relative = Path(os.path.relpath(path, root)).as_posix()
+            relative = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()
             wanted.append(relative.replace("/", "__"))
     taken = {name for name, path in zip(wanted, sources) if counts[path.name] == 1}
     names = list(wanted)
@@ -511,9 +511,13 @@ def prepare_collection(
     Raises
     ------
     PrepareError
-        Bad input, named (see ``folder_table``, ``csv_table``, ``pattern_table``, ``table_clips``,
-        ``prepare_dataset``).
+        ``out`` inside ``src``, or bad input, named (see ``folder_table``, ``csv_table``,
+        ``pattern_table``, ``table_clips``, ``prepare_dataset``).
     """
+    if Path(out).resolve().is_relative_to(Path(src).resolve()):
+        # Refused rather than skipped: the next run over SRC would read the dataset's own audio back.
+        raise PrepareError(f"{out} is inside the collection {src}: a later prepare of {src} would take the dataset's "
+                           "own audio for clips of the collection; name a folder outside it")
     if csv is not None and pattern is not None:
         raise PrepareError("give either a CSV (--csv) or a file-name pattern (--pattern), not both")
     if csv is not None:

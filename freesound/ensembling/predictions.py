@@ -5,7 +5,8 @@ An experiment on a dataset is first predicted out of fold (its CV score); then t
 a submission-format CSV. Files that cannot be used are listed in ``<out>.errors.csv``: on a test
 set their rows are predicted from silence so the submission stays complete, from a folder they
 are left out. A folder's files are chosen by ``freesound.audio.scan_audio_folder`` (audio by
-name, or every file with ``all_files``), and the files it passes over are reported.
+name, or every file with ``all_files``), and the files it passes over are reported; each row is
+named by the file's path relative to the folder, so ``a/x.wav`` and ``b/x.wav`` stay apart.
 """
 
 from __future__ import annotations
@@ -106,11 +107,14 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
                                             runtime=runtime)
     if dataset is not None:
         paths, on_error, default_name = dataset.paths("test"), "silence", "test.csv"
+        names = None
     else:
         paths, on_error, default_name = folder.files, "skip", "audio.csv"
+        # Unique where file names repeat in subfolders; a flat folder's are the competition's fname.
+        names = [path.relative_to(folder.root).as_posix() for path in paths]
     out_csv = Path(out_csv or predictions_dir(work, name) / default_name)
     failures, truncated = [], []
-    frame = predictor.predict_files(paths, on_error=on_error, failures=failures, truncated=truncated,
+    frame = predictor.predict_files(paths, on_error=on_error, failures=failures, truncated=truncated, names=names,
                                     track=partial(progress_bar, unit="clip", enabled=progress))
     atomic_write_csv(out_csv, frame.reset_index(), index=False)
     errors_csv = Path(str(out_csv).removesuffix(".csv") + ".errors.csv")

@@ -107,11 +107,19 @@ def save_checkpoint(
 
 def read_torch_file(path, map_location="cpu", what: str = "checkpoint"):
     """``torch.load(path, weights_only=True)``, with an unreadable file as one ``CheckpointError``
-    naming it (``what`` says what it should have been)."""
+    naming it (``what`` says what it should have been).
+
+    A damaged file fails in ``torch.load`` with whatever the layer that noticed raises: a truncated
+    archive with ``OSError`` or ``RuntimeError``, text with ``KeyError``, a foreign pickle with
+    ``UnpicklingError``; all of them are the file's fault, so all become the one error.
+    """
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError,
+            IndexError, TypeError, AttributeError) as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, PermissionError)):
+            first_line = f"truncated or damaged: {first_line}"
         raise CheckpointError(f"{path}: not a readable {what} ({first_line})") from error
 
 

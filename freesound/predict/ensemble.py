@@ -123,9 +123,10 @@ class EnsemblePredictor:
         return geometric_mean(np.stack(list(levels.values())))
 
     def predict_files(self, paths, *, on_error: str = "raise", failures: list | None = None,
-                      truncated: list | None = None, track=None) -> pd.DataFrame:
+                      truncated: list | None = None, track=None, names=None) -> pd.DataFrame:
         """Like ``Tagger.predict_files``: each file is decoded once for all models."""
-        return predict_files(self, paths, on_error=on_error, failures=failures, truncated=truncated, track=track)
+        return predict_files(self, paths, on_error=on_error, failures=failures, truncated=truncated, track=track,
+                             names=names)
 
 
 def predict_stacker(models, features: np.ndarray, device="cpu") -> np.ndarray:

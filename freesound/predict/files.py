@@ -56,7 +56,7 @@ class _FileFeatures(TorchDataset):
 
 def iter_logmel_chunks(paths, config: AudioConfig, *, on_error: str = "raise", failures: list | None = None,
                        truncated: list | None = None, workers: int = 0, chunk_size: int = CHUNK_CLIPS, track=None,
-                       desc: str = "decoding"):
+                       desc: str = "decoding", names=None):
     """Decode files to log-mels, chunk by chunk, applying the ``on_error`` policy of
     ``Tagger.predict_files``.
 
@@ -78,6 +78,8 @@ def iter_logmel_chunks(paths, config: AudioConfig, *, on_error: str = "raise", f
     chunk_size : int, clips per chunk (the last one may be shorter)
     track : optional ``track(iterable, total=..., desc=...)`` wrapping the files as they are
         decoded (a caller's progress bar, as for ``Tagger.tile_probabilities``), labelled ``desc``
+    names : sequence of str, optional; each file's row name, in ``failures`` too (default: its
+        file name, the competition's ``fname``)
 
     Yields
     ------
@@ -94,36 +96,38 @@ def iter_logmel_chunks(paths, config: AudioConfig, *, on_error: str = "raise", f
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     paths = [Path(p) for p in paths]
+    names = [path.name for path in paths] if names is None else list(names)
     prefetch = {"prefetch_factor": max(2, math.ceil(2 * chunk_size / workers))} if workers > 0 else {}
     loader = DataLoader(_FileFeatures(paths, config), batch_size=None, num_workers=workers, collate_fn=_as_is,
                         **prefetch)
-    names, logmels, silent, seen = [], [], None, 0
+    chunk_names, logmels, silent, seen = [], [], None, 0
     for index, logmel, reason, caught in track(loader, total=len(paths), desc=desc) if track else loader:
         seen += 1
         for warning in caught:
             warnings.warn(warning, stacklevel=2)
             if truncated is not None and isinstance(warning, AudioTruncatedWarning):
-                truncated.append((paths[index].name, str(warning)))
+                truncated.append((names[index], str(warning)))
         if reason is not None:
             if on_error == "raise":
                 raise AudioDecodeError(paths[index], reason)
             if failures is not None:
-                failures.append((paths[index].name, reason))
+                failures.append((names[index], reason))
             if on_error == "skip":
                 logmel = None
             else:
                 silent = silent_logmel(config) if silent is None else silent
                 logmel = silent
         if logmel is not None:
-            names.append(paths[index].name)
+            chunk_names.append(names[index])
             logmels.append(logmel)
         if seen % chunk_size == 0 or seen == len(paths):
-            yield names, logmels
-            names, logmels = [], []
+            yield chunk_names, logmels
+            chunk_names, logmels = [], []
 
 
 def predict_files(predictor, paths, *, on_error: str = "raise", failures: list | None = None,
-                  truncated: list | None = None, chunk_size: int = CHUNK_CLIPS, track=None) -> pd.DataFrame:
+                  truncated: list | None = None, chunk_size: int = CHUNK_CLIPS, track=None,
+                  names=None) -> pd.DataFrame:
     """``predictor.predict_spectrograms`` on decoded files, as a DataFrame indexed by ``fname``.
 
     ``predictor`` is a ``Tagger`` or an ``EnsemblePredictor``: anything with ``audio_config``,
@@ -132,18 +136,20 @@ def predict_files(predictor, paths, *, on_error: str = "raise", failures: list |
     Clips are predicted independently, so the chunking changes the results only by float rounding
     in how tiles share the model's batches. ``track`` (as for ``iter_logmel_chunks``) counts the
     files as they are decoded, at most two chunks ahead of the model. ``failures`` and
-    ``truncated`` collect as for ``iter_logmel_chunks``.
+    ``truncated`` collect as for ``iter_logmel_chunks``; ``names`` (as for ``iter_logmel_chunks``)
+    index the rows.
     """
-    names, frames = [], []
+    rows, frames = [], []
     for chunk_names, logmels in iter_logmel_chunks(paths, predictor.audio_config, on_error=on_error,
                                                     failures=failures, truncated=truncated,
                                                     workers=predictor.workers,
-                                                    chunk_size=chunk_size, track=track, desc="predicting"):
+                                                    chunk_size=chunk_size, track=track, desc="predicting",
+                                                    names=names):
         if logmels:
-            names += chunk_names
+            rows += chunk_names
             frames.append(predictor.predict_spectrograms(logmels))
     probabilities = np.concatenate(frames) if frames else np.zeros((0, len(predictor.classes)), np.float32)
-    return pd.DataFrame(probabilities, index=pd.Index(names, name="fname"), columns=predictor.classes)
+    return pd.DataFrame(probabilities, index=pd.Index(rows, name="fname"), columns=predictor.classes)
 
 
 def predict_logmels_from_files(paths, config: AudioConfig, *, on_error: str = "raise",

@@ -334,7 +334,7 @@ class Tagger:
     # -- files --------------------------------------------------------------------------------
 
     def predict_files(self, paths, *, on_error: str = "raise", failures: list | None = None,
-                      truncated: list | None = None, track=None) -> pd.DataFrame:
+                      truncated: list | None = None, track=None, names=None) -> pd.DataFrame:
         """Predict audio files.
 
         Parameters
@@ -346,10 +346,12 @@ class Tagger:
         truncated : list, optional; each file that decodes fewer frames than its header states is
             appended as ``(fname, warning message)`` (it is predicted from what decodes)
         track : optional, counts the files as they are decoded (``iter_logmel_chunks``)
+        names : sequence of str, optional; the rows' names (default: each file's name)
 
         Returns
         -------
         DataFrame indexed by ``fname`` with one column per class, in the input order.
         """
-        return predict_files(self, paths, on_error=on_error, failures=failures, truncated=truncated, track=track)
+        return predict_files(self, paths, on_error=on_error, failures=failures, truncated=truncated, track=track,
+                             names=names)
 

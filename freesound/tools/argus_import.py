@@ -200,19 +200,30 @@ def _best_files(src: Path) -> dict[int, tuple[Path, int, float]]:
     return best
 
 
+def _argus_fields(checkpoint, path: Path) -> tuple[str, dict, Mapping]:
+    """``(architecture name, kwargs, nn_state_dict)`` of a loaded argus file, or one error saying
+    that the file is something else (a tensor, a list, a freesound checkpoint...)."""
+    params = checkpoint.get("params") if isinstance(checkpoint, dict) else None
+    module = params.get("nn_module") if isinstance(params, dict) else None
+    state_dict = checkpoint.get("nn_state_dict") if isinstance(checkpoint, dict) else None
+    if (not isinstance(module, (tuple, list)) or len(module) != 2 or not isinstance(module[0], str)
+            or not isinstance(module[1], dict) or not isinstance(state_dict, Mapping)):
+        if isinstance(checkpoint, dict):
+            found = "a dictionary of " + ", ".join(map(repr, list(checkpoint)[:5]))
+        else:
+            found = f"a {type(checkpoint).__name__}"
+        raise ArgusImportError(f"{path}: not an argus checkpoint (found {found}); expected params['nn_module'] = "
+                               "(name, kwargs) and nn_state_dict")
+    return module[0], module[1], state_dict
+
+
 def _read(fold: int, chosen: tuple[Path, int, float], stacker: bool) -> _Source:
     path, epoch, score = chosen
     try:
         checkpoint = read_torch_file(path, what="argus checkpoint")
     except CheckpointError as error:
         raise ArgusImportError(str(error)) from error
-    try:
-        arch, kwargs = checkpoint["params"]["nn_module"]
-        state_dict = checkpoint["nn_state_dict"]
-    except (TypeError, KeyError, ValueError):
-        raise ArgusImportError(
-            f"{path}: not an argus checkpoint; expected params['nn_module'] = (name, kwargs) and nn_state_dict"
-        ) from None
+    arch, kwargs, state_dict = _argus_fields(checkpoint, path)
     if arch not in ARCHITECTURES:
         raise ArgusImportError(f"{path}: unknown architecture {arch!r}; supported: {', '.join(sorted(ARCHITECTURES))}")
     spec = ARCHITECTURES[arch]

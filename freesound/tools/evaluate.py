@@ -3,17 +3,24 @@
 Scores stay float64 from the CSV to the metric (parsed exactly, never rounded to float32), so two
 scores that differ only past float32's precision still rank as written. Every labelled clip must
 have exactly one row of predictions, unless ``subset`` asks to score only the predicted ones.
+
+The class columns must be the class vocabulary, no more and no fewer: an extra column is ranked
+with the others and changes the score. The vocabulary is a ``sample_submission.csv`` (by default
+the one beside the labels file, as in the dataset layout). Without one, only the labels' classes
+are known: a labelled class without a column is refused, and a column that no clip is labelled
+with is named in a warning.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from freesound.data.dataset import multi_hot, read_csv, read_labels_csv
-from freesound.errors import FreesoundError
+from freesound.data.dataset import multi_hot, read_classes, read_csv, read_labels_csv
+from freesound.errors import FreesoundError, FreesoundWarning
 from freesound.metrics import score_predictions
 
 
@@ -58,7 +65,67 @@ def read_predictions_csv(path) -> tuple[pd.DataFrame, list]:
     return pd.concat([frame[["fname"]], pd.DataFrame(probs, columns=classes, index=frame.index)], axis=1), classes
 
 
-def evaluate_csv(predictions_csv, labels_csv, *, subset: bool = False) -> dict:
+def check_class_columns(columns, vocabulary, predictions_csv) -> list:
+    """The vocabulary's classes, once the predictions' class ``columns`` are found to be exactly them.
+
+    Parameters
+    ----------
+    columns : the predictions file's class columns, in its order
+    vocabulary : path of a ``sample_submission.csv`` whose columns after ``fname`` are the classes
+
+    Returns
+    -------
+    list of str, the classes in the vocabulary's order (the scores' per-class order)
+
+    Raises
+    ------
+    FreesoundError
+        Columns that are not classes, or classes without a column, named.
+    """
+    classes = list(read_classes(vocabulary))
+    extra = [name for name in columns if name not in set(classes)]
+    if extra:
+        raise FreesoundError(f"{predictions_csv}: {len(extra)} column(s) are not classes of the vocabulary "
+                             f"({vocabulary}): {_names(map(repr, extra))}; they would be ranked with the classes "
+                             "and change the score")
+    missing = [name for name in classes if name not in set(columns)]
+    if missing:
+        raise FreesoundError(f"{predictions_csv} has no column for {len(missing)} of the {len(classes)} classes "
+                             f"({vocabulary}): {_names(map(repr, missing))}")
+    return classes
+
+
+def check_labelled_columns(columns, labels_csv, predictions_csv) -> None:
+    """Without a vocabulary: every class ``labels_csv`` names must be one of the predictions' class
+    ``columns``; a column no clip is labelled with gets a ``FreesoundWarning``.
+
+    Raises
+    ------
+    FreesoundError
+        A labelled class without a column, with the first clip labelled with it (either file may
+        be at fault: without a vocabulary there is no telling).
+    """
+    frame = read_csv(labels_csv, dtype=str, keep_default_na=False)
+    if "labels" not in frame.columns or "fname" not in frame.columns:
+        return  # read_labels_csv names the missing column
+    first_clip = {}
+    for fname, text in zip(frame.fname, frame.labels):
+        for label in text.split(","):
+            first_clip.setdefault(label.strip(), fname)
+    first_clip.pop("", None)  # an empty label is read_labels_csv's to name
+    unknown = [label for label in first_clip if label not in set(columns)]
+    if unknown:
+        raise FreesoundError(f"{predictions_csv} has no column for {len(unknown)} class(es) that {labels_csv} "
+                             f"labels clips with: {_names(f'{c!r} (e.g. {first_clip[c]})' for c in unknown)}; "
+                             "give the dataset (--data) to check both against its class vocabulary")
+    unlabelled = [name for name in columns if name not in first_clip]
+    if unlabelled:
+        warnings.warn(f"{predictions_csv}: no clip of {labels_csv} is labelled with {len(unlabelled)} of its class "
+                      f"columns, ranked with the others all the same: {_names(map(repr, unlabelled))}; give the "
+                      "dataset (--data) to check them against its class vocabulary", FreesoundWarning, stacklevel=2)
+
+
+def evaluate_csv(predictions_csv, labels_csv, *, subset: bool = False, vocabulary=None) -> dict:
     """Score a submission-format CSV against a ``fname,labels`` CSV (rows matched by fname).
 
     Parameters
@@ -66,6 +133,9 @@ def evaluate_csv(predictions_csv, labels_csv, *, subset: bool = False) -> dict:
     predictions_csv : path, ``fname`` then one probability column per class
     labels_csv : path, ``fname,labels`` (e.g. ``test_labels.csv``)
     subset : score only the labelled clips that have predictions (default: all must have)
+    vocabulary : path of a ``sample_submission.csv`` giving the classes (default: the one in
+        ``labels_csv``'s folder, if any; else the labels' classes are checked, see the module
+        docstring)
 
     Returns
     -------
@@ -76,10 +146,19 @@ def evaluate_csv(predictions_csv, labels_csv, *, subset: bool = False) -> dict:
     ------
     FreesoundError
         Naming the clips: predicted but not labelled, labelled but not predicted (without
-        ``subset``), predicted twice; or a value that is not a finite number.
+        ``subset``), predicted twice; a value that is not a finite number; class columns that
+        are not the vocabulary (``check_class_columns``, ``check_labelled_columns``); a label
+        outside the vocabulary.
     """
     predictions_csv, labels_csv = Path(predictions_csv), Path(labels_csv)
-    predictions, classes = read_predictions_csv(predictions_csv)
+    predictions, columns = read_predictions_csv(predictions_csv)
+    beside = labels_csv.parent / "sample_submission.csv"
+    vocabulary = vocabulary if vocabulary is not None else beside if beside.is_file() else None
+    if vocabulary is not None:
+        classes = check_class_columns(columns, Path(vocabulary), predictions_csv)
+    else:
+        check_labelled_columns(columns, labels_csv, predictions_csv)
+        classes = columns
     labels = read_labels_csv(labels_csv, classes).set_index("fname")
     unlabelled = [name for name in predictions.fname if name not in labels.index]
     if unlabelled:

@@ -65,6 +65,7 @@ import json
 import math
 import os
 import shutil
+import time
 import tomllib
 import warnings
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pandas as pd
+import sqlalchemy
 from optuna.trial import TrialState
 
 from freesound.config import (
@@ -113,6 +115,8 @@ PROGRESS_PNG = "progress.png"
 TRIAL_COLUMNS = ["trial", "name", "state", "lwlrap", "epochs", "seconds"]
 #: Seconds between a running trial's heartbeats, and the silence after which it counts as dead.
 HEARTBEAT = (30, 120)
+#: Tries at creating a storage that another process may be creating at the same moment.
+STORAGE_ATTEMPTS = 5
 
 
 class SearchSpaceError(ConfigError):
@@ -531,16 +535,73 @@ def open_study(name: str, url: str, *, heartbeat: tuple = HEARTBEAT) -> optuna.S
     ``heartbeat`` is ``(interval, grace period)`` in seconds: a running trial writes a heartbeat
     every interval, and one silent for longer than the grace period (its process was killed) is
     failed and retried once with the same settings (``RetryHeartbeatStaleTrialCallback``).
+    Several processes may open one fresh storage at the same moment (``create_storage``).
+
+    Raises
+    ------
+    FreesoundError
+        The storage cannot be opened, in one sentence (``storage_error``).
     """
     interval, grace = heartbeat
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in use
-        storage = optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=interval, grace_period=grace,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
-    return optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+    try:
+        storage = create_storage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval, grace_period=grace,
+                                 heartbeat_stale_trial_callback=retry)
+        return optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as error:
+        raise storage_error(url, error) from error
+
+
+def create_storage(url: str, **kwargs) -> optuna.storages.RDBStorage:
+    """``optuna.storages.RDBStorage(url, **kwargs)``, safe to race.
+
+    Two processes creating one fresh storage at once both make its tables: the second fails with
+    a unique-constraint error (``alembic_version``) or "table ... already exists". Once the first
+    is done the tables are there, so creating the storage again succeeds; up to
+    ``STORAGE_ATTEMPTS`` tries, a little apart.
+    """
+    for attempt in range(1, STORAGE_ATTEMPTS + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # as in open_study
+                return optuna.storages.RDBStorage(url, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as error:
+            raced = isinstance(error, sqlalchemy.exc.IntegrityError) or "already exists" in str(error)
+            if not raced or attempt == STORAGE_ATTEMPTS:
+                raise
+            time.sleep(0.2 * attempt)
+
+
+def storage_error(url: str, error: Exception) -> FreesoundError:
+    """One sentence for a storage URL that ``create_storage`` or ``create_study`` refused: not a
+    URL, an unknown database, a driver not installed, a missing folder, a file that is not a
+    database, or what the database said (a read-only file...)."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return FreesoundError(f"study storage {url!r} is not a database URL; write e.g. sqlite:///path/study.db "
+                              "or postgresql://user@host/database")
+    shown = parsed.render_as_string(hide_password=True) if parsed.password else url
+    if isinstance(error, sqlalchemy.exc.NoSuchModuleError):
+        return FreesoundError(f"study storage {shown}: {parsed.drivername!r} is not a database SQLAlchemy knows "
+                              "(e.g. sqlite, postgresql, mysql)")
+    if isinstance(error, ImportError):
+        module = getattr(error.__cause__, "name", None) or "its driver"
+        return FreesoundError(f"study storage {shown}: the {parsed.get_backend_name()} driver ({module}) is not "
+                              "installed; pip install it on every machine of the search")
+    reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    sqlite_file = parsed.get_backend_name() == "sqlite" and parsed.database and not parsed.database.startswith("file:")
+    database = Path(parsed.database) if sqlite_file else None  # a file: URI names its file its own way
+    if database is not None and not database.parent.is_dir():
+        return FreesoundError(f"study storage {shown}: folder {database.parent} does not exist")
+    if database is not None and not database.exists() and not os.access(database.parent, os.W_OK):
+        return FreesoundError(f"study storage {shown}: folder {database.parent} is read-only")
+    if database is not None and isinstance(error, sqlalchemy.exc.DatabaseError) and "not a database" in reason:
+        return FreesoundError(f"study storage {shown}: {database} is not an SQLite database file")
+    return FreesoundError(f"study storage {shown}: cannot open the study ({reason})")
 
 
 def make_sampler(kind: str, seed: int, space: SearchSpace):
