@@ -117,8 +117,9 @@ def test_predict_files_policies(tmp_path):
     frame = tagger.predict_files([bad, good], on_error="silence")
     assert list(frame.index) == ["bad.wav", "good.wav"]
     np.testing.assert_allclose(frame.loc["bad.wav"].to_numpy(), tagger.predict_spectrograms([silent_logmel()])[0])
+    # Predicted beside a silent clip, in a batch of another shape: a float32 ulp apart on some CPUs.
     np.testing.assert_allclose(frame.loc["good.wav"].to_numpy(),
-                               tagger.predict_spectrograms([read_as_melspectrogram(good)])[0])
+                               tagger.predict_spectrograms([read_as_melspectrogram(good)])[0], rtol=1e-6)
 
 
 def test_from_experiment_loads_all_folds_and_names_missing(tmp_path):

@@ -198,20 +198,21 @@ def _read_frames(handle: sf.SoundFile, frames: int) -> np.ndarray:
 
     libsndfile fails a whole read when the stream breaks off (a truncated FLAC "lost sync"); the
     read is then repeated in small blocks, keeping those before the break. A stream where not one
-    block decodes raises the first error.
+    block decodes raises the first error. The blocks come from the file opened afresh: after a
+    failed read, libsndfile 1.2.0 also fails every seek on the same handle.
     """
     try:
         return handle.read(frames, dtype="float32", always_2d=True).T
     except sf.LibsndfileError as error:
         blocks, read = [], 0
         try:
-            handle.seek(0)
-            while read < frames:
-                block = handle.read(min(SALVAGE_BLOCK_FRAMES, frames - read), dtype="float32", always_2d=True)
-                if not len(block):
-                    break
-                blocks.append(block)
-                read += len(block)
+            with sf.SoundFile(handle.name) as fresh:
+                while read < frames:
+                    block = fresh.read(min(SALVAGE_BLOCK_FRAMES, frames - read), dtype="float32", always_2d=True)
+                    if not len(block):
+                        break
+                    blocks.append(block)
+                    read += len(block)
         except sf.LibsndfileError:
             pass
         if not blocks:
