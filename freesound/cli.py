@@ -295,7 +295,13 @@ def precision_option(function):
 @click.option("--devices", default=None,
               help="Train folds in parallel, one process per device, e.g. cuda:0,cuda:1 (a device may repeat: "
                    "cpu,cpu). Not under torchrun, which trains each fold on all of its processes.")
-def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device, resume, no_oof, devices):
+@click.option("--track", "trackers", type=click.Choice(["tensorboard", "mlflow", "wandb"]), multiple=True,
+              help="Log every fold to this experiment tracker too (repeatable; added to the experiment's "
+                   "[tracking] ones); needs pip install 'freesound[tracking]'. See docs/tracking.md.")
+@click.option("--tracking-uri", default="",
+              help="MLflow's tracking URI, e.g. http://127.0.0.1:5000 (default: sqlite store WORK/mlflow.db).")
+def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device, resume, no_oof, devices, trackers,
+          tracking_uri):
     """Train EXPERIMENT (a name under experiments/ or a TOML path) on every fold.
 
     Log-mels not cached yet are computed first, with the experiment's [audio] settings (`features`
@@ -307,7 +313,7 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
     fold together (DistributedDataParallel, each on its slice of every batch, cuda:<LOCAL_RANK> or
     the CPU); process 0 writes the files and prints.
     """
-    from freesound.config import load_experiment
+    from freesound.config import load_experiment, with_trackers
     from freesound.data.dataset import load_dataset
     from freesound.metrics import format_scores
     from freesound.paths import experiment_dir
@@ -325,7 +331,7 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
                                "nor under torchrun")
     where = (OnDevices(tuple(parse_devices(devices))) if devices is not None
              else Torchrun(distributed) if distributed else IN_PROCESS)
-    config = load_experiment(experiment, experiments_dir)
+    config = with_trackers(load_experiment(experiment, experiments_dir), trackers, tracking_uri)
     context = RunContext.create(device, log=click.echo,
                                 feature_workers=settings.default_workers())
     report = train_folds(config, load_dataset(data_dir), work_dir, folds=list(folds) or None, context=context,

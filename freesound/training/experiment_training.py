@@ -11,7 +11,7 @@ Where the folds train is an argument (``where``):
   (``freesound.training.fold_devices``).
 
 Every way runs the same preflight first (``trainer.checked_folds``: the settings, the folds, the
-``[pretrained]`` folds), then, once every fold of ``folds.csv`` has weights, the out-of-fold
+``[pretrained]`` folds; the trackers, ``tracking.reachable``), then, once every fold of ``folds.csv`` has weights, the out-of-fold
 prediction and scores (``predict_oof``).
 """
 
@@ -31,6 +31,7 @@ from freesound.training.context import RunContext
 from freesound.training.distributed import process_device, process_group
 from freesound.training.fold_devices import train_folds_on_devices
 from freesound.training.oof import predict_oof
+from freesound.training.tracking import reachable
 from freesound.training.trainer import train_experiment
 
 
@@ -91,12 +92,18 @@ def train_folds(experiment: Experiment, dataset: Dataset, work, folds=None, *, c
     on_epoch : ``(fold, FitState, row) -> None`` after each epoch of each fold (may raise to stop);
         not with ``OnDevices``, whose folds train in other processes
 
+    The experiment's trackers (``[tracking]``) are checked once first, by the process that logs
+    (``tracking.reachable``): a missing package stops the run, an unreachable store is dropped.
+
     Raises
     ------
     FreesoundError
-        ``on_epoch`` with ``OnDevices``; and whatever the preflight or a fold refuses.
+        ``on_epoch`` with ``OnDevices``; a tracker's missing package; and whatever the preflight or a
+        fold refuses.
     """
     context = context or RunContext()
+    if not isinstance(where, Torchrun) or where.environment["rank"] == 0:
+        experiment = reachable(experiment, work, context.log)
     run = dict(max_epochs=max_epochs, resume=resume)
     if isinstance(where, OnDevices):
         if on_epoch is not None:

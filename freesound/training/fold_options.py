@@ -9,6 +9,7 @@ the order the parts are listed::
     modules() -> dict            modules whose state the resumable state keeps besides the fold's own
     step_hook() -> fn or None    called after every optimiser step
     end_train_epoch(epoch, batches)   an epoch's training is done (1-based), before validation
+    end_epoch(fit_state, row)    the epoch is validated and its log row written (``engine.fit``)
     evaluated(model) -> model    the module to validate and checkpoint
     restarts_best(epoch) -> bool this epoch's model must not compete with the earlier ones
     begin_fit()                  every check passed; the first epoch (or the resumed one) follows
@@ -61,6 +62,9 @@ class FoldOption:
 
     def evaluated(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
+
+    def end_epoch(self, fit_state: FitState, row: dict) -> None:
+        return None
 
     def restarts_best(self, epoch: int) -> bool:
         return False

@@ -1,0 +1,288 @@
+"""Experiment tracking: [tracking] and train --track, each fold a run in TensorBoard, MLflow or W&B,
+whose logged values are log.csv's; a failing or unreachable tracker never stops training."""
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+
+import pandas as pd
+import pytest
+
+from conftest import run_cli, tiny_experiment_toml
+from freesound.config import ConfigError, dump_experiment, experiment_from_dict, with_trackers
+from freesound.training import tracking
+from freesound.training.resume_state import changed_settings
+from freesound.training.tracking import (
+    TrackerMissingError,
+    Tracking,
+    epoch_metrics,
+    flat_settings,
+    require_packages,
+    tracking_parts,
+)
+
+EPOCH_SIZE = 16
+
+
+def train(dataset, work, tmp_path, *options, epochs=2, name="tracked", expect=0):
+    """``freesound train`` of a tiny experiment on fold 0; returns the CLI's result."""
+    path = tmp_path / f"{name}.toml"
+    if not path.exists():
+        path.write_text(tiny_experiment_toml(epoch_size=EPOCH_SIZE, max_epochs=epochs))
+    return run_cli("train", path, "--data", dataset.root, "--work", work, "--fold", 0, "--device", "cpu",
+                   "--no-oof", *options, expect=expect)
+
+
+def log_csv(work, name="tracked", fold=0) -> pd.DataFrame:
+    return pd.read_csv(work / "experiments" / name / f"fold_{fold}" / "log.csv")
+
+
+def saved_experiment(work, name="tracked"):
+    """The experiment as the fold recorded it (its config.toml)."""
+    return experiment_from_dict(tomllib.loads((work / "experiments" / name / "fold_0" / "config.toml").read_text()),
+                                name=name)
+
+
+def expected_metrics(log: pd.DataFrame) -> dict:
+    """metric -> [value per epoch] as the trackers should log them."""
+    values = {name: list(log[name]) for name in ("train_loss", "val_loss", "val_lwlrap", "lr")}
+    values["samples_per_s"] = list(EPOCH_SIZE / log["seconds"])
+    return values
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+def test_tracking_table_reads_writes_and_names_its_keys():
+    experiment = experiment_from_dict({"tracking": {"trackers": ["tensorboard", "mlflow"],
+                                                    "uri": "http://127.0.0.1:5000"}}, name="x")
+    assert experiment.tracking.trackers == ("tensorboard", "mlflow")
+    assert experiment.tracking.uri == "http://127.0.0.1:5000"
+    assert 'trackers = ["tensorboard", "mlflow"]' in dump_experiment(experiment)
+    assert experiment_from_dict(tomllib.loads(dump_experiment(experiment)), name="x") == experiment
+
+    with pytest.raises(ConfigError, match=r"tracking: unknown key\(s\) tracker; valid keys are trackers, uri"):
+        experiment_from_dict({"tracking": {"tracker": ["mlflow"]}})
+    with pytest.raises(ConfigError, match=r"\['neptune'\] are not trackers; choose from \['tensorboard', 'mlflow', 'wandb'\]"):
+        experiment_from_dict({"tracking": {"trackers": ["neptune"]}})
+    with pytest.raises(ConfigError, match="names a tracker twice"):
+        experiment_from_dict({"tracking": {"trackers": ["mlflow", "mlflow"]}})
+    with pytest.raises(ConfigError, match="uri is MLflow's tracking URI"):
+        experiment_from_dict({"tracking": {"trackers": ["tensorboard"], "uri": "http://127.0.0.1:5000"}})
+
+
+def test_track_options_add_to_the_experiments_trackers():
+    experiment = experiment_from_dict({"tracking": {"trackers": ["tensorboard"]}}, name="x")
+    tracked = with_trackers(experiment, ("mlflow", "tensorboard"), "http://127.0.0.1:5000")
+    assert tracked.tracking.trackers == ("tensorboard", "mlflow")
+    assert tracked.tracking.uri == "http://127.0.0.1:5000"
+    assert with_trackers(experiment).tracking == experiment.tracking
+    with pytest.raises(ConfigError, match=r"experiment 'x' \[tracking\]: uri is MLflow's tracking URI"):
+        with_trackers(experiment, (), "http://127.0.0.1:5000")
+
+
+def test_tracking_may_change_when_a_fold_resumes():
+    plain = experiment_from_dict({}, name="x").to_dict()
+    tracked = experiment_from_dict({"tracking": {"trackers": ["mlflow"], "uri": "http://h:1"}}, name="x").to_dict()
+    assert changed_settings(plain, tracked) == []
+
+
+def test_flat_settings_and_epoch_metrics():
+    flat = flat_settings(experiment_from_dict({}, name="x").to_dict())
+    assert flat["name"] == "x" and flat["train.epoch_size"] > 0 and flat["tracking.trackers"] == "[]"
+    assert all(isinstance(value, (bool, int, float, str)) for value in flat.values())
+    assert all(not key.startswith("source_dir") for key in flat)
+    row = {"epoch": 2, "lr": 0.001, "train_loss": 0.5, "val_loss": 0.4, "val_lwlrap": 0.7, "seconds": 4.0}
+    assert epoch_metrics(row, 64) == {"train_loss": 0.5, "val_loss": 0.4, "val_lwlrap": 0.7, "lr": 0.001,
+                                      "samples_per_s": 16.0}
+    assert epoch_metrics({**row, "seconds": 0.0}, 64)["samples_per_s"] == 0.0
+
+
+def test_only_the_logging_process_tracks():
+    experiment = experiment_from_dict({"tracking": {"trackers": ["tensorboard"]}}, name="x")
+    assert [type(part) for part in tracking_parts(experiment, "w", 0, print, main=True)] == [Tracking]
+    assert tracking_parts(experiment, "w", 0, print, main=False) == []  # torchrun's other processes
+    assert tracking_parts(experiment_from_dict({}, name="x"), "w", 0, print, main=True) == []
+
+
+def test_a_missing_package_is_one_sentence_naming_the_extra(tiny_work, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow raises ImportError
+    with pytest.raises(TrackerMissingError, match=r"--track mlflow needs the mlflow package .*: "
+                                                  r"pip install 'freesound\[tracking\]'"):
+        require_packages(("tensorboard", "mlflow"))
+    dataset, work = tiny_work
+    result = train(dataset, work, tmp_path, "--track", "mlflow", expect=1)
+    assert "pip install 'freesound[tracking]'" in result.output and "Traceback" not in result.output
+    assert not (work / "experiments" / "tracked").exists()  # refused before any training
+
+
+# --- TensorBoard --------------------------------------------------------------------------------
+
+def scalars(folder) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def assert_logged(logged: dict, log: pd.DataFrame, rel=1e-6):
+    """``logged`` (metric -> [(epoch, value)]) holds log.csv's epochs and values (TensorBoard keeps float32)."""
+    for name, values in expected_metrics(log).items():
+        assert [step for step, _ in logged[name]] == list(log["epoch"]), name
+        assert [value for _, value in logged[name]] == pytest.approx(values, rel=rel), name
+
+
+def test_tensorboard_logs_each_epoch_of_log_csv(tiny_work, tmp_path):
+    dataset, work = tiny_work
+    train(dataset, work, tmp_path, "--track", "tensorboard")
+    log = log_csv(work)
+    assert len(log) == 2
+    logged = scalars(work / "tracking" / "tracked" / "fold_0")
+    assert_logged(logged, log)
+    assert logged["hparams/best_val_lwlrap"][0][1] == pytest.approx(log["val_lwlrap"].max(), rel=1e-6)
+    assert logged["hparams/best_epoch"][0][1] == log["val_lwlrap"].idxmax() + 1
+
+
+def test_a_resumed_fold_may_add_a_tracker_and_logs_its_new_epochs(tiny_work, tmp_path):
+    dataset, work = tiny_work
+    train(dataset, work, tmp_path, epochs=1)
+    train(dataset, work, tmp_path, "--resume", "--epochs", "2", "--track", "tensorboard", epochs=1)
+    logged = scalars(work / "tracking" / "tracked" / "fold_0")
+    assert_logged(logged, log_csv(work).iloc[1:])
+
+
+class FailsOnEpoch2:
+    """A tracker run whose second epoch raises; records what it was given."""
+
+    epochs = []
+
+    def __init__(self, work, experiment, fold, config):
+        FailsOnEpoch2.epochs = []
+
+    def start(self, params):
+        pass
+
+    def log_epoch(self, epoch, metrics):
+        if epoch == 2:
+            raise RuntimeError("the tracker's disk is full")
+        FailsOnEpoch2.epochs.append(epoch)
+
+    def finish(self, params, summary):
+        raise AssertionError("a failed run is not finished")
+
+
+def test_a_tracker_failing_mid_run_is_reported_once_and_training_goes_on(tiny_work, tmp_path, monkeypatch):
+    monkeypatch.setitem(tracking.RUNS, "wandb", FailsOnEpoch2)
+    dataset, work = tiny_work
+    result = train(dataset, work, tmp_path, "--track", "wandb", "--track", "tensorboard", epochs=3)
+    failures = [line for line in result.output.splitlines() if "failed" in line]
+    assert failures == ["fold 0: tracker wandb failed (RuntimeError: the tracker's disk is full); it logs nothing "
+                        "more of this fold, training goes on and log.csv keeps every epoch"]
+    assert FailsOnEpoch2.epochs == [1]
+    log = log_csv(work)
+    assert list(log["epoch"]) == [1, 2, 3]
+    assert (work / "experiments" / "tracked" / "fold_0" / "model.pt").is_file()
+    assert_logged(scalars(work / "tracking" / "tracked" / "fold_0"), log)  # the other tracker logged on
+
+
+# --- MLflow -------------------------------------------------------------------------------------
+
+def assert_mlflow_run(client, experiment_name: str, log: pd.DataFrame, settings: dict):
+    experiment = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs([experiment.experiment_id])
+    assert [run.info.run_name for run in runs] == ["fold_0"]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {key: str(value) for key, value in {**settings, "fold": 0}.items()}
+    logged = {name: [(metric.step, metric.value) for metric in client.get_metric_history(run.info.run_id, name)]
+              for name in expected_metrics(log)}
+    assert_logged(logged, log, rel=1e-12)
+    assert run.data.metrics["best_val_lwlrap"] == pytest.approx(log["val_lwlrap"].max(), rel=1e-12)
+    assert run.data.tags["freesound.fold"] == "0"
+
+
+def test_mlflow_logs_to_a_local_store_in_the_work_folder(tiny_work, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    dataset, work = tiny_work
+    train(dataset, work, tmp_path, "--track", "mlflow")
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    settings = flat_settings(saved_experiment(work).to_dict())
+    assert settings["tracking.trackers"] == "['mlflow']"
+    assert_mlflow_run(client, "tracked", log_csv(work), settings)
+    assert client.get_experiment_by_name("tracked").artifact_location == (work / "mlruns" / "tracked").as_uri()
+
+
+def test_an_unreachable_mlflow_server_is_reported_once_and_training_goes_on(tiny_work, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    dataset, work = tiny_work
+    started = time.monotonic()
+    result = train(dataset, work, tmp_path, "--track", "mlflow", "--tracking-uri", uri, "--track", "tensorboard")
+    assert time.monotonic() - started < 60
+    notes = [line for line in result.output.splitlines() if "tracker" in line]
+    assert len(notes) == 1, notes
+    assert notes[0].startswith(f"tracker mlflow cannot be reached at {uri} (")
+    assert notes[0].endswith("); training goes on without it, and log.csv keeps every epoch")
+    log = log_csv(work)
+    assert list(log["epoch"]) == [1, 2]
+    assert_logged(scalars(work / "tracking" / "tracked" / "fold_0"), log)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A live MLflow tracking server on a free localhost port (SQLite backend in ``tmp_path``);
+    yields its URI and stops it after the test."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--default-artifact-root", str(tmp_path / "server-artifacts")],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"), start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the MLflow server did not answer within 120 s"
+            time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(server.pid, 15)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, 9)
+            server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_mlflow_logs_to_a_live_server(tiny_work, tmp_path, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    dataset, work = tiny_work
+    train(dataset, work, tmp_path, "--track", "mlflow", "--tracking-uri", mlflow_server)
+    assert not (work / "mlflow.db").exists()
+    saved = saved_experiment(work)
+    assert saved.tracking.uri == mlflow_server
+    assert_mlflow_run(MlflowClient(tracking_uri=mlflow_server), "tracked", log_csv(work),
+                      flat_settings(saved.to_dict()))
