@@ -286,3 +286,72 @@ def test_mlflow_logs_to_a_live_server(tiny_work, tmp_path, mlflow_server):
     assert saved.tracking.uri == mlflow_server
     assert_mlflow_run(MlflowClient(tracking_uri=mlflow_server), "tracked", log_csv(work),
                       flat_settings(saved.to_dict()))
+
+
+# --- Weights & Biases ---------------------------------------------------------------------------
+
+#: W&B's run file (run-<id>.wandb): LevelDB's log format, 32 KiB blocks of records, after a header.
+WANDB_HEADER, WANDB_BLOCK, FULL, FIRST, MIDDLE, LAST = b":W&B", 32768, 1, 2, 3, 4
+
+
+def wandb_records(path) -> list:
+    """The protobuf records of an offline W&B run file (``wandb.proto.wandb_internal_pb2.Record``)."""
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    data = path.read_bytes()
+    assert data[:4] == WANDB_HEADER
+    found, position, pending = [], 7, b""
+    while position + 7 <= len(data):
+        left = WANDB_BLOCK - position % WANDB_BLOCK
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        if left < 7 or (length == 0 and kind == 0):  # the block's zero padding
+            position += left
+            continue
+        chunk, position = data[position + 7:position + 7 + length], position + 7 + length
+        pending = chunk if kind in (FULL, FIRST) else pending + chunk
+        if kind in (FULL, LAST):
+            record = Record()
+            record.ParseFromString(pending)
+            found.append(record)
+    return found
+
+
+def wandb_key(item) -> str:
+    """A history or summary item's key (W&B writes some as a one-part ``nested_key``)."""
+    return item.key or ".".join(item.nested_key)
+
+
+def test_wandb_logs_offline_under_the_work_folder(tiny_work, tmp_path, monkeypatch):
+    for variable in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    dataset, work = tiny_work
+    train(dataset, work, tmp_path, "--track", "wandb")
+    [run_file] = list((work / "wandb").glob("offline-run-*/run-*.wandb"))
+    records = wandb_records(run_file)
+    [run] = [record.run for record in records if record.WhichOneof("record_type") == "run"]
+    assert (run.display_name, run.project) == ("fold_0", "tracked")
+    config = {item.key: json.loads(item.value_json) for item in run.config.update}
+    assert {key: value for key, value in config.items() if not key.startswith("_")} == \
+        {**flat_settings(saved_experiment(work).to_dict()), "fold": 0}
+    history = [{wandb_key(item): json.loads(item.value_json) for item in record.history.item}
+               for record in records if record.WhichOneof("record_type") == "history"]
+    logged = {name: [(row["epoch"], row[name]) for row in history if "epoch" in row] for name in tracking.EPOCH_METRICS}
+    log = log_csv(work)
+    assert_logged(logged, log, rel=1e-12)
+    summary = {wandb_key(item): json.loads(item.value_json) for record in records
+               if record.WhichOneof("record_type") == "summary" for item in record.summary.update}
+    assert summary["best_val_lwlrap"] == pytest.approx(log["val_lwlrap"].max(), rel=1e-12)
+
+
+# --- folds on several devices -------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_each_fold_on_its_own_device_is_its_own_run(tiny_work, tmp_path):
+    dataset, work = tiny_work
+    path = tmp_path / "tracked.toml"
+    path.write_text(tiny_experiment_toml(epoch_size=EPOCH_SIZE, max_epochs=2))
+    run_cli("train", path, "--data", dataset.root, "--work", work, "--fold", 0, "--fold", 1, "--devices", "cpu,cpu",
+            "--no-oof", "--track", "tensorboard")
+    for fold in (0, 1):
+        assert_logged(scalars(work / "tracking" / "tracked" / f"fold_{fold}"), log_csv(work, fold=fold))
