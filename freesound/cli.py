@@ -309,6 +309,9 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
     Once every fold in folds.csv has weights, predicts each fold's held-out clips (tiled, as
     `predict` does) and reports the per-fold and overall out-of-fold lwlrap.
 
+    With --track (or the experiment's [tracking]) every fold is also a run in TensorBoard, MLflow
+    or W&B, and the out-of-fold result one more, with `report`'s PNGs (docs/tracking.md).
+
     Under torchrun (torchrun --nproc_per_node=N -m freesound train ...) the N processes train each
     fold together (DistributedDataParallel, each on its slice of every batch, cuda:<LOCAL_RANK> or
     the CPU); process 0 writes the files and prints.
@@ -349,6 +352,12 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
         return
     click.echo("")
     click.echo(format_scores(config.name, report.oof_scores, top=10))
+    if report.experiment.tracking.trackers:
+        from freesound.tools.plots import report as report_pngs
+        from freesound.training.tracking import track_result
+
+        track_result(report.experiment, work_dir, report.oof_scores, report_pngs(config.name, work_dir)["pngs"],
+                     click.echo)
 
 
 @main.command()

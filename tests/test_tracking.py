@@ -189,7 +189,7 @@ def test_a_tracker_failing_mid_run_is_reported_once_and_training_goes_on(tiny_wo
     result = train(dataset, work, tmp_path, "--track", "wandb", "--track", "tensorboard", epochs=3)
     failures = [line for line in result.output.splitlines() if "failed" in line]
     assert failures == ["fold 0: tracker wandb failed (RuntimeError: the tracker's disk is full); it logs nothing "
-                        "more of this fold, training goes on and log.csv keeps every epoch"]
+                        "more of this run, training goes on and log.csv keeps every epoch"]
     assert FailsOnEpoch2.epochs == [1]
     log = log_csv(work)
     assert list(log["epoch"]) == [1, 2, 3]
@@ -210,7 +210,7 @@ def assert_mlflow_run(client, experiment_name: str, log: pd.DataFrame, settings:
               for name in expected_metrics(log)}
     assert_logged(logged, log, rel=1e-12)
     assert run.data.metrics["best_val_lwlrap"] == pytest.approx(log["val_lwlrap"].max(), rel=1e-12)
-    assert run.data.tags["freesound.fold"] == "0"
+    assert run.data.tags["freesound.run"] == "fold_0"
 
 
 def test_mlflow_logs_to_a_local_store_in_the_work_folder(tiny_work, tmp_path):
@@ -355,3 +355,44 @@ def test_each_fold_on_its_own_device_is_its_own_run(tiny_work, tmp_path):
             "--no-oof", "--track", "tensorboard")
     for fold in (0, 1):
         assert_logged(scalars(work / "tracking" / "tracked" / f"fold_{fold}"), log_csv(work, fold=fold))
+
+
+# --- the out-of-fold result ---------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_out_of_fold_result_is_a_run_with_the_reports_pngs(tiny_work, tmp_path):
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    dataset, work = tiny_work
+    path = tmp_path / "tracked.toml"
+    path.write_text(tiny_experiment_toml(epoch_size=EPOCH_SIZE, max_epochs=1))
+    run_cli("train", path, "--data", dataset.root, "--work", work, "--device", "cpu", "--track", "tensorboard",
+            "--track", "mlflow")
+    scores = json.loads((work / "predictions" / "tracked" / "oof_scores.json").read_text())
+    expected = {"oof_lwlrap": scores["lwlrap"],
+                **{f"oof_lwlrap/fold_{fold}": value for fold, value in scores["per_fold"].items()},
+                **{f"class_lwlrap/{name}": value["lwlrap"] for name, value in scores["per_class"].items()}}
+    assert len(expected) == 1 + 3 + len(dataset.classes)
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
+    assert sorted(run.info.run_name for run in runs) == ["fold_0", "fold_1", "fold_2", "oof"]
+    [oof] = [run for run in runs if run.info.run_name == "oof"]
+    assert oof.data.metrics == pytest.approx(expected, rel=1e-12)
+    assert sorted(artifact.path for artifact in client.list_artifacts(oof.info.run_id)) == \
+        ["per_class.png", "training_curves.png"]
+
+    events = EventAccumulator(str(work / "tracking" / "tracked" / "oof"), size_guidance={"images": 0})
+    events.Reload()
+    assert sorted(events.Tags()["images"]) == ["per_class", "training_curves"]
+    logged = scalars(work / "tracking" / "tracked" / "oof")
+    assert {name: values[0][1] for name, values in logged.items() if not name.startswith("hparams/")} == \
+        pytest.approx({key: value for key, value in expected.items() if key != "oof_lwlrap"}, rel=1e-6)
+    assert logged["hparams/oof_lwlrap"][0][1] == pytest.approx(scores["lwlrap"], rel=1e-6)
+
+
+def test_out_of_fold_metric_names_are_ones_mlflow_takes():
+    metrics = tracking.result_metrics({"lwlrap": 0.5, "per_fold": {"0": 0.4},
+                                       "per_class": {"Bass_(guitar)": {"lwlrap": 0.3, "weight": 0.1}}})
+    assert metrics == {"oof_lwlrap": 0.5, "oof_lwlrap/fold_0": 0.4, "class_lwlrap/Bass__guitar_": 0.3}

@@ -67,12 +67,15 @@ class TrainingReport:
     untrained : list of int, folds of ``folds.csv`` that still have no weights, or unfinished ones
     oof_scores : dict or None, out-of-fold lwlrap (``predict_oof``) once every fold has weights
     main : bool, False in a torchrun process other than process 0, which reports nothing
+    experiment : Experiment as trained: its ``[tracking]`` without a store that could not be
+        reached (``tracking.reachable``); None where ``main`` is False
     """
 
     folds: list
     untrained: list
     oof_scores: dict | None
     main: bool = True
+    experiment: Experiment | None = None
 
 
 def train_folds(experiment: Experiment, dataset: Dataset, work, folds=None, *, context: RunContext | None = None,
@@ -133,4 +136,4 @@ def score_trained(experiment: Experiment, dataset: Dataset, work, results: list,
     scores = None
     if score_oof and not untrained:
         scores = predict_oof(experiment.name, dataset, work, **context.predicting())
-    return TrainingReport(results, untrained, scores)
+    return TrainingReport(results, untrained, scores, experiment=experiment)

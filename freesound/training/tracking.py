@@ -10,6 +10,9 @@ named ``fold_<k>`` and grouped under the experiment's name; it logs
   and ``samples_per_s`` (``train.epoch_size`` over the epoch's seconds, validation included);
 - at its end: ``best_val_lwlrap`` and ``best_epoch``.
 
+Once ``train`` has scored every fold out of fold, one more run, ``oof``, holds the result
+(``track_result``): the overall, per-fold and per-class OOF lwlrap and the report's PNGs.
+
 Where each tracker writes by default (all under the work folder)::
 
     tracking/<experiment>/fold_<k>/   TensorBoard event files (``tensorboard --logdir <work>/tracking``)
@@ -29,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +48,8 @@ PACKAGES = {"tensorboard": ("tensorboard", "torch.utils.tensorboard"), "mlflow":
 EPOCH_METRICS = ("train_loss", "val_loss", "val_lwlrap", "lr", "samples_per_s")
 #: MLflow takes at most this many parameters in one request.
 MLFLOW_BATCH = 100
+#: Characters MLflow refuses in a metric's name.
+_UNSAFE = re.compile(r"[^\w.\- /]")
 #: Characters of a tracker's error kept in the log line.
 ERROR_CHARS = 300
 
@@ -110,12 +116,12 @@ def _error_text(error: BaseException) -> str:
 
 
 class TensorBoardRun:
-    """A fold's TensorBoard run: event files in ``<work>/tracking/<experiment>/fold_<k>/``."""
+    """A TensorBoard run: event files in ``<work>/tracking/<experiment>/<run>/``."""
 
     name = "tensorboard"
 
-    def __init__(self, work, experiment: str, fold: int, config: TrackingConfig):
-        self.folder = Path(work) / "tracking" / experiment / f"fold_{fold}"
+    def __init__(self, work, experiment: str, run: str, config: TrackingConfig):
+        self.folder = Path(work) / "tracking" / experiment / run
         self.writer = None
 
     def start(self, params: dict) -> None:
@@ -129,6 +135,12 @@ class TensorBoardRun:
             self.writer.add_scalar(key, value, epoch)
         self.writer.flush()  # a run killed mid-fold keeps its epochs
 
+    def log_files(self, pngs) -> None:
+        from matplotlib.image import imread
+
+        for png in pngs:
+            self.writer.add_image(Path(png).stem, imread(png)[..., :3], dataformats="HWC")
+
     def finish(self, params: dict, summary: dict) -> None:
         # The hyperparameter table (TensorBoard's HPARAMS tab) compares folds and experiments.
         self.writer.add_hparams(params, {f"hparams/{key}": value for key, value in summary.items()}, run_name=".")
@@ -136,14 +148,14 @@ class TensorBoardRun:
 
 
 class MlflowRun:
-    """A fold's MLflow run ``fold_<k>`` in the MLflow experiment named as the experiment."""
+    """An MLflow run named ``run`` in the MLflow experiment named as the experiment."""
 
     name = "mlflow"
 
-    def __init__(self, work, experiment: str, fold: int, config: TrackingConfig):
+    def __init__(self, work, experiment: str, run: str, config: TrackingConfig):
         from mlflow.tracking import MlflowClient
 
-        self.work, self.experiment, self.fold, self.local = Path(work), experiment, fold, not config.uri
+        self.work, self.experiment, self.run, self.local = Path(work), experiment, run, not config.uri
         self.client = MlflowClient(tracking_uri=mlflow_uri(config, work))
         self.run_id = None
 
@@ -159,8 +171,8 @@ class MlflowRun:
     def start(self, params: dict) -> None:
         from mlflow.entities import Param
 
-        run = self.client.create_run(self.experiment_id(), run_name=f"fold_{self.fold}",
-                                     tags={"freesound.experiment": self.experiment, "freesound.fold": str(self.fold)})
+        run = self.client.create_run(self.experiment_id(), run_name=self.run,
+                                     tags={"freesound.experiment": self.experiment, "freesound.run": self.run})
         self.run_id = run.info.run_id
         items = [Param(key, str(value)) for key, value in params.items()]
         for first in range(0, len(items), MLFLOW_BATCH):
@@ -172,19 +184,23 @@ class MlflowRun:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(key, value, now, epoch) for key, value in metrics.items()])
 
+    def log_files(self, pngs) -> None:
+        for png in pngs:
+            self.client.log_artifact(self.run_id, str(png))
+
     def finish(self, params: dict, summary: dict) -> None:
         self.log_epoch(0, summary)
         self.client.set_terminated(self.run_id, "FINISHED")
 
 
 class WandbRun:
-    """A fold's W&B run ``fold_<k>`` in the project named as the experiment, under ``<work>/wandb``;
+    """A W&B run named ``run`` in the project named as the experiment, under ``<work>/wandb``;
     offline (``wandb sync`` uploads it) unless WANDB_MODE or WANDB_API_KEY is set."""
 
     name = "wandb"
 
-    def __init__(self, work, experiment: str, fold: int, config: TrackingConfig):
-        self.work, self.experiment, self.fold = Path(work), experiment, fold
+    def __init__(self, work, experiment: str, run: str, config: TrackingConfig):
+        self.work, self.experiment, self.run_name = Path(work), experiment, run
         self.run = None
 
     def start(self, params: dict) -> None:
@@ -192,27 +208,33 @@ class WandbRun:
 
         online = "WANDB_MODE" in os.environ or "WANDB_API_KEY" in os.environ
         self.work.mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(project=self.experiment, name=f"fold_{self.fold}", group=self.experiment,
+        self.run = wandb.init(project=self.experiment, name=self.run_name, group=self.experiment,
                               dir=str(self.work), config=params, mode=None if online else "offline",
                               reinit="create_new")
 
     def log_epoch(self, epoch: int, metrics: dict) -> None:
         self.run.log({**metrics, "epoch": epoch}, step=epoch)
 
+    def log_files(self, pngs) -> None:
+        import wandb
+
+        self.run.log({Path(png).stem: wandb.Image(str(png)) for png in pngs})
+
     def finish(self, params: dict, summary: dict) -> None:
         self.run.summary.update(summary)
         self.run.finish()
 
 
-#: Tracker name -> the class of its fold runs.
+#: Tracker name -> the class of its runs.
 RUNS = {"tensorboard": TensorBoardRun, "mlflow": MlflowRun, "wandb": WandbRun}
 
 
 class Guarded:
-    """A fold's run of one tracker whose failure is reported once (``log``) and then ignored."""
+    """A run of one tracker whose failure is reported once (``log``, the line starting with
+    ``label``: ``"fold 2"``) and then ignored."""
 
-    def __init__(self, name: str, open_run: Callable[[], object], fold: int, log: Callable[[str], None]):
-        self.name, self.fold, self.log = name, fold, log
+    def __init__(self, name: str, open_run: Callable[[], object], label: str, log: Callable[[str], None]):
+        self.name, self.label, self.log = name, label, log
         self.run = self._call(open_run)
 
     def _call(self, action: Callable[[], object]):
@@ -223,8 +245,8 @@ class Guarded:
             return None
 
     def failed(self, error: BaseException) -> None:
-        self.log(f"fold {self.fold}: tracker {self.name} failed ({_error_text(error)}); it logs nothing more "
-                 "of this fold, training goes on and log.csv keeps every epoch")
+        self.log(f"{self.label}: tracker {self.name} failed ({_error_text(error)}); it logs nothing more "
+                 "of this run, training goes on and log.csv keeps every epoch")
         self.run = None
 
     def call(self, method: str, *args) -> None:
@@ -243,12 +265,8 @@ class Tracking(FoldOption):
         self.guarded: list[Guarded] = []
 
     def begin_fit(self) -> None:
-        config, name = self.experiment.tracking, self.experiment.name
-        for tracker in config.trackers:
-            run_class = RUNS[tracker]
-            guarded = Guarded(tracker, lambda: run_class(self.work, name, self.fold, config), self.fold, self.log)
-            guarded.call("start", self.params)
-            self.guarded.append(guarded)
+        self.guarded = opened_runs(self.experiment, self.work, f"fold_{self.fold}", self.params, self.log,
+                                   f"fold {self.fold}")
 
     def end_epoch(self, fit_state: FitState, row: dict) -> None:
         metrics = epoch_metrics(row, self.experiment.train.epoch_size)
@@ -259,6 +277,40 @@ class Tracking(FoldOption):
         summary = {"best_val_lwlrap": float(fit_state.best_score), "best_epoch": float(fit_state.best_epoch)}
         for guarded in self.guarded:
             guarded.call("finish", self.params, summary)
+
+
+def opened_runs(experiment: Experiment, work, run: str, params: dict, log: Callable[[str], None], label: str) -> list:
+    """A started run named ``run`` (``"fold_2"``) of each of the experiment's trackers, guarded
+    (a failure reported in a line starting with ``label``)."""
+    config = experiment.tracking
+    found = []
+    for tracker in config.trackers:
+        run_class = RUNS[tracker]
+        guarded = Guarded(tracker, lambda: run_class(work, experiment.name, run, config), label, log)
+        guarded.call("start", params)
+        found.append(guarded)
+    return found
+
+
+def result_metrics(scores: dict) -> dict:
+    """Out-of-fold scores (``predict_oof``'s) as metrics: ``oof_lwlrap``, ``oof_lwlrap/fold_<k>``
+    and ``class_lwlrap/<class>`` (characters MLflow refuses in a name become ``_``)."""
+    metrics = {"oof_lwlrap": float(scores["lwlrap"])}
+    metrics.update({f"oof_lwlrap/fold_{fold}": float(value) for fold, value in scores.get("per_fold", {}).items()})
+    metrics.update({f"class_lwlrap/{_UNSAFE.sub('_', name)}": float(value["lwlrap"])
+                    for name, value in scores["per_class"].items()})
+    return metrics
+
+
+def track_result(experiment: Experiment, work, scores: dict, pngs, log: Callable[[str], None]) -> None:
+    """The experiment's out-of-fold result as one more run of each tracker, named ``oof``:
+    ``result_metrics(scores)`` and the report's PNGs (``freesound report``'s) as images or artifacts."""
+    params = flat_settings(experiment.to_dict())
+    metrics = result_metrics(scores)
+    for guarded in opened_runs(experiment, work, "oof", params, log, "the out-of-fold result"):
+        guarded.call("log_epoch", 0, {key: value for key, value in metrics.items() if key != "oof_lwlrap"})
+        guarded.call("log_files", list(pngs))
+        guarded.call("finish", params, {"oof_lwlrap": metrics["oof_lwlrap"]})
 
 
 def tracking_parts(experiment: Experiment, work, fold: int, log: Callable[[str], None], main: bool) -> list:
@@ -277,7 +329,7 @@ def reachable(experiment: Experiment, work, log: Callable[[str], None]) -> Exper
     if "mlflow" not in config.trackers:
         return experiment
     try:
-        MlflowRun(work, experiment.name, 0, config).experiment_id()
+        MlflowRun(work, experiment.name, "", config).experiment_id()
     except Exception as error:  # an unreachable server must not stop training
         log(f"tracker mlflow cannot be reached at {mlflow_uri(config, work)} ({_error_text(error)}); "
             "training goes on without it, and log.csv keeps every epoch")
