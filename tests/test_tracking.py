@@ -118,7 +118,7 @@ def test_only_the_logging_process_tracks():
 
 def test_a_missing_package_is_one_sentence_naming_the_extra(tiny_work, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow raises ImportError
-    with pytest.raises(TrackerMissingError, match=r"--track mlflow needs the mlflow package .*: "
+    with pytest.raises(TrackerMissingError, match=r"tracker mlflow needs the mlflow package .*: "
                                                   r"pip install 'freesound\[tracking\]'"):
         require_packages(("tensorboard", "mlflow"))
     dataset, work = tiny_work
@@ -168,7 +168,7 @@ class FailsOnEpoch2:
 
     epochs = []
 
-    def __init__(self, work, experiment, fold, config):
+    def __init__(self, work, experiment, run, config):
         FailsOnEpoch2.epochs = []
 
     def start(self, params):

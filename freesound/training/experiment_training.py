@@ -10,9 +10,9 @@ Where the folds train is an argument (``where``):
 - ``OnDevices(devices)``: one process per device, each training whole folds
   (``freesound.training.fold_devices``).
 
-Every way runs the same preflight first (``trainer.checked_folds``: the settings, the folds, the
-``[pretrained]`` folds; the trackers, ``tracking.reachable``), then, once every fold of ``folds.csv`` has weights, the out-of-fold
-prediction and scores (``predict_oof``).
+Every way runs the same preflight first (``tracking.reachable``: the trackers;
+``trainer.checked_folds``: the settings, the folds, the ``[pretrained]`` folds), then, once every
+fold of ``folds.csv`` has weights, the out-of-fold prediction and scores (``predict_oof``).
 """
 
 from __future__ import annotations

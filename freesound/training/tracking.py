@@ -100,7 +100,7 @@ def require_packages(trackers) -> None:
                 importlib.import_module(module)
             except ImportError as error:
                 raise TrackerMissingError(
-                    f"--track {name} needs the {PACKAGES[name][0]} package ({error}): "
+                    f"tracker {name} needs the {PACKAGES[name][0]} package ({error}): "
                     "pip install 'freesound[tracking]'") from None
 
 
@@ -156,6 +156,8 @@ class MlflowRun:
         from mlflow.tracking import MlflowClient
 
         self.work, self.experiment, self.run, self.local = Path(work), experiment, run, not config.uri
+        if self.local:
+            self.work.mkdir(parents=True, exist_ok=True)  # SQLite makes the file, not its folder
         self.client = MlflowClient(tracking_uri=mlflow_uri(config, work))
         self.run_id = None
 

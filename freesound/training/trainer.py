@@ -22,7 +22,8 @@ the resumed epochs will not repeat an uninterrupted run bit for bit.
 
 ``FoldRun`` is one fold's run: its parts come from ``freesound.training.fold_parts``, its options
 (pretrained start, process group, weight averaging) are the parts of
-``freesound.training.fold_options`` and the trackers of ``freesound.training.tracking``, and its steps are the small methods ``engine.fit`` calls.
+``freesound.training.fold_options``, its trackers the part of ``freesound.training.tracking``, and
+its steps are the small methods ``engine.fit`` calls.
 ``freesound.training.experiment_training.train_folds`` trains the folds of an experiment.
 """
 
