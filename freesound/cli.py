@@ -806,6 +806,27 @@ def report(experiment, work_dir, experiments_dir, out_dir, example_audio):
 
 
 @main.command()
+@click.argument("experiments", nargs=-1, required=True)
+@work_option
+@click.option("--out", "out_png", default=None, type=click.Path(path_type=Path),
+              help="The PNG to write (default: <work>/predictions/compare.png).")
+def compare(experiments, work_dir, out_png):
+    """Compare trained EXPERIMENTS (names under <work>/experiments/) side by side.
+
+    Prints each one's best validation lwlrap per fold, their mean and the out-of-fold lwlrap (once
+    `train` or `predict` has scored it), then the per-class OOF lwlrap, worst classes first; draws
+    the mean validation curves, the CV scores and the per-class lwlrap in one PNG. Reads only the
+    work folder.
+    """
+    from freesound.tools.compare import compare as compare_experiments
+
+    out_png = out_png or Path(work_dir) / "predictions" / "compare.png"
+    text, png = compare_experiments(experiments, work_dir, out_png)
+    click.echo(text)
+    click.echo(f"plot -> {png}")
+
+
+@main.command()
 @click.option("--experiment", required=True, help="A trained experiment name (under <work>/experiments/).")
 @work_option
 @click.option("--file", "audio_file", default=None, type=click.Path(path_type=Path),

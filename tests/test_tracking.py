@@ -396,3 +396,43 @@ def test_out_of_fold_metric_names_are_ones_mlflow_takes():
     metrics = tracking.result_metrics({"lwlrap": 0.5, "per_fold": {"0": 0.4},
                                        "per_class": {"Bass_(guitar)": {"lwlrap": 0.3, "weight": 0.1}}})
     assert metrics == {"oof_lwlrap": 0.5, "oof_lwlrap/fold_0": 0.4, "class_lwlrap/Bass__guitar_": 0.3}
+
+
+# --- freesound compare --------------------------------------------------------------------------
+
+def write_trained(work, name, curves: dict, scores: dict | None = None):
+    """A trained experiment's files as compare reads them: fold -> [val lwlrap per epoch]."""
+    for fold, values in curves.items():
+        folder = work / "experiments" / name / f"fold_{fold}"
+        folder.mkdir(parents=True)
+        epochs = range(1, len(values) + 1)
+        pd.DataFrame({"epoch": epochs, "lr": 0.001, "train_loss": 0.5, "val_loss": 0.4, "val_lwlrap": values,
+                      "seconds": 1.0}).to_csv(folder / "log.csv", index=False)
+    if scores is not None:
+        (work / "predictions" / name).mkdir(parents=True)
+        (work / "predictions" / name / "oof_scores.json").write_text(json.dumps(scores))
+
+
+def test_compare_tables_and_draws_experiments_side_by_side(tmp_path):
+    work = tmp_path / "work"
+    write_trained(work, "a", {0: [0.5, 0.7, 0.6], 1: [0.4, 0.8, 0.9]},
+                  {"lwlrap": 0.75, "clips": 10, "per_fold": {"0": 0.7, "1": 0.8},
+                   "per_class": {"Bark": {"lwlrap": 0.9, "weight": 0.5}, "Hiss": {"lwlrap": 0.6, "weight": 0.5}}})
+    write_trained(work, "b", {0: [0.3, 0.35], 1: [0.2, 0.25]})
+    result = run_cli("compare", "a", "b", "--work", work)
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["folds", "fold", "0", "fold", "1", "mean", "best", "val", "OOF", "lwlrap"]
+    assert lines[2].split() == ["a", "2", "0.7000", "0.9000", "0.8000", "0.7500"]
+    assert lines[3].split() == ["b", "2", "0.3500", "0.2500", "0.3000", "-"]
+    assert "OOF lwlrap per class (worst first)" in result.output
+    assert [line.split() for line in lines[lines.index("OOF lwlrap per class (worst first)") + 2:][:2]] == \
+        [["Hiss", "0.6000"], ["Bark", "0.9000"]]
+    png = work / "predictions" / "compare.png"
+    assert lines[-1] == f"plot -> {png}"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    missing = run_cli("compare", "a", "c", "--work", work, expect=1)
+    assert f"no training logs in {work / 'experiments' / 'c'}" in missing.output
+    assert "Traceback" not in missing.output
+    twice = run_cli("compare", "a", "a", "--work", work, expect=1)
+    assert "compare: a given more than once" in twice.output
