@@ -10,7 +10,6 @@ lwlrap, and one PNG: mean validation lwlrap per epoch, the CV scores, and the pe
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
