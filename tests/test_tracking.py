@@ -436,3 +436,28 @@ def test_compare_tables_and_draws_experiments_side_by_side(tmp_path):
     assert "Traceback" not in missing.output
     twice = run_cli("compare", "a", "a", "--work", work, expect=1)
     assert "compare: a given more than once" in twice.output
+
+
+# --- torchrun -----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_under_torchrun_only_process_0_logs(tiny_work, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    dataset, work = tiny_work
+    path = tmp_path / "tracked.toml"
+    path.write_text(tiny_experiment_toml(epoch_size=EPOCH_SIZE, max_epochs=2))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               "-m", "freesound", "train", str(path), "--data", str(dataset.root), "--work", str(work), "--fold", "0",
+               "--device", "cpu", "--no-oof", "--track", "tensorboard", "--track", "mlflow"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FREESOUND_DDP_TIMEOUT_S": "120"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    log = log_csv(work)
+    assert list(log["epoch"]) == [1, 2]
+    events = list((work / "tracking" / "tracked" / "fold_0").glob("events.out.tfevents.*"))
+    assert len({event.name.split(".")[-2] for event in events}) == 1  # one process id wrote them
+    assert_logged(scalars(work / "tracking" / "tracked" / "fold_0"), log)
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
+    assert [run.info.run_name for run in runs] == ["fold_0"]
