@@ -461,3 +461,29 @@ def test_under_torchrun_only_process_0_logs(tiny_work, tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
     assert [run.info.run_name for run in runs] == ["fold_0"]
+
+
+def test_a_fold_stopped_by_an_error_ends_its_runs_as_failed(tiny_work):
+    from mlflow.tracking import MlflowClient
+
+    from freesound.training.context import RunContext
+    from freesound.training.experiment_training import train_folds
+
+    class Pruned(Exception):
+        pass
+
+    def prune(fold, fit_state, row):
+        if fit_state.epoch == 2:
+            raise Pruned  # as a search stops a trailing trial
+
+    dataset, work = tiny_work
+    experiment = with_trackers(experiment_from_dict(tomllib.loads(tiny_experiment_toml(
+        epoch_size=EPOCH_SIZE, max_epochs=3)), name="tracked"), ("mlflow",))
+    with pytest.raises(Pruned):
+        train_folds(experiment, dataset, work, [0], context=RunContext.create("cpu", progress=False), on_epoch=prune,
+                    score_oof=False)
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
+    assert run.info.status == "FAILED"
+    assert [metric.step for metric in client.get_metric_history(run.info.run_id, "val_lwlrap")] == [1, 2]
+    assert "best_val_lwlrap" not in run.data.metrics

@@ -16,6 +16,7 @@ the order the parts are listed::
     checkpoint_fields() -> dict  what ``model.pt`` records of the option
     state_fields() -> dict       what ``state.pt`` records of the option
     end_fold(fit_state)          training stopped (or a resumed fold had already ended)
+    abort_fold(error)            training raised ``error`` (a failure, an interrupt, a pruned trial)
 
 Every hook does nothing unless a part overrides it, so an option adds a part and one line where
 the run lists its parts. The teacher of ``[targets]`` (``TeacherTargets``) comes before the parts:
@@ -79,6 +80,9 @@ class FoldOption:
         return {}
 
     def end_fold(self, fit_state: FitState) -> None:
+        return None
+
+    def abort_fold(self, error: BaseException) -> None:
         return None
 
 

@@ -8,7 +8,8 @@ named ``fold_<k>`` and grouped under the experiment's name; it logs
 - its settings: the whole experiment, flattened to dotted keys (``train.lr``), and the fold;
 - each epoch: ``train_loss``, ``val_loss``, ``val_lwlrap``, ``lr`` (the values of ``log.csv``)
   and ``samples_per_s`` (``train.epoch_size`` over the epoch's seconds, validation included);
-- at its end: ``best_val_lwlrap`` and ``best_epoch``.
+- at its end: ``best_val_lwlrap`` and ``best_epoch``; a fold whose training raises (a failure,
+  an interrupt, a search's pruned trial) ends its runs as failed instead.
 
 Once ``train`` has scored every fold out of fold, one more run, ``oof``, holds the result
 (``track_result``): the overall, per-fold and per-class OOF lwlrap and the report's PNGs.
@@ -146,6 +147,10 @@ class TensorBoardRun:
         self.writer.add_hparams(params, {f"hparams/{key}": value for key, value in summary.items()}, run_name=".")
         self.writer.close()
 
+    def stop(self) -> None:
+        """Training raised: the run ends with the epochs it has."""
+        self.writer.close()
+
 
 class MlflowRun:
     """An MLflow run named ``run`` in the MLflow experiment named as the experiment."""
@@ -194,6 +199,10 @@ class MlflowRun:
         self.log_epoch(0, summary)
         self.client.set_terminated(self.run_id, "FINISHED")
 
+    def stop(self) -> None:
+        """Training raised: the run is marked FAILED."""
+        self.client.set_terminated(self.run_id, "FAILED")
+
 
 class WandbRun:
     """A W&B run named ``run`` in the project named as the experiment, under ``<work>/wandb``;
@@ -225,6 +234,10 @@ class WandbRun:
     def finish(self, params: dict, summary: dict) -> None:
         self.run.summary.update(summary)
         self.run.finish()
+
+    def stop(self) -> None:
+        """Training raised: the run ends, failed (exit code 1)."""
+        self.run.finish(exit_code=1)
 
 
 #: Tracker name -> the class of its runs.
@@ -279,6 +292,10 @@ class Tracking(FoldOption):
         summary = {"best_val_lwlrap": float(fit_state.best_score), "best_epoch": float(fit_state.best_epoch)}
         for guarded in self.guarded:
             guarded.call("finish", self.params, summary)
+
+    def abort_fold(self, error: BaseException) -> None:
+        for guarded in self.guarded:
+            guarded.call("stop")
 
 
 def opened_runs(experiment: Experiment, work, run: str, params: dict, log: Callable[[str], None], label: str) -> list:

@@ -203,10 +203,15 @@ class FoldRun:
                                                             dump_experiment(self.experiment))
         for option in self.options:
             option.begin_fit()
-        fit_state = fit(self._hooks(), self.parts.optimizer, self.parts.scheduler, max_epochs=self.max_epochs,
-                        early_stop_patience=self.experiment.train.early_stop_patience,
-                        log_path=self.out_dir / "log.csv" if self.context.main else None, columns=LOG_COLUMNS,
-                        resumed=resumed)
+        try:
+            fit_state = fit(self._hooks(), self.parts.optimizer, self.parts.scheduler, max_epochs=self.max_epochs,
+                            early_stop_patience=self.experiment.train.early_stop_patience,
+                            log_path=self.out_dir / "log.csv" if self.context.main else None, columns=LOG_COLUMNS,
+                            resumed=resumed)
+        except BaseException as error:
+            for option in self.options:
+                option.abort_fold(error)
+            raise
         self._end(fit_state)
         return self._result(fit_state)
 
