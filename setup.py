@@ -26,7 +26,10 @@ setup(
     package_data={"kernel_build": ["templates/*.j2"], "freesound.presets": ["*.toml"]},
     install_requires=VERSIONS["requirements"](),
     extras_require={
-        "dev": ["pytest>=7.4", "hypothesis>=6.80", "import-linter>=2.1"],
+        # The tracker tests run in `make test`, so the trackers come with the development tools.
+        "dev": ["pytest>=7.4", "hypothesis>=6.80", "import-linter>=2.1", *VERSIONS["TRACKING"]],
+        # Experiment trackers (freesound.training.tracking): train --track tensorboard|mlflow|wandb.
+        "tracking": VERSIONS["TRACKING"],
         "listen": ["sounddevice>=0.4"],
         # Faster CPU prediction (freesound.predict.runtimes): the releases tested, not older ones.
         "onnx": ["onnx>=1.23", "onnxruntime>=1.32"],

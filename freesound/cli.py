@@ -295,7 +295,13 @@ def precision_option(function):
 @click.option("--devices", default=None,
               help="Train folds in parallel, one process per device, e.g. cuda:0,cuda:1 (a device may repeat: "
                    "cpu,cpu). Not under torchrun, which trains each fold on all of its processes.")
-def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device, resume, no_oof, devices):
+@click.option("--track", "trackers", type=click.Choice(["tensorboard", "mlflow", "wandb"]), multiple=True,
+              help="Log every fold to this experiment tracker too (repeatable; added to the experiment's "
+                   "[tracking] ones); needs pip install 'freesound[tracking]'. See docs/tracking.md.")
+@click.option("--tracking-uri", default="",
+              help="MLflow's tracking URI, e.g. http://127.0.0.1:5000 (default: sqlite store WORK/mlflow.db).")
+def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device, resume, no_oof, devices, trackers,
+          tracking_uri):
     """Train EXPERIMENT (a name under experiments/ or a TOML path) on every fold.
 
     Log-mels not cached yet are computed first, with the experiment's [audio] settings (`features`
@@ -303,11 +309,14 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
     Once every fold in folds.csv has weights, predicts each fold's held-out clips (tiled, as
     `predict` does) and reports the per-fold and overall out-of-fold lwlrap.
 
+    With --track (or the experiment's [tracking]) every fold is also a run in TensorBoard, MLflow
+    or W&B, and the out-of-fold result one more, with `report`'s PNGs (docs/tracking.md).
+
     Under torchrun (torchrun --nproc_per_node=N -m freesound train ...) the N processes train each
     fold together (DistributedDataParallel, each on its slice of every batch, cuda:<LOCAL_RANK> or
     the CPU); process 0 writes the files and prints.
     """
-    from freesound.config import load_experiment
+    from freesound.config import load_experiment, with_trackers
     from freesound.data.dataset import load_dataset
     from freesound.metrics import format_scores
     from freesound.paths import experiment_dir
@@ -325,7 +334,7 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
                                "nor under torchrun")
     where = (OnDevices(tuple(parse_devices(devices))) if devices is not None
              else Torchrun(distributed) if distributed else IN_PROCESS)
-    config = load_experiment(experiment, experiments_dir)
+    config = with_trackers(load_experiment(experiment, experiments_dir), trackers, tracking_uri)
     context = RunContext.create(device, log=click.echo,
                                 feature_workers=settings.default_workers())
     report = train_folds(config, load_dataset(data_dir), work_dir, folds=list(folds) or None, context=context,
@@ -343,6 +352,12 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
         return
     click.echo("")
     click.echo(format_scores(config.name, report.oof_scores, top=10))
+    if report.experiment.tracking.trackers:
+        from freesound.tools.plots import report as report_pngs
+        from freesound.training.tracking import track_result
+
+        track_result(report.experiment, work_dir, report.oof_scores, report_pngs(config.name, work_dir)["pngs"],
+                     click.echo)
 
 
 @main.command()
@@ -788,6 +803,27 @@ def report(experiment, work_dir, experiments_dir, out_dir, example_audio):
     click.echo(result["table"])
     for png in result["pngs"]:
         click.echo(f"plot -> {png}")
+
+
+@main.command()
+@click.argument("experiments", nargs=-1, required=True)
+@work_option
+@click.option("--out", "out_png", default=None, type=click.Path(path_type=Path),
+              help="The PNG to write (default: <work>/predictions/compare.png).")
+def compare(experiments, work_dir, out_png):
+    """Compare trained EXPERIMENTS (names under <work>/experiments/) side by side.
+
+    Prints each one's best validation lwlrap per fold, their mean and the out-of-fold lwlrap (once
+    `train` or `predict` has scored it), then the per-class OOF lwlrap, worst classes first; draws
+    the mean validation curves, the CV scores and the per-class lwlrap in one PNG. Reads only the
+    work folder.
+    """
+    from freesound.tools.compare import compare as compare_experiments
+
+    out_png = out_png or Path(work_dir) / "predictions" / "compare.png"
+    text, png = compare_experiments(experiments, work_dir, out_png)
+    click.echo(text)
+    click.echo(f"plot -> {png}")
 
 
 @main.command()

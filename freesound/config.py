@@ -325,6 +325,33 @@ class PretrainedConfig:
     experiment: str = ""
 
 
+#: The experiment trackers a run can log to (``freesound.training.tracking``).
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment trackers every fold logs to (``[tracking]``; none by default).
+
+    Each fold is one run, named ``fold_<k>`` and grouped under the experiment's name: its settings,
+    each epoch's losses, val lwlrap, learning rate and samples per second, and its best score
+    (``freesound.training.tracking``). ``uri`` is MLflow's tracking URI (a server's
+    ``http://host:port`` or a store); empty: a local store under the work folder.
+    """
+
+    trackers: tuple = ()
+    uri: str = ""
+
+    def __post_init__(self):
+        unknown = [name for name in self.trackers if name not in TRACKERS]
+        if unknown:
+            raise ValueError(f"trackers {unknown} are not trackers; choose from {list(TRACKERS)}")
+        if len(set(self.trackers)) != len(self.trackers):
+            raise ValueError(f"trackers {list(self.trackers)} names a tracker twice")
+        if self.uri and "mlflow" not in self.trackers:
+            raise ValueError("uri is MLflow's tracking URI: add \"mlflow\" to trackers, or leave uri out")
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str = "default"
@@ -340,6 +367,7 @@ class Experiment:
     input: InputConfig = field(default_factory=InputConfig)
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     #: The folder of the TOML file, for resolving relative paths ("" when built in code).
     source_dir: str = ""
 
@@ -353,6 +381,24 @@ class Experiment:
         values = dataclasses.asdict(self)
         values.pop("source_dir")
         return values
+
+
+def with_trackers(experiment: Experiment, trackers=(), uri: str = "") -> Experiment:
+    """``experiment`` also tracked by ``trackers`` (``train --track``, added to its ``[tracking]``
+    ones), with MLflow's ``uri`` when given (``--tracking-uri``, over the file's).
+
+    Raises
+    ------
+    ConfigError
+        An unknown tracker, or a ``uri`` without MLflow among the trackers.
+    """
+    config = experiment.tracking
+    names = tuple(dict.fromkeys((*config.trackers, *trackers)))
+    try:
+        tracking = TrackingConfig(names, uri or config.uri)
+    except ValueError as error:
+        raise ConfigError(f"experiment {experiment.name!r} [tracking]: {error}") from None
+    return dataclasses.replace(experiment, tracking=tracking)
 
 
 def merge_table(base: dict, value: dict) -> dict:

@@ -46,6 +46,12 @@ MINIMUM = {
     "optuna": "5.0",
 }
 
+#: The experiment trackers (``pip install 'freesound[tracking]'``, ``freesound.training.tracking``):
+#: optional, so not in ``MINIMUM``; the releases tested, not older ones. MLflow 3.17 refuses a
+#: folder store, hence the SQLite default; wandb's ``reinit="create_new"`` (one run per fold in a
+#: process) came in 0.19.10.
+TRACKING = ["mlflow>=3.17", "tensorboard>=2.21", "wandb>=0.31"]
+
 #: The one torch build the CI machines have (a CPU build on local disk): the torch minimum is
 #: declared from the APIs used, not tested.
 TESTED_TORCH = "2.13.0"

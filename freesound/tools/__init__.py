@@ -8,6 +8,7 @@
     distill.py       ``freesound distill``: a small student trained on a teacher's soft predictions
     evaluate.py      ``freesound evaluate``: score a submission-format CSV
     plots.py         ``freesound report``: training curves, per-class scores, augmentations
+    compare.py       ``freesound compare``: experiments' CV, per-class lwlrap and curves side by side
     listen.py        ``freesound listen``: live tagging in a rolling window
     argus_import.py  ``freesound import-argus``: the original team's released weights
 """

@@ -1,5 +1,5 @@
-"""Report plots: training curves, the augmentation gallery, per-class lwlrap, ensemble selection
-and search progress.
+"""Report plots: training curves, the augmentation gallery, per-class lwlrap, ensemble selection,
+search progress and experiments compared.
 
 Every plot is drawn on a ``matplotlib.figure.Figure`` with its own ``FigureCanvasAgg``, never
 through ``pyplot``: no global figure state and no interactive backend is touched, so the module
@@ -321,6 +321,53 @@ def plot_search_progress(trials: pd.DataFrame, out_png, title: str) -> Path:
 
 # --------------------------------------------------------------------------------------------
 # The report command
+
+
+#: The classes ``plot_comparison``'s per-class panel shows: the first ones of its table (the worst).
+PER_CLASS_SHOWN = 30
+
+
+def plot_comparison(table: pd.DataFrame, per_class: pd.DataFrame, curves: dict, out_png) -> Path:
+    """Experiments side by side (``freesound compare``), one colour per experiment: mean
+    validation lwlrap per epoch, the CV scores, and the OOF lwlrap of the first
+    ``PER_CLASS_SHOWN`` classes of ``per_class``.
+
+    Parameters
+    ----------
+    table : one row per experiment (index: names) with ``mean best val`` and ``OOF lwlrap``
+        (NaN: none yet); ``freesound.tools.compare.comparison``
+    per_class : one row per class, one column per experiment with OOF scores
+    curves : name -> Series of the mean validation lwlrap indexed by epoch
+    out_png : path of the PNG to write
+    """
+    shown = per_class.head(PER_CLASS_SHOWN)
+    figure = _figure(16, max(5.0, 0.25 * len(shown) + 1.5))
+    curve_axes, cv_axes, class_axes = figure.subplots(1, 3, width_ratios=[1, 0.7, 1.3])
+    colours = {name: f"C{index % 10}" for index, name in enumerate(table.index)}
+    for name, curve in curves.items():
+        curve_axes.plot(curve.index, curve.values, color=colours[name], label=name)
+    curve_axes.set(title="validation lwlrap, mean of the folds", xlabel="epoch", ylabel="lwlrap")
+    curve_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    positions = np.arange(len(table))
+    # Greys: the experiments' colours would read as experiments here.
+    cv_axes.bar(positions - 0.2, table["mean best val"], width=0.4, color="0.65", label="mean best val")
+    cv_axes.bar(positions + 0.2, table["OOF lwlrap"].fillna(0.0), width=0.4, color="0.25", label="OOF (0: none yet)")
+    cv_axes.set_xticks(positions, table.index, rotation=30, ha="right")
+    cv_axes.set(title="CV lwlrap", ylabel="lwlrap")
+    height = 0.8 / max(len(shown.columns), 1)
+    for index, name in enumerate(shown.columns):
+        class_axes.barh(np.arange(len(shown)) + index * height, shown[name], height=height, color=colours[name],
+                        label=name)
+    class_axes.set_yticks(np.arange(len(shown)) + 0.4 - height / 2, shown.index, fontsize="small")
+    class_axes.invert_yaxis()
+    class_axes.set(title="OOF lwlrap per class (worst first)" if len(shown.columns) else "no OOF scores yet",
+                   xlabel="lwlrap")
+    for axes in (curve_axes, cv_axes, class_axes):
+        axes.grid(alpha=0.3)
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(fontsize="small")
+    figure.suptitle(" vs ".join(table.index))
+    return _save(figure, out_png)
 
 
 def report(name: str, work, out_dir=None, example_logmel: np.ndarray | None = None) -> dict:

@@ -10,9 +10,9 @@ Where the folds train is an argument (``where``):
 - ``OnDevices(devices)``: one process per device, each training whole folds
   (``freesound.training.fold_devices``).
 
-Every way runs the same preflight first (``trainer.checked_folds``: the settings, the folds, the
-``[pretrained]`` folds), then, once every fold of ``folds.csv`` has weights, the out-of-fold
-prediction and scores (``predict_oof``).
+Every way runs the same preflight first (``tracking.reachable``: the trackers;
+``trainer.checked_folds``: the settings, the folds, the ``[pretrained]`` folds), then, once every
+fold of ``folds.csv`` has weights, the out-of-fold prediction and scores (``predict_oof``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from freesound.training.context import RunContext
 from freesound.training.distributed import process_device, process_group
 from freesound.training.fold_devices import train_folds_on_devices
 from freesound.training.oof import predict_oof
+from freesound.training.tracking import reachable
 from freesound.training.trainer import train_experiment
 
 
@@ -66,12 +67,15 @@ class TrainingReport:
     untrained : list of int, folds of ``folds.csv`` that still have no weights, or unfinished ones
     oof_scores : dict or None, out-of-fold lwlrap (``predict_oof``) once every fold has weights
     main : bool, False in a torchrun process other than process 0, which reports nothing
+    experiment : Experiment as trained: its ``[tracking]`` without a store that could not be
+        reached (``tracking.reachable``); None where ``main`` is False
     """
 
     folds: list
     untrained: list
     oof_scores: dict | None
     main: bool = True
+    experiment: Experiment | None = None
 
 
 def train_folds(experiment: Experiment, dataset: Dataset, work, folds=None, *, context: RunContext | None = None,
@@ -91,12 +95,18 @@ def train_folds(experiment: Experiment, dataset: Dataset, work, folds=None, *, c
     on_epoch : ``(fold, FitState, row) -> None`` after each epoch of each fold (may raise to stop);
         not with ``OnDevices``, whose folds train in other processes
 
+    The experiment's trackers (``[tracking]``) are checked once first, by the process that logs
+    (``tracking.reachable``): a missing package stops the run, an unreachable store is dropped.
+
     Raises
     ------
     FreesoundError
-        ``on_epoch`` with ``OnDevices``; and whatever the preflight or a fold refuses.
+        ``on_epoch`` with ``OnDevices``; a tracker's missing package; and whatever the preflight or a
+        fold refuses.
     """
     context = context or RunContext()
+    if not isinstance(where, Torchrun) or where.environment["rank"] == 0:
+        experiment = reachable(experiment, work, context.log)
     run = dict(max_epochs=max_epochs, resume=resume)
     if isinstance(where, OnDevices):
         if on_epoch is not None:
@@ -126,4 +136,4 @@ def score_trained(experiment: Experiment, dataset: Dataset, work, results: list,
     scores = None
     if score_oof and not untrained:
         scores = predict_oof(experiment.name, dataset, work, **context.predicting())
-    return TrainingReport(results, untrained, scores)
+    return TrainingReport(results, untrained, scores, experiment=experiment)

@@ -9,12 +9,14 @@ the order the parts are listed::
     modules() -> dict            modules whose state the resumable state keeps besides the fold's own
     step_hook() -> fn or None    called after every optimiser step
     end_train_epoch(epoch, batches)   an epoch's training is done (1-based), before validation
+    end_epoch(fit_state, row)    the epoch is validated and its log row written (``engine.fit``)
     evaluated(model) -> model    the module to validate and checkpoint
     restarts_best(epoch) -> bool this epoch's model must not compete with the earlier ones
     begin_fit()                  every check passed; the first epoch (or the resumed one) follows
     checkpoint_fields() -> dict  what ``model.pt`` records of the option
     state_fields() -> dict       what ``state.pt`` records of the option
     end_fold(fit_state)          training stopped (or a resumed fold had already ended)
+    abort_fold(error)            training raised ``error`` (a failure, an interrupt, a pruned trial)
 
 Every hook does nothing unless a part overrides it, so an option adds a part and one line where
 the run lists its parts. The teacher of ``[targets]`` (``TeacherTargets``) comes before the parts:
@@ -62,6 +64,9 @@ class FoldOption:
     def evaluated(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
 
+    def end_epoch(self, fit_state: FitState, row: dict) -> None:
+        return None
+
     def restarts_best(self, epoch: int) -> bool:
         return False
 
@@ -75,6 +80,9 @@ class FoldOption:
         return {}
 
     def end_fold(self, fit_state: FitState) -> None:
+        return None
+
+    def abort_fold(self, error: BaseException) -> None:
         return None
 
 

@@ -22,7 +22,8 @@ the resumed epochs will not repeat an uninterrupted run bit for bit.
 
 ``FoldRun`` is one fold's run: its parts come from ``freesound.training.fold_parts``, its options
 (pretrained start, process group, weight averaging) are the parts of
-``freesound.training.fold_options``, and its steps are the small methods ``engine.fit`` calls.
+``freesound.training.fold_options``, its trackers the part of ``freesound.training.tracking``, and
+its steps are the small methods ``engine.fit`` calls.
 ``freesound.training.experiment_training.train_folds`` trains the folds of an experiment.
 """
 
@@ -81,6 +82,7 @@ from freesound.training.resume_state import (
     saved_run,
 )
 from freesound.training.sampling import EpochShard
+from freesound.training.tracking import tracking_parts
 
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_lwlrap", "seconds"]
 #: The splits a fold trains and validates on.
@@ -180,7 +182,8 @@ class FoldRun:
                       if experiment.pretrained.experiment else [])
         held_out = fold_fingerprint(read_folds(work, dataset.curated.fname), fold)
         guard = SplitGuard(work, experiment.name, fold, held_out, context.processes)
-        self.options: list[FoldOption] = [*pretrained, self.group, guard]  # in the order their hooks run
+        tracking = tracking_parts(experiment, work, fold, context.log, context.main)
+        self.options: list[FoldOption] = [*pretrained, self.group, guard, *tracking]  # in the order their hooks run
         self.parts: FoldParts | None = None  # built by run()
         self.train_model: torch.nn.Module | None = None  # the model as trained: DDP-wrapped, compiled
         self.shard: EpochShard | None = None
@@ -200,10 +203,15 @@ class FoldRun:
                                                             dump_experiment(self.experiment))
         for option in self.options:
             option.begin_fit()
-        fit_state = fit(self._hooks(), self.parts.optimizer, self.parts.scheduler, max_epochs=self.max_epochs,
-                        early_stop_patience=self.experiment.train.early_stop_patience,
-                        log_path=self.out_dir / "log.csv" if self.context.main else None, columns=LOG_COLUMNS,
-                        resumed=resumed)
+        try:
+            fit_state = fit(self._hooks(), self.parts.optimizer, self.parts.scheduler, max_epochs=self.max_epochs,
+                            early_stop_patience=self.experiment.train.early_stop_patience,
+                            log_path=self.out_dir / "log.csv" if self.context.main else None, columns=LOG_COLUMNS,
+                            resumed=resumed)
+        except BaseException as error:
+            for option in self.options:
+                option.abort_fold(error)
+            raise
         self._end(fit_state)
         return self._result(fit_state)
 
@@ -342,6 +350,8 @@ class FoldRun:
         self.context.log(f"fold {self.fold} epoch {fit_state.epoch}: train loss {row['train_loss']:.4f}, val loss "
                          f"{row['val_loss']:.4f}, val lwlrap {row['val_lwlrap']:.4f}"
                          f"{' *' if fit_state.best_epoch == fit_state.epoch else ''}")
+        for option in self.options:
+            option.end_epoch(fit_state, row)
         if self.on_epoch is not None:
             self.on_epoch(fit_state, row)
 

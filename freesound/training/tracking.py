@@ -1,0 +1,357 @@
+"""Experiment trackers: each fold of a run logged to TensorBoard, MLflow or Weights & Biases.
+
+    freesound train EXP --data DIR --track tensorboard --track mlflow [--tracking-uri URL]
+
+or ``[tracking] trackers = ["tensorboard", "mlflow"]`` in the experiment. Every fold is one run,
+named ``fold_<k>`` and grouped under the experiment's name; it logs
+
+- its settings: the whole experiment, flattened to dotted keys (``train.lr``), and the fold;
+- each epoch: ``train_loss``, ``val_loss``, ``val_lwlrap``, ``lr`` (the values of ``log.csv``)
+  and ``samples_per_s`` (``train.epoch_size`` over the epoch's seconds, validation included);
+- at its end: ``best_val_lwlrap`` and ``best_epoch``; a fold whose training raises (a failure,
+  an interrupt, a search's pruned trial) ends its runs as failed instead.
+
+Once ``train`` has scored every fold out of fold, one more run, ``oof``, holds the result
+(``track_result``): the overall, per-fold and per-class OOF lwlrap and the report's PNGs.
+
+Where each tracker writes by default (all under the work folder)::
+
+    tracking/<experiment>/fold_<k>/   TensorBoard event files (``tensorboard --logdir <work>/tracking``)
+    mlflow.db, mlruns/                MLflow's store and artifacts (``mlflow ui --backend-store-uri
+                                      sqlite:///<work>/mlflow.db``); ``uri`` names a server instead
+    wandb/                            W&B runs, offline unless WANDB_MODE or WANDB_API_KEY says otherwise
+
+The packages come with ``pip install 'freesound[tracking]'`` and are imported only when a tracker
+is asked for. A tracker never stops training: one that cannot be reached is dropped before the
+first fold, and one that fails mid-run is dropped for the rest of that fold, each reported once in
+the log, naming the tracker and the error; ``log.csv`` keeps every epoch. Under torchrun only
+process 0 logs; with ``--devices`` each fold process logs its own folds' runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from freesound.config import Experiment, TrackingConfig
+from freesound.errors import FreesoundError
+from freesound.training.engine import FitState
+from freesound.training.fold_options import FoldOption
+
+#: Tracker name -> the modules it imports, the first one the package ``pip`` installs.
+PACKAGES = {"tensorboard": ("tensorboard", "torch.utils.tensorboard"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
+#: The per-epoch values a run logs, named as in ``log.csv``; ``samples_per_s`` is computed.
+EPOCH_METRICS = ("train_loss", "val_loss", "val_lwlrap", "lr", "samples_per_s")
+#: MLflow takes at most this many parameters in one request.
+MLFLOW_BATCH = 100
+#: Characters MLflow refuses in a metric's name.
+_UNSAFE = re.compile(r"[^\w.\- /]")
+#: Characters of a tracker's error kept in the log line.
+ERROR_CHARS = 300
+
+
+class TrackerMissingError(FreesoundError):
+    """A tracker was asked for whose package is not installed."""
+
+
+def flat_settings(values: dict, prefix: str = "") -> dict:
+    """``Experiment.to_dict()`` as one level of dotted keys, every value a number, bool or string.
+
+    >>> flat_settings({"train": {"lr": 0.001, "folds": (0, 1)}, "name": "x"})
+    {'train.lr': 0.001, 'train.folds': '[0, 1]', 'name': 'x'}
+    """
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[f"{prefix}{key}"] = value
+        else:
+            flat[f"{prefix}{key}"] = str(list(value) if isinstance(value, tuple) else value)
+    return flat
+
+
+def epoch_metrics(row: dict, epoch_size: int) -> dict:
+    """An epoch's ``log.csv`` row as the values a tracker logs (``EPOCH_METRICS``).
+
+    ``samples_per_s`` is ``epoch_size`` clips over the epoch's ``seconds`` (training and
+    validation); 0.0 when no time was measured.
+    """
+    metrics = {name: float(row[name]) for name in EPOCH_METRICS[:-1]}
+    metrics["samples_per_s"] = epoch_size / row["seconds"] if row["seconds"] > 0 else 0.0
+    return metrics
+
+
+def require_packages(trackers) -> None:
+    """Import each tracker's package now, so a missing one stops the run before any training.
+
+    Raises
+    ------
+    TrackerMissingError
+        One sentence naming the tracker and the extra that installs it.
+    """
+    for name in trackers:
+        for module in PACKAGES[name]:
+            try:
+                importlib.import_module(module)
+            except ImportError as error:
+                raise TrackerMissingError(
+                    f"tracker {name} needs the {PACKAGES[name][0]} package ({error}): "
+                    "pip install 'freesound[tracking]'") from None
+
+
+def mlflow_uri(config: TrackingConfig, work) -> str:
+    """MLflow's tracking URI: ``config.uri``, or a SQLite store ``<work>/mlflow.db`` (MLflow 3
+    refuses a plain folder store)."""
+    return config.uri or f"sqlite:///{(Path(work) / 'mlflow.db').resolve()}"
+
+
+def _error_text(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"{type(error).__name__}: {text[:ERROR_CHARS]}{'...' if len(text) > ERROR_CHARS else ''}"
+
+
+class TensorBoardRun:
+    """A TensorBoard run: event files in ``<work>/tracking/<experiment>/<run>/``."""
+
+    name = "tensorboard"
+
+    def __init__(self, work, experiment: str, run: str, config: TrackingConfig):
+        self.folder = Path(work) / "tracking" / experiment / run
+        self.writer = None
+
+    def start(self, params: dict) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(self.folder))
+        self.writer.add_text("settings", "\n".join(f"    {key} = {value!r}" for key, value in params.items()))
+
+    def log_epoch(self, epoch: int, metrics: dict) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()  # a run killed mid-fold keeps its epochs
+
+    def log_files(self, pngs) -> None:
+        from matplotlib.image import imread
+
+        for png in pngs:
+            self.writer.add_image(Path(png).stem, imread(png)[..., :3], dataformats="HWC")
+
+    def finish(self, params: dict, summary: dict) -> None:
+        # The hyperparameter table (TensorBoard's HPARAMS tab) compares folds and experiments.
+        self.writer.add_hparams(params, {f"hparams/{key}": value for key, value in summary.items()}, run_name=".")
+        self.writer.close()
+
+    def stop(self) -> None:
+        """Training raised: the run ends with the epochs it has."""
+        self.writer.close()
+
+
+class MlflowRun:
+    """An MLflow run named ``run`` in the MLflow experiment named as the experiment."""
+
+    name = "mlflow"
+
+    def __init__(self, work, experiment: str, run: str, config: TrackingConfig):
+        from mlflow.tracking import MlflowClient
+
+        self.work, self.experiment, self.run, self.local = Path(work), experiment, run, not config.uri
+        if self.local:
+            self.work.mkdir(parents=True, exist_ok=True)  # SQLite makes the file, not its folder
+        self.client = MlflowClient(tracking_uri=mlflow_uri(config, work))
+        self.run_id = None
+
+    def experiment_id(self) -> str:
+        """The MLflow experiment's id, the experiment created when missing (its artifacts under
+        ``<work>/mlruns/`` with the local store; a server decides its own)."""
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        location = (self.work / "mlruns" / self.experiment).resolve().as_uri() if self.local else None
+        return self.client.create_experiment(self.experiment, artifact_location=location)
+
+    def start(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        run = self.client.create_run(self.experiment_id(), run_name=self.run,
+                                     tags={"freesound.experiment": self.experiment, "freesound.run": self.run})
+        self.run_id = run.info.run_id
+        items = [Param(key, str(value)) for key, value in params.items()]
+        for first in range(0, len(items), MLFLOW_BATCH):
+            self.client.log_batch(self.run_id, params=items[first:first + MLFLOW_BATCH])
+
+    def log_epoch(self, epoch: int, metrics: dict) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(key, value, now, epoch) for key, value in metrics.items()])
+
+    def log_files(self, pngs) -> None:
+        for png in pngs:
+            self.client.log_artifact(self.run_id, str(png))
+
+    def finish(self, params: dict, summary: dict) -> None:
+        self.log_epoch(0, summary)
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+    def stop(self) -> None:
+        """Training raised: the run is marked FAILED."""
+        self.client.set_terminated(self.run_id, "FAILED")
+
+
+class WandbRun:
+    """A W&B run named ``run`` in the project named as the experiment, under ``<work>/wandb``;
+    offline (``wandb sync`` uploads it) unless WANDB_MODE or WANDB_API_KEY is set."""
+
+    name = "wandb"
+
+    def __init__(self, work, experiment: str, run: str, config: TrackingConfig):
+        self.work, self.experiment, self.run_name = Path(work), experiment, run
+        self.run = None
+
+    def start(self, params: dict) -> None:
+        import wandb
+
+        online = "WANDB_MODE" in os.environ or "WANDB_API_KEY" in os.environ
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(project=self.experiment, name=self.run_name, group=self.experiment,
+                              dir=str(self.work), config=params, mode=None if online else "offline",
+                              reinit="create_new")
+
+    def log_epoch(self, epoch: int, metrics: dict) -> None:
+        self.run.log({**metrics, "epoch": epoch}, step=epoch)
+
+    def log_files(self, pngs) -> None:
+        import wandb
+
+        self.run.log({Path(png).stem: wandb.Image(str(png)) for png in pngs})
+
+    def finish(self, params: dict, summary: dict) -> None:
+        self.run.summary.update(summary)
+        self.run.finish()
+
+    def stop(self) -> None:
+        """Training raised: the run ends, failed (exit code 1)."""
+        self.run.finish(exit_code=1)
+
+
+#: Tracker name -> the class of its runs.
+RUNS = {"tensorboard": TensorBoardRun, "mlflow": MlflowRun, "wandb": WandbRun}
+
+
+class Guarded:
+    """A run of one tracker whose failure is reported once (``log``, the line starting with
+    ``label``: ``"fold 2"``) and then ignored."""
+
+    def __init__(self, name: str, open_run: Callable[[], object], label: str, log: Callable[[str], None]):
+        self.name, self.label, self.log = name, label, log
+        self.run = self._call(open_run)
+
+    def _call(self, action: Callable[[], object]):
+        try:
+            return action()
+        except Exception as error:  # a tracker must never stop training
+            self.failed(error)
+            return None
+
+    def failed(self, error: BaseException) -> None:
+        self.log(f"{self.label}: tracker {self.name} failed ({_error_text(error)}); it logs nothing more "
+                 "of this run, training goes on and log.csv keeps every epoch")
+        self.run = None
+
+    def call(self, method: str, *args) -> None:
+        """``run.method(*args)``, unless the run has failed."""
+        if self.run is not None:
+            self._call(lambda: getattr(self.run, method)(*args))
+
+
+class Tracking(FoldOption):
+    """``[tracking]``: the fold logged to each tracker (the module docstring), from the first
+    epoch it trains now to its end. A fold resumed after its last epoch logs nothing."""
+
+    def __init__(self, experiment: Experiment, work, fold: int, log: Callable[[str], None]):
+        self.experiment, self.work, self.fold, self.log = experiment, work, fold, log
+        self.params = {**flat_settings(experiment.to_dict()), "fold": fold}
+        self.guarded: list[Guarded] = []
+
+    def begin_fit(self) -> None:
+        self.guarded = opened_runs(self.experiment, self.work, f"fold_{self.fold}", self.params, self.log,
+                                   f"fold {self.fold}")
+
+    def end_epoch(self, fit_state: FitState, row: dict) -> None:
+        metrics = epoch_metrics(row, self.experiment.train.epoch_size)
+        for guarded in self.guarded:
+            guarded.call("log_epoch", fit_state.epoch, metrics)
+
+    def end_fold(self, fit_state: FitState) -> None:
+        summary = {"best_val_lwlrap": float(fit_state.best_score), "best_epoch": float(fit_state.best_epoch)}
+        for guarded in self.guarded:
+            guarded.call("finish", self.params, summary)
+
+    def abort_fold(self, error: BaseException) -> None:
+        for guarded in self.guarded:
+            guarded.call("stop")
+
+
+def opened_runs(experiment: Experiment, work, run: str, params: dict, log: Callable[[str], None], label: str) -> list:
+    """A started run named ``run`` (``"fold_2"``) of each of the experiment's trackers, guarded
+    (a failure reported in a line starting with ``label``)."""
+    config = experiment.tracking
+    found = []
+    for tracker in config.trackers:
+        run_class = RUNS[tracker]
+        guarded = Guarded(tracker, lambda: run_class(work, experiment.name, run, config), label, log)
+        guarded.call("start", params)
+        found.append(guarded)
+    return found
+
+
+def result_metrics(scores: dict) -> dict:
+    """Out-of-fold scores (``predict_oof``'s) as metrics: ``oof_lwlrap``, ``oof_lwlrap/fold_<k>``
+    and ``class_lwlrap/<class>`` (characters MLflow refuses in a name become ``_``)."""
+    metrics = {"oof_lwlrap": float(scores["lwlrap"])}
+    metrics.update({f"oof_lwlrap/fold_{fold}": float(value) for fold, value in scores.get("per_fold", {}).items()})
+    metrics.update({f"class_lwlrap/{_UNSAFE.sub('_', name)}": float(value["lwlrap"])
+                    for name, value in scores["per_class"].items()})
+    return metrics
+
+
+def track_result(experiment: Experiment, work, scores: dict, pngs, log: Callable[[str], None]) -> None:
+    """The experiment's out-of-fold result as one more run of each tracker, named ``oof``:
+    ``result_metrics(scores)`` and the report's PNGs (``freesound report``'s) as images or artifacts."""
+    params = flat_settings(experiment.to_dict())
+    metrics = result_metrics(scores)
+    for guarded in opened_runs(experiment, work, "oof", params, log, "the out-of-fold result"):
+        guarded.call("log_epoch", 0, {key: value for key, value in metrics.items() if key != "oof_lwlrap"})
+        guarded.call("log_files", list(pngs))
+        guarded.call("finish", params, {"oof_lwlrap": metrics["oof_lwlrap"]})
+
+
+def tracking_parts(experiment: Experiment, work, fold: int, log: Callable[[str], None], main: bool) -> list:
+    """The fold run's tracking part, when the experiment names trackers and this process logs
+    (``main``: process 0 of a torchrun job, or a process of its own); else none."""
+    return [Tracking(experiment, work, fold, log)] if experiment.tracking.trackers and main else []
+
+
+def reachable(experiment: Experiment, work, log: Callable[[str], None]) -> Experiment:
+    """``experiment`` with the trackers that can be used, checked once before the first fold:
+    every package imported (a missing one raises ``TrackerMissingError``) and MLflow's store
+    reached, its experiment made. An MLflow store that cannot be reached is reported once and
+    dropped: the folds train without it."""
+    config = experiment.tracking
+    require_packages(config.trackers)
+    if "mlflow" not in config.trackers:
+        return experiment
+    try:
+        MlflowRun(work, experiment.name, "", config).experiment_id()
+    except Exception as error:  # an unreachable server must not stop training
+        log(f"tracker mlflow cannot be reached at {mlflow_uri(config, work)} ({_error_text(error)}); "
+            "training goes on without it, and log.csv keeps every epoch")
+        trackers = tuple(name for name in config.trackers if name != "mlflow")
+        return dataclasses.replace(experiment, tracking=TrackingConfig(trackers))
+    return experiment
