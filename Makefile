@@ -6,11 +6,12 @@ VENV_STAMP := .venv/.installed
 install: $(VENV_STAMP)
 
 # torch goes in first and pinned: on these machines 2.13.0 is a local CPU build, while an
-# unpinned torch would pull a multi-GB CUDA build.
+# unpinned torch would pull a multi-GB CUDA build. The trackers come too: their tests run here,
+# while test-min below leaves them out (they are optional and have no minimum of their own).
 $(VENV_STAMP): setup.py pyproject.toml freesound/versions.py
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,tracking]'
 	touch $(VENV_STAMP)
 
 test: install

@@ -26,8 +26,7 @@ setup(
     package_data={"kernel_build": ["templates/*.j2"], "freesound.presets": ["*.toml"]},
     install_requires=VERSIONS["requirements"](),
     extras_require={
-        # The tracker tests run in `make test`, so the trackers come with the development tools.
-        "dev": ["pytest>=7.4", "hypothesis>=6.80", "import-linter>=2.1", *VERSIONS["TRACKING"]],
+        "dev": ["pytest>=7.4", "hypothesis>=6.80", "import-linter>=2.1"],
         # Experiment trackers (freesound.training.tracking): train --track tensorboard|mlflow|wandb.
         "tracking": VERSIONS["TRACKING"],
         "listen": ["sounddevice>=0.4"],
