@@ -228,11 +228,34 @@ def make_folds_command(data_dir, work_dir, n_folds, seed, group_by, stratify, fr
         raise click.UsageError("--from-column takes the dataset's folds as they are; drop --stratify")
     result = dataset_folds(load_dataset(data_dir), n_folds=n_folds, seed=seed, group_by=group_by,
                            stratify=stratify, from_column=from_column, metadata=metadata)
+    trained_on_old = _trained_on_other_folds(work_dir, result.folds)
     path = write_folds(work_dir, result.folds)
+    if trained_on_old:
+        click.echo(f"warning: {path} now holds other folds than {', '.join(trained_on_old)} trained on; predict "
+                   "refuses their out-of-fold predictions until they are trained again", err=True)
     sizes = ", ".join(str(n) for n in result.folds.fold.value_counts().sort_index())
     groups = f", {result.n_groups} groups kept apart" if result.n_groups else ""
     given = "".join(f", {value!r} -> {k}" for value, k in (result.mapping or {}).items())
     click.echo(f"folds: {result.folds.fold.nunique()} folds of {sizes} clips ({result.method}{groups}{given}) -> {path}")
+
+
+def _trained_on_other_folds(work_dir, folds) -> list:
+    """The experiments under ``work_dir`` with weights, when ``folds`` replaces a folds.csv that
+    splits the clips otherwise (empty when there is none, or it splits them the same way)."""
+    import pandas as pd
+
+    from freesound.paths import folds_path
+
+    if not folds_path(work_dir).is_file():
+        return []
+    try:
+        old = pd.read_csv(folds_path(work_dir)).set_index("fname").fold.sort_index()
+        new = folds.set_index("fname").fold.sort_index()
+        if old.index.equals(new.index) and (old.to_numpy() == new.to_numpy()).all():
+            return []
+    except (ValueError, KeyError):  # unreadable or of another shape: another split all the same
+        pass
+    return sorted({path.parent.parent.name for path in (Path(work_dir) / "experiments").glob("*/fold_*/model.pt")})
 
 
 def _check_device(ctx, param, value):
@@ -610,7 +633,11 @@ def tag(files, experiment, work_dir, top, device):
 
     tagger = trained_tagger(work_dir, experiment, device=device)
     failures, truncated = [], []
-    frame = tagger.predict_files(files, on_error="skip", failures=failures, truncated=truncated)
+    # Rows named by the file names, or, where two share one (a/x.wav, b/x.wav), by the paths as given.
+    names = [Path(path).name for path in files]
+    if len(set(names)) < len(names):
+        names = [str(path) for path in files]
+    frame = tagger.predict_files(files, on_error="skip", failures=failures, truncated=truncated, names=names)
     for fname, row in frame.iterrows():
         click.echo(fname)
         for label, prob in row.sort_values(ascending=False).head(top).items():

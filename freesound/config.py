@@ -443,23 +443,42 @@ def _build(cls, values: dict, where: str):
     for name, value in values.items():
         default = getattr(defaults, name)
         if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}" if where else name)
+            kwargs[name] = _build(type(default), value, _section(where, name))
         elif isinstance(default, tuple):
             kwargs[name] = tuple(value)
         elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             kwargs[name] = float(value)
         elif isinstance(default, dict):
             if not isinstance(value, dict):
-                raise ConfigError(f"{where}.{name}: expected a table, got {value!r}")
+                raise ConfigError(f"{_key(where, name)}: expected a table, got {value!r}")
             kwargs[name] = dict(value) if renamed else merge_table(default, value)
         elif type(value) is type(default):
             kwargs[name] = value
         else:
-            raise ConfigError(f"{where}.{name}: expected {type(default).__name__}, got {value!r}")
+            raise ConfigError(f"{_key(where, name)}: expected {type(default).__name__}, got {value!r}")
     try:
         return cls(**kwargs)
     except ValueError as error:  # a section's own range checks (e.g. AudioConfig's)
         raise ConfigError(f"{where}: {error}" if where else str(error)) from error
+
+
+def _section(where: str, name: str) -> str:
+    """Where a key or table sits, for messages: ``exp.toml [train]``, ``exp.toml [model.params]``
+    (a file's tables in TOML's own notation), or dotted below a label that is not a file."""
+    if not where:
+        return name
+    if where.endswith("]"):
+        return f"{where[:-1]}.{name}]"
+    if where.endswith(".toml"):
+        return f"{where} [{name}]"
+    return f"{where}.{name}"
+
+
+def _key(where: str, name: str) -> str:
+    """A key of the table ``where`` (``_section``), for messages: ``exp.toml [train] lr``."""
+    if where.endswith(("]", ".toml")):
+        return f"{where} {name}"
+    return f"{where}.{name}" if where else name
 
 
 def experiment_from_dict(values: dict, *, name: str = "default", source_dir: str = "", where: str = "") -> Experiment:

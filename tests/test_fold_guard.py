@@ -132,6 +132,28 @@ def test_resuming_a_fold_killed_after_its_last_save_marks_it_finished(trained_wo
     assert not marker.exists()
 
 
+
+def test_a_fresh_start_drops_the_older_runs_state(trained_work, monkeypatch):
+    """A fold trained again without --resume and stopped in its first epoch: a later --resume
+    starts afresh instead of continuing the older, finished run."""
+    from freesound.training.trainer import FoldRun
+
+    dataset, work, experiments = trained_work
+    experiment = load_experiment("tiny", experiments)
+    train_fold(experiment, dataset, work, 0, **QUIET)
+    assert train_state_path(work, "tiny", 0).is_file()
+
+    def stopped(self, epoch):
+        raise Interrupted
+    with monkeypatch.context() as patch:
+        patch.setattr(FoldRun, "train_one_epoch", stopped)
+        with pytest.raises(Interrupted):
+            train_fold(experiment, dataset, work, 0, **QUIET)
+    assert not train_state_path(work, "tiny", 0).exists()
+    lines = []
+    train_fold(experiment, dataset, work, 0, resume=True, progress=False, log=lines.append)
+    assert not any("resuming" in line for line in lines), lines
+
 def test_train_reports_an_unfinished_fold_as_not_yet_trained(trained_work):
     """Training another fold while one is unfinished reports that one as untrained (no OOF
     score yet), rather than failing on it after training."""
@@ -178,6 +200,16 @@ def test_folds_remade_after_training_are_refused_by_oof_prediction_and_resume(tr
     write_folds(work, original)  # the folds it was trained on: accepted again
     assert set(predict_oof("tiny", dataset, work, **QUIET)["per_fold"]) == {"0", "1", "2"}
 
+
+
+def test_make_folds_warns_when_trained_experiments_held_out_other_clips(trained_work):
+    dataset, work, _ = trained_work
+    same = cli("make-folds", "--data", dataset.root, "--work", work, "--folds", "3", "--seed", "42")
+    assert same.exit_code == 0 and "warning" not in same.stderr, same.output  # the split trained on
+    other = cli("make-folds", "--data", dataset.root, "--work", work, "--folds", "3", "--seed", "7")
+    assert other.exit_code == 0, other.output
+    assert other.stderr.strip() == (f"warning: {work / 'folds.csv'} now holds other folds than tiny trained on; "
+                                    "predict refuses their out-of-fold predictions until they are trained again")
 
 def test_oof_predictions_from_other_folds_are_refused_by_stack_relabel_and_teacher(trained_work):
     dataset, work, _ = trained_work
@@ -313,7 +345,8 @@ def test_training_settings_out_of_range_are_refused_when_read(tmp_path, table, m
     path.write_text(table)
     with pytest.raises(ConfigError) as info:
         load_experiment(path)
-    assert str(info.value).startswith(f"{path}.{message}"), str(info.value)
+    section, sentence = message.split(": ", 1)
+    assert str(info.value).startswith(f"{path} [{section}]: {sentence}"), str(info.value)
 
 
 def test_stacker_settings_out_of_range_are_refused_when_read(tmp_path):
@@ -328,7 +361,7 @@ def test_a_setting_out_of_range_is_one_sentence_from_train(tiny_work, tmp_path):
     dataset, work = tiny_work
     (tmp_path / "tiny.toml").write_text(tiny_experiment_toml(epoch_size=4))  # below its batch_size, 8
     result = cli("train", tmp_path / "tiny.toml", "--data", dataset.root, "--work", work, "--device", "cpu")
-    assert_one_error(result, "tiny.toml.train: epoch_size = 4 is out of range: it must be at least batch_size (8)")
+    assert_one_error(result, "tiny.toml [train]: epoch_size = 4 is out of range: it must be at least batch_size (8)")
     assert not experiment_dir(work, "tiny").exists()
 
 

@@ -66,7 +66,9 @@ def build_kernel_args(env):
                          ids=["tag", "predict", "build-kernel"])
 def test_a_truncated_model_is_one_sentence_naming_it(env, command):
     model = truncate(env.work / "experiments" / "stub" / "fold_1" / "model.pt")
-    assert_one_error(cli(*command(env)), model, "not a readable checkpoint", "truncated or damaged")
+    result = cli(*command(env))
+    assert_one_error(result, model, "not a readable checkpoint", "truncated or damaged")
+    assert "If you are seeing this error" not in result.stderr  # torch's advice, not the reason
 
 
 def write_pth(folder, save):
@@ -79,7 +81,7 @@ def write_pth(folder, save):
 
 NOT_ARGUS = {
     "a tensor": (lambda path: torch.save(torch.zeros(3), path), "found a Tensor"),
-    "text": (lambda path: path.write_text("hello"), "not a readable argus checkpoint"),
+    "text": (lambda path: path.write_text("hello"), "not a readable argus checkpoint .not a file torch.save wrote"),
     "kwargs not a table": (lambda path: torch.save({"params": {"nn_module": ("AuxSkipAttention", 5)},
                                                     "nn_state_dict": {}}, path), "'params', 'nn_state_dict'"),
     "weights not a table": (lambda path: torch.save({"params": {"nn_module": ("AuxSkipAttention", {})},
@@ -99,6 +101,12 @@ def test_import_argus_of_a_file_that_is_not_an_argus_checkpoint_names_it(tmp_pat
     assert str(path) in str(error.value)
     assert_one_error(cli("import-argus", tmp_path / "src", "--name", "x", "--work", tmp_path / "work"), path)
     assert not (tmp_path / "work" / "experiments" / "x").exists()
+
+
+def test_import_argus_of_a_file_instead_of_its_folder_says_so(tmp_path):
+    path = write_pth(tmp_path / "src", lambda path: torch.save(torch.zeros(3), path))
+    with pytest.raises(ArgusImportError, match="is a file; give the folder that holds fold_<k>/"):
+        import_argus(path, "x", tmp_path / "work")
 
 
 # ----------------------------------------------------------------------------- corrections
@@ -383,3 +391,4 @@ def test_workers_creating_one_fresh_study_at_the_same_moment_all_open_it(tmp_pat
         assert [worker.returncode for worker in workers] == [0, 0], (attempt, outputs)
         assert all(output.strip().endswith("opened") for output in outputs)
         assert len(optuna.get_all_study_summaries(url)) == 1
+

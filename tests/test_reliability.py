@@ -306,6 +306,17 @@ def test_tag_tags_the_good_files_and_names_the_bad(env):
                                           "error: cannot decode missing.flac: no such file"]
 
 
+
+def test_tag_names_files_of_one_name_by_their_paths(env):
+    """Issue 33 item 8, for ``tag``: a/x.wav and b/x.wav are two rows, each under its path."""
+    paths = []
+    for folder in ("a", "b"):
+        (env.tmp / folder).mkdir()
+        paths.append(str(write_clip(env.tmp / folder / "x.wav")))
+    result = cli("tag", *paths, "--experiment", "stub", "--work", env.work, "--top", "1")
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stdout.splitlines() if not line.startswith(" ")] == paths
+
 # ----------------------------------------------------------------------------- unusable clips, any cause (issue #19)
 
 

@@ -93,7 +93,7 @@ def test_model_params_merge_onto_the_methods_defaults(tmp_path):
     path.write_text('[model]\nname = "simple_cnn"\nparams = { base_size = 8 }\naux_weights = [1.0]\n')
     assert load_experiment(path).model.params == {"base_size": 8}
     path.write_text("[model]\nparams = 3\n")
-    with pytest.raises(ConfigError, match="model.params: expected a table, got 3"):
+    with pytest.raises(ConfigError, match=r"\[model\] params: expected a table, got 3"):
         load_experiment(path)
 
 

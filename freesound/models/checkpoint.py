@@ -117,10 +117,20 @@ def read_torch_file(path, map_location="cpu", what: str = "checkpoint"):
         return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError,
             IndexError, TypeError, AttributeError) as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        if isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, PermissionError)):
-            first_line = f"truncated or damaged: {first_line}"
-        raise CheckpointError(f"{path}: not a readable {what} ({first_line})") from error
+        raise CheckpointError(f"{path}: not a readable {what} ({_unreadable_reason(error)})") from error
+
+
+def _unreadable_reason(error: Exception) -> str:
+    """The first sentence of what ``torch.load`` raised (torch appends paragraphs of advice), or
+    what the file is when the error names nothing (a ``KeyError`` of a bare number: not a
+    ``torch.save`` file at all)."""
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    reason = first_line.split(". ")[0].rstrip(".").strip("'\"")
+    if isinstance(error, KeyError) or not reason or reason.isdigit():
+        return "not a file torch.save wrote"
+    if isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, PermissionError)):
+        return f"truncated or damaged: {reason}"
+    return reason
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

@@ -175,6 +175,8 @@ def import_argus(src, name: str, work, *, stacker: bool = False, audio_config=No
 
 def _best_files(src: Path) -> dict[int, tuple[Path, int, float]]:
     """Fold index -> (path, epoch, score) of the best-scoring ``model-<epoch>-<score>.pth``."""
+    if src.is_file():
+        raise ArgusImportError(f"{src} is a file; give the folder that holds fold_<k>/model-<epoch>-<score>.pth")
     if not src.is_dir():
         raise ArgusImportError(f"{src}: no such folder")
     folds = {int(m.group(1)): p for p in src.iterdir() if p.is_dir() and (m := _FOLD_DIR.fullmatch(p.name))}

@@ -201,6 +201,8 @@ class FoldRun:
         # Only now, every check passed: a refused fold leaves no folder that predict would count as a fold.
         self.context.processes.main_only(atomic_write_text)(self.out_dir / "config.toml",
                                                             dump_experiment(self.experiment))
+        if resumed is None:  # a fresh start: an older run's state must not be resumed after it
+            self.context.processes.main_only(self.state_path.unlink)(missing_ok=True)
         for option in self.options:
             option.begin_fit()
         try:
