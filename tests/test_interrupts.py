@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import tiny_experiment_toml
@@ -132,3 +133,21 @@ def test_ctrl_c_during_search_is_one_line(tiny_work, long_experiment, tmp_path):
     assert "failed with value" not in stderr, stderr[-3000:]
     assert stderr.rstrip().splitlines()[-1] == "Aborted!"
     assert "search tiny: trial 0 interrupted (marked failed); rerunning the command resumes the search" in stdout
+
+
+@pytest.mark.slow
+def test_train_on_devices_resumes_after_ctrl_c(tiny_work, long_experiment, tmp_path):
+    dataset, work = tiny_work
+    process = train_on_two_cpus(dataset, work, long_experiment, tmp_path)
+    wait_for_first_epoch(process)
+    os.killpg(process.pid, signal.SIGINT)
+    process.communicate(timeout=END_TIMEOUT_S)
+    assert process.returncode == 1
+    resumed = subprocess.run([sys.executable, "-m", "freesound", "train", long_experiment, "--data", dataset.root,
+                              "--work", work, "--no-oof", "--devices", "cpu,cpu", "--resume", "--epochs", "2"],
+                             cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                             text=True, timeout=START_TIMEOUT_S)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for fold in range(3):
+        log = pd.read_csv(work / "experiments" / "tiny" / f"fold_{fold}" / "log.csv")
+        assert list(log.epoch) == [1, 2], fold
