@@ -811,8 +811,9 @@ def run_search(target, space: SearchSpace, setup: TrialSetup, *, trials: int, se
             with _quiet_failure_logs(lambda: last.get("interrupted", False)):
                 study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
         except KeyboardInterrupt:
-            log(f"search {name}: trial {last['number']} interrupted (marked failed); "
-                "rerunning the command resumes the search")
+            if last.get("interrupted"):  # not when Optuna itself was interrupted, before or after the trial
+                log(f"search {name}: trial {last['number']} interrupted (marked failed); "
+                    "rerunning the command resumes the search")
             raise
         recorded = _record(target, space, study, seed, paths, name)
         _log_trial(recorded[0], last["number"], log)
