@@ -16,10 +16,10 @@ The package follows the pipeline, one folder a stage; each folder's ``__init__``
 
 and, below all of them: ``config`` (experiments and the front end's settings as plain data),
 ``paths`` (every path under ``--work``), ``metrics`` (lwlrap), ``errors``, ``fileio`` (atomic
-writes), ``progress`` (the one progress bar, readable in logs), ``settings`` (the one place that
-reads the environment) and ``versions`` (the minimum Python and dependency versions). A stage
-imports only the
-stages listed below it; ``.importlinter`` holds that contract and the test suite checks it.
+writes), ``processes`` (child processes that end with their parent), ``progress`` (the one
+progress bar, readable in logs), ``settings`` (the one place that reads the environment) and
+``versions`` (the minimum Python and dependency versions). A stage imports only the stages
+listed below it; ``.importlinter`` holds that contract and the test suite checks it.
 """
 
 __version__ = "0.1.0"

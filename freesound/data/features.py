@@ -20,11 +20,8 @@ holds none of them (``LazyLogmels`` reads each on access), which training does a
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
-import signal
-import sys
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -39,6 +36,7 @@ from freesound.data.dataset import SPLITS, Dataset
 from freesound.errors import FreesoundError, call_recording_warnings
 from freesound.fileio import atomic_save_npy
 from freesound.paths import features_root
+from freesound.processes import die_with_parent
 from freesound.progress import progress_bar
 
 
@@ -151,20 +149,6 @@ def _compute_one(audio_path: Path, target: Path, config: AudioConfig, stale=()):
     return None, caught
 
 
-#: prctl's option that sends the calling process a signal when its parent dies (linux/prctl.h).
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int) -> None:
-    """Pool initializer: on Linux, end this worker when ``parent``, the process that started it,
-    dies (a killed ``freesound features`` would otherwise leave its workers computing). A no-op
-    elsewhere."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # it died before the request took effect
-            os._exit(1)
-
-
 def cache_features(
     dataset: Dataset,
     work,
@@ -220,7 +204,7 @@ def cache_features(
             results = (_compute_one(path, target, config, stale) for _, path, target, stale in todo)
             _collect(todo, results, report, bar)
         else:
-            with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent,
+            with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent,
                                      initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(_compute_one, path, target, config, stale) for _, path, target, stale in todo]
                 try:

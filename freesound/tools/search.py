@@ -58,10 +58,12 @@ and the best trial's config, after every trial, as an experiment (or ensemble) f
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 import shutil
@@ -782,7 +784,8 @@ def run_search(target, space: SearchSpace, setup: TrialSetup, *, trials: int, se
 
         try:
             return run(trial_name, params, report)
-        except BaseException:  # pruned, failed or interrupted: no partial weights left behind
+        except BaseException as error:  # pruned, failed or interrupted: no partial weights left behind
+            last["interrupted"] = isinstance(error, KeyboardInterrupt)
             _remove_trial_outputs(setup.work, trial_name)
             raise
 
@@ -804,7 +807,14 @@ def run_search(target, space: SearchSpace, setup: TrialSetup, *, trials: int, se
             log(f"search {name}: {trials - done} trial(s) to run on fold(s) {', '.join(map(str, setup.folds))} "
                 f"({sampler} sampler, {type(study.pruner).__name__})")
             run = target.prepare(setup, log=log)
-        study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
+        try:
+            with _quiet_failure_logs(lambda: last.get("interrupted", False)):
+                study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
+        except KeyboardInterrupt:
+            if last.get("interrupted"):  # not when Optuna itself was interrupted, before or after the trial
+                log(f"search {name}: trial {last['number']} interrupted (marked failed); "
+                    "rerunning the command resumes the search")
+            raise
         recorded = _record(target, space, study, seed, paths, name)
         _log_trial(recorded[0], last["number"], log)
     bar.close()
@@ -820,6 +830,23 @@ def _record(target, space: SearchSpace, study: optuna.Study, seed: int, paths: d
     frame = trials_frame(study, space)
     atomic_write_csv(paths["csv"], frame, index=False)
     return frame, _write_best(target, space, study, frame, seed, paths, name)
+
+
+#: The logger Optuna reports a failed trial on, with its traceback.
+OPTUNA_TRIAL_LOGGER = "optuna.study._optimize"
+
+
+@contextlib.contextmanager
+def _quiet_failure_logs(interrupted):
+    """Within, drop Optuna's failed-trial messages while ``interrupted()``: a Ctrl-C is not a
+    failure to explain with a traceback (``run_search`` says it in one line)."""
+    logger = logging.getLogger(OPTUNA_TRIAL_LOGGER)
+    quiet = lambda record: not interrupted()  # noqa: E731 (a logging filter may be any callable)
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def _log_trial(frame: pd.DataFrame, number: int, log) -> None:

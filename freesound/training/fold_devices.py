@@ -12,13 +12,17 @@ score. A device may be named more than once (``cpu,cpu``); CPU processes share t
 threads (``torch.get_num_threads()``) between them.
 
 If a process fails, the others are stopped (each fold's last finished epoch is saved, so
-``train --resume`` continues them) and the error names the fold and the device.
+``train --resume`` continues them) and the error names the fold and the device. Ctrl-C stops
+every process and ends with one line, as in one process; a killed parent (``kill -9``) takes its
+fold processes with it.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
+import signal
 import traceback
 from dataclasses import dataclass
 
@@ -29,6 +33,7 @@ from freesound.data.dataset import Dataset
 from freesound.data.features import ensure_features
 from freesound.errors import FreesoundError
 from freesound.predict.device import require_device
+from freesound.processes import die_with_parent
 from freesound.progress import progress_bar
 from freesound.training.context import RunContext
 from freesound.training.teacher import teacher_predictions
@@ -38,6 +43,11 @@ from freesound.training.trainer import TRAIN_SPLITS, checked_folds, train_fold
 POLL_S = 1.0
 #: Seconds a fold process that has reported its exit gets to end before it is terminated.
 EXIT_WAIT_S = 60.0
+#: Seconds a fold process gets to end on the interrupt it had too before this one passes it on.
+INTERRUPT_GRACE_S = 2.0
+#: Seconds an interrupted fold process gets to end (its epoch's batch, its clean-up) before it is
+#: terminated.
+INTERRUPT_WAIT_S = 10.0
 
 
 class FoldProcessError(FreesoundError):
@@ -89,11 +99,13 @@ class _Job:
     cpu_threads: int
 
 
-def _fold_process(slot: int, device: str, job: _Job, folds, events) -> None:
+def _fold_process(slot: int, device: str, job: _Job, folds, events, parent: int) -> None:
     """A fold process: train folds from ``folds`` until its ``None``, reporting to ``events``:
     ``("log", slot, line)``, ``("epoch", slot, fold, epoch, val_lwlrap)``, ``("done", slot,
     FoldResult)``, and last ``("exit", slot)`` or ``("failed", slot, fold, message, traceback or
-    None)``."""
+    None)``. It ends when ``parent`` dies; interrupted (Ctrl-C), it ends quietly: the parent
+    reports the interrupt."""
+    die_with_parent(parent)
     if torch.device(device).type == "cpu":
         torch.set_num_threads(job.cpu_threads)
     context = RunContext.create(device, log=lambda line: events.put(("log", slot, line)), progress=False)
@@ -109,6 +121,13 @@ def _fold_process(slot: int, device: str, job: _Job, folds, events) -> None:
         expected = isinstance(error, FreesoundError)
         events.put(("failed", slot, fold, str(error) if expected else f"{type(error).__name__}: {error}",
                      None if expected else traceback.format_exc()))
+        return
+    except KeyboardInterrupt:
+        # Exiting normally (no traceback) runs this process's clean-up, which frees its
+        # semaphores; a second interrupt must not break into it, and the news it has not sent
+        # is no longer read.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        events.cancel_join_thread()
         return
     events.put(("exit", slot))
 
@@ -141,9 +160,9 @@ def train_folds_on_devices(experiment: Experiment, dataset: Dataset, work, devic
     fold_queue, events = context.Queue(), context.Queue()
     for fold in folds + [None] * len(devices):
         fold_queue.put(fold)
-    processes = [context.Process(target=_fold_process, args=(slot, device, job, fold_queue, events),
-                                 name=f"freesound-fold-{label}") for slot, (device, label) in
-                 enumerate(zip(devices, labels))]
+    processes = [context.Process(target=_fold_process, name=f"freesound-fold-{label}",
+                                 args=(slot, device, job, fold_queue, events, os.getpid()))
+                 for slot, (device, label) in enumerate(zip(devices, labels))]
     epochs = experiment.train.max_epochs if max_epochs is None else max_epochs
     log(f"training folds {', '.join(map(str, folds))} on {', '.join(labels)}, one process per device")
     finished = False
@@ -153,6 +172,17 @@ def train_folds_on_devices(experiment: Experiment, dataset: Dataset, work, devic
         results = _follow(processes, events, labels, devices, folds, epochs, progress, log)
         finished = True
         return results
+    except KeyboardInterrupt:
+        # Ctrl-C in a terminal reaches every process. An interrupt sent to this one alone is passed
+        # on, so that each fold process ends as quietly; only to those still running after a
+        # moment, as a second interrupt would break into a fold process's clean-up.
+        for process in processes:
+            process.join(timeout=INTERRUPT_GRACE_S)
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGINT)
+        for process in processes:
+            process.join(timeout=INTERRUPT_WAIT_S)
+        raise
     finally:
         # A process that reported its exit is left to finish its interpreter's clean-up (a
         # terminated one can leave its semaphores behind); after a failure the others are stopped.
