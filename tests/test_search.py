@@ -439,3 +439,18 @@ def test_a_trial_gets_the_pretrained_preflight_of_train(tiny_work, experiments):
     with pytest.raises(FreesoundError, match=r"starts from 'never-trained', whose fold\(s\) 0, 1 have no model\.pt"):
         run("tiny-trial0", {}, lambda step, value: None)
     assert not (work / "experiments" / "tiny-trial0").exists()
+
+
+def test_a_study_outlives_a_setting_added_to_the_package_since_it_began():
+    """A study started before an experiment setting existed (here [tracking], added since) is
+    resumed: the missing setting counts as its default. A setting that really changed is refused."""
+    base = Experiment(name="small").to_dict()
+    older = {key: value for key, value in base.items() if key != "tracking"}
+    settings = {"target": "small", "kind": "experiment", "space": {}, "seed": 0, "folds": [0], "epochs": 1,
+                "sampler": "tpe"}
+    study = optuna.create_study()
+    search_module._check_settings(study, {**settings, "base": older})
+    search_module._check_settings(study, {**settings, "base": base})
+    changed = {**base, "train": {**base["train"], "lr": 0.5}}
+    with pytest.raises(FreesoundError, match="was started with another base"):
+        search_module._check_settings(study, {**settings, "base": changed})

@@ -106,6 +106,7 @@ from freesound.training.oof import ensure_oof, predict_fold_tiles
 from freesound.training.context import RunContext
 from freesound.training.experiment_training import train_folds
 from freesound.training.fold_parts import check_experiment
+from freesound.training.resume_state import changed_settings
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 SAMPLERS = ("tpe", "random", "grid")
@@ -643,13 +644,17 @@ def _trial_seed(seed: int, number: int) -> int:
 
 
 def _check_settings(study: optuna.Study, settings: dict) -> None:
-    """Record a new study's settings, or check that a resumed (or joined) one has the same."""
+    """Record a new study's settings, or check that a resumed (or joined) one has the same. An
+    experiment setting added to the package since the study began counts as its default there
+    (``changed_settings``), so a study outlives a new option that it does not use."""
     settings = json.loads(json.dumps(settings))
     previous = study.user_attrs.get("settings")
     if previous is None:
         study.set_user_attr("settings", settings)
         return
-    differ = [key for key in settings if previous.get(key) != settings[key]]
+    differ = [key for key in settings if previous.get(key) != settings[key]
+              and not (key == "base" and settings["kind"] == "experiment" and previous.get("kind") == "experiment"
+                       and not changed_settings(previous["base"], settings["base"], ignored=()))]
     if differ:
         raise FreesoundError(f"search {study.study_name!r} was started with another {', '.join(differ)}; resume it "
                              f"with the same settings, or give the new search another --name")

@@ -10,6 +10,8 @@ so the resume path reads one format only.
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Callable
 from pathlib import Path
 
@@ -83,17 +85,23 @@ def _flatten(values: dict, prefix: str = "") -> dict:
     return flat
 
 
-def changed_settings(saved: dict, current: dict) -> list:
+def _plain(settings: dict) -> dict:
+    """``settings`` as JSON holds them (tuples as lists): a state keeps tuples, a search study's
+    JSON does not, and the two must compare alike."""
+    return json.loads(json.dumps(settings))
+
+
+def changed_settings(saved: dict, current: dict, ignored=RESUMABLE_SETTINGS) -> list:
     """Dotted keys (``"model.params.base_size"``) whose values differ between two
-    ``Experiment.to_dict()`` dicts, except ``RESUMABLE_SETTINGS``; sorted. A setting added since
+    ``Experiment.to_dict()`` dicts, except ``ignored`` ones; sorted. A setting added since
     ``saved`` was written counts as its default there (it did not exist, so it was off); the
     entries of table-valued settings (model params, losses) are another model's or loss's own, so
     they have no such default."""
-    defaults = {key: value for key, value in _flatten(Experiment().to_dict()).items()
+    defaults = {key: value for key, value in _flatten(_plain(Experiment().to_dict())).items()
                 if not key.startswith(("model.params.", "loss."))}
-    saved, current = _flatten(saved), _flatten(current)
+    saved, current = _flatten(_plain(saved)), _flatten(_plain(current))
     return sorted(key for key in saved.keys() | current.keys()
-                  if key not in RESUMABLE_SETTINGS and saved.get(key, defaults.get(key)) != current.get(key))
+                  if key not in ignored and saved.get(key, defaults.get(key)) != current.get(key))
 
 
 def state_conflicts(state: dict, experiment: Experiment) -> list:
