@@ -191,35 +191,28 @@ class FoldRun:
     def run(self) -> FoldResult:
         """Train (or resume) the fold; return its result."""
         self.shard = self._shard()
-        for option in self.options:
-            option.start()
+        self._each("start")
         self._build(self._teacher_predictions())
         resumed = self._resumed()
         if resumed is not None and resumed.finished:  # perhaps killed just after its last save
-            self._end(resumed)
+            self._each("end_fold", resumed)
             return self._result(resumed)
         # Only now, every check passed: a refused fold leaves no folder that predict would count as a fold.
         self.context.processes.main_only(atomic_write_text)(self.out_dir / "config.toml",
                                                             dump_experiment(self.experiment))
         if resumed is None:  # a fresh start: an older run's state must not be resumed after it
             self.context.processes.main_only(self.state_path.unlink)(missing_ok=True)
-        for option in self.options:
-            option.begin_fit()
+        self._each("begin_fit")
         try:
             fit_state = fit(self._hooks(), self.parts.optimizer, self.parts.scheduler, max_epochs=self.max_epochs,
                             early_stop_patience=self.experiment.train.early_stop_patience,
                             log_path=self.out_dir / "log.csv" if self.context.main else None, columns=LOG_COLUMNS,
                             resumed=resumed)
         except BaseException as error:
-            for option in self.options:
-                option.abort_fold(error)
+            self._each("abort_fold", error)
             raise
-        self._end(fit_state)
+        self._each("end_fold", fit_state)
         return self._result(fit_state)
-
-    def _end(self, fit_state: FitState) -> None:
-        for option in self.options:
-            option.end_fold(fit_state)
 
     def _shard(self) -> EpochShard:
         cfg, processes = self.experiment.train, self.context.processes
@@ -248,10 +241,7 @@ class FoldRun:
         self.train_model = compiled(self.group.wrap(self.parts.model), self.experiment.train.compile)
 
     def _modules(self) -> dict:
-        modules = self.parts.modules()
-        for option in self.options:
-            modules.update(option.modules())
-        return modules
+        return {**self.parts.modules(), **self._merged("modules")}
 
     def _resumed(self) -> FitState | None:
         """The saved state restored (None: a fresh run), after refusing one trained with other settings."""
@@ -262,8 +252,7 @@ class FoldRun:
         if state is None:
             return None
         refuse_conflicts(state, self.experiment, self.fold, self.state_path)
-        for option in self.options:
-            option.check_resume(state)
+        self._each("check_resume", state)
         scaler = self.parts.scaler
         # A disabled scaler saved {}, which an enabled one refuses to load: it starts fresh then.
         restored = {name: module for name, module in self._modules().items()
@@ -297,8 +286,7 @@ class FoldRun:
         loss = train_epoch(self.train_model, self.epoch_batches(), parts.loss_fn, parts.optimizer, parts.scaler,
                            context.device, parts.use_amp, desc=f"fold {self.fold} epoch {epoch + 1}",
                            progress=context.show_progress, after_step=_all(steps))
-        for option in self.options:
-            option.end_train_epoch(epoch + 1, self.epoch_batches)
+        self._each("end_train_epoch", epoch + 1, self.epoch_batches)
         return {"train_loss": context.processes.mean(loss)}
 
     def evaluated(self) -> torch.nn.Module:
@@ -327,9 +315,7 @@ class FoldRun:
 
     def save_best(self, epoch: int, score: float) -> None:
         experiment, classes = self.experiment, self.dataset.classes
-        fields = {}
-        for option in self.options:
-            fields.update(option.checkpoint_fields())
+        fields = self._merged("checkpoint_fields")
         save_checkpoint(
             self.out_dir / "model.pt", self.evaluated(),
             model_name=experiment.model.name, model_params=model_params(experiment, len(classes)),
@@ -340,9 +326,7 @@ class FoldRun:
     def save_fold_state(self, fit_state: FitState) -> None:
         processes, device = self.context.processes, self.context.device
         rank_rng = processes.gather_objects(rng_states(device))  # every process takes part
-        fields = {}
-        for option in self.options:
-            fields.update(option.state_fields())
+        fields = self._merged("state_fields")
         processes.main_only(save_state)(
             self.state_path, self._modules(), fit_state, LOG_COLUMNS, **rank_rng[0], rank_rng=rank_rng,
             world_size=processes.world_size, experiment=self.experiment.to_dict(), device=str(device),
@@ -352,10 +336,21 @@ class FoldRun:
         self.context.log(f"fold {self.fold} epoch {fit_state.epoch}: train loss {row['train_loss']:.4f}, val loss "
                          f"{row['val_loss']:.4f}, val lwlrap {row['val_lwlrap']:.4f}"
                          f"{' *' if fit_state.best_epoch == fit_state.epoch else ''}")
-        for option in self.options:
-            option.end_epoch(fit_state, row)
+        self._each("end_epoch", fit_state, row)
         if self.on_epoch is not None:
             self.on_epoch(fit_state, row)
+
+    def _each(self, hook: str, *args) -> None:
+        """Call the ``FoldOption`` hook ``hook`` of every option, in order."""
+        for option in self.options:
+            getattr(option, hook)(*args)
+
+    def _merged(self, hook: str) -> dict:
+        """The dicts every option's ``hook`` returns, merged in order."""
+        merged = {}
+        for option in self.options:
+            merged.update(getattr(option, hook)())
+        return merged
 
     def _result(self, fit_state: FitState) -> FoldResult:
         return FoldResult(self.fold, fit_state.best_epoch, fit_state.best_score, fit_state.epoch,
