@@ -325,3 +325,36 @@ def test_the_backbone_is_searchable(tmp_path):
     assert trial.model.params == {"backbone": "test_resnet", "head": "pooled"}
     with pytest.raises(SearchSpaceError, match=r"'model.params.backbone' = 'resnet5': .*unknown timm backbone 'resnet5'"):
         parse_space({"model.params.backbone": {"choice": ["test_resnet", "resnet5"]}}, target)
+
+
+@pytest.mark.slow
+def test_a_search_over_backbones_trains_each_and_writes_the_best(tiny_work, tmp_path, one_torch_thread):
+    import tomllib
+
+    from conftest import run_cli
+
+    dataset, work = tiny_work
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    (experiments / "tt.toml").write_text(f"""
+[model]
+name = "timm"
+params = {{ backbone = "{TINY}", head = "sed" }}
+aux_weights = [1.0]
+
+[train]
+batch_size = 8
+epoch_size = 16
+max_epochs = 1
+workers = 0
+""")
+    (experiments / "space.toml").write_text('"model.params.backbone" = { choice = ["test_efficientnet", "test_resnet"] }\n')
+    result = run_cli("search", "tt", "--data", dataset.root, "--work", work, "--experiments", experiments,
+                     "--device", "cpu", "--trials", "2", "--fold", "0", "--sampler", "grid", "--no-prune",
+                     "--space", experiments / "space.toml")
+    assert "best of 2 trials" in result.output
+    trained = {load_checkpoint(work / "experiments" / f"tt-trial{i}" / "fold_0" / "model.pt")["model_params"]["backbone"]
+               for i in range(2)}
+    assert trained == {"test_efficientnet", "test_resnet"}
+    best = tomllib.loads((experiments / "tt-best.toml").read_text())
+    assert best["model"]["name"] == "timm" and best["model"]["params"]["backbone"] in trained
