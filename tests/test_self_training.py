@@ -288,3 +288,10 @@ noise = { model = { params = { dropout = 0.3 } } }
     predictions = pd.read_csv(out)
     assert list(predictions.columns) == ["fname", *dataset.classes] and len(predictions) == 18
     assert round_name("tiny", 0) == "tiny" and round_name("tiny", 2) == "tiny_r2"
+
+
+def test_self_train_on_a_dataset_without_unlabelled_clips_is_one_sentence(tiny_data, tmp_path):
+    dataset, _ = tiny_data
+    result = run_cli("self-train", "small", "--data", dataset.root, "--work", tmp_path, "--rounds", 1, expect=1)
+    assert result.output.startswith("error: ") and "has no unlabelled clips" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "experiments").exists()

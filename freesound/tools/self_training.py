@@ -195,8 +195,8 @@ def self_train(experiment: Experiment, dataset: Dataset, work, rounds: int, *, s
         raise FreesoundError(f"--rounds {rounds}: self-training needs at least 1 round after round 0")
     context = context or RunContext()
     student = student or experiment
-    pool = unlabeled if unlabeled is not None else student.resolve_path(student.self_training.unlabeled)
-    pool_dir = str(Path(pool).resolve()) if pool else ""
+    folder = unlabeled if unlabeled is not None else student.resolve_path(student.self_training.unlabeled)
+    pool_dir = str(Path(folder).resolve()) if folder else ""
     if pool_dir:
         dataset = with_unlabeled(dataset, pool_dir)
     pool = unlabeled_pool(dataset)  # refuses an empty pool and warns of scored clips before any training
