@@ -17,7 +17,15 @@ from freesound.data.features import cache_features
 from freesound.data.folds import dataset_folds, make_folds, write_folds
 from freesound.data.prepare import prepare_collection
 from freesound.errors import FreesoundError, FreesoundWarning
-from freesound.tools.self_training import round_experiment, round_name, self_train, write_round_file
+from freesound.tools.self_training import (
+    RoundResult,
+    earlier_time,
+    round_experiment,
+    round_name,
+    self_train,
+    write_round_file,
+    write_summary,
+)
 from freesound.training import pseudo_labels
 from freesound.training.context import RunContext
 from freesound.training.pseudo_labels import (
@@ -156,6 +164,20 @@ def test_a_round_file_is_rewritten_until_a_fold_trains_then_a_change_is_refused(
     with pytest.raises(FreesoundError, match=r"exp_r1.toml was trained with other settings .*\(self_training.power\)"):
         write_round_file(round_experiment(student, "exp_r1", "exp"), experiments, work, "round 1")
     write_round_file(changed, experiments, work, "round 1")  # the same settings: fine
+
+
+def test_the_round_summary_is_a_csv_and_a_png_and_its_times_add_up_over_runs(tmp_path):
+    results = [RoundResult(0, "exp", 0.61, cpu_seconds=100.0, wall_seconds=120.0),
+               RoundResult(1, "exp_r1", None, pool=40, pseudo_labelled=30, confident_share=0.75, cpu_seconds=50.0,
+                           wall_seconds=60.0)]
+    csv, png = write_summary(results, tmp_path / "summary")
+    table = pd.read_csv(csv)
+    assert list(table.columns) == ["round", "experiment", "cv_lwlrap", "pool", "pseudo_labelled", "confident_share",
+                                   "top_label_flips", "cpu_seconds", "wall_seconds"]
+    assert table.cv_lwlrap.isna().tolist() == [False, True] and table.pool.tolist() == [0, 40]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert earlier_time(csv) == {"exp": (100.0, 120.0), "exp_r1": (50.0, 60.0)}
+    assert earlier_time(tmp_path / "none.csv") == {}
 
 
 # ----------------------------------------------------------------------------- the split and the guard
