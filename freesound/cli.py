@@ -177,8 +177,10 @@ def features(data_dir, work_dir, workers, experiment, experiments_dir, max_secon
               help="A --test-column value of test clips (repeatable, or comma-separated).")
 @click.option("--copy", is_flag=True, help="Copy the audio instead of hard-linking it (symlinks where links fail).")
 @click.option("--skip-missing", is_flag=True, help="Go on without missing audio files, listing them.")
+@click.option("--unlabeled", "unlabeled_dir", type=click.Path(path_type=Path), default=None,
+              help="A folder of audio without labels: its files become train_unlabeled/ (for self-train).")
 def prepare(src, out, csv_file, pattern, file_column, audio_dir, label_column, separator, group_column,
-            fold_column, test_column, test_values, copy, skip_missing):
+            fold_column, test_column, test_values, copy, skip_missing, unlabeled_dir):
     """Turn a labeled collection at SRC into the FSDKaggle2019 layout at OUT (a new folder).
 
     SRC is a folder per class (default), or described by --csv or --pattern. Audio is linked or
@@ -191,6 +193,7 @@ def prepare(src, out, csv_file, pattern, file_column, audio_dir, label_column, s
         src, out, csv=csv_file, pattern=pattern, file_column=file_column, audio_dir=audio_dir,
         label_column=label_column, separator=separator, group_column=group_column, fold_column=fold_column,
         test_column=test_column, test_values=values, mode="copy" if copy else "link", skip_missing=skip_missing,
+        unlabeled=unlabeled_dir,
     )
     for source, fname in report.renamed:
         click.echo(f"  renamed: {source} -> {fname} (another file has its name)")
@@ -200,7 +203,8 @@ def prepare(src, out, csv_file, pattern, file_column, audio_dir, label_column, s
                                                   (report.copied, "copied")) if n)
     extra = "".join(f", {word}" for flag, word in ((report.has_groups, "groups"), (report.has_folds, "given folds"))
                     if flag)
-    click.echo(f"prepared: {report.train} training and {report.test} test clips of {len(report.classes)} classes "
+    pool = f", {report.unlabeled} unlabelled" if report.unlabeled else ""
+    click.echo(f"prepared: {report.train} training{pool} and {report.test} test clips of {len(report.classes)} classes "
                f"({how}; {len(report.renamed)} renamed, {len(report.missing)} missing skipped{extra}) -> {report.out}")
 
 
@@ -381,6 +385,47 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
 
         track_result(report.experiment, work_dir, report.oof_scores, report_pngs(config.name, work_dir)["pngs"],
                      click.echo)
+
+
+@main.command("self-train")
+@click.argument("experiment")
+@data_option
+@work_option
+@experiments_dir_option
+@click.option("--rounds", type=click.IntRange(1), required=True, help="Rounds after round 0 (EXPERIMENT itself).")
+@click.option("--unlabeled", "unlabeled_dir", type=click.Path(path_type=Path), default=None,
+              help="A folder of unlabelled audio to pseudo-label (default: DATA/train_unlabeled/).")
+@click.option("--student", default=None,
+              help="The experiment rounds 1.. train (default: EXPERIMENT); its [self_training] table sets the "
+                   "pseudo-labels and the student's noise.")
+@click.option("--fold", "folds", type=int, multiple=True, help="Train only this fold (repeatable); CV needs them all.")
+@device_option
+def self_train_command(experiment, data_dir, work_dir, experiments_dir, rounds, unlabeled_dir, student, folds, device):
+    """Self-train EXPERIMENT on unlabelled audio for --rounds rounds (docs/self-training.md).
+
+    Round 0 is EXPERIMENT trained as usual; round k is the experiment EXPERIMENT_r<k>, written to
+    the experiments folder: the student trained on the labelled clips plus the unlabelled ones,
+    pseudo-labelled by round k-1. Re-running continues where it stopped. Writes
+    WORK/self_training/EXPERIMENT/rounds.csv and rounds.png.
+    """
+    from freesound.config import load_experiment
+    from freesound.data.dataset import load_dataset
+    from freesound.tools.self_training import ROUNDS_CSV, ROUNDS_PNG, self_train
+    from freesound.training.context import RunContext
+
+    config = load_experiment(experiment, experiments_dir)
+    student_config = load_experiment(student, experiments_dir) if student else None
+    context = RunContext.create(device, log=click.echo, feature_workers=settings.default_workers())
+    # A tracker's run per round (training/tracking.py) is what on_round is for.
+    results = self_train(config, load_dataset(data_dir), work_dir, rounds, student=student_config,
+                         unlabeled=unlabeled_dir, experiments_dir=experiments_dir, folds=list(folds) or None,
+                         context=context)
+    click.echo(f"\n{config.name}: CV lwlrap per round")
+    for result in results:
+        cv = "untrained folds" if result.cv_lwlrap is None else f"{result.cv_lwlrap:.4f}"
+        click.echo(f"  round {result.round} ({result.experiment}): {cv}")
+    out_dir = Path(work_dir) / "self_training" / config.name
+    click.echo(f"rounds -> {out_dir / ROUNDS_CSV}, {out_dir / ROUNDS_PNG}")
 
 
 @main.command()

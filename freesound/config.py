@@ -325,6 +325,67 @@ class PretrainedConfig:
     experiment: str = ""
 
 
+#: Where a student's pseudo-labels come from (``SelfTrainingConfig.teacher_folds``).
+TEACHER_FOLDS = ("all", "same")
+
+
+@dataclass(frozen=True)
+class SelfTrainingConfig:
+    """Pseudo-labelled unlabelled clips as a training source (``[self_training]``; off while
+    ``teacher`` is empty): a round of ``freesound self-train`` (``freesound.training.self_training``).
+
+    The ``teacher`` (a trained experiment, the previous round) predicts every clip of the
+    unlabelled pool: its fold models' geometric mean (``teacher_folds = "all"``), or, for fold
+    ``k``, its fold-``k`` model alone (``"same"``: no fold's student then learns anything from its
+    validation clips' labels, even through a pseudo-label). The probabilities ``p`` become soft
+    targets ``p ** power`` (``freesound.training.pseudo_labels.sharpen``); clips whose highest
+    probability is below ``floor`` are left out. The pool is a sampling source of its own with
+    ``share`` (beside ``[sampling]``'s, renormalised with them), and with ``mix_prob`` a training
+    sample is mixed with a pseudo-labelled clip, ``(1 - mix_weight) * x + mix_weight * x_pseudo``,
+    its target the elementwise maximum of the two (noisy student; BirdCLEF 2025's winner mixed
+    every sample half and half with a pseudo-labelled soundscape).
+
+    ``noise``, ``warm_start`` and ``warm_epochs`` shape the rounds ``self-train`` derives from this
+    experiment: ``noise`` is laid over the experiment's tables for every round from 1 on
+    (``merge_table``; e.g. ``{ model = { params = { dropout = 0.3 } } }``: stronger dropout or
+    augmentation for the student); ``warm_start`` starts each round's folds from the previous
+    round's weights (``[pretrained]``), trained for ``warm_epochs`` epochs (0: ``max_epochs``).
+    """
+
+    teacher: str = ""
+    teacher_folds: str = "all"
+    #: The pool's folder; empty: the dataset's ``train_unlabeled/`` (``train_unlabeled.csv``).
+    unlabeled: str = ""
+    power: float = 1.0
+    floor: float = 0.0
+    share: float = 0.3
+    mix_prob: float = 0.0
+    mix_weight: float = 0.5
+    noise: dict = field(default_factory=dict)
+    warm_start: bool = False
+    warm_epochs: int = 0
+
+    def __post_init__(self):
+        if self.teacher_folds not in TEACHER_FOLDS:
+            raise ValueError(f"teacher_folds must be one of {', '.join(TEACHER_FOLDS)}, got {self.teacher_folds!r}")
+        if not self.power > 0:
+            raise ValueError(f"power = {self.power!r} is out of range: it must be above 0 (1 keeps the probabilities)")
+        if not 0.0 <= self.floor < 1.0:
+            raise ValueError(f"floor = {self.floor!r} is out of range: it must be in [0, 1)")
+        if self.share < 0:
+            raise ValueError(f"share = {self.share!r} is out of range: a sampling share must be 0 or more")
+        if not 0.0 <= self.mix_prob <= 1.0:
+            raise ValueError(f"mix_prob = {self.mix_prob!r} is out of range: it must be in [0, 1]")
+        if not 0.0 < self.mix_weight < 1.0:
+            raise ValueError(f"mix_weight = {self.mix_weight!r} is out of range: it must be in (0, 1)")
+        if self.warm_epochs < 0:
+            raise ValueError(f"warm_epochs = {self.warm_epochs!r} is out of range: 0 (max_epochs) or more")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.teacher) and (self.share > 0 or self.mix_prob > 0)
+
+
 #: The experiment trackers a run can log to (``freesound.training.tracking``).
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 
@@ -368,6 +429,7 @@ class Experiment:
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
     #: The folder of the TOML file, for resolving relative paths ("" when built in code).
     source_dir: str = ""
 

@@ -5,12 +5,15 @@ A dataset directory holds::
     train_curated.csv  train_noisy.csv     fname,labels (labels comma-separated)
     train_curated/     train_noisy/  test/ audio files
     sample_submission.csv                  fname + one column per class (the class order)
+    train_unlabeled.csv  train_unlabeled/  optional: clips without labels (fname only), the pool
+                                           that self-training pseudo-labels; nothing else reads them
 
 Everything here reads files and returns plain pandas / numpy objects; nothing is cached.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from freesound.audio.files import find_audio_files
 from freesound.errors import FreesoundError, FreesoundWarning
 from freesound.fileio import atomic_write_text
 
@@ -107,7 +111,9 @@ FSD2019_CLASSES = (
 )
 
 
-SPLITS = ("train_curated", "train_noisy", "test")
+SPLITS = ("train_curated", "train_noisy", "test", "train_unlabeled")
+#: The split of the clips without labels (``Dataset.unlabeled``).
+UNLABELED = "train_unlabeled"
 REMOVE = "remove"
 
 
@@ -125,6 +131,8 @@ class Dataset:
     classes : tuple of str, the vocabulary in submission column order
     curated, noisy : DataFrame with columns ``fname`` (str) and ``labels`` (tuple of str)
     test_fnames : tuple of str, ``sample_submission.csv`` row order
+    unlabeled : tuple of str, the clips without labels (``train_unlabeled.csv``; empty without one),
+        paths relative to ``unlabeled_dir`` (default ``root/train_unlabeled``)
     """
 
     root: Path
@@ -132,10 +140,14 @@ class Dataset:
     curated: pd.DataFrame
     noisy: pd.DataFrame
     test_fnames: tuple
+    unlabeled: tuple = ()
+    unlabeled_dir: Path | None = None
 
     def audio_dir(self, split: str) -> Path:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
+        if split == UNLABELED and self.unlabeled_dir is not None:
+            return self.unlabeled_dir
         return self.root / split
 
     def fnames(self, split: str) -> list:
@@ -145,6 +157,8 @@ class Dataset:
             return list(self.noisy.fname)
         if split == "test":
             return list(self.test_fnames)
+        if split == UNLABELED:
+            return list(self.unlabeled)
         raise ValueError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
 
     def paths(self, split: str) -> list:
@@ -206,6 +220,53 @@ def read_labels_csv(path, classes) -> pd.DataFrame:
     return pd.DataFrame({"fname": frame.fname.tolist(), "labels": labels})
 
 
+def read_unlabeled_csv(path) -> tuple:
+    """The ``fname`` column of ``train_unlabeled.csv`` (other columns are not read: no labels).
+
+    Raises
+    ------
+    DatasetError
+        No ``fname`` column, an empty name, or a name given twice.
+    """
+    path = Path(path)
+    frame = read_csv(path, dtype=str, keep_default_na=False)
+    if "fname" not in frame.columns:
+        raise DatasetError(f"{path}: missing column 'fname'; expected a header 'fname'")
+    empty = frame.index[frame.fname.str.strip() == ""].tolist()
+    if empty:
+        raise DatasetError(f"{path}, row {empty[0] + 2}: empty fname")
+    duplicated = frame.fname[frame.fname.duplicated()].tolist()
+    if duplicated:
+        raise DatasetError(f"{path}: fname {duplicated[0]!r} appears more than once")
+    return tuple(frame.fname)
+
+
+def with_unlabeled(dataset: Dataset, folder) -> Dataset:
+    """``dataset`` with every audio file below ``folder`` as its unlabelled clips (in place of
+    its ``train_unlabeled/``): ``self-train --unlabeled DIR``.
+
+    Raises
+    ------
+    DatasetError
+        ``folder`` is missing or holds no audio, or two of its files share a file name (the
+        feature cache keys a clip by its file name).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"unlabelled folder {folder} does not exist")
+    files = find_audio_files(folder)
+    if not files:
+        raise DatasetError(f"unlabelled folder {folder} holds no audio files")
+    seen = {}
+    for path in files:
+        if path.name in seen:
+            raise DatasetError(f"unlabelled folder {folder}: {seen[path.name]} and {path} share a file name; "
+                               "rename one (clips are cached by file name)")
+        seen[path.name] = path
+    fnames = tuple(path.relative_to(folder).as_posix() for path in files)
+    return dataclasses.replace(dataset, unlabeled=fnames, unlabeled_dir=folder)
+
+
 def load_dataset(root) -> Dataset:
     """Read a dataset directory's label files (no audio is decoded)."""
     root = Path(root)
@@ -222,6 +283,7 @@ def load_dataset(root) -> Dataset:
         curated=read_labels_csv(root / "train_curated.csv", classes),
         noisy=read_labels_csv(root / "train_noisy.csv", classes),
         test_fnames=test_fnames,
+        unlabeled=read_unlabeled_csv(unlabeled) if (unlabeled := root / f"{UNLABELED}.csv").is_file() else (),
     )
 
 

@@ -178,6 +178,8 @@ def cache_features(
     report = CacheReport()
     todo = []
     for split in splits:
+        if not dataset.fnames(split):  # no clips (a dataset without unlabelled ones): no folder to list
+            continue
         split_dir = root / split
         split_dir.mkdir(parents=True, exist_ok=True)
         existing = cached_entries(split_dir)

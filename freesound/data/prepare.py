@@ -15,6 +15,7 @@ From that table, ``label_column`` (split on ``separator`` for multi-label), ``gr
     OUT/train_curated.csv  train_curated/   the training clips (fname,labels; labels comma-separated)
     OUT/train_noisy.csv    train_noisy/     empty: a collection has no noisy part
     OUT/test/  sample_submission.csv  test_labels.csv
+    OUT/train_unlabeled.csv  train_unlabeled/  with ``unlabeled``: clips without labels (fname only)
     OUT/metadata.csv       fname, split, source, labels, group, fold (what make-folds reads)
 
 Audio is hard-linked (a symlink where that fails) or copied, never re-encoded, and the source
@@ -88,12 +89,14 @@ class PrepareReport:
     renamed : list of (source, fname): name collisions and how each was resolved
     missing : list of (where, path): missing files skipped with ``skip_missing``
     has_groups, has_folds : bool
+    unlabeled : int, clips without labels (``train_unlabeled/``)
     """
 
     out: Path
     classes: tuple = ()
     train: int = 0
     test: int = 0
+    unlabeled: int = 0
     linked: int = 0
     symlinked: int = 0
     copied: int = 0
@@ -380,12 +383,14 @@ def place_file(source: Path, target: Path, mode: str = "link") -> str:
         return "symlinked"
 
 
-def prepare_dataset(clips, out, *, mode: str = "link", skip_missing: bool = False) -> PrepareReport:
+def prepare_dataset(clips, out, *, mode: str = "link", skip_missing: bool = False, unlabeled=()) -> PrepareReport:
     """Write the FSDKaggle2019 layout for ``clips`` into a new folder ``out``.
 
     Parameters
     ----------
     clips : list of Clip
+    unlabeled : list of Path, audio files without labels, for ``train_unlabeled/`` (named as
+        ``unique_names`` names clips)
     out : path of a folder that does not exist yet (or is empty)
     mode : "link" (hard link, symlink fallback) or "copy"
     skip_missing : leave out clips whose audio file is missing (listed in the report) instead
@@ -413,6 +418,7 @@ def prepare_dataset(clips, out, *, mode: str = "link", skip_missing: bool = Fals
             raise PrepareError(f"{clip.where}: audio file {clip.source} not found "
                                f"(--skip-missing goes on without it)")
     train = [clip for clip in present if not clip.test]
+    pool = [Clip(source=Path(path), where=str(path), labels=()) for path in unlabeled]
     if not train:
         raise PrepareError("no training clips left: every clip is a test clip or missing")
     names, report.renamed = unique_names(present)
@@ -431,6 +437,7 @@ def prepare_dataset(clips, out, *, mode: str = "link", skip_missing: bool = Fals
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         _write_layout(staging, present, names, report, mode)
+        _write_unlabeled(staging, pool, report, mode)
         staging.chmod(0o755)  # mkdtemp makes it private; the dataset is an ordinary folder
         if out.exists():
             out.rmdir()
@@ -460,6 +467,20 @@ def _write_layout(root: Path, clips, names, report: PrepareReport, mode: str) ->
     submission.insert(0, "fname", test.fname.tolist())
     atomic_write_csv(root / "sample_submission.csv", submission)
     atomic_write_csv(root / METADATA_FILE, meta)
+
+
+def _write_unlabeled(root: Path, pool, report: PrepareReport, mode: str) -> None:
+    """``train_unlabeled/`` and ``train_unlabeled.csv`` (``fname`` only) for ``pool``, when it has clips."""
+    if not pool:
+        return
+    (root / "train_unlabeled").mkdir()
+    names, renamed = unique_names(pool)
+    for clip, name in zip(pool, names):
+        how = place_file(clip.source, root / "train_unlabeled" / name, mode)
+        setattr(report, how, getattr(report, how) + 1)
+    report.renamed += renamed
+    report.unlabeled = len(pool)
+    atomic_write_csv(root / "train_unlabeled.csv", pd.DataFrame({"fname": names}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -501,9 +522,11 @@ def prepare_collection(
     test_values=(),
     mode: str = "link",
     skip_missing: bool = False,
+    unlabeled=None,
 ) -> PrepareReport:
     """``freesound prepare``: read a collection (a CSV, a file-name pattern, or else a folder per
-    class) and write its FSDKaggle2019 layout to ``out`` (see the module docstring).
+    class) and write its FSDKaggle2019 layout to ``out`` (see the module docstring); every audio
+    file below the folder ``unlabeled``, when given, becomes a clip without labels.
 
     With a pattern, ``label_column`` defaults to the field ``label`` and ``group_column`` to the
     field ``group`` when the pattern has one.
@@ -511,9 +534,17 @@ def prepare_collection(
     Raises
     ------
     PrepareError
-        ``out`` inside ``src``, or bad input, named (see ``folder_table``, ``csv_table``,
-        ``pattern_table``, ``table_clips``, ``prepare_dataset``).
+        ``out`` inside ``src`` or ``unlabeled``, an ``unlabeled`` folder without audio, or bad input,
+        named (see ``folder_table``, ``csv_table``, ``pattern_table``, ``table_clips``,
+        ``prepare_dataset``).
     """
+    pool = []
+    if unlabeled is not None:
+        if Path(out).resolve().is_relative_to(Path(unlabeled).resolve()):
+            raise PrepareError(f"{out} is inside the unlabelled folder {unlabeled}; name a folder outside it")
+        pool = find_audio_files(_existing_dir(unlabeled))
+        if not pool:
+            raise PrepareError(f"{unlabeled}: no audio files (the unlabelled folder)")
     if Path(out).resolve().is_relative_to(Path(src).resolve()):
         # Refused rather than skipped: the next run over SRC would read the dataset's own audio back.
         raise PrepareError(f"{out} is inside the collection {src}: a later prepare of {src} would take the dataset's "
@@ -535,4 +566,4 @@ def prepare_collection(
     clips = table_clips(table, label_column=label_column, separator=separator, group_column=group_column,
                         fold_column=fold_column, test_column=test_column, test_values=test_values,
                         source=source)
-    return prepare_dataset(clips, out, mode=mode, skip_missing=skip_missing)
+    return prepare_dataset(clips, out, mode=mode, skip_missing=skip_missing, unlabeled=pool)

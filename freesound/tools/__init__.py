@@ -5,6 +5,8 @@
     spaces.py        the search's default and example spaces (TOML text; ``search --help`` shows them)
     select.py        ``freesound select-ensemble``: the best subset of experiments to blend
     relabel.py       ``freesound relabel``: label-correction proposals
+    self_training.py  ``freesound self-train``: rounds of pseudo-labelling unlabelled clips and
+                     training a student on them, each round an experiment ``EXP_r<k>``
     distill.py       ``freesound distill``: a small student trained on a teacher's soft predictions
     evaluate.py      ``freesound evaluate``: score a submission-format CSV
     plots.py         ``freesound report``: training curves, per-class scores, augmentations

@@ -1,5 +1,5 @@
 """Report plots: training curves, the augmentation gallery, per-class lwlrap, ensemble selection,
-search progress and experiments compared.
+search progress, experiments compared and self-training rounds.
 
 Every plot is drawn on a ``matplotlib.figure.Figure`` with its own ``FigureCanvasAgg``, never
 through ``pyplot``: no global figure state and no interactive backend is touched, so the module
@@ -316,6 +316,34 @@ def plot_search_progress(trials: pd.DataFrame, out_png, title: str) -> Path:
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
+    return _save(figure, out_png)
+
+
+def plot_self_training(table: pd.DataFrame, out_png, confident: float = 0.5) -> Path:
+    """Self-training rounds: CV lwlrap per round (left); the share of pool clips whose highest
+    probability reaches ``confident`` and of top-label flips since the previous round (right).
+
+    Parameters
+    ----------
+    table : ``rounds.csv`` of ``freesound self-train`` (``round``, ``cv_lwlrap``, ``confident_share``,
+        ``top_label_flips``; NaN where not known)
+    """
+    figure = _figure(10, 4)
+    left, right = figure.subplots(1, 2)
+    scored = table[table.cv_lwlrap.notna()]
+    left.plot(scored["round"], scored.cv_lwlrap.astype(float), "o-", color="C0")
+    left.set(xlabel="round", ylabel="CV lwlrap (out of fold)", title="CV per round")
+    later = table[table["round"] > 0]
+    right.plot(later["round"], later.confident_share.astype(float), "o-", color="C2",
+               label=f"pool clips with max prob >= {confident:g}")
+    flips = later[later.top_label_flips.notna()]
+    right.plot(flips["round"], flips.top_label_flips.astype(float), "s--", color="C3",
+               label="top label flipped since last round")
+    right.set(xlabel="round", ylabel="share of the unlabelled pool", ylim=(0, 1.05), title="pseudo-labels")
+    right.legend(loc="best", fontsize="small")
+    for axes in (left, right):
+        axes.set_xticks(list(table["round"]))
+        axes.grid(alpha=0.3)
     return _save(figure, out_png)
 
 

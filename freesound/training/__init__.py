@@ -26,6 +26,8 @@
     losses.py    BCE, L_soft, L_q, LSEP, the auxiliary-head weighting and the noisy-head split
     oof.py       out-of-fold prediction and scores of a trained experiment
     teacher.py   soft targets from an earlier experiment's or ensemble's predictions ([targets])
+    pseudo_labels.py  the unlabelled pool pseudo-labelled by a teacher as a fold's source and mixing
+                 partner ([self_training]); sharpening, the confidence floor, the scored-clip guard
     pretrained.py  a fold started from another experiment's same-fold weights ([pretrained])
     baseline.py  a logistic regression on band statistics, the yardstick
 """

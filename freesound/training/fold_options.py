@@ -4,6 +4,8 @@ A fold run (``freesound.training.trainer.FoldRun``) calls every part's hooks at 
 the order the parts are listed::
 
     start()                      the fold begins (nothing read yet)
+    sources() -> dict            training sources it adds: name -> (ClipSource, sampling share)
+    adapt_train_set(train_set) -> train_set   the sampler is built, before the network
     check_resume(state)          a saved state is about to be restored: refuse it by raising
     adapt_model(model) -> model  the network is built, before its optimiser (``build_fold_parts``)
     modules() -> dict            modules whose state the resumable state keeps besides the fold's own
@@ -45,6 +47,12 @@ class FoldOption:
 
     def start(self) -> None:
         return None
+
+    def sources(self) -> dict:
+        return {}
+
+    def adapt_train_set(self, train_set):
+        return train_set
 
     def check_resume(self, state: dict) -> None:
         return None

@@ -74,10 +74,13 @@ class FoldParts:
 
 def build_fold_parts(experiment: Experiment, dataset: Dataset, work, fold: int, device: torch.device, *,
                      teacher: TeacherPredictions | None = None,
-                     model_hooks: Iterable[Callable[[torch.nn.Module], torch.nn.Module]] = ()) -> FoldParts:
+                     model_hooks: Iterable[Callable[[torch.nn.Module], torch.nn.Module]] = (),
+                     extra_sources: dict | None = None, train_set_hooks: Iterable[Callable] = ()) -> FoldParts:
     """A fold's parts on ``device`` (see the module docstring); ``teacher`` gives the soft targets
     of ``[targets]`` (``build_sources``), and each of ``model_hooks`` in turn returns the network
-    to optimise from the one built (in place or a converted copy).
+    to optimise from the one built (in place or a converted copy). ``extra_sources`` (name ->
+    ``(ClipSource, share)``) are sampled beside the experiment's, and each of ``train_set_hooks``
+    in turn returns the sampler to train on from the one built (the self-training pool's).
 
     Raises
     ------
@@ -88,7 +91,11 @@ def build_fold_parts(experiment: Experiment, dataset: Dataset, work, fold: int, 
     """
     cfg = experiment.train
     sources, probs, (valid_specs, valid_targets, _) = build_sources(experiment, dataset, work, fold, teacher)
+    for source, share in (extra_sources or {}).values():
+        sources, probs = [*sources, source], [*probs, share]
     train_set = training_set(experiment, sources, probs, seed=cfg.seed + 1000 * fold)
+    for hook in train_set_hooks:
+        train_set = hook(train_set)
     crop, input_config = experiment.transforms.crop, experiment.input
     valid_set = ValidationDataset(valid_specs, valid_targets, valid_transform(crop, input_config.freq_channel))
     augment = BatchAugment(crop, device, input_config.freq_channel) if cfg.augment_on_device else None

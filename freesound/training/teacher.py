@@ -147,22 +147,22 @@ def _predictor(teacher: str | EnsembleConfig, weights: dict, device, batch_size:
 
 
 def predict_noisy(predictor, dataset: Dataset, work, *, progress: bool = True, desc: str = "noisy clips",
-                  chunk: int = 256, feature_workers: int = 1) -> np.ndarray:
+                  chunk: int = 256, feature_workers: int = 1, split: str = "train_noisy", fnames=None) -> np.ndarray:
     """A ``Tagger``'s or ``EnsemblePredictor``'s probabilities for every noisy clip, (N, C) float32
-    in ``dataset.noisy`` order.
+    in ``dataset.noisy`` order (or for ``fnames`` of another ``split``: the unlabelled pool).
 
-    Noisy log-mels not cached yet are computed first (``ensure_features``); the clips are then
+    Log-mels not cached yet are computed first (``ensure_features``); the clips are then
     read and predicted ``chunk`` at a time (the real noisy split's log-mels are about 9 GB), with
     a progress bar over the clips unless ``progress`` is False.
     """
-    ensure_features(dataset, work, predictor.audio_config, splits=("train_noisy",), workers=feature_workers,
+    ensure_features(dataset, work, predictor.audio_config, splits=(split,), workers=feature_workers,
                     progress=progress)
-    fnames = list(dataset.noisy.fname)
+    fnames = dataset.fnames(split) if fnames is None else list(fnames)
     parts = [np.zeros((0, len(predictor.classes)), dtype=np.float32)]
     with progress_bar(total=len(fnames), desc=desc, unit="clip", enabled=progress) as bar:
         for start in range(0, len(fnames), chunk):
             names = fnames[start:start + chunk]
-            logmels = load_features(dataset, work, "train_noisy", names, predictor.audio_config)
+            logmels = load_features(dataset, work, split, names, predictor.audio_config)
             parts.append(predictor.predict_spectrograms(logmels).astype(np.float32, copy=False))
             bar.update(len(names))
     return np.concatenate(parts)

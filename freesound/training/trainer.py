@@ -22,7 +22,8 @@ the resumed epochs will not repeat an uninterrupted run bit for bit.
 
 ``FoldRun`` is one fold's run: its parts come from ``freesound.training.fold_parts``, its options
 (pretrained start, process group, weight averaging) are the parts of
-``freesound.training.fold_options``, its trackers the part of ``freesound.training.tracking``, and
+``freesound.training.fold_options``, its trackers the part of ``freesound.training.tracking``, the
+self-training pool the part of ``freesound.training.pseudo_labels``, and
 its steps are the small methods ``engine.fit`` calls.
 ``freesound.training.experiment_training.train_folds`` trains the folds of an experiment.
 """
@@ -70,6 +71,7 @@ from freesound.training.fold_parts import (
     training_set,
 )
 from freesound.training.pretrained import check_pretrained
+from freesound.training.pseudo_labels import self_training_parts
 from freesound.training.resume_state import (
     STATE_FORMAT,
     StaleTrainingStateError,
@@ -183,7 +185,8 @@ class FoldRun:
         held_out = fold_fingerprint(read_folds(work, dataset.curated.fname), fold)
         guard = SplitGuard(work, experiment.name, fold, held_out, context.processes)
         tracking = tracking_parts(experiment, work, fold, context.log, context.main)
-        self.options: list[FoldOption] = [*pretrained, self.group, guard, *tracking]  # in the order their hooks run
+        pseudo = self_training_parts(experiment, dataset, work, fold, context)
+        self.options: list[FoldOption] = [*pretrained, self.group, guard, *tracking, *pseudo]  # in the order their hooks run
         self.parts: FoldParts | None = None  # built by run()
         self.train_model: torch.nn.Module | None = None  # the model as trained: DDP-wrapped, compiled
         self.shard: EpochShard | None = None
@@ -236,7 +239,9 @@ class FoldRun:
 
     def _build(self, teacher) -> None:
         self.parts = build_fold_parts(self.experiment, self.dataset, self.work, self.fold, self.context.device,
-                                      teacher=teacher, model_hooks=[option.adapt_model for option in self.options])
+                                      teacher=teacher, model_hooks=[option.adapt_model for option in self.options],
+                                      extra_sources=self._merged("sources"),
+                                      train_set_hooks=[option.adapt_train_set for option in self.options])
         self.options.append(Averaging(self.parts.averaging, self.parts.model, self.context, self.fold))
         self.train_model = compiled(self.group.wrap(self.parts.model), self.experiment.train.compile)
 
