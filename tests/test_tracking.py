@@ -168,7 +168,7 @@ class FailsOnEpoch2:
 
     epochs = []
 
-    def __init__(self, work, experiment, run, config):
+    def __init__(self, work, place, config):
         FailsOnEpoch2.epochs = []
 
     def start(self, params):
