@@ -200,7 +200,7 @@ class ScoredByLr(ExperimentTarget):
         self.epochs = epochs
 
     def prepare(self, setup, log=print):
-        def run(trial_name, params, report):
+        def run(trial_name, params, report, parent=None):
             closeness = 1.0 - abs(math.log10(params["train.lr"]) + 2.5)
             for epoch in range(self.epochs):
                 report(epoch, closeness * (epoch + 1) / self.epochs)

@@ -378,6 +378,10 @@ class SummaryRun:
         self.place, self.params = place, params
         self.guarded = opened_runs(config, work, place, params, log, label)
 
+    def failed(self) -> tuple:
+        """The trackers that failed on this run (each reported once)."""
+        return tuple(guarded.name for guarded in self.guarded if guarded.run is None)
+
     def parent(self) -> ParentRun:
         """This run as the parent of the runs nested under it (``RunContext.tracked_under``)."""
         mlflow_ids = [guarded.run.run_id for guarded in self.guarded
@@ -409,7 +413,7 @@ class SummaryRun:
 
 
 def track_summary(config: TrackingConfig, work, group: str, name: str, *, params: dict, metrics: dict,
-                  artifacts=(), log: Callable[[str], None] = print, label: str = "", family: str = "") -> None:
+                  artifacts=(), log: Callable[[str], None] = print, label: str = "", family: str = "") -> tuple:
     """One finished run of each of ``config``'s trackers: a result that is not a fold's.
 
     The API for a step that ends with a score: ``stack``'s stackers, and ``self-train``'s rounds,
@@ -434,11 +438,23 @@ def track_summary(config: TrackingConfig, work, group: str, name: str, *, params
     log : where a tracker's failure is reported, once, in a line starting with ``label`` (default:
         ``run <name>``); the run goes on without that tracker
     family : W&B's group within the project ("" is ``group``)
+
+    Returns
+    -------
+    tuple of str, the trackers that failed (``without_trackers`` leaves them out of later runs,
+    so that a broken tracker is reported once)
     """
     if not config.trackers:
-        return
+        return ()
     run = SummaryRun(config, work, RunPlace(group, name, family), params, log, label or f"run {name}")
     run.end(metrics, artifacts)
+    return run.failed()
+
+
+def without_trackers(config: TrackingConfig, failed) -> TrackingConfig:
+    """``config`` less the trackers ``failed`` (MLflow's ``uri`` goes with MLflow)."""
+    trackers = tuple(name for name in config.trackers if name not in failed)
+    return TrackingConfig(trackers, config.uri if "mlflow" in trackers else "")
 
 
 def result_metrics(scores: dict, prefix: str = "oof_lwlrap") -> dict:
@@ -468,19 +484,24 @@ def tracking_parts(experiment: Experiment, work, fold: int, log: Callable[[str],
 
 
 def reachable(experiment: Experiment, work, log: Callable[[str], None], group: str | None = None) -> Experiment:
-    """``experiment`` with the trackers that can be used, checked once before the first fold:
-    every package imported (a missing one raises ``TrackerMissingError``) and MLflow's store
-    reached, its experiment (``group``; default the experiment's name) made. An MLflow store
-    that cannot be reached is reported once and dropped: the folds train without it."""
-    config = experiment.tracking
+    """``experiment`` with the trackers that can be used (``usable_trackers``), its MLflow
+    experiment ``group`` (default: the experiment's name)."""
+    config = usable_trackers(experiment.tracking, work, group or experiment.name, log)
+    return experiment if config == experiment.tracking else dataclasses.replace(experiment, tracking=config)
+
+
+def usable_trackers(config: TrackingConfig, work, group: str, log: Callable[[str], None]) -> TrackingConfig:
+    """``config`` with the trackers that can be used, checked once before any training: every
+    package imported (a missing one raises ``TrackerMissingError``) and MLflow's store reached,
+    its experiment ``group`` made. An MLflow store that cannot be reached is reported once and
+    dropped: the training goes on without it."""
     require_packages(config.trackers)
     if "mlflow" not in config.trackers:
-        return experiment
+        return config
     try:
-        MlflowRun(work, RunPlace(group or experiment.name, ""), config).experiment_id()
+        MlflowRun(work, RunPlace(group, ""), config).experiment_id()
     except Exception as error:  # an unreachable server must not stop training
         log(f"tracker mlflow cannot be reached at {mlflow_uri(config, work)} ({_error_text(error)}); "
             "training goes on without it, and log.csv keeps every epoch")
-        trackers = tuple(name for name in config.trackers if name != "mlflow")
-        return dataclasses.replace(experiment, tracking=TrackingConfig(trackers))
-    return experiment
+        return without_trackers(config, ("mlflow",))
+    return config
