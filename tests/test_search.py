@@ -346,10 +346,10 @@ from freesound.data.dataset import load_dataset
 class Slow(ScoredByLr):
     def prepare(self, setup, log=print):
         run = super().prepare(setup, log)
-        def slow(name, params, report):
+        def slow(name, params, report, parent=None):
             print("started", name, flush=True)
             time.sleep(60)
-            return run(name, params, report)
+            return run(name, params, report, parent)
         return slow
 
 experiments = {experiments!r}
