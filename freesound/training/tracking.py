@@ -54,6 +54,8 @@ MLFLOW_BATCH = 100
 _UNSAFE = re.compile(r"[^\w.\- /]")
 #: Characters of a tracker's error kept in the log line.
 ERROR_CHARS = 300
+#: The entry of a fold's ``state.pt`` naming its runs, so that ``train --resume`` continues them.
+STATE_KEY = "tracking_runs"
 
 
 class TrackerMissingError(FreesoundError):
@@ -168,11 +170,20 @@ class TensorBoardRun:
         self.folder = Path(work) / "tracking" / place.group / place.name
         self.writer = None
 
-    def start(self, params: dict) -> None:
+    def start(self, params: dict, resumed: dict | None = None) -> None:
+        """Open the run; ``resumed`` (``resume_info``'s and ``"epoch": N``, a fold resumed after epoch
+        N) continues its folder, hiding what a killed run logged after epoch N (``purge_step``)."""
         from torch.utils.tensorboard import SummaryWriter
 
+        if resumed and resumed.get("folder") == str(self.folder):
+            self.writer = SummaryWriter(log_dir=str(self.folder), purge_step=resumed["epoch"] + 1)
+            return
         self.writer = SummaryWriter(log_dir=str(self.folder))
         self.writer.add_text("settings", "\n".join(f"    {key} = {value!r}" for key, value in params.items()))
+
+    def resume_info(self) -> dict:
+        """What a resumed fold needs to continue this run: its folder."""
+        return {"folder": str(self.folder)}
 
     def log_epoch(self, epoch: int, metrics: dict) -> None:
         for key, value in metrics.items():
@@ -211,7 +222,8 @@ class MlflowRun:
         self.experiment = place.group
         if self.local:
             self.work.mkdir(parents=True, exist_ok=True)  # SQLite makes the file, not its folder
-        self.client = MlflowClient(tracking_uri=mlflow_uri(config, work))
+        self.uri = mlflow_uri(config, work)
+        self.client = MlflowClient(tracking_uri=self.uri)
         self.run_id = None
 
     def experiment_id(self) -> str:
@@ -223,9 +235,13 @@ class MlflowRun:
         location = (self.work / "mlruns" / self.experiment).resolve().as_uri() if self.local else None
         return self.client.create_experiment(self.experiment, artifact_location=location)
 
-    def start(self, params: dict) -> None:
+    def start(self, params: dict, resumed: dict | None = None) -> None:
+        """Create the run and log ``params``, or continue the run ``resumed`` names
+        (``resume_info``'s, of a fold resumed now) when it is in this store."""
         from mlflow.entities import Param
 
+        if resumed and resumed.get("uri") == self.uri and self._reopened(resumed.get("run_id", "")):
+            return
         tags = {"freesound.experiment": self.place.group, "freesound.run": self.place.name}
         if self.place.mlflow_parent:
             tags["mlflow.parentRunId"] = self.place.mlflow_parent  # what MLflow's nested=True sets
@@ -234,6 +250,22 @@ class MlflowRun:
         items = [Param(key, str(value)) for key, value in params.items()]
         for first in range(0, len(items), MLFLOW_BATCH):
             self.client.log_batch(self.run_id, params=items[first:first + MLFLOW_BATCH])
+
+    def _reopened(self, run_id: str) -> bool:
+        """Whether the run ``run_id`` exists here and is running again (its settings were logged)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+        except MlflowException:  # deleted, or another store's: a new run then
+            return False
+        self.client.update_run(run_id, status="RUNNING")
+        self.run_id = run_id
+        return True
+
+    def resume_info(self) -> dict:
+        """What a resumed fold needs to continue this run: its store and id."""
+        return {"uri": self.uri, "run_id": self.run_id}
 
     def log_epoch(self, epoch: int, metrics: dict) -> None:
         from mlflow.entities import Metric
@@ -268,14 +300,21 @@ class WandbRun:
         self.work, self.place = Path(work), place
         self.run = None
 
-    def start(self, params: dict) -> None:
+    def start(self, params: dict, resumed: dict | None = None) -> None:
+        """Start the run, or continue the run ``resumed`` names (``resume_info``'s: W&B's
+        ``resume="allow"`` with its id)."""
         import wandb
 
         online = "WANDB_MODE" in os.environ or "WANDB_API_KEY" in os.environ
         self.work.mkdir(parents=True, exist_ok=True)
+        same = {"id": resumed["id"], "resume": "allow"} if resumed and resumed.get("id") else {}
         self.run = wandb.init(project=self.place.group, name=self.place.name, group=self.place.family or self.place.group,
                               dir=str(self.work), config=params, mode=None if online else "offline",
-                              reinit="create_new")
+                              reinit="create_new", **same)
+
+    def resume_info(self) -> dict:
+        """What a resumed fold needs to continue this run: its id."""
+        return {"id": self.run.id}
 
     def log_epoch(self, epoch: int, metrics: dict) -> None:
         self.run.log({**metrics, "epoch": epoch}, step=epoch)
@@ -335,10 +374,19 @@ class Tracking(FoldOption):
         self.place = RunPlace.fold(experiment.name, fold, parent)
         self.params = {**flat_settings(experiment.to_dict()), "fold": fold}
         self.guarded: list[Guarded] = []
+        self.resumed: dict | None = None
+
+    def check_resume(self, state: dict) -> None:
+        # The runs the saved state names continue after its last epoch.
+        self.resumed = {"epoch": state["epoch"], "runs": state.get(STATE_KEY, {})}
 
     def begin_fit(self) -> None:
         self.guarded = opened_runs(self.experiment.tracking, self.work, self.place, self.params, self.log,
-                                   f"fold {self.fold}")
+                                   f"fold {self.fold}", self.resumed)
+
+    def state_fields(self) -> dict:
+        return {STATE_KEY: {guarded.name: guarded.run.resume_info() for guarded in self.guarded
+                            if guarded.run is not None}}
 
     def end_epoch(self, fit_state: FitState, row: dict) -> None:
         metrics = epoch_metrics(row, self.experiment.train.epoch_size)
@@ -356,14 +404,18 @@ class Tracking(FoldOption):
 
 
 def opened_runs(config: TrackingConfig, work, place: RunPlace, params: dict, log: Callable[[str], None],
-                label: str) -> list:
+                label: str, resumed: dict | None = None) -> list:
     """A started run at ``place`` of each of ``config``'s trackers, guarded (a failure reported in
-    a line starting with ``label``)."""
+    a line starting with ``label``); with ``resumed`` (``{"epoch": N, "runs": {tracker:
+    resume_info}}``, a fold resumed after epoch N) each continues the run it names."""
     found = []
     for tracker in config.trackers:
         run_class = RUNS[tracker]
         guarded = Guarded(tracker, lambda: run_class(work, place, config), label, log)
-        guarded.call("start", params)
+        if resumed is None:
+            guarded.call("start", params)
+        else:
+            guarded.call("start", params, {"epoch": resumed["epoch"], **resumed["runs"].get(tracker, {})})
         found.append(guarded)
     return found
 
