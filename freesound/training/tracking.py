@@ -14,6 +14,16 @@ named ``fold_<k>`` and grouped under the experiment's name; it logs
 Once ``train`` has scored every fold out of fold, one more run, ``oof``, holds the result
 (``track_result``): the overall, per-fold and per-class OOF lwlrap and the report's PNGs.
 
+A run that is not a fold's (a search's trial, a stacker, a self-training round) is a
+``SummaryRun``, or one call of ``track_summary``: its settings, its metrics and its PNGs. A fold's
+runs nest under such a run when the ``RunContext`` names it (``tracked_under``: a ``ParentRun``):
+``<parent>/fold_<k>`` in the parent's group, MLflow's child run, the parent as W&B's group.
+
+A fold resumed by ``train --resume`` continues its runs: ``state.pt`` names them (``STATE_KEY``),
+and MLflow's run is reopened, TensorBoard's folder continued after the saved epoch
+(``purge_step``), W&B's run id given again (``resume="allow"``). A run that is gone, or a tracker
+added since, starts a new run.
+
 Where each tracker writes by default (all under the work folder)::
 
     tracking/<experiment>/fold_<k>/   TensorBoard event files (``tensorboard --logdir <work>/tracking``)
