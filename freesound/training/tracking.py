@@ -318,9 +318,9 @@ class WandbRun:
         online = "WANDB_MODE" in os.environ or "WANDB_API_KEY" in os.environ
         self.work.mkdir(parents=True, exist_ok=True)
         same = {"id": resumed["id"], "resume": "allow"} if resumed and resumed.get("id") else {}
-        self.run = wandb.init(project=self.place.group, name=self.place.name, group=self.place.family or self.place.group,
-                              dir=str(self.work), config=params, mode=None if online else "offline",
-                              reinit="create_new", **same)
+        self.run = wandb.init(project=self.place.group, name=self.place.name,
+                              group=self.place.family or self.place.group, dir=str(self.work), config=params,
+                              mode=None if online else "offline", reinit="create_new", **same)
 
     def resume_info(self) -> dict:
         """What a resumed fold needs to continue this run: its id."""
