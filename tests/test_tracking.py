@@ -209,6 +209,9 @@ class FailsOnEpoch2:
             raise RuntimeError("the tracker's disk is full")
         FailsOnEpoch2.epochs.append(epoch)
 
+    def resume_info(self):
+        return {}
+
     def finish(self, params, summary):
         raise AssertionError("a failed run is not finished")
 
@@ -225,6 +228,34 @@ def test_a_tracker_failing_mid_run_is_reported_once_and_training_goes_on(tiny_wo
     assert list(log["epoch"]) == [1, 2, 3]
     assert (work / "experiments" / "tracked" / "fold_0" / "model.pt").is_file()
     assert_logged(scalars(work / "tracking" / "tracked" / "fold_0"), log)  # the other tracker logged on
+
+
+class FailsOnSave:
+    """A tracker run that cannot say how to continue it when the fold's state is saved."""
+
+    def __init__(self, work, place, config):
+        pass
+
+    def start(self, params):
+        pass
+
+    def log_epoch(self, epoch, metrics):
+        pass
+
+    def resume_info(self):
+        raise OSError("no space left on the tracker's disk")
+
+
+def test_a_tracker_failing_as_the_state_is_saved_is_reported_once_and_training_goes_on(tiny_work, tmp_path,
+                                                                                      monkeypatch):
+    monkeypatch.setitem(tracking.RUNS, "wandb", FailsOnSave)
+    dataset, work = tiny_work
+    result = train(dataset, work, tmp_path, "--track", "wandb")
+    failures = [line for line in result.output.splitlines() if "failed" in line]
+    assert failures == ["fold 0: tracker wandb failed (OSError: no space left on the tracker's disk); it logs "
+                        "nothing more of this run, training goes on and log.csv keeps every epoch"]
+    assert list(log_csv(work)["epoch"]) == [1, 2]
+    assert (work / "experiments" / "tracked" / "fold_0" / "model.pt").is_file()
 
 
 # --- MLflow -------------------------------------------------------------------------------------
@@ -324,8 +355,19 @@ def test_mlflow_logs_to_a_live_server(tiny_work, tmp_path, mlflow_server):
 WANDB_HEADER, WANDB_BLOCK, FULL, FIRST, MIDDLE, LAST = b":W&B", 32768, 1, 2, 3, 4
 
 
-def wandb_records(path) -> list:
-    """The protobuf records of an offline W&B run file (``wandb.proto.wandb_internal_pb2.Record``)."""
+def wandb_records(path, wait_s=60) -> list:
+    """The protobuf records of an offline W&B run file (``wandb.proto.wandb_internal_pb2.Record``),
+    once it ends with its ``exit`` record: W&B's service process may still be writing it when
+    ``finish`` returns (at most ``wait_s`` seconds)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = _wandb_file_records(path)
+        if any(record.WhichOneof("record_type") == "exit" for record in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
+def _wandb_file_records(path) -> list:
     from wandb.proto.wandb_internal_pb2 import Record
 
     data = path.read_bytes()

@@ -367,10 +367,11 @@ class Guarded:
                  "of this run, training goes on and log.csv keeps every epoch")
         self.run = None
 
-    def call(self, method: str, *args) -> None:
-        """``run.method(*args)``, unless the run has failed."""
+    def call(self, method: str, *args):
+        """``run.method(*args)``, unless the run has failed; its value, or None."""
         if self.run is not None:
-            self._call(lambda: getattr(self.run, method)(*args))
+            return self._call(lambda: getattr(self.run, method)(*args))
+        return None
 
 
 class Tracking(FoldOption):
@@ -395,8 +396,8 @@ class Tracking(FoldOption):
                                    f"fold {self.fold}", self.resumed)
 
     def state_fields(self) -> dict:
-        return {STATE_KEY: {guarded.name: guarded.run.resume_info() for guarded in self.guarded
-                            if guarded.run is not None}}
+        runs = {guarded.name: guarded.call("resume_info") for guarded in self.guarded}
+        return {STATE_KEY: {name: info for name, info in runs.items() if info is not None}}
 
     def end_epoch(self, fit_state: FitState, row: dict) -> None:
         metrics = epoch_metrics(row, self.experiment.train.epoch_size)
