@@ -20,7 +20,7 @@ from freesound.tools.tracked_runs import search_group
 from freesound.training import tracking
 from freesound.training.oof import OOFTiles, save_oof_tiles
 from freesound.training.tracking import track_summary
-from test_tracking import scalars, wandb_key, wandb_records
+from test_tracking import free_port, scalars, wandb_key, wandb_records
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -32,10 +32,10 @@ class PrunesTrial1(optuna.pruners.BasePruner):
         return trial.number == 1
 
 
-def tiny_search(dataset, work, tmp_path, trackers, name="tiny", log=lambda *_: None):
+def tiny_search(dataset, work, tmp_path, trackers, name="tiny", log=lambda *_: None, uri=""):
     """Two trials of a tiny experiment, one epoch on fold 0; trial 1 is pruned after its epoch."""
     (tmp_path / "tiny.toml").write_text(tiny_experiment_toml(max_epochs=1))
-    target = load_target(tmp_path / "tiny.toml").tracked(trackers)
+    target = load_target(tmp_path / "tiny.toml").tracked(trackers, uri)
     space = parse_space({"train.lr": {"loguniform": [1e-3, 1e-2]}}, target)
     return run_search(target, space, TrialSetup.create(dataset, work, [0]), trials=2, seed=0, name=name,
                       out=tmp_path / "best.toml", log=log, progress=False, pruner=PrunesTrial1())
@@ -115,6 +115,20 @@ def test_search_trials_in_wandb_are_grouped_with_their_folds(tiny_work, tmp_path
     assert summary["optuna.state"] == "COMPLETE" and found["tiny-trial1"][1]["optuna.state"] == "PRUNED"
 
 
+def test_an_unreachable_mlflow_server_is_reported_once_per_search(tiny_work, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    dataset, work = tiny_work
+    lines = []
+    result = tiny_search(dataset, work, tmp_path, ("mlflow", "tensorboard"), log=lines.append, uri=uri)
+    notes = [line for line in lines if "tracker" in line]
+    assert len(notes) == 1 and notes[0].startswith(f"tracker mlflow cannot be reached at {uri} (")
+    assert list(result.trials.state) == ["COMPLETE", "PRUNED"]
+    assert [step for step, _ in scalars(work / "tracking" / "search-tiny" / "tiny-trial0" / "fold_0")["val_lwlrap"]] \
+        == [1]
+
+
 class ScoredByLr(ExperimentTarget):
     """Trains nothing: a trial scores 1 - |log10(lr) + 2.5|, reported once."""
 
@@ -160,7 +174,7 @@ def test_a_tracker_failing_in_a_search_is_reported_once_and_the_search_goes_on(t
                           log=lines.append, progress=False, pruner=None)
 
     untracked = search(plain, "plain")
-    tracked = search(ScoredByLr(plain.tracked(("wandb", "tensorboard")).experiment), "tracked")
+    tracked = search(plain.tracked(("wandb", "tensorboard")), "tracked")
     failures = [line for line in lines if "tracker" in line]
     assert failures == ["trial 0: tracker wandb failed (ConnectionError: the server went away); it logs nothing more "
                         "of this run, training goes on and log.csv keeps every epoch",
@@ -181,7 +195,7 @@ def test_a_search_may_add_trackers_when_resumed(tiny_work, tmp_path):
     setup = TrialSetup.create(dataset, work, [0])
     common = dict(seed=0, name="grows", out=tmp_path / "grows.toml", log=lambda *_: None, progress=False)
     run_search(plain, space, setup, trials=1, **common)
-    resumed = run_search(ScoredByLr(plain.tracked(("tensorboard",)).experiment), space, setup, trials=2, **common)
+    resumed = run_search(plain.tracked(("tensorboard",)), space, setup, trials=2, **common)
     assert list(resumed.trials.trial) == [0, 1]
     assert sorted(path.name for path in (work / "tracking" / "search-grows").iterdir()) == ["grows-trial1"]
 
@@ -195,6 +209,9 @@ def test_search_track_options_reach_the_trials(tiny_work, tmp_path):
     run_cli("search", tmp_path / "tiny.toml", *common, "--track", "tensorboard")
     trial = work / "tracking" / "search-tiny" / "tiny-trial0"
     assert list(trial.glob("events.out.tfevents.*")) and list((trial / "fold_0").glob("events.out.tfevents.*"))
+    assert load_experiment(work / "experiments" / "tiny-trial0" / "fold_0" / "config.toml").tracking.trackers == \
+        ("tensorboard",)
+    assert load_experiment(tmp_path / "best.toml").tracking.trackers == ()  # the experiment file's own
     bad = run_cli("search", tmp_path / "tiny.toml", *common, "--tracking-uri", "http://127.0.0.1:1", expect=1)
     assert "uri is MLflow's tracking URI" in bad.output and "Traceback" not in bad.output
 

@@ -417,9 +417,11 @@ class ExperimentTarget:
     kind = "experiment"
     default_space = DEFAULT_EXPERIMENT_SPACE
 
-    def __init__(self, experiment: Experiment):
+    def __init__(self, experiment: Experiment, tracking: TrackingConfig | None = None):
         self.experiment = experiment
         self.name = experiment.name
+        #: The trials' trackers: the experiment's ``[tracking]`` and ``search --track``'s.
+        self.tracking = experiment.tracking if tracking is None else tracking
 
     def template(self) -> dict:
         """The resolved config as nested dicts: what the space's keys address."""
@@ -442,14 +444,10 @@ class ExperimentTarget:
         if any(key.split(".")[0] in ("model", "loss") for key in params):
             check_experiment(experiment, num_classes=2)
 
-    @property
-    def tracking(self) -> TrackingConfig:
-        """The trackers of the trials (the experiment's ``[tracking]``)."""
-        return self.experiment.tracking
-
     def tracked(self, trackers=(), uri: str = "") -> "ExperimentTarget":
-        """This target with ``trackers`` added to the experiment's (``config.with_trackers``)."""
-        return ExperimentTarget(with_trackers(self.experiment, trackers, uri))
+        """This target with its trials also logged to ``trackers`` (``config.with_trackers``); the
+        best trial's file keeps the experiment's own ``[tracking]``."""
+        return with_tracking(self, with_trackers(self.experiment, trackers, uri).tracking)
 
     def prepare(self, setup: TrialSetup, log=print):
         """A ``run(trial_name, params, report, parent=None) -> OOF lwlrap`` that trains a trial on
@@ -458,7 +456,7 @@ class ExperimentTarget:
         (``tracking.ParentRun``)."""
 
         def run(trial_name: str, params: dict, report, parent=None) -> float:
-            experiment = self.config(params, trial_name)
+            experiment = dataclasses.replace(self.config(params, trial_name), tracking=self.tracking)
             max_epochs = setup.max_epochs or experiment.train.max_epochs
             context = dataclasses.replace(RunContext.create(setup.device, log=log, progress=False),
                                           tracked_under=parent)
@@ -492,7 +490,7 @@ class StackerTarget:
 
     def tracked(self, trackers=(), uri: str = "") -> "StackerTarget":
         """This target with its trials logged to ``trackers`` (an ensemble file names none)."""
-        return StackerTarget(self.ensemble, ensemble_trackers(self.ensemble, trackers, uri))
+        return with_tracking(self, ensemble_trackers(self.ensemble, trackers, uri))
 
     def template(self) -> dict:
         return dataclasses.asdict(self.stacker)
@@ -536,6 +534,14 @@ class StackerTarget:
         """The ensemble with the best stacker in place of the searched one."""
         stackers = (self.config(params),) + tuple(self.ensemble.stackers[1:])
         return dump_ensemble(self.ensemble.experiments, stackers, header)
+
+
+def with_tracking(target, tracking: TrackingConfig):
+    """A copy of ``target`` (an ``ExperimentTarget`` or ``StackerTarget``, or a subclass) whose
+    trials log to ``tracking``."""
+    copied = copy.copy(target)
+    copied.tracking = tracking
+    return copied
 
 
 def load_target(spec, experiments_dir="experiments"):
@@ -846,7 +852,8 @@ def run_search(target, space: SearchSpace, setup: TrialSetup, *, trials: int, se
             log(f"search {name}: {trials - done} trial(s) to run on fold(s) {', '.join(map(str, setup.folds))} "
                 f"({sampler} sampler, {type(study.pruner).__name__})")
             tracking["config"] = usable_trackers(target.tracking, setup.work, search_group(name), log)
-            run = target.prepare(setup, log=log)
+            # A store that cannot be reached is left out of the folds' runs too, not met again each trial.
+            run = with_tracking(target, tracking["config"]).prepare(setup, log=log)
         try:
             with _quiet_failure_logs(lambda: last.get("interrupted", False)):
                 study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
