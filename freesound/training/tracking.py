@@ -376,8 +376,9 @@ class Guarded:
 
 class Tracking(FoldOption):
     """``[tracking]``: the fold logged to each tracker (the module docstring), from the first
-    epoch it trains now to its end, nested under ``parent`` when given (a search's trial). A
-    fold resumed after its last epoch logs nothing."""
+    epoch it trains now to its end, nested under ``parent`` when given (a search's trial). Its
+    runs are named in ``state.pt`` (``STATE_KEY``) so that a resumed fold continues them; a fold
+    resumed after its last epoch logs nothing."""
 
     def __init__(self, experiment: Experiment, work, fold: int, log: Callable[[str], None],
                  parent: ParentRun | None = None):
