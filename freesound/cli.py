@@ -309,6 +309,21 @@ def precision_option(function):
                              "predicts in fp32).")(function)
 
 
+def tracking_options(what: str, added: str = ""):
+    """``--track`` (repeatable) and ``--tracking-uri``: log ``what`` to experiment trackers."""
+
+    def decorate(function):
+        function = click.option("--tracking-uri", default="",
+                                help="MLflow's tracking URI, e.g. http://127.0.0.1:5000 (default: sqlite store "
+                                     "WORK/mlflow.db).")(function)
+        return click.option("--track", "trackers", type=click.Choice(["tensorboard", "mlflow", "wandb"]),
+                            multiple=True,
+                            help=f"Log {what} to this experiment tracker too (repeatable{added}); needs pip install "
+                                 "'freesound[tracking]'. See docs/tracking.md.")(function)
+
+    return decorate
+
+
 @main.command()
 @click.argument("experiment")
 @data_option
@@ -322,11 +337,7 @@ def precision_option(function):
 @click.option("--devices", default=None,
               help="Train folds in parallel, one process per device, e.g. cuda:0,cuda:1 (a device may repeat: "
                    "cpu,cpu). Not under torchrun, which trains each fold on all of its processes.")
-@click.option("--track", "trackers", type=click.Choice(["tensorboard", "mlflow", "wandb"]), multiple=True,
-              help="Log every fold to this experiment tracker too (repeatable; added to the experiment's "
-                   "[tracking] ones); needs pip install 'freesound[tracking]'. See docs/tracking.md.")
-@click.option("--tracking-uri", default="",
-              help="MLflow's tracking URI, e.g. http://127.0.0.1:5000 (default: sqlite store WORK/mlflow.db).")
+@tracking_options("every fold", "; added to the experiment's [tracking] ones")
 def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device, resume, no_oof, devices, trackers,
           tracking_uri):
     """Train EXPERIMENT (a name under experiments/ or a TOML path) on every fold.
@@ -503,20 +514,30 @@ def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_file
 @work_option
 @experiments_dir_option
 @device_option
-def stack(ensemble, data_dir, work_dir, experiments_dir, device):
-    """Train ENSEMBLE's stackers on its experiments' out-of-fold predictions and score the blend."""
+@tracking_options("each stacker and the blend")
+def stack(ensemble, data_dir, work_dir, experiments_dir, device, trackers, tracking_uri):
+    """Train ENSEMBLE's stackers on its experiments' out-of-fold predictions and score the blend.
+
+    With --track each stacker (its settings, overall, per-fold and per-class OOF lwlrap and
+    per-class PNG) and the blend are runs in the trackers, grouped under ENSEMBLE's name
+    (docs/tracking.md).
+    """
     from freesound.config import load_ensemble
     from freesound.data.dataset import load_dataset
     from freesound.ensembling.stack import train_stackers
+    from freesound.tools.tracked_runs import ensemble_trackers, track_stack
     from freesound.training.oof import ensure_oof
+    from freesound.training.tracking import usable_trackers
 
     config = load_ensemble(ensemble, experiments_dir)
+    tracking = usable_trackers(ensemble_trackers(config, trackers, tracking_uri), work_dir, config.name, click.echo)
     dataset = load_dataset(data_dir)
     ensure_oof(config.experiments, dataset, work_dir, device=device, log=click.echo)
     cv = train_stackers(config, dataset, work_dir, device=device, log=click.echo)
     click.echo(f"\n{config.name}: OOF lwlrap")
     for name, score in cv.items():
         click.echo(f"  {name:<32} {score:.4f}")
+    track_stack(tracking, config, dataset, work_dir, cv, click.echo)
 
 
 @main.command("select-ensemble")
@@ -576,7 +597,8 @@ the trained folds; trials that trail are pruned after each epoch. The study live
 <work>/search/<name>/study.db (or --storage): rerunning the command resumes it, and several
 processes or machines running it on one storage share the trials. trials.csv and
 progress.png are written beside it and the best trial's config as a new experiment (or
-ensemble) file after every trial.
+ensemble) file after every trial. With --track (or the experiment's [tracking]) each trial is a
+run in the trackers, grouped as search-<name>, its folds' runs nested under it (docs/tracking.md).
 
 \b
 The space is TOML, one entry per config key (experiments: dotted keys such as train.lr,
@@ -616,15 +638,16 @@ Default space for an ensemble's stacker:
               help="Optuna storage URL shared by several processes or machines, e.g. postgresql://user@host/db "
                    "(default: the SQLite file <work>/search/<name>/study.db).")
 @device_option
+@tracking_options("each trial (its folds nested under it)", "; added to the experiment's [tracking] ones")
 def search(experiment, data_dir, work_dir, experiments_dir, trials, space_file, seed, folds, epochs, name, out_file,
-           sampler, pruner, no_prune, storage, device):
+           sampler, pruner, no_prune, storage, device, trackers, tracking_uri):
     import optuna
 
     from freesound.data.dataset import load_dataset
     from freesound.tools.search import TrialSetup, format_trials, load_space, load_target, run_search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial gets its own line below
-    target = load_target(experiment, experiments_dir)
+    target = load_target(experiment, experiments_dir).tracked(trackers, tracking_uri)
     space = load_space(space_file, target)
     setup = TrialSetup.create(load_dataset(data_dir), work_dir, folds, device=device,
                               max_epochs=epochs)

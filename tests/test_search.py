@@ -200,7 +200,7 @@ class ScoredByLr(ExperimentTarget):
         self.epochs = epochs
 
     def prepare(self, setup, log=print):
-        def run(trial_name, params, report):
+        def run(trial_name, params, report, parent=None):
             closeness = 1.0 - abs(math.log10(params["train.lr"]) + 2.5)
             for epoch in range(self.epochs):
                 report(epoch, closeness * (epoch + 1) / self.epochs)
@@ -346,10 +346,10 @@ from freesound.data.dataset import load_dataset
 class Slow(ScoredByLr):
     def prepare(self, setup, log=print):
         run = super().prepare(setup, log)
-        def slow(name, params, report):
+        def slow(name, params, report, parent=None):
             print("started", name, flush=True)
             time.sleep(60)
-            return run(name, params, report)
+            return run(name, params, report, parent)
         return slow
 
 experiments = {experiments!r}

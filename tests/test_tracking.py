@@ -163,12 +163,42 @@ def test_a_resumed_fold_may_add_a_tracker_and_logs_its_new_epochs(tiny_work, tmp
     assert_logged(logged, log_csv(work).iloc[1:])
 
 
+def test_a_resumed_fold_continues_its_runs(tiny_work, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    dataset, work = tiny_work
+    train(dataset, work, tmp_path, "--track", "tensorboard", "--track", "mlflow", epochs=1)
+    state = torch_load(work / "train_state" / "tracked" / "fold_0" / "state.pt")
+    assert sorted(state["tracking_runs"]) == ["mlflow", "tensorboard"]
+    train(dataset, work, tmp_path, "--resume", "--epochs", "2", "--track", "tensorboard", "--track", "mlflow",
+          epochs=1)
+    log = log_csv(work)
+    assert list(log["epoch"]) == [1, 2]
+    logged = scalars(work / "tracking" / "tracked" / "fold_0")  # one folder, both sessions' epochs
+    assert_logged(logged, log)
+    assert logged["hparams/best_val_lwlrap"][-1][1] == pytest.approx(log["val_lwlrap"].max(), rel=1e-6)
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
+    assert run.info.run_id == state["tracking_runs"]["mlflow"]["run_id"] and run.info.status == "FINISHED"
+    history = {name: [(metric.step, metric.value) for metric in client.get_metric_history(run.info.run_id, name)]
+               for name in expected_metrics(log)}
+    assert_logged(history, log, rel=1e-12)
+    assert run.data.metrics["best_val_lwlrap"] == pytest.approx(log["val_lwlrap"].max(), rel=1e-12)
+
+
+def torch_load(path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 class FailsOnEpoch2:
     """A tracker run whose second epoch raises; records what it was given."""
 
     epochs = []
 
-    def __init__(self, work, experiment, run, config):
+    def __init__(self, work, place, config):
         FailsOnEpoch2.epochs = []
 
     def start(self, params):
@@ -178,6 +208,9 @@ class FailsOnEpoch2:
         if epoch == 2:
             raise RuntimeError("the tracker's disk is full")
         FailsOnEpoch2.epochs.append(epoch)
+
+    def resume_info(self):
+        return {}
 
     def finish(self, params, summary):
         raise AssertionError("a failed run is not finished")
@@ -195,6 +228,34 @@ def test_a_tracker_failing_mid_run_is_reported_once_and_training_goes_on(tiny_wo
     assert list(log["epoch"]) == [1, 2, 3]
     assert (work / "experiments" / "tracked" / "fold_0" / "model.pt").is_file()
     assert_logged(scalars(work / "tracking" / "tracked" / "fold_0"), log)  # the other tracker logged on
+
+
+class FailsOnSave:
+    """A tracker run that cannot say how to continue it when the fold's state is saved."""
+
+    def __init__(self, work, place, config):
+        pass
+
+    def start(self, params):
+        pass
+
+    def log_epoch(self, epoch, metrics):
+        pass
+
+    def resume_info(self):
+        raise OSError("no space left on the tracker's disk")
+
+
+def test_a_tracker_failing_as_the_state_is_saved_is_reported_once_and_training_goes_on(tiny_work, tmp_path,
+                                                                                      monkeypatch):
+    monkeypatch.setitem(tracking.RUNS, "wandb", FailsOnSave)
+    dataset, work = tiny_work
+    result = train(dataset, work, tmp_path, "--track", "wandb")
+    failures = [line for line in result.output.splitlines() if "failed" in line]
+    assert failures == ["fold 0: tracker wandb failed (OSError: no space left on the tracker's disk); it logs "
+                        "nothing more of this run, training goes on and log.csv keeps every epoch"]
+    assert list(log_csv(work)["epoch"]) == [1, 2]
+    assert (work / "experiments" / "tracked" / "fold_0" / "model.pt").is_file()
 
 
 # --- MLflow -------------------------------------------------------------------------------------
@@ -294,8 +355,19 @@ def test_mlflow_logs_to_a_live_server(tiny_work, tmp_path, mlflow_server):
 WANDB_HEADER, WANDB_BLOCK, FULL, FIRST, MIDDLE, LAST = b":W&B", 32768, 1, 2, 3, 4
 
 
-def wandb_records(path) -> list:
-    """The protobuf records of an offline W&B run file (``wandb.proto.wandb_internal_pb2.Record``)."""
+def wandb_records(path, wait_s=60) -> list:
+    """The protobuf records of an offline W&B run file (``wandb.proto.wandb_internal_pb2.Record``),
+    once it ends with its ``exit`` record: W&B's service process may still be writing it when
+    ``finish`` returns (at most ``wait_s`` seconds)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = _wandb_file_records(path)
+        if any(record.WhichOneof("record_type") == "exit" for record in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
+def _wandb_file_records(path) -> list:
     from wandb.proto.wandb_internal_pb2 import Record
 
     data = path.read_bytes()
@@ -342,6 +414,25 @@ def test_wandb_logs_offline_under_the_work_folder(tiny_work, tmp_path, monkeypat
     summary = {wandb_key(item): json.loads(item.value_json) for record in records
                if record.WhichOneof("record_type") == "summary" for item in record.summary.update}
     assert summary["best_val_lwlrap"] == pytest.approx(log["val_lwlrap"].max(), rel=1e-12)
+
+
+@pytest.mark.slow
+def test_a_resumed_fold_continues_its_wandb_run(tiny_work, tmp_path, monkeypatch):
+    for variable in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    dataset, work = tiny_work
+    train(dataset, work, tmp_path, "--track", "wandb", epochs=1)
+    train(dataset, work, tmp_path, "--resume", "--epochs", "2", "--track", "wandb", epochs=1)
+    runs = []
+    for run_file in sorted((work / "wandb").glob("offline-run-*/run-*.wandb")):
+        records = wandb_records(run_file)
+        [run] = [record.run for record in records if record.WhichOneof("record_type") == "run"]
+        history = [{wandb_key(item): json.loads(item.value_json) for item in record.history.item}
+                   for record in records if record.WhichOneof("record_type") == "history"]
+        runs.append((run.run_id, [row["epoch"] for row in history if "epoch" in row]))
+    state_id = torch_load(work / "train_state" / "tracked" / "fold_0" / "state.pt")["tracking_runs"]["wandb"]["id"]
+    assert runs == [(state_id, [1]), (state_id, [2])]  # the resumed session names the same run
 
 
 # --- folds on several devices -------------------------------------------------------------------

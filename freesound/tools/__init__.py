@@ -12,5 +12,6 @@
     plots.py         ``freesound report``: training curves, per-class scores, augmentations
     compare.py       ``freesound compare``: experiments' CV, per-class lwlrap and curves side by side
     listen.py        ``freesound listen``: live tagging in a rolling window
+    tracked_runs.py  a search's trials and ``stack``'s stackers as runs in the experiment trackers
     argus_import.py  ``freesound import-argus``: the original team's released weights
 """

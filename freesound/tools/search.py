@@ -54,6 +54,11 @@ Under ``<work>/search/<name>/``::
 
 and the best trial's config, after every trial, as an experiment (or ensemble) file, by default
 ``experiments/<name>-best.toml``.
+
+Tracking
+--------
+With trackers (the experiment's ``[tracking]``, or ``search --track``), each trial is a run in the
+group ``search-<name>``, its folds' runs nested under it (``freesound.tools.tracked_runs``).
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ from freesound.config import (
     EnsembleConfig,
     Experiment,
     StackerConfig,
+    TrackingConfig,
     dump_ensemble,
     dump_toml,
     experiment_from_dict,
@@ -91,6 +97,7 @@ from freesound.config import (
     merge_table,
     read_toml,
     stacker_from_dict,
+    with_trackers,
 )
 from freesound.data.dataset import Dataset, multi_hot
 from freesound.data.folds import read_folds
@@ -102,11 +109,13 @@ from freesound.paths import experiment_dir, fold_dir, search_dir, train_state_di
 from freesound.progress import progress_bar
 from freesound.tools.plots import plot_search_progress
 from freesound.tools.spaces import DEFAULT_EXPERIMENT_SPACE, DEFAULT_STACKER_SPACE
+from freesound.tools.tracked_runs import end_trial_run, ensemble_trackers, open_trial_run, search_group
 from freesound.training.oof import ensure_oof, predict_fold_tiles
 from freesound.training.context import RunContext
 from freesound.training.experiment_training import train_folds
 from freesound.training.fold_parts import check_experiment
-from freesound.training.resume_state import changed_settings
+from freesound.training.resume_state import TRACKING_SETTINGS, changed_settings
+from freesound.training.tracking import usable_trackers
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 SAMPLERS = ("tpe", "random", "grid")
@@ -408,9 +417,11 @@ class ExperimentTarget:
     kind = "experiment"
     default_space = DEFAULT_EXPERIMENT_SPACE
 
-    def __init__(self, experiment: Experiment):
+    def __init__(self, experiment: Experiment, tracking: TrackingConfig | None = None):
         self.experiment = experiment
         self.name = experiment.name
+        #: The trials' trackers: the experiment's ``[tracking]`` and ``search --track``'s.
+        self.tracking = experiment.tracking if tracking is None else tracking
 
     def template(self) -> dict:
         """The resolved config as nested dicts: what the space's keys address."""
@@ -433,17 +444,24 @@ class ExperimentTarget:
         if any(key.split(".")[0] in ("model", "loss") for key in params):
             check_experiment(experiment, num_classes=2)
 
-    def prepare(self, setup: TrialSetup, log=print):
-        """A ``run(trial_name, params, report) -> OOF lwlrap`` that trains a trial on ``setup.folds``,
-        calling ``report(step, val lwlrap)`` after every epoch (step = fold position * max_epochs
-        + epoch - 1)."""
+    def tracked(self, trackers=(), uri: str = "") -> "ExperimentTarget":
+        """This target with its trials also logged to ``trackers`` (``config.with_trackers``); the
+        best trial's file keeps the experiment's own ``[tracking]``."""
+        return with_tracking(self, with_trackers(self.experiment, trackers, uri).tracking)
 
-        def run(trial_name: str, params: dict, report) -> float:
-            experiment = self.config(params, trial_name)
+    def prepare(self, setup: TrialSetup, log=print):
+        """A ``run(trial_name, params, report, parent=None) -> OOF lwlrap`` that trains a trial on
+        ``setup.folds``, calling ``report(step, val lwlrap)`` after every epoch (step = fold
+        position * max_epochs + epoch - 1); the folds' tracker runs nest under ``parent``
+        (``tracking.ParentRun``)."""
+
+        def run(trial_name: str, params: dict, report, parent=None) -> float:
+            experiment = dataclasses.replace(self.config(params, trial_name), tracking=self.tracking)
             max_epochs = setup.max_epochs or experiment.train.max_epochs
+            context = dataclasses.replace(RunContext.create(setup.device, log=log, progress=False),
+                                          tracked_under=parent)
             train_folds(experiment, setup.dataset, setup.work, list(setup.folds), max_epochs=max_epochs,
-                        context=RunContext.create(setup.device, log=log, progress=False), score_oof=False,
-                        on_epoch=_reporter(report, setup.folds, max_epochs))
+                        context=context, score_oof=False, on_epoch=_reporter(report, setup.folds, max_epochs))
             return fold_oof_lwlrap(trial_name, setup)
 
         return run
@@ -465,10 +483,14 @@ class StackerTarget:
     kind = "stacker"
     default_space = DEFAULT_STACKER_SPACE
 
-    def __init__(self, ensemble: EnsembleConfig):
-        self.ensemble = ensemble
+    def __init__(self, ensemble: EnsembleConfig, tracking: TrackingConfig = TrackingConfig()):
+        self.ensemble, self.tracking = ensemble, tracking
         self.name = ensemble.name
         self.stacker = ensemble.stackers[0] if ensemble.stackers else StackerConfig()
+
+    def tracked(self, trackers=(), uri: str = "") -> "StackerTarget":
+        """This target with its trials logged to ``trackers`` (an ensemble file names none)."""
+        return with_tracking(self, ensemble_trackers(self.ensemble, trackers, uri))
 
     def template(self) -> dict:
         return dataclasses.asdict(self.stacker)
@@ -488,12 +510,13 @@ class StackerTarget:
 
     def prepare(self, setup: TrialSetup, log=print):
         """Loads the experiments' OOF tiles once (predicting them first where missing); the
-        ``run`` reports every epoch like ``ExperimentTarget``'s."""
+        ``run`` reports every epoch like ``ExperimentTarget``'s (a stacker's folds log no runs
+        of their own, so ``parent`` is unused)."""
         classes = setup.dataset.classes
         ensure_oof(self.ensemble.experiments, setup.dataset, setup.work, device=setup.device, log=log)
         oof, truth = stacker_inputs(self.ensemble.experiments, setup.dataset, setup.work)
 
-        def run(trial_name: str, params: dict, report) -> float:
+        def run(trial_name: str, params: dict, report, parent=None) -> float:
             stacker = self.config(params, setup.max_epochs)
             clips, probs = [], []
             reporter = _reporter(report, setup.folds, stacker.max_epochs)
@@ -511,6 +534,14 @@ class StackerTarget:
         """The ensemble with the best stacker in place of the searched one."""
         stackers = (self.config(params),) + tuple(self.ensemble.stackers[1:])
         return dump_ensemble(self.ensemble.experiments, stackers, header)
+
+
+def with_tracking(target, tracking: TrackingConfig):
+    """A copy of ``target`` (an ``ExperimentTarget`` or ``StackerTarget``, or a subclass) whose
+    trials log to ``tracking``."""
+    copied = copy.copy(target)
+    copied.tracking = tracking
+    return copied
 
 
 def load_target(spec, experiments_dir="experiments"):
@@ -646,7 +677,8 @@ def _trial_seed(seed: int, number: int) -> int:
 def _check_settings(study: optuna.Study, settings: dict) -> None:
     """Record a new study's settings, or check that a resumed (or joined) one has the same. An
     experiment setting added to the package since the study began counts as its default there
-    (``changed_settings``), so a study outlives a new option that it does not use."""
+    (``changed_settings``), so a study outlives a new option that it does not use; the trackers
+    (``[tracking]``) may change, as they may for a resumed fold."""
     settings = json.loads(json.dumps(settings))
     previous = study.user_attrs.get("settings")
     if previous is None:
@@ -654,7 +686,7 @@ def _check_settings(study: optuna.Study, settings: dict) -> None:
         return
     differ = [key for key in settings if previous.get(key) != settings[key]
               and not (key == "base" and settings["kind"] == "experiment" and previous.get("kind") == "experiment"
-                       and not changed_settings(previous["base"], settings["base"], ignored=()))]
+                       and not changed_settings(previous["base"], settings["base"], ignored=TRACKING_SETTINGS))]
     if differ:
         raise FreesoundError(f"search {study.study_name!r} was started with another {', '.join(differ)}; resume it "
                              f"with the same settings, or give the new search another --name")
@@ -772,7 +804,7 @@ def run_search(target, space: SearchSpace, setup: TrialSetup, *, trials: int, se
     })
     study.sampler = make_sampler(sampler, seed, space)
     study.pruner = make_pruner(pruner)
-    run, last = None, {}
+    run, last, tracking = None, {}, {}  # tracking["config"]: the trackers that still work
 
     def objective(trial: optuna.Trial) -> float:
         last["number"] = trial.number
@@ -781,18 +813,26 @@ def run_search(target, space: SearchSpace, setup: TrialSetup, *, trials: int, se
         params = space.suggest(trial)
         trial_name = f"{name}-trial{trial.number}"
         trial.set_user_attr("name", trial_name)
+        tracked = open_trial_run(tracking["config"], setup.work, name, trial.number, trial_name, params, log)
+        reported = []
 
         def report(step: int, value: float) -> None:
+            reported.append(value)
             trial.report(value, step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"val lwlrap {value:.4f} at step {step} trails the other trials")
 
         try:
-            return run(trial_name, params, report)
+            value = run(trial_name, params, report, tracked.parent())
         except BaseException as error:  # pruned, failed or interrupted: no partial weights left behind
             last["interrupted"] = isinstance(error, KeyboardInterrupt)
             _remove_trial_outputs(setup.work, trial_name)
+            outcome = "PRUNED" if isinstance(error, optuna.TrialPruned) else "FAIL"
+            tracking["config"] = end_trial_run(tracked, outcome, None, reported, tracking["config"], log)
             raise
+        outcome = "COMPLETE" if math.isfinite(value) else "FAIL"  # Optuna fails a NaN value
+        tracking["config"] = end_trial_run(tracked, outcome, value, reported, tracking["config"], log)
+        return value
 
     bar = progress_bar(total=trials, desc=f"search {name}", unit="trial", enabled=progress)
     shown = 0
@@ -811,7 +851,9 @@ def run_search(target, space: SearchSpace, setup: TrialSetup, *, trials: int, se
         if run is None:
             log(f"search {name}: {trials - done} trial(s) to run on fold(s) {', '.join(map(str, setup.folds))} "
                 f"({sampler} sampler, {type(study.pruner).__name__})")
-            run = target.prepare(setup, log=log)
+            tracking["config"] = usable_trackers(target.tracking, setup.work, search_group(name), log)
+            # A store that cannot be reached is left out of the folds' runs too, not met again each trial.
+            run = with_tracking(target, tracking["config"]).prepare(setup, log=log)
         try:
             with _quiet_failure_logs(lambda: last.get("interrupted", False)):
                 study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)

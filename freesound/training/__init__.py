@@ -7,10 +7,12 @@
                  losses, on-device augment, weight average); the stacker and benchmarks use it too
     fold_options.py  the options as parts of a fold run, each with its own hooks: pretrained
                  start, process group, weight averaging, the teacher's targets
-    tracking.py  the fold's runs in TensorBoard, MLflow or W&B ([tracking], train --track); a
-                 tracker that fails is reported once and training goes on
+    tracking.py  the fold's runs in TensorBoard, MLflow or W&B ([tracking], train --track),
+                 continued by a resumed fold, nested under a parent run; summary runs
+                 (track_summary); a tracker that fails is reported once and training goes on
     resume_state.py  ``state.pt``: its format number, the upgrade of older ones, resume checks
-    context.py   ``RunContext``: device, log, progress display, feature workers, process group
+    context.py   ``RunContext``: device, log, progress display, feature workers, process group,
+                 the trackers' parent run
     engine.py    the training loop skeleton both trainers share: plateau, early stop, best
                  checkpoint, log rows, resumable state, named hooks
     distributed.py  one fold trained by the processes of a torchrun job (DDP), and its

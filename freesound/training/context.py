@@ -1,8 +1,9 @@
 """Where and how a training run runs: one object instead of five arguments on every signature.
 
 ``RunContext`` holds what every step of a run needs but no step decides: the torch device, the
-log function, whether progress bars are shown, the processes computing log-mels, and the process
-group (``freesound.training.distributed.Processes``) when the run is one process of a torchrun job.
+log function, whether progress bars are shown, the processes computing log-mels, the process
+group (``freesound.training.distributed.Processes``) when the run is one process of a torchrun job,
+and the trackers' run that the folds' runs nest under.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class RunContext:
     show_progress : bool, show progress bars
     feature_workers : int, processes that compute log-mels not cached yet
     processes : Processes, this process's place in a torchrun job (``SINGLE``: alone)
+    tracked_under : the trackers' run the folds' runs nest under (``tracking.ParentRun``: a search's
+        trial), or None
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -34,6 +37,7 @@ class RunContext:
     show_progress: bool = True
     feature_workers: int = 1
     processes: Processes = SINGLE
+    tracked_under: object = None
 
     @classmethod
     def create(cls, device="cpu", log=print, progress: bool = True, feature_workers: int = 1,

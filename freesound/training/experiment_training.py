@@ -106,7 +106,8 @@ def train_folds(experiment: Experiment, dataset: Dataset, work, folds=None, *, c
     """
     context = context or RunContext()
     if not isinstance(where, Torchrun) or where.environment["rank"] == 0:
-        experiment = reachable(experiment, work, context.log)
+        experiment = reachable(experiment, work, context.log,
+                               context.tracked_under.group if context.tracked_under else None)
     run = dict(max_epochs=max_epochs, resume=resume)
     if isinstance(where, OnDevices):
         if on_epoch is not None:

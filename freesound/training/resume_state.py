@@ -25,11 +25,12 @@ from freesound.training.engine import load_state, restore_rng_states
 #: The format of the states this version writes. States without a number are format 1: from
 #: before the settings, device, AMP setting and per-process generators were recorded.
 STATE_FORMAT = 2
+#: Where a run is logged, not how it trains: a resumed fold or search may log elsewhere.
+TRACKING_SETTINGS = ("tracking.trackers", "tracking.uri")
 #: Settings a resumed run may change: how long it trains, how many loader processes it uses,
 #: whether it insists on deterministic algorithms and where it is tracked. Any other change would
 #: continue old weights under new rules, so resuming then is refused.
-RESUMABLE_SETTINGS = ("train.max_epochs", "train.workers", "train.deterministic", "tracking.trackers",
-                      "tracking.uri")
+RESUMABLE_SETTINGS = ("train.max_epochs", "train.workers", "train.deterministic", *TRACKING_SETTINGS)
 
 
 class StaleTrainingStateError(FreesoundError):

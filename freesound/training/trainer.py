@@ -184,7 +184,7 @@ class FoldRun:
                       if experiment.pretrained.experiment else [])
         held_out = fold_fingerprint(read_folds(work, dataset.curated.fname), fold)
         guard = SplitGuard(work, experiment.name, fold, held_out, context.processes)
-        tracking = tracking_parts(experiment, work, fold, context.log, context.main)
+        tracking = tracking_parts(experiment, work, fold, context.log, context.main, context.tracked_under)
         pseudo = self_training_parts(experiment, dataset, work, fold, context)
         self.options: list[FoldOption] = [*pretrained, self.group, guard, *tracking, *pseudo]  # in the order their hooks run
         self.parts: FoldParts | None = None  # built by run()
