@@ -422,15 +422,17 @@ def self_train_command(experiment, data_dir, work_dir, experiments_dir, rounds, 
     from freesound.config import load_experiment
     from freesound.data.dataset import load_dataset
     from freesound.tools.self_training import ROUNDS_CSV, ROUNDS_PNG, self_train
+    from freesound.tools.tracked_runs import track_round
     from freesound.training.context import RunContext
 
     config = load_experiment(experiment, experiments_dir)
     student_config = load_experiment(student, experiments_dir) if student else None
     context = RunContext.create(device, log=click.echo, feature_workers=settings.default_workers())
-    # A tracker's run per round (training/tracking.py) is what on_round is for.
     results = self_train(config, load_dataset(data_dir), work_dir, rounds, student=student_config,
                          unlabeled=unlabeled_dir, experiments_dir=experiments_dir, folds=list(folds) or None,
-                         context=context)
+                         context=context,
+                         on_round=lambda result, round_experiment: track_round(result, round_experiment, work_dir,
+                                                                               config.name, click.echo))
     click.echo(f"\n{config.name}: CV lwlrap per round")
     for result in results:
         cv = "untrained folds" if result.cv_lwlrap is None else f"{result.cv_lwlrap:.4f}"

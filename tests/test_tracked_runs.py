@@ -329,3 +329,32 @@ def test_track_summary_splits_headline_and_detail_metrics(tmp_path):
         {"hparams/oof_lwlrap": 0.81, "hparams/pseudo_labels": 1234, "oof_lwlrap/fold_0": 0.8}, rel=1e-6)
     assert track_summary(TrackingConfig(), work, "EXP", "nothing", params={}, metrics={"x": 1.0}) == ()
     assert not (work / "tracking" / "EXP" / "nothing").exists()
+
+
+# --- self-training rounds -------------------------------------------------------------------------
+
+def test_a_self_training_round_is_a_run_in_the_rounds_group(tmp_path):
+    from freesound.config import with_trackers
+    from freesound.tools.self_training import RoundResult
+    from freesound.tools.tracked_runs import self_train_group, track_round
+
+    (tmp_path / "tiny_r1.toml").write_text(tiny_experiment_toml(max_epochs=1))
+    experiment = with_trackers(load_experiment(tmp_path / "tiny_r1.toml"), ("mlflow",))
+    first = RoundResult(round=1, experiment="tiny_r1", cv_lwlrap=0.625, pool=40, pseudo_labelled=31,
+                        confident_share=0.5, top_label_flips=None, cpu_seconds=12.0, wall_seconds=20.0)
+    track_round(first, experiment, tmp_path, "tiny", log=pytest.fail)
+    run = runs_by_name(mlflow_client(tmp_path), self_train_group("tiny"))["tiny_r1"]
+    assert run.data.params["round"] == "1" and run.data.params["train.max_epochs"] == "1"
+    # round 1 has no earlier teacher to flip from: the metric is left out, not logged as 0
+    assert run.data.metrics == {"cv_lwlrap": 0.625, "pool": 40.0, "pseudo_labelled": 31.0, "confident_share": 0.5,
+                                "cpu_seconds": 12.0, "wall_seconds": 20.0}
+
+
+def test_a_round_of_an_untracked_experiment_logs_nothing(tmp_path):
+    from freesound.tools.self_training import RoundResult
+    from freesound.tools.tracked_runs import track_round
+
+    (tmp_path / "tiny_r1.toml").write_text(tiny_experiment_toml(max_epochs=1))
+    track_round(RoundResult(round=1, experiment="tiny_r1", cv_lwlrap=0.5), load_experiment(tmp_path / "tiny_r1.toml"),
+                tmp_path, "tiny", log=pytest.fail)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["tiny_r1.toml"]

@@ -120,3 +120,23 @@ def track_stack(config: TrackingConfig, ensemble: EnsembleConfig, dataset: Datas
                           "stackers": json.dumps([ensemble.stacker_dir_name(s) for s in ensemble.stackers])},
                   metrics={**result_metrics(blend), **{f"cv/{name}": score for name, score in cv.items()}},
                   log=log, label="the blend")
+
+
+def self_train_group(name: str) -> str:
+    """The group a self-training of experiment ``name`` logs its rounds into."""
+    return f"self-train-{name}"
+
+
+def track_round(result, experiment, work, base: str, log: Callable[[str], None]) -> None:
+    """Round ``result`` of ``self-train base`` (a ``freesound.tools.self_training.RoundResult``) as
+    one run of ``experiment``'s trackers (the round's experiment, ``base_r<k>``), in the group
+    ``self-train-<base>`` so that the rounds compare side by side: the round's settings, and its
+    CV, pool size, pseudo-labelled clips, confident share, label flips and CPU seconds as metrics
+    (those not known yet, such as round 1's flips, are left out)."""
+    values = dataclasses.asdict(result)
+    metrics = {name: float(values[name]) for name in ("cv_lwlrap", "pool", "pseudo_labelled", "confident_share",
+                                                       "top_label_flips", "cpu_seconds", "wall_seconds")
+               if values[name] is not None}
+    params = {"round": result.round, **flat_settings(experiment.to_dict())}
+    track_summary(experiment.tracking, work, self_train_group(base), result.experiment, params=params,
+                  metrics=metrics, log=log, label=f"round {result.round} of self-train {base}")
