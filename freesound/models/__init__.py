@@ -4,16 +4,18 @@
     checkpoint.py          ``save_checkpoint``, ``load_checkpoint``, ``load_model``
     aux_skip_attention.py  the method's CNN (CBAM attention, skip connections, auxiliary heads)
     simple_cnn.py          a plain 4-block CNN baseline
+    timm_family.py         any timm CNN backbone (``name = "timm"``; timm is an optional extra)
+    heads.py               the pooled and SED heads (``head = "pooled" | "sed"``), frame-wise logits
     fcnet.py               the MLP stacker
 
 ::
 
     >>> from freesound.models import create_model, list_models
     >>> list_models()
-    ['aux_skip_attention', 'fcnet', 'simple_cnn']
+    ['aux_skip_attention', 'fcnet', 'simple_cnn', 'timm']
     >>> model = create_model("aux_skip_attention", num_classes=80, base_size=64)
 
-First-level models (``aux_skip_attention``, ``simple_cnn``) take ``(B, 3, n_mels, frames)`` (their
+First-level models (``aux_skip_attention``, ``simple_cnn``, ``timm``) take ``(B, 3, n_mels, frames)`` (their
 ``in_channels`` parameter: 4 planes with ``[input] freq_channel``) and
 return a tuple whose first element is the main head's logits ``(B, num_classes)``; the stacker
 ``fcnet`` takes ``(B, in_channels)`` and returns a logits tensor.
@@ -30,7 +32,7 @@ from freesound.models.checkpoint import (
 from freesound.models.registry import canonical_name, create_model, list_models, register_model
 
 # Registering the families is importing them (timm does the same).
-from freesound.models import aux_skip_attention, fcnet, simple_cnn  # noqa: E402,F401  isort: skip
+from freesound.models import aux_skip_attention, fcnet, simple_cnn, timm_family  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
