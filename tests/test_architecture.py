@@ -19,6 +19,9 @@ KAGGLE_IMAGE = set(KERNEL) | {"audioread"}
 #: Optional CPU runtimes: imported inside functions of freesound.predict.runtimes only, when
 #: installed or attached as wheels (freesound.kaggle.wheels); torch runs without them.
 OPTIONAL_RUNTIMES = {"onnx", "onnxruntime", "openvino"}
+#: The optional timm backbones (``pip install 'freesound[timm]'``, safetensors comes with timm):
+#: imported inside functions of freesound.models.timm_family only, when such a model is built.
+OPTIONAL_BACKBONES = {"timm", "safetensors"}
 
 
 def test_import_linter_contracts_are_kept(capsys):
@@ -32,9 +35,11 @@ def test_the_kernel_runtime_imports_only_what_a_kaggle_image_has():
     graph = grimp.build_graph("freesound", include_external_packages=True)
     imported = graph.find_upstream_modules("freesound.kaggle", as_package=True)
     external = {name.partition(".")[0] for name in imported if not name.startswith("freesound")}
-    assert external - set(sys.stdlib_module_names) <= KAGGLE_IMAGE | OPTIONAL_RUNTIMES
+    assert external - set(sys.stdlib_module_names) <= KAGGLE_IMAGE | OPTIONAL_RUNTIMES | OPTIONAL_BACKBONES
     for runtime in OPTIONAL_RUNTIMES & external:
         assert graph.find_modules_that_directly_import(runtime) == {"freesound.predict.runtimes"}
+    for package in OPTIONAL_BACKBONES & external:
+        assert graph.find_modules_that_directly_import(package) == {"freesound.models.timm_family"}
     # and it really reaches the front end and the predictor it runs
     assert {"freesound.audio.logmel", "freesound.predict.ensemble"} <= imported
 

@@ -185,7 +185,7 @@ def _as_tuple(out):
 
 
 def test_list_models():
-    assert list_models() == ["aux_skip_attention", "fcnet", "simple_cnn"]
+    assert list_models() == ["aux_skip_attention", "fcnet", "simple_cnn", "timm"]
     assert {"AuxSkipAttention", "FCNet"} <= set(list_models(aliases=True))
 
 
@@ -317,3 +317,98 @@ def test_weights_that_do_not_fit_name_the_file(tmp_path):
     )
     with pytest.raises(CheckpointError, match=r"(?s)model\.pt.*linear1\.weight"):
         load_model(path)
+
+
+# --- heads (freesound.models.heads) and the timm family without timm ---------------------------
+
+
+def test_the_timm_model_without_timm_is_one_sentence(monkeypatch):
+    import sys
+
+    from freesound.errors import FreesoundError
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` raises ImportError, installed or not
+    with pytest.raises(FreesoundError) as info:
+        create_model("timm", num_classes=3, backbone="efficientnet_b0")
+    assert str(info.value) == "the timm model needs timm: pip install 'freesound[timm]'"
+
+
+def sed_by_hand(head, features):
+    """The SED head's clip logits from its weights, written out: mean over mel bands, 3-frame max +
+    average smoothing, ReLU(1x1 conv), then the softmax over frames of tanh(attention conv) weighting
+    the frame logits (eval mode: no dropout)."""
+    import torch.nn.functional as F
+
+    x = features.mean(2)
+    x = F.max_pool1d(x, 3, 1, 1) + F.avg_pool1d(x, 3, 1, 1)
+    x = torch.relu(torch.einsum("oc,bct->bot", head.fc.weight[..., 0], x) + head.fc.bias[:, None])
+    frames = torch.einsum("kc,bct->bkt", head.classifier.weight[..., 0], x) + head.classifier.bias[:, None]
+    scores = torch.tanh(torch.einsum("kc,bct->bkt", head.attention.weight[..., 0], x) + head.attention.bias[:, None])
+    weights = scores.exp() / scores.exp().sum(-1, keepdim=True)
+    return (frames * weights).sum(-1), frames, weights
+
+
+def test_aux_skip_attention_with_the_sed_head():
+    torch.manual_seed(0)
+    model = create_model("aux_skip_attention", **SMALL_AUX, head="sed").eval()
+    x = torch.randn(2, 3, 64, 128)
+    with torch.no_grad():
+        out = model(x)
+        features = model._features(x)[0]  # the merged map (B, 8b, 64/16, 128/16)
+        clip, frames, weights = sed_by_hand(model.fc, features)
+        framewise = model.framewise(x)
+    assert len(out) == 4 and all(o.shape == (2, 10) for o in out)
+    assert features.shape == (2, 64, 4, 8) and framewise.shape == (2, 8, 10)
+    torch.testing.assert_close(out[0], clip, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(framewise, frames.transpose(1, 2), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 10))
+    # The clip logits lie between the smallest and largest frame logits of their class.
+    assert torch.all(out[0] >= framewise.amin(1) - 1e-5) and torch.all(out[0] <= framewise.amax(1) + 1e-5)
+    # SED head: a C -> C frame projection, then attention and classifier convs C -> K.
+    sed = sum(p.numel() for p in model.fc.parameters())
+    assert sed == (64 * 64 + 64) + 2 * (64 * 10 + 10)
+    assert [key for key in model.state_dict() if key.startswith("fc.")] == [
+        "fc.fc.weight", "fc.fc.bias", "fc.attention.weight", "fc.attention.bias", "fc.classifier.weight",
+        "fc.classifier.bias"]
+
+
+def test_aux_skip_attention_with_the_pooled_head():
+    torch.manual_seed(0)
+    model = create_model("aux_skip_attention", **SMALL_AUX, head="pooled").eval()
+    x = torch.randn(2, 3, 64, 128)
+    with torch.no_grad():
+        main, *aux = model(x)
+        features = model._features(x)[0]
+        framewise = model.framewise(x)
+    torch.testing.assert_close(main, features.mean((2, 3)) @ model.fc.fc.weight.T + model.fc.fc.bias)
+    # The frame logits average to the clip logits (the mean commutes with the linear layer).
+    assert framewise.shape == (2, 8, 10)
+    torch.testing.assert_close(framewise.mean(1), main, atol=1e-5, rtol=1e-5)
+    assert len(aux) == 3 and sum(p.numel() for p in model.fc.parameters()) == 64 * 10 + 10
+
+
+def test_the_methods_head_stays_the_default_and_has_no_frames():
+    torch.manual_seed(0)
+    default = create_model("aux_skip_attention", **SMALL_AUX).eval()
+    torch.manual_seed(0)
+    named = create_model("aux_skip_attention", **SMALL_AUX, head="mlp").eval()
+    x = torch.randn(2, 3, 64, 64)
+    for a, b in zip(default(x), named(x)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r'the method\'s head \(head = "mlp"\) has no frame-wise output'):
+        default.framewise(x)
+    with pytest.raises(ValueError, match="unknown head 'attention'; choose one of mlp, pooled, sed"):
+        create_model("aux_skip_attention", **SMALL_AUX, head="attention")
+
+
+def test_load_model_never_reads_a_pretrained_file(tmp_path):
+    """A checkpoint keeps its ``pretrained`` parameter as a record; the rebuild leaves it out."""
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", num_classes=3, base_size=4).eval()
+    path = save_checkpoint(tmp_path / "model.pt", model, model_name="simple_cnn",
+                           model_params={"num_classes": 3, "base_size": 4, "pretrained": str(tmp_path / "gone.pth")},
+                           classes=["a", "b", "c"], audio_config={})
+    assert load_checkpoint(path)["model_params"]["pretrained"] == str(tmp_path / "gone.pth")
+    loaded = load_model(path)  # simple_cnn has no `pretrained` parameter: it must not reach it
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x)[0], model(x)[0], rtol=0, atol=0)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from freesound.models.heads import HEADS, make_head
 from freesound.models.registry import register_model
 
 __all__ = ["AuxSkipAttention", "ConvBlock", "SkipBlock", "classifier_head"]
@@ -169,6 +170,10 @@ class AuxSkipAttention(nn.Module):
     in_channels : int
         Input planes: 3 in the method (log-mel, delta, delta-delta), 4 with the frequency-position
         plane (``[input] freq_channel``); only the first convolution's weight depends on it.
+    head : str
+        The main head ``fc`` on the merged map: ``"mlp"``, the method's (global average pool,
+        then :func:`classifier_head`), or ``"pooled"`` / ``"sed"`` of ``freesound.models.heads``
+        (with ``dropout``). The auxiliary and noisy heads keep the method's shape.
 
     Notes
     -----
@@ -176,7 +181,8 @@ class AuxSkipAttention(nn.Module):
     the method; global pooling makes any ``H, W >= 16`` work. ``forward`` returns the logits
     ``(main, aux3, aux2, aux1)``, each ``(B, num_classes)``; aux3 sits on the deepest skip. With
     ``noisy_head``, in training mode only, the noisy head's logits follow as a fifth item; in eval
-    mode (prediction, export) it is not computed.
+    mode (prediction, export) it is not computed. ``framewise(x)`` gives the main head's frame
+    logits ``(B, W // 16, num_classes)`` with ``head = "pooled"`` or ``"sed"``.
     """
 
     def __init__(
@@ -190,9 +196,12 @@ class AuxSkipAttention(nn.Module):
         last_fc: int = 2,
         noisy_head: bool = False,
         in_channels: int = 3,
+        head: str = "mlp",
     ):
         super().__init__()
         b = base_size
+        if head != "mlp" and head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; choose one of mlp, {', '.join(HEADS)}")
         if b * 32 // ratio < 1:
             raise ValueError(f"ratio={ratio} leaves no channel-attention units for base_size={b}")
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -207,13 +216,38 @@ class AuxSkipAttention(nn.Module):
         self.conv4 = ConvBlock(4 * b, 8 * b)
         self.attention = CBAM(32 * b, ratio=ratio, kernel_size=kernel_size)
         self.merge = SkipBlock(32 * b, b * last_filters, scale=1)
-        self.fc = classifier_head(b * last_filters, b * last_fc, num_classes, dropout)
+        self.head_name = head
+        self.fc = (classifier_head(b * last_filters, b * last_fc, num_classes, dropout) if head == "mlp"
+                   else make_head(head, b * last_filters, num_classes, dropout))
         self.aux1 = AuxHead(8 * b, b * last_fc, num_classes, dropout)
         self.aux2 = AuxHead(8 * b, b * last_fc, num_classes, dropout)
         self.aux3 = AuxHead(8 * b, b * last_fc, num_classes, dropout)
         self.noisy_fc = classifier_head(b * last_filters, b * last_fc, num_classes, dropout) if noisy_head else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x, skip1, skip2, skip3 = self._features(x)
+        pooled = x.mean((2, 3))
+        main = self.fc(pooled) if self.head_name == "mlp" else self.fc(x)
+        heads = (main, self.aux3(skip3), self.aux2(skip2), self.aux1(skip1))
+        if self.noisy_fc is not None and self.training:
+            return (*heads, self.noisy_fc(pooled))
+        return heads
+
+    def framewise(self, x: torch.Tensor) -> torch.Tensor:
+        """The main head's frame logits ``(B, W // 16, num_classes)`` of an input ``(B, C, H, W)``.
+
+        Raises
+        ------
+        ValueError
+            The model has the method's head (``head = "mlp"``), which has no frame-wise output.
+        """
+        if self.head_name == "mlp":
+            raise ValueError('the method\'s head (head = "mlp") has no frame-wise output; build the model with '
+                             'head = "sed" or "pooled"')
+        return self.fc.framewise(self._features(x)[0])
+
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(merged map, skip1, skip2, skip3)``: the main head's input and the auxiliary heads'."""
         x = self.conv1(x)  # (B, b, H/2, W/2)
         skip1 = self.skip1(x)  # (B, 8b, H/16, W/16)
         x = self.conv2(x)  # (B, 2b, H/4, W/4)
@@ -223,8 +257,4 @@ class AuxSkipAttention(nn.Module):
         x = self.conv4(x)  # (B, 8b, H/16, W/16)
         x = torch.cat([x, skip1, skip2, skip3], dim=1)  # (B, 32b, H/16, W/16)
         x = self.merge(self.attention(x))  # (B, b * last_filters, H/16, W/16)
-        pooled = x.mean((2, 3))
-        heads = (self.fc(pooled), self.aux3(skip3), self.aux2(skip2), self.aux1(skip1))
-        if self.noisy_fc is not None and self.training:
-            return (*heads, self.noisy_fc(pooled))
-        return heads
+        return x, skip1, skip2, skip3

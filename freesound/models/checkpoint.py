@@ -25,6 +25,10 @@ from freesound.models.registry import canonical_name, create_model
 
 CHECKPOINT_FORMAT_VERSION = 1
 REQUIRED_CHECKPOINT_KEYS = ("model_name", "model_params", "state_dict", "classes", "audio_config")
+#: Model parameters that only say where a model's first weights came from (a timm backbone's
+#: ``pretrained`` file or hub weights): kept in a checkpoint as a record, never used to rebuild it,
+#: since its state dict holds every weight (a kernel bundles the fine-tuned weights only).
+START_ONLY_PARAMS = ("pretrained",)
 
 
 class CheckpointError(FreesoundError, ValueError):
@@ -164,9 +168,15 @@ def load_model(path, device="cpu") -> nn.Module:
         A file written by :func:`save_checkpoint`.
     device : str or torch.device
         Where the weights are loaded and the model is moved to.
+
+    Notes
+    -----
+    ``model_params`` in ``START_ONLY_PARAMS`` (a ``pretrained`` weights file) are left out of the
+    rebuild: the file is neither needed nor read.
     """
     checkpoint = load_checkpoint(path, map_location=device)
-    name, params = checkpoint["model_name"], checkpoint["model_params"]
+    name = checkpoint["model_name"]
+    params = {key: value for key, value in checkpoint["model_params"].items() if key not in START_ONLY_PARAMS}
     try:
         model = create_model(name, **params)
     except (KeyError, TypeError, ValueError) as error:

@@ -171,7 +171,8 @@ def build_sources(experiment: Experiment, dataset: Dataset, work, fold: int,
 def model_params(experiment: Experiment, num_classes: int) -> dict:
     """The keyword arguments of the experiment's network (as its checkpoints store them): the
     ``[model] params``, with ``in_channels`` set to the input's plane count when ``[input]
-    freq_channel`` adds one (the method's 3-plane input leaves the params as they are).
+    freq_channel`` adds one (the method's 3-plane input leaves the params as they are), and a
+    ``pretrained`` weights file given relative to the experiment file's folder made a full path.
 
     Raises
     ------
@@ -186,6 +187,8 @@ def model_params(experiment: Experiment, num_classes: int) -> dict:
                           f"{str(experiment.input.freq_channel).lower()}); leave in_channels out")
     if experiment.input.freq_channel:
         params["in_channels"] = channels
+    if isinstance(params.get("pretrained"), str) and params["pretrained"]:
+        params["pretrained"] = str(experiment.resolve_path(params["pretrained"]))
     return params
 
 
@@ -245,7 +248,7 @@ def check_experiment(experiment: Experiment, num_classes: int) -> None:
     ``ConfigError`` before any data is loaded."""
     params = model_params(experiment, num_classes)  # a ConfigError of its own
     try:
-        create_model(experiment.model.name, **params)
+        check_heads(experiment, create_model(experiment.model.name, **params))
         build_loss(experiment)
         make_loss(**experiment.loss.curated)
         train_transform(experiment.transforms.crop, **transform_options(experiment))
@@ -253,3 +256,20 @@ def check_experiment(experiment: Experiment, num_classes: int) -> None:
     except (KeyError, TypeError, ValueError) as error:
         # KeyError's str() quotes its message; the first argument is the sentence itself.
         raise ConfigError(f"experiment {experiment.name!r}: {error.args[0] if error.args else error}") from error
+
+
+def check_heads(experiment: Experiment, model: torch.nn.Module) -> None:
+    """Refuse ``[model] aux_weights`` of another length than the heads ``model`` returns, for a
+    model that says how many (``output_heads``, e.g. the timm family's one): the loss would
+    otherwise leave weights unused without a word.
+
+    Raises
+    ------
+    ValueError
+        The counts differ (the message says what to write).
+    """
+    heads, weights = getattr(model, "output_heads", None), experiment.model.aux_weights
+    if heads is not None and len(weights) != heads:
+        advice = "aux_weights = [1.0]" if heads == 1 else f"{heads} weights, main head first"
+        raise ValueError(f"[model] aux_weights has {len(weights)} weight(s) {list(weights)} but the "
+                         f"{experiment.model.name} model returns {heads} head(s); set {advice}")
