@@ -79,3 +79,17 @@ def test_a_broken_file_in_the_folder_is_named(tmp_path):
     # the listing goes on past it, naming it as unreadable (issue #33)
     entry = next(e for e in available_experiments(tmp_path) if e.name == "broken")
     assert entry.kind == "unreadable" and entry.problem.startswith("not valid TOML")
+
+
+SHIPPED_EXPERIMENTS = sorted(e.name for e in available_experiments(REPO / "experiments") if e.kind == "experiment")
+
+
+@pytest.mark.parametrize("name", SHIPPED_EXPERIMENTS)
+def test_every_shipped_experiment_builds_its_model_and_losses(name):
+    """The timm ones need timm (``pip install 'freesound[timm]'``): skipped without it."""
+    from freesound.training.fold_parts import check_experiment
+
+    experiment = load_experiment(name, REPO / "experiments")
+    if experiment.model.name == "timm":
+        pytest.importorskip("timm")
+    check_experiment(experiment, 80)

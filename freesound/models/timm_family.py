@@ -114,15 +114,12 @@ class TimmModel(nn.Module):
         self.backbone = create_backbone(timm, backbone, in_channels, drop_path, hub=pretrained is True)
         if isinstance(pretrained, (str, Path)) and str(pretrained):
             load_backbone_weights(self.backbone, pretrained, backbone)
+        check_feature_map(self.backbone, backbone, in_channels)
         self.head = make_head(head, self.backbone.num_features, num_classes, dropout)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's last feature map ``(B, C, F', T')`` of an input ``(B, in_channels, F, T)``."""
-        features = self.backbone.forward_features(x)
-        if features.dim() != 4:
-            raise ValueError(f"timm backbone {self.backbone_name!r} gives features of shape {tuple(features.shape)}, "
-                             f"not a (B, C, F, T) map; the timm model takes CNN backbones")
-        return features
+        return self.backbone.forward_features(x)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
         return (self.head(self.features(x)),)
@@ -164,6 +161,30 @@ def create_backbone(timm, name: str, in_channels: int, drop_path: float, hub: bo
         raise FreesoundError(f"pretrained = true fetches the weights of {name!r} from the Hugging Face hub, which "
                              f"failed here ({first_line}); on a machine without the hub (a Kaggle kernel), download "
                              f"them elsewhere and pass the file: pretrained = \"path/to/{name}.safetensors\"") from error
+
+
+def check_feature_map(backbone: nn.Module, name: str, in_channels: int) -> None:
+    """Refuse a backbone whose ``forward_features`` is not a ``(B, num_features, F, T)`` map on a
+    64x64 input (a transformer's tokens, a channels-last map, a fixed input size), from one
+    forward in eval mode (the batch-norm statistics are left as they are).
+
+    Raises
+    ------
+    ValueError
+        Naming the backbone and the shape it gave.
+    """
+    was_training = backbone.training
+    try:
+        with torch.no_grad():
+            shape = tuple(backbone.eval().forward_features(torch.zeros(1, in_channels, 64, 64)).shape)
+    except (RuntimeError, AssertionError, ValueError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        shape = f"an error on a 64x64 input ({first_line})"
+    finally:
+        backbone.train(was_training)
+    if not (isinstance(shape, tuple) and len(shape) == 4 and shape[1] == backbone.num_features):
+        raise ValueError(f"timm backbone {name!r} gives {shape} for features, not a (B, {backbone.num_features}, "
+                         f"F, T) map; the timm model takes CNN backbones that take any input size")
 
 
 def load_backbone_weights(backbone: nn.Module, path, name: str) -> None:
@@ -243,9 +264,12 @@ def _misfit(state: dict, expected: dict) -> str:
     def listed(keys):
         return ", ".join(keys[:SHOWN_KEYS]) + (", ..." if len(keys) > SHOWN_KEYS else "")
 
+    def shape(tensor):
+        return "x".join(map(str, tensor.shape)) or "scalar"
+
     missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    shapes = [f"{key} {tuple(state[key].shape)} in the file, {tuple(expected[key].shape)} here"
+    unexpected = sorted(key for key in state if key not in expected)  # safetensors keeps no module order
+    shapes = [f"{key} {shape(state[key])} in the file against {shape(expected[key])} here"
               for key in expected if key in state and state[key].shape != expected[key].shape]
     problems = [f"{len(keys)} {kind} ({listed(keys)})" for kind, keys in
                 (("missing key(s)", missing), ("unexpected key(s)", unexpected), ("key(s) of another shape", shapes))
