@@ -7,7 +7,7 @@ For each network (80 classes, 3 input planes, random weights, eval mode): parame
 matrix products only; a multiply-add counts as 2 FLOP; elementwise work such as activations,
 batch norms and pooling is not counted), and tiles/s in batches of 16 on ``--threads`` CPU threads
 in torch and in ONNX Runtime (the model exported by ``freesound.predict.runtimes.export_onnx``,
-the path kernels and ``predict --runtime`` use). Torch and ONNX Runtime are timed interleaved,
+the path kernels and ``predict --runtime`` use). Every network in both runtimes is timed in one
 round-robin (``common.interleaved``), and the ratios are against AuxSkipAttention in the same run.
 timm models get non-trivial batch-norm statistics and a classifier scaled to spread the
 probabilities (``spread_out``), so that the comparison of runtimes means something.
@@ -102,8 +102,9 @@ def gflop_per_tile(model) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def measure(name: str, model, threads: int, rounds: int) -> dict:
-    """Parameters, GFLOP per tile, torch and ONNX Runtime tiles/s, and their largest difference."""
+def prepare(model, threads: int) -> dict:
+    """Parameters, GFLOP per tile, the largest torch/ONNX Runtime difference, and the two forward
+    passes (``torch``, ``onnxruntime``) on the benchmark's batch as zero-argument callables."""
     import numpy as np
     import torch
 
@@ -118,12 +119,21 @@ def measure(name: str, model, threads: int, rounds: int) -> dict:
             return torch.sigmoid(model(batch)[0]).numpy()
 
     reference = torch_forward()
-    difference = float(np.abs(reference - compiled(tiles)).max())
-    times = interleaved({"torch": torch_forward, "onnxruntime": lambda: compiled(tiles)}, rounds=rounds)
-    return {"name": name, "parameters": sum(p.numel() for p in model.parameters()),
-            "gflop": gflop_per_tile(model), "torch": BATCH / median(times["torch"]),
-            "onnxruntime": BATCH / median(times["onnxruntime"]), "difference": difference,
-            "spread": (float(reference.min()), float(reference.max()))}
+    return {"parameters": sum(p.numel() for p in model.parameters()), "gflop": gflop_per_tile(model),
+            "difference": float(np.abs(reference - compiled(tiles)).max()),
+            "spread": (float(reference.min()), float(reference.max())),
+            "torch": torch_forward, "onnxruntime": lambda: compiled(tiles)}
+
+
+def measure(models: dict, threads: int, rounds: int) -> list:
+    """One row per network: ``prepare``'s figures and tiles/s in each runtime (medians), every
+    network and runtime timed in one round-robin, so a neighbour's load hits them alike."""
+    rows = {name: {"name": name, **prepare(model, threads)} for name, model in models.items()}
+    candidates = {(name, runtime): row[runtime] for name, row in rows.items() for runtime in ("torch", "onnxruntime")}
+    times = interleaved(candidates, rounds=rounds)
+    for (name, runtime), seconds in times.items():
+        rows[name][runtime] = BATCH / median(seconds)
+    return list(rows.values())
 
 
 def main(argv=None) -> int:
@@ -140,7 +150,7 @@ def main(argv=None) -> int:
     rounds = 2 if args.quick else args.rounds
     print(header("Backbones on the (3, 128, 256) tile"))
     print(f"timm {timm.__version__}; {args.threads} threads, batch {BATCH}, {rounds} rounds, medians\n")
-    rows = [measure(name, model, args.threads, rounds) for name, model in networks().items()]
+    rows = measure(networks(), args.threads, rounds)
     base = rows[0]
     print(table(
         ["network", "parameters", "GFLOP/tile", "FLOP vs ASA", "torch tiles/s", "vs ASA", "ORT tiles/s", "vs ASA",
