@@ -30,6 +30,9 @@ setup(
         # Experiment trackers (freesound.training.tracking): train --track tensorboard|mlflow|wandb.
         "tracking": VERSIONS["TRACKING"],
         "listen": ["sounddevice>=0.4"],
+        # timm backbones ([model] name = "timm"); timm brings torchvision (matching torch exactly)
+        # and safetensors. The release tested by make test-timm, not older ones.
+        "timm": [f"timm>={VERSIONS['TIMM']}"],
         # Faster CPU prediction (freesound.predict.runtimes): the releases tested, not older ones.
         "onnx": ["onnx>=1.23", "onnxruntime>=1.32"],
         "openvino": ["onnx>=1.23", "openvino>=2026.0"],

@@ -52,6 +52,20 @@ MINIMUM = {
 #: process) came in 0.19.10.
 TRACKING = ["mlflow>=3.17", "tensorboard>=2.21", "wandb>=0.31"]
 
+#: timm (``pip install 'freesound[timm]'``, the model family ``[model] name = "timm"``): optional, so
+#: not in ``MINIMUM``. 1.0.15 is the release tested (``make test-timm`` pins it), not an older one.
+#: It brings torchvision, which must match torch exactly (the CI's local torch 2.13.0 build has no
+#: match, so ``make test-timm`` runs in its own environment with torch 2.14.1 and torchvision
+#: 0.29.1), and safetensors.
+TIMM = "1.0.15"
+
+#: Optional distributions some model families import -> their lowest version: a kernel whose
+#: ensemble has such a model checks it before it runs (``MODEL_PACKAGES``, ``freesound.kaggle.wheels``).
+OPTIONAL = {"timm": TIMM}
+
+#: Model name (``[model] name``, a checkpoint's ``model_name``) -> the optional distribution it imports.
+MODEL_PACKAGES = {"timm": "timm"}
+
 #: The one torch build the CI machines have (a CPU build on local disk): the torch minimum is
 #: declared from the APIs used, not tested.
 TESTED_TORCH = "2.13.0"
@@ -137,7 +151,7 @@ def problems(versions: dict) -> list:
 
     Parameters
     ----------
-    versions : dict, name (``"python"`` or a ``MINIMUM`` key) -> installed version or None
+    versions : dict, name (``"python"``, a ``MINIMUM`` or an ``OPTIONAL`` key) -> installed version or None
 
     Returns
     -------
@@ -145,13 +159,19 @@ def problems(versions: dict) -> list:
     """
     found = []
     for name, version in versions.items():
-        minimum = PYTHON if name == "python" else MINIMUM[name]
+        minimum = PYTHON if name == "python" else {**MINIMUM, **OPTIONAL}[name]
         if version is None:
             found.append(f"{name} is not installed; freesound needs {name} {minimum} or newer")
         elif is_older(version, minimum):
             fix = "" if name == "python" else f" or install {name}>={minimum}"
             found.append(f"{name} {version} is older than the {minimum} freesound needs; choose a newer environment{fix}")
     return found
+
+
+def model_packages(model_names) -> list:
+    """The optional distributions (``OPTIONAL``) that models of these names import, sorted:
+    ``["aux_skip_attention", "timm"]`` -> ``["timm"]``."""
+    return sorted({MODEL_PACKAGES[name] for name in model_names if name in MODEL_PACKAGES})
 
 
 def kernel_report(names=KERNEL) -> tuple:

@@ -184,9 +184,12 @@ def manifest_literal(manifest: dict) -> str:
     """The manifest as JSON that can sit in a raw ``r'''...'''`` string.
 
     JSON only has single quotes inside strings, where ``\\u0027`` means the same, so escaping
-    them rules out a ``'''`` in a config ending the literal early.
+    them rules out a ``'''`` in a config ending the literal early. Keys keep their order: the
+    spec's experiments are in stacking order (the stackers read their probabilities concatenated
+    in it), and ``build_manifest`` builds every dict in a fixed order, so rebuilds stay
+    byte-identical.
     """
-    return json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=True).replace("'", "\\u0027")
+    return json.dumps(manifest, indent=1, ensure_ascii=True).replace("'", "\\u0027")
 
 
 def weights_bytes(manifest: dict) -> int:

@@ -5,7 +5,7 @@
     {"format": 1, "freesound_version": "0.1.0", "spec": {...ensemble spec...},
      "weights": [{"path": "small/fold_0/model.pt", "bytes": 123, "sha256": "..."}, ...],
      "configs": {"small": "<config.toml text>", ...}, "precision": "fp16",
-     "time_limit": {"cuda": 3000.0, "cpu": 12600.0}, "ranking": ["small", ...]}
+     "time_limit": {"cuda": 3000.0, "cpu": 12600.0}, "ranking": ["small", ...], "packages": ["timm"]}
 
 ``precision`` is the arithmetic the kernel predicts in on a GPU (``freesound.predict.Tagger``);
 manifests without it predict in fp16 there. ``time_limit`` is the kernel's time budget in seconds,
@@ -29,6 +29,7 @@ from freesound.kaggle import MANIFEST_FORMAT
 from freesound.kaggle.budget import DEFAULT_BUDGET_SECONDS, budget_seconds
 from freesound.predict import spec_files
 from freesound.predict.tagger import agreeing_checkpoints, check_precision
+from freesound.versions import model_packages
 
 
 def missing_weights(spec: dict, weights_root) -> list:
@@ -53,8 +54,8 @@ def experiment_ranking(names: list, scores: dict) -> list:
 
 def build_manifest(spec: dict, weights_root, precision: str = "fp16", time_limit=None,
                    oof_lwlrap: dict | None = None) -> dict:
-    """Hash every weight a spec needs and collect each experiment's and stacker's config;
-    ``precision`` ("fp16" or "fp32") is what the kernel predicts in on a GPU, ``time_limit`` its
+    """Hash every weight a spec needs, collect each experiment's and stacker's config and the
+    optional packages its models import; ``precision`` ("fp16" or "fp32") is what the kernel predicts in on a GPU, ``time_limit`` its
     budget in seconds (default ``freesound.kaggle.budget.DEFAULT_BUDGET_SECONDS`` per device),
     ``oof_lwlrap`` (experiment -> score) ranks the experiments.
 
@@ -75,8 +76,10 @@ def build_manifest(spec: dict, weights_root, precision: str = "fp16", time_limit
             f"cannot build a kernel for {spec['name']!r}: {len(missing)} weight file(s) missing under "
             f"{weights_root}: {', '.join(missing)}"
         )
+    model_names = []
     for paths in spec["experiments"].values():  # what predict refuses, the kernel would fail on after upload
-        agreeing_checkpoints([weights_root / path for path in paths])
+        first, _ = agreeing_checkpoints([weights_root / path for path in paths])
+        model_names.append(first["model_name"])
     weights = [
         {"path": path, "bytes": (weights_root / path).stat().st_size, "sha256": file_sha256(weights_root / path)}
         for path in spec_files(spec)
@@ -92,4 +95,5 @@ def build_manifest(spec: dict, weights_root, precision: str = "fp16", time_limit
         "precision": precision,
         "time_limit": dict(DEFAULT_BUDGET_SECONDS) if time_limit is None else budget_seconds(time_limit, "cpu"),
         "ranking": experiment_ranking(list(spec["experiments"]), oof_lwlrap or {}),
+        "packages": model_packages(model_names),
     }

@@ -1,5 +1,12 @@
-"""Shared fixtures: one tiny synthetic dataset with cached features and folds per test session."""
+"""Shared fixtures: one tiny synthetic dataset with cached features and folds per test session.
 
+With ``FREESOUND_REQUIRE_TIMM=1`` (``make test-timm``) a test or test module skipped because timm
+(or torchvision, which it imports) cannot be imported fails instead, so an environment that lost
+timm cannot pass by skipping.
+"""
+
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -11,6 +18,37 @@ from freesound.data.folds import make_folds, write_folds
 from freesound.data.synth import synthesize_dataset
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: What ``pytest.importorskip("timm")`` (or of torchvision, or with a ``minversion``) says.
+TIMM_MISSING = re.compile(r"could not import '(timm|torchvision)\b|module '(timm|torchvision)' has __version__")
+
+
+def timm_skip_reason(report) -> str | None:
+    """The reason a skipped test or module gave, when it names timm or torchvision as missing."""
+    if not report.skipped or getattr(report, "wasxfail", None) is not None:
+        return None
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    return reason if TIMM_MISSING.search(reason) else None
+
+
+def _fail_if_timm_required(report) -> None:
+    reason = timm_skip_reason(report) if os.environ.get("FREESOUND_REQUIRE_TIMM") == "1" else None
+    if reason is not None:
+        report.outcome = "failed"
+        report.longrepr = f"FREESOUND_REQUIRE_TIMM=1, but this was skipped for want of timm: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_if_timm_required(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _fail_if_timm_required(outcome.get_result())
 
 
 @pytest.fixture(scope="session")

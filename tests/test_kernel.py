@@ -31,6 +31,7 @@ from freesound.models import create_model, save_checkpoint
 from freesound.predict import EnsemblePredictor
 from freesound.versions import MINIMUM
 from kernel_build import build_kernels
+from kernel_build.bundle import manifest_literal
 from kernel_build.manifest import build_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -345,6 +346,15 @@ def test_kernel_embeds_every_module_and_the_manifest(built):
     code = script.replace(payload, "")
     assert "os.system" not in code and "subprocess" not in code and "pip" not in code
     assert any("6 files" in line for line in built["log"]) and any("script:" in line for line in built["log"])
+
+
+def test_the_embedded_manifest_keeps_the_ensembles_order_of_experiments():
+    # The stackers read the experiments' probabilities concatenated in the ensemble's order; a
+    # manifest written with sorted keys fed them in alphabetical order instead.
+    spec = {"name": "ens", "experiments": {"zeta": ["zeta/fold_0/model.pt"], "alpha": ["alpha/fold_0/model.pt"]},
+            "stackers": {"ens_mlp": ["ens_mlp/fold_0/model.pt"]}}
+    manifest = json.loads(manifest_literal({"format": 1, "spec": spec}))
+    assert list(manifest["spec"]["experiments"]) == ["zeta", "alpha"] and manifest["spec"] == spec
 
 
 def test_metadata_files(built):

@@ -9,7 +9,11 @@ time, under a root that is ``/kaggle`` unless ``FREESOUND_KAGGLE_ROOT`` names an
 - each weight is looked up below every ``<root>/input/*/`` folder and up to two levels deeper
   (``kaggle datasets create --dir-mode zip`` may serve a tree one level deeper than uploaded)
   and its sha256 is checked;
-- before anything else, one tiny convolution checks that torch can drive the GPU; if it cannot,
+- the optional packages the ensemble's models import (the manifest's ``packages``: timm for a
+  timm model) are attached from wheels in ``<root>/input/*/`` when the image lacks them, and their
+  versions checked and logged (``freesound.kaggle.wheels.require_packages``); one sentence says
+  what is missing and how to attach it;
+- then one tiny convolution checks that torch can drive the GPU; if it cannot,
   one warning names the GPU and the architectures torch supports and the kernel uses the CPU;
 - every row of ``sample_submission.csv`` is predicted in its order by ``EnsemblePredictor``, the
   same code path as local ``freesound predict``; undecodable clips are predicted from silence
@@ -52,7 +56,7 @@ from freesound.kaggle.budget import (
     CHUNK_SAFETY, FIRST_PART, KAGGLE_LIMIT_SECONDS, budget_seconds, choose_plan, expected_widths, plan_ladder,
     project_seconds,
 )
-from freesound.kaggle.wheels import kernel_runtime
+from freesound.kaggle.wheels import kernel_runtime, require_packages
 from freesound.predict import EnsemblePredictor, tile_layout
 from freesound.predict.files import CHUNK_CLIPS, iter_logmel_chunks
 from freesound.predict.device import describe_device, device_problem
@@ -359,6 +363,7 @@ def run_kernel(manifest: dict, root=None, *, device=None, workers: int | None = 
     precision = check_precision(precision or manifest.get("precision", "fp16"))
     spec = manifest["spec"]
     log(f"freesound {freesound.__version__} kernel {spec['name']!r} (package {Path(freesound.__file__).parent})")
+    require_packages(manifest.get("packages", []), root / "input", log)
     device = usable_device(torch.device(device or default_device()), log)
 
     competition_dir = root / "input" / COMPETITION

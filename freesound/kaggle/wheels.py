@@ -1,4 +1,4 @@
-"""Optional runtimes for an offline kernel: wheels attached as a Kaggle dataset.
+"""Optional runtimes and model packages for an offline kernel: wheels attached as a Kaggle dataset.
 
 A Kaggle kernel without internet cannot ``pip install``. A wheel is a zip archive of the files
 ``pip`` would install, so for a package that is not in the image the kernel extracts every
@@ -7,6 +7,11 @@ temporary folder at the front of ``sys.path``, removed when the process exits. W
 the image's Python and platform (``pip download --only-binary=:all: --python-version 3.11
 --platform manylinux_2_28_x86_64 ...``; ``docs/kernels.md`` says how). What cannot be imported
 afterwards is reported, and the models run in torch.
+
+The same goes for the optional packages some model families import (``freesound.versions.OPTIONAL``:
+timm): a kernel whose ensemble has such a model (its manifest's ``packages``) attaches their wheels
+when the image lacks them, then checks their versions before predicting anything
+(``require_packages``), and stops with one sentence when it cannot.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from freesound.errors import FreesoundError
+from freesound.versions import OPTIONAL, installed_version, is_older
 
 #: The runtimes' import names and the distributions their wheels come in, in the order tried.
 RUNTIME_MODULES = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}
@@ -88,3 +96,48 @@ def kernel_runtime(input_dir, log) -> str:
     log("runtime: torch" + (f" ({'; '.join(problems)})" if problems else
                             " (no ONNX runtime installed or attached as wheels)"))
     return "torch"
+
+
+def require_packages(names, input_dir, log) -> dict:
+    """Make the optional packages ``names`` (keys of ``freesound.versions.OPTIONAL``) importable
+    at their minimum versions: attach the wheels in ``input_dir`` of those the image lacks, import
+    each, and log its version and where it came from.
+
+    Parameters
+    ----------
+    names : list of str, distribution names (a manifest's ``packages``; empty: nothing is done)
+    input_dir : path-like, ``<root>/input``, searched by ``find_wheels``
+    log : callable taking one line
+
+    Returns
+    -------
+    dict name -> version
+
+    Raises
+    ------
+    FreesoundError
+        A package is neither installed nor attached, is older than its minimum, or fails to import
+        (a wheel for another Python, a torchvision that does not match torch); one sentence naming
+        it and how to attach a wheel.
+    """
+    names = list(names)
+    attached = {wheel_distribution(wheel): wheel for wheel in attach_wheels(find_wheels(input_dir), names)}
+    found = {}
+    for name in names:
+        minimum, version = OPTIONAL[name], installed_version(name)
+        fix = (f"attach a dataset holding {name}'s wheel ({name}>={minimum}; pip download --no-deps "
+               f"{name}=={minimum}, see docs/kernels.md)")
+        if version is None:
+            raise FreesoundError(f"this kernel's ensemble needs {name} {minimum} or newer, which this image does not "
+                                 f"have and no {name} wheel is attached below {input_dir}: {fix}")
+        if is_older(version, minimum):
+            raise FreesoundError(f"this kernel's ensemble needs {name} {minimum} or newer, this image has {version}: "
+                                 f"{fix}")
+        problem = importable([name])
+        if problem is not None:
+            raise FreesoundError(f"this kernel's ensemble needs {name}, and {name} {version} cannot be imported here "
+                                 f"({problem}); {fix}")
+        source = f"attached from {attached[name].name}" if name in attached else "installed"
+        log(f"versions: {name} {version} ({source})")
+        found[name] = version
+    return found
