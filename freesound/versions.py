@@ -53,11 +53,13 @@ MINIMUM = {
 TRACKING = ["mlflow>=3.17", "tensorboard>=2.21", "wandb>=0.31"]
 
 #: timm (``pip install 'freesound[timm]'``, the model family ``[model] name = "timm"``): optional, so
-#: not in ``MINIMUM``. 1.0.15 is the release tested (``make test-timm`` pins it), not an older one.
+#: not in ``MINIMUM``. 1.0.22 is the release tested (``make test-timm`` pins it), not an older one:
+#: 1.0.21 and older import a function huggingface_hub 1.0 removed, so with today's hub they
+#: cannot fetch hub weights (``pretrained = true``).
 #: It brings torchvision, which must match torch exactly (the CI's local torch 2.13.0 build has no
 #: match, so ``make test-timm`` runs in its own environment with torch 2.14.1 and torchvision
 #: 0.29.1), and safetensors.
-TIMM = "1.0.15"
+TIMM = "1.0.22"
 
 #: Optional distributions some model families import -> their lowest version: a kernel whose
 #: ensemble has such a model checks it before it runs (``MODEL_PACKAGES``, ``freesound.kaggle.wheels``).

@@ -63,9 +63,9 @@ def clean_imports(monkeypatch):
 def test_model_packages_name_the_optional_distributions_of_the_models():
     assert versions.model_packages(["aux_skip_attention", "timm", "fcnet", "timm"]) == ["timm"]
     assert versions.model_packages(["aux_skip_attention", "simple_cnn"]) == []
-    assert versions.OPTIONAL == {"timm": versions.TIMM} and versions.TIMM == "1.0.15"
+    assert versions.OPTIONAL == {"timm": versions.TIMM} and versions.TIMM == "1.0.22"
     assert versions.problems({"timm": "0.9.16"}) == [
-        "timm 0.9.16 is older than the 1.0.15 freesound needs; choose a newer environment or install timm>=1.0.15"]
+        "timm 0.9.16 is older than the 1.0.22 freesound needs; choose a newer environment or install timm>=1.0.22"]
 
 
 def test_the_manifest_lists_timm_only_when_an_experiment_is_a_timm_model(tmp_path):
@@ -102,8 +102,8 @@ def test_an_attached_timm_older_than_the_minimum_is_refused_in_one_sentence(tmp_
     with pytest.raises(FreesoundError) as error:
         require_packages(["timm"], tmp_path / "input", print)
     assert str(error.value) == (
-        "this kernel's ensemble needs timm 1.0.15 or newer, this image has 0.9.16: attach a dataset holding "
-        "timm's wheel (timm>=1.0.15; pip download --no-deps timm==1.0.15, see docs/kernels.md)")
+        "this kernel's ensemble needs timm 1.0.22 or newer, this image has 0.9.16: attach a dataset holding "
+        "timm's wheel (timm>=1.0.22; pip download --no-deps timm==1.0.22, see docs/kernels.md)")
 
 
 @needs_image_without_timm
@@ -134,9 +134,9 @@ def test_an_ensemble_kernel_with_a_timm_model_and_no_timm_stops_in_one_line(tmp_
     result = run_script(written["ensemble_kernel"], root, tmp_path / "tmp")
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stderr == (
-        f"error: this kernel's ensemble needs timm 1.0.15 or newer, which this image does not have and no timm "
-        f"wheel is attached below {root / 'input'}: attach a dataset holding timm's wheel (timm>=1.0.15; pip "
-        "download --no-deps timm==1.0.15, see docs/kernels.md)\n")
+        f"error: this kernel's ensemble needs timm 1.0.22 or newer, which this image does not have and no timm "
+        f"wheel is attached below {root / 'input'}: attach a dataset holding timm's wheel (timm>=1.0.22; pip "
+        "download --no-deps timm==1.0.22, see docs/kernels.md)\n")
     assert "sha256 verified" not in result.stdout  # stopped before anything else
     assert list((root / "working").iterdir()) == []
 
