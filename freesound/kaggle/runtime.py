@@ -46,7 +46,6 @@ import torch
 import freesound
 from freesound.data.dataset import read_csv
 from freesound.errors import FreesoundError, one_line_warnings
-from freesound.audio import silent_logmel
 from freesound.fileio import atomic_write_csv, file_sha256
 from freesound.kaggle.budget import (
     CHUNK_SAFETY, FIRST_PART, KAGGLE_LIMIT_SECONDS, budget_seconds, choose_plan, expected_widths, plan_ladder,
@@ -54,7 +53,7 @@ from freesound.kaggle.budget import (
 )
 from freesound.kaggle.wheels import kernel_runtime
 from freesound.predict import EnsemblePredictor, tile_layout
-from freesound.predict.files import CHUNK_CLIPS, iter_logmel_chunks
+from freesound.predict.files import CHUNK_CLIPS, iter_logmel_chunks, silent_front_end
 from freesound.predict.device import describe_device, device_problem
 from freesound.predict.tagger import check_precision
 from freesound.settings import default_device, default_workers, kaggle_root
@@ -245,17 +244,19 @@ def predict_within_budget(predictor: EnsemblePredictor, paths: list, *, budget: 
     ladder = plan_ladder(full_folds, bool(predictor.stackers), tile_step=step, ranking=ranking)
     # One silent clip through every model first: building the inference copies, oneDNN's and
     # cuDNN's set-up are paid here and not counted in the measured cost of a clip.
-    predictor.predict_spectrograms([silent_logmel(predictor.audio_config)])
+    predictor.predict_spectrograms([silent_front_end(predictor.front_end)])
     current, runner = 0, predictor
     sizes = [file_bytes(path) for path in paths]
     first_part = max(chunk_size, math.ceil(FIRST_PART * len(paths)))
     names, frames, failures, truncated, widths, usage = [], [], [], [], [], []
     model_seconds, units = {}, dict.fromkeys(full_folds, 0.0)
     projection, next_report, loop_start = None, 0.1, clock()
-    chunks = iter_logmel_chunks(paths, predictor.audio_config, on_error="silence", failures=failures,
+    chunks = iter_logmel_chunks(paths, predictor.front_end, on_error="silence", failures=failures,
                                 truncated=truncated, workers=predictor.workers, chunk_size=chunk_size)
     for chunk_names, logmels in chunks:
-        chunk_widths = [logmel.shape[1] for logmel in logmels]
+        # The first experiment's widths; its 256-frame tile counts measure every experiment's work
+        # in the same units the budget projects with (``plan_units``), whatever its tile length.
+        chunk_widths = [logmel.shape[1] for logmel in predictor.experiment_logmels(next(iter(full_folds)), logmels)]
         if widths and math.isfinite(budget):
             seconds_per_unit = {name: model_seconds[name] / units[name] for name in units if units[name]}
             seconds_per_clip = max(0.0, clock() - loop_start - sum(model_seconds.values())) / len(widths)

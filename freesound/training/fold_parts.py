@@ -89,7 +89,7 @@ def build_fold_parts(experiment: Experiment, dataset: Dataset, work, fold: int, 
     cfg = experiment.train
     sources, probs, (valid_specs, valid_targets, _) = build_sources(experiment, dataset, work, fold, teacher)
     train_set = training_set(experiment, sources, probs, seed=cfg.seed + 1000 * fold)
-    crop, input_config = experiment.transforms.crop, experiment.input
+    crop, input_config = experiment.input.tile_frames, experiment.input
     valid_set = ValidationDataset(valid_specs, valid_targets, valid_transform(crop, input_config.freq_channel))
     augment = BatchAugment(crop, device, input_config.freq_channel) if cfg.augment_on_device else None
 
@@ -215,7 +215,7 @@ def training_set(experiment: Experiment, sources, probs, seed: int) -> SamplingD
     """The experiment's sampler over ``sources``: whole network inputs (``SamplingDataset``), or,
     with ``train.augment_on_device``, windows and random draws for ``BatchAugment``
     (``WindowSamplingDataset``). Both draw the same numbers for the same ``seed``."""
-    crop, options = experiment.transforms.crop, transform_options(experiment)
+    crop, options = experiment.input.tile_frames, transform_options(experiment)
     mixer = experiment_mixer(experiment)
     if experiment.train.augment_on_device:
         return WindowSamplingDataset(sources, probs, experiment.train.epoch_size,
@@ -248,7 +248,7 @@ def check_experiment(experiment: Experiment, num_classes: int) -> None:
         create_model(experiment.model.name, **params)
         build_loss(experiment)
         make_loss(**experiment.loss.curated)
-        train_transform(experiment.transforms.crop, **transform_options(experiment))
+        train_transform(experiment.input.tile_frames, **transform_options(experiment))
         experiment_mixer(experiment)
     except (KeyError, TypeError, ValueError) as error:
         # KeyError's str() quotes its message; the first argument is the sentence itself.
