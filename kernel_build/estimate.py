@@ -70,7 +70,8 @@ def seconds_per_tile(tagger: Tagger, batches: int = TIMED_BATCHES) -> float:
     after one warm-up batch (export, oneDNN set-up)."""
     single = tagger.subset(1)
     rng = np.random.default_rng(0)
-    tiles = rng.uniform(-0.5, 0.5, (tagger.batch_size, tagger.input_config.channels, tagger.audio_config.n_mels, 256)
+    tiles = rng.uniform(-0.5, 0.5, (tagger.batch_size, tagger.input_config.channels, tagger.audio_config.n_mels,
+                                    tagger.input_config.tile_frames)
                         ).astype(np.float32)
     single._forward(tiles)
     start = time.perf_counter()
