@@ -209,3 +209,35 @@ def test_a_64_by_64_experiment_trains_records_its_shape_and_predicts_out_of_fold
     logmels = load_features(dataset, work, "train_curated", list(oof.fnames), NARROW)
     assert {logmel.shape[0] for logmel in logmels} == {64}
     assert list(np.diff(oof.offsets)) == [expected_tiles(logmel.shape[1], 64, 64) for logmel in logmels]
+
+
+# ----------------------------------------------------------------------------- kernel
+
+
+@pytest.mark.slow
+def test_the_ensemble_kernel_of_two_shapes_equals_local_prediction(shapes, tmp_path):
+    """The simulated Kaggle tree of ``tests/test_kernel.py``, with the 128x256 and 64x64
+    experiments: the kernel tiles each as it was trained, as local prediction does."""
+    import shutil
+
+    from freesound.kaggle import COMPETITION
+    from kernel_build import build_kernels
+    from test_kernel import run_script
+
+    weights = shapes["weights"]
+    written = build_kernels(weights.parent, ensemble=shapes["spec"], out_dir=tmp_path / "kernel",
+                            dataset_id="tester/freesound-weights", log=lambda *_: None)
+    root = tmp_path / "kaggle"
+    competition = root / "input" / COMPETITION
+    shutil.copytree(shapes["root"] / "clips", competition / "test")
+    pd.DataFrame(0.0, index=pd.Index(list(CLIP_SECONDS), name="fname"), columns=CLASSES).reset_index().to_csv(
+        competition / "sample_submission.csv", index=False)
+    shutil.copytree(weights, root / "input" / "freesound-weights" / "experiments")
+    (root / "working").mkdir()
+
+    result = run_script(written["ensemble_kernel"], root, tmp_path / "tmp")
+    assert result.returncode == 0, result.stdout + result.stderr
+    submission = pd.read_csv(root / "working" / "submission.csv")
+    expected = mixed_predictor(shapes).predict_files(shapes["clips"])
+    assert list(submission["fname"]) == list(CLIP_SECONDS)
+    np.testing.assert_allclose(submission[CLASSES].to_numpy(), expected[CLASSES].to_numpy(), rtol=0, atol=1e-5)
