@@ -241,3 +241,15 @@ def test_the_ensemble_kernel_of_two_shapes_equals_local_prediction(shapes, tmp_p
     expected = mixed_predictor(shapes).predict_files(shapes["clips"])
     assert list(submission["fname"]) == list(CLIP_SECONDS)
     np.testing.assert_allclose(submission[CLASSES].to_numpy(), expected[CLASSES].to_numpy(), rtol=0, atol=1e-5)
+
+
+def test_a_tile_too_small_for_the_model_is_refused_before_training():
+    from freesound.training.fold_parts import check_experiment
+
+    small = experiment_from_dict({"name": "tiny_tiles", "model": {"name": "simple_cnn", "params": {"base_size": 4},
+                                                                   "aux_weights": [1.0]},
+                                  "input": {"tile_frames": 12}, "audio": {"n_mels": 64}})
+    with pytest.raises(ConfigError, match=r"^experiment 'tiny_tiles': the model simple_cnn cannot take tiles of 64 mel "
+                                          r"bands x 12 frames \(\[audio\] n_mels, \[input\] tile_frames\): \S"):
+        check_experiment(small, len(CLASSES))
+    check_experiment(experiment_from_dict({**small.to_dict(), "input": {"tile_frames": 64}}), len(CLASSES))

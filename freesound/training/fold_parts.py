@@ -245,7 +245,7 @@ def check_experiment(experiment: Experiment, num_classes: int) -> None:
     ``ConfigError`` before any data is loaded."""
     params = model_params(experiment, num_classes)  # a ConfigError of its own
     try:
-        create_model(experiment.model.name, **params)
+        model = create_model(experiment.model.name, **params)
         build_loss(experiment)
         make_loss(**experiment.loss.curated)
         train_transform(experiment.input.tile_frames, **transform_options(experiment))
@@ -253,3 +253,21 @@ def check_experiment(experiment: Experiment, num_classes: int) -> None:
     except (KeyError, TypeError, ValueError) as error:
         # KeyError's str() quotes its message; the first argument is the sentence itself.
         raise ConfigError(f"experiment {experiment.name!r}: {error.args[0] if error.args else error}") from error
+    check_input_shape(experiment, model)
+
+
+def check_input_shape(experiment: Experiment, model: torch.nn.Module) -> None:
+    """One forward pass of a zero tile of the experiment's shape (``[audio] n_mels`` x ``[input]
+    tile_frames``) through ``model``, where that shape is not the method's 128 x 256 (which every
+    model takes), so that a tile too small for the network's pooling is a ``ConfigError`` naming
+    the shape before any data is loaded."""
+    shape = (experiment.input.channels, experiment.audio.n_mels, experiment.input.tile_frames)
+    if shape[1:] == (128, 256):
+        return
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros((1, *shape)))
+    except RuntimeError as error:
+        raise ConfigError(f"experiment {experiment.name!r}: the model {experiment.model.name} cannot take tiles of "
+                          f"{shape[1]} mel bands x {shape[2]} frames ([audio] n_mels, [input] tile_frames): "
+                          f"{str(error).splitlines()[0]}") from None
