@@ -144,7 +144,8 @@ def test_an_ensemble_of_two_shapes_is_the_geometric_mean_of_each_alone(shapes):
     predictor = mixed_predictor(shapes)
     assert predictor.front_end == (AudioConfig(), NARROW)
     mixed = predictor.predict_files(shapes["clips"])
-    alone = [Tagger.from_experiment(shapes["weights"] / name).predict_files(shapes["clips"]) for name in ("wide", "narrow")]
+    alone = [Tagger.from_experiment(shapes["weights"] / name).predict_files(shapes["clips"])
+             for name in ("wide", "narrow")]
     expected = geometric_mean(np.stack([frame.to_numpy() for frame in alone]))
     assert list(mixed.index) == list(CLIP_SECONDS) and list(mixed.columns) == CLASSES
     np.testing.assert_allclose(mixed.to_numpy(), expected, rtol=0, atol=1e-6)
@@ -168,9 +169,9 @@ def test_a_stacker_refuses_experiments_of_different_tile_lengths(tmp_path):
     assert load_oof_tiles(predictions_dir(tmp_path, "narrow") / "oof_tiles.npz").tile_frames == 64
     with pytest.raises(FreesoundError) as error:
         stacked_oof(["wide", "narrow"], tmp_path)
-    assert str(error.value) == ("experiments 'wide' (256-frame tiles) and 'narrow' (64-frame tiles) cannot share a "
-                                "stacker: its tile subsets pair the experiments' tiles one to one, so stack experiments "
-                                "of one tile length")
+    assert str(error.value) == ("experiments 'wide' (256-frame tiles) and 'narrow' (64-frame tiles) cannot share "
+                                "a stacker: its tile subsets pair the experiments' tiles one to one, so stack "
+                                "experiments of one tile length")
 
 
 def test_oof_tiles_saved_before_tile_frames_load_as_256(tmp_path):
@@ -253,3 +254,16 @@ def test_a_tile_too_small_for_the_model_is_refused_before_training():
                                           r"bands x 12 frames \(\[audio\] n_mels, \[input\] tile_frames\): \S"):
         check_experiment(small, len(CLASSES))
     check_experiment(experiment_from_dict({**small.to_dict(), "input": {"tile_frames": 64}}), len(CLASSES))
+
+
+def test_the_kernel_budget_counts_each_experiment_in_its_own_tiles():
+    from freesound.kaggle.budget import Plan, mean_tiles, plan_units
+
+    widths = [100, 1000]
+    # 256-frame tiles at step 64: 1 and 13 tiles; 64-frame tiles: 2 and 16, at any step from 64 up
+    # (the Tagger's step stops at its tile).
+    assert [expected_tiles(w, 64, 64) for w in widths] == [2, 16]
+    assert mean_tiles(widths, 64, 64) == 9.0 and mean_tiles(widths, 256, 64) == 9.0
+    plan = Plan(64, (("wide", 2), ("narrow", 1)), False)
+    assert plan_units(plan, widths) == {"wide": 14.0, "narrow": 7.0}
+    assert plan_units(plan, widths, {"narrow": 64}) == {"wide": 14.0, "narrow": 9.0}

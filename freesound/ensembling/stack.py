@@ -54,9 +54,9 @@ def stacked_oof(experiments, work, folds=None) -> OOFTiles:
     for name, oof in zip(experiments[1:], tiles[1:]):
         if oof.tile_frames != first.tile_frames:
             raise FreesoundError(
-                f"experiments {experiments[0]!r} ({first.tile_frames}-frame tiles) and {name!r} ({oof.tile_frames}-frame "
-                "tiles) cannot share a stacker: its tile subsets pair the experiments' tiles one to one, so stack "
-                "experiments of one tile length")
+                f"experiments {experiments[0]!r} ({first.tile_frames}-frame tiles) and {name!r} "
+                f"({oof.tile_frames}-frame tiles) cannot share a stacker: its tile subsets pair the experiments' "
+                "tiles one to one, so stack experiments of one tile length")
     aligned = [first] + [t.reorder(first.fnames) for t in tiles[1:]]
     for name, other in zip(experiments[1:], aligned[1:]):
         if not np.array_equal(other.offsets, first.offsets):
