@@ -187,8 +187,9 @@ class SamplingConfig:
 @dataclass(frozen=True)
 class TransformConfig:
     #: The training crop: always the experiment's tile length, ``[input] tile_frames`` (an
-    #: ``Experiment`` sets it). ``[transforms] crop`` in a file is read as that setting's older name.
-    crop: int = field(default=256, compare=False)
+    #: ``Experiment`` sets it; not an argument). ``[transforms] crop`` in a file is read as that
+    #: setting's older name.
+    crop: int = field(default=256, init=False, compare=False)
     resized_crop_prob: float = 0.33
     spec_augment_prob: float = 0.5
     #: Frequency warping (the upb team's, FAT2019 5th place): a piecewise-linear stretch of the mel
@@ -387,9 +388,12 @@ class Experiment:
     source_dir: str = ""
 
     def __post_init__(self):
-        # The training crop is the tile length, one setting: ``transforms.crop`` follows it.
+        # The training crop is the tile length, one setting: ``transforms.crop`` follows it, on a
+        # copy (a replaced Experiment shares its tables with the one it came from).
         if self.transforms.crop != self.input.tile_frames:
-            object.__setattr__(self, "transforms", dataclasses.replace(self.transforms, crop=self.input.tile_frames))
+            transforms = dataclasses.replace(self.transforms)
+            object.__setattr__(transforms, "crop", self.input.tile_frames)
+            object.__setattr__(self, "transforms", transforms)
 
     def resolve_path(self, value: str) -> Path | None:
         if not value:

@@ -267,3 +267,19 @@ def test_the_kernel_budget_counts_each_experiment_in_its_own_tiles():
     plan = Plan(64, (("wide", 2), ("narrow", 1)), False)
     assert plan_units(plan, widths) == {"wide": 14.0, "narrow": 7.0}
     assert plan_units(plan, widths, {"narrow": 64}) == {"wide": 14.0, "narrow": 9.0}
+
+
+def test_a_fold_config_written_before_tile_frames_has_todays_settings(tmp_path):
+    """Resuming compares a fold's config.toml with the experiment: the older ``crop`` is the same
+    setting, so an interrupted fold of before resumes."""
+    from freesound.config import dump_toml
+    from freesound.paths import fold_dir
+    from freesound.training.resume_state import fold_config_settings
+
+    written = Experiment(name="old").to_dict()
+    written["transforms"] = {"crop": 256, **written["transforms"]}
+    del written["input"]["tile_frames"]
+    path = fold_dir(tmp_path, "old", 0) / "config.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text(dump_toml(written))
+    assert fold_config_settings(tmp_path, "old", 0) == Experiment(name="old").to_dict()
