@@ -247,7 +247,13 @@ class InputConfig:
         return 4 if self.freq_channel else 3
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings as a checkpoint records them (``network_input``); the method's tile length
+        is left out, so the checkpoints of method-shaped experiments hold what they held before
+        ``tile_frames`` existed (``from_dict`` reads its absence as 256)."""
+        values = dataclasses.asdict(self)
+        if self.tile_frames == InputConfig.tile_frames:
+            del values["tile_frames"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "InputConfig":
