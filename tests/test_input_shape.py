@@ -151,6 +151,22 @@ def test_an_ensemble_of_two_shapes_is_the_geometric_mean_of_each_alone(shapes):
     np.testing.assert_allclose(mixed.to_numpy(), expected, rtol=0, atol=1e-6)
 
 
+def test_an_undecodable_file_is_predicted_from_silence_in_every_audio_config(shapes, tmp_path):
+    from freesound.audio import silent_logmel
+    from freesound.predict.files import silent_front_end
+
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(np.random.default_rng(0).bytes(600))
+    predictor, failures = mixed_predictor(shapes), []
+    frame = predictor.predict_files([shapes["clips"][0], broken], on_error="silence", failures=failures)
+    assert [name for name, _ in failures] == ["broken.wav"]
+    silent = silent_front_end(predictor.front_end)
+    assert [logmel.shape[0] for logmel in silent] == [128, 64]
+    np.testing.assert_array_equal(silent[1], silent_logmel(NARROW))
+    np.testing.assert_allclose(frame.loc["broken.wav"].to_numpy(), predictor.predict_spectrograms([silent])[0],
+                               rtol=0, atol=1e-6)
+
+
 def test_mixed_audio_configs_need_a_log_mel_per_config(shapes):
     with pytest.raises(FreesoundError, match=r"^the ensemble's experiments use 2 audio configs: each clip must be a "
                                              r"tuple of one log-mel per config"):

@@ -79,7 +79,7 @@ class _FileFeatures(TorchDataset):
             return index, None, error.reason, []
 
 
-def iter_logmel_chunks(paths, config: AudioConfig, *, on_error: str = "raise", failures: list | None = None,
+def iter_logmel_chunks(paths, config, *, on_error: str = "raise", failures: list | None = None,
                        truncated: list | None = None, workers: int = 0, chunk_size: int = CHUNK_CLIPS, track=None,
                        desc: str = "decoding", names=None):
     """Decode files to log-mels, chunk by chunk, applying the ``on_error`` policy of
