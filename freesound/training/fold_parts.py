@@ -89,7 +89,7 @@ def build_fold_parts(experiment: Experiment, dataset: Dataset, work, fold: int, 
     cfg = experiment.train
     sources, probs, (valid_specs, valid_targets, _) = build_sources(experiment, dataset, work, fold, teacher)
     train_set = training_set(experiment, sources, probs, seed=cfg.seed + 1000 * fold)
-    crop, input_config = experiment.input.tile_frames, experiment.input
+    crop, input_config = experiment.transforms.crop, experiment.input
     valid_set = ValidationDataset(valid_specs, valid_targets, valid_transform(crop, input_config.freq_channel))
     augment = BatchAugment(crop, device, input_config.freq_channel) if cfg.augment_on_device else None
 
@@ -215,7 +215,7 @@ def training_set(experiment: Experiment, sources, probs, seed: int) -> SamplingD
     """The experiment's sampler over ``sources``: whole network inputs (``SamplingDataset``), or,
     with ``train.augment_on_device``, windows and random draws for ``BatchAugment``
     (``WindowSamplingDataset``). Both draw the same numbers for the same ``seed``."""
-    crop, options = experiment.input.tile_frames, transform_options(experiment)
+    crop, options = experiment.transforms.crop, transform_options(experiment)
     mixer = experiment_mixer(experiment)
     if experiment.train.augment_on_device:
         return WindowSamplingDataset(sources, probs, experiment.train.epoch_size,
@@ -239,35 +239,40 @@ def experiment_mixer(experiment: Experiment):
     return method_mixer(mixers.prob, mixers.sigmoid_concat, mixers.add, mixers.specmix)
 
 
+def check_input_shape(experiment: Experiment, params: dict) -> None:
+    """One forward pass of a zero tile of the experiment's shape (``[audio] n_mels`` x ``[input]
+    tile_frames``) through its model built from ``params``, where that shape is not the method's
+    128 x 256 (which every model takes), so that a tile too small for the network's pooling is a
+    ``ConfigError`` naming the shape before any data is loaded. A model that cannot be built at
+    all is left to ``check_experiment``'s own message."""
+    shape = (experiment.input.channels, experiment.audio.n_mels, experiment.input.tile_frames)
+    if shape[1:] == (128, 256):
+        return
+    try:
+        model = create_model(experiment.model.name, **params).eval()
+    except (KeyError, TypeError, ValueError):
+        return
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *shape)))
+    except RuntimeError as error:
+        raise ConfigError(f"experiment {experiment.name!r}: the model {experiment.model.name} cannot take tiles of "
+                          f"{shape[1]} mel bands x {shape[2]} frames ([audio] n_mels, [input] tile_frames): "
+                          f"{str(error).splitlines()[0]}") from None
+
+
 def check_experiment(experiment: Experiment, num_classes: int) -> None:
     """Build the experiment's model, losses, transforms and mixer once, so that an unknown model or
     loss name or a bad parameter (or mixer probabilities that do not sum to 1) is one
     ``ConfigError`` before any data is loaded."""
     params = model_params(experiment, num_classes)  # a ConfigError of its own
+    check_input_shape(experiment, params)
     try:
-        model = create_model(experiment.model.name, **params)
+        create_model(experiment.model.name, **params)
         build_loss(experiment)
         make_loss(**experiment.loss.curated)
-        train_transform(experiment.input.tile_frames, **transform_options(experiment))
+        train_transform(experiment.transforms.crop, **transform_options(experiment))
         experiment_mixer(experiment)
     except (KeyError, TypeError, ValueError) as error:
         # KeyError's str() quotes its message; the first argument is the sentence itself.
         raise ConfigError(f"experiment {experiment.name!r}: {error.args[0] if error.args else error}") from error
-    check_input_shape(experiment, model)
-
-
-def check_input_shape(experiment: Experiment, model: torch.nn.Module) -> None:
-    """One forward pass of a zero tile of the experiment's shape (``[audio] n_mels`` x ``[input]
-    tile_frames``) through ``model``, where that shape is not the method's 128 x 256 (which every
-    model takes), so that a tile too small for the network's pooling is a ``ConfigError`` naming
-    the shape before any data is loaded."""
-    shape = (experiment.input.channels, experiment.audio.n_mels, experiment.input.tile_frames)
-    if shape[1:] == (128, 256):
-        return
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros((1, *shape)))
-    except RuntimeError as error:
-        raise ConfigError(f"experiment {experiment.name!r}: the model {experiment.model.name} cannot take tiles of "
-                          f"{shape[1]} mel bands x {shape[2]} frames ([audio] n_mels, [input] tile_frames): "
-                          f"{str(error).splitlines()[0]}") from None
