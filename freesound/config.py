@@ -186,7 +186,10 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class TransformConfig:
-    crop: int = 256
+    #: The training crop: always the experiment's tile length, ``[input] tile_frames`` (an
+    #: ``Experiment`` sets it; not an argument). ``[transforms] crop`` in a file is read as that
+    #: setting's older name.
+    crop: int = field(default=256, init=False, compare=False)
     resized_crop_prob: float = 0.33
     spec_augment_prob: float = 0.5
     #: Frequency warping (the upb team's, FAT2019 5th place): a piecewise-linear stretch of the mel
@@ -213,6 +216,11 @@ class MixerConfig:
                              "(the method's are 0.6 and 0.4: lower them when raising specmix)")
 
 
+#: The shortest tile: the deltas' Savitzky-Golay filter spans 9 frames
+#: (``freesound.audio.network_input.DELTA_WIDTH``; this module imports no NumPy).
+MIN_TILE_FRAMES = 9
+
+
 @dataclass(frozen=True)
 class InputConfig:
     """What the network sees beside the log-mel window and its two deltas (``[input]``).
@@ -224,6 +232,14 @@ class InputConfig:
     #: band) to 1 (the highest), the same in every frame (CoordConv, Liu et al. 2018; FAT2019
     #: 3rd place). Off in the method.
     freq_channel: bool = False
+    #: Frames of a tile: the training crop and the prediction tile (the method's 256, ~4 s). A
+    #: short-clip dataset trains faster on shorter tiles (benchmarks/RESULTS.md, "Tile length").
+    tile_frames: int = 256
+
+    def __post_init__(self):
+        if not (isinstance(self.tile_frames, int) and self.tile_frames >= MIN_TILE_FRAMES):
+            raise ValueError(f"tile_frames = {self.tile_frames!r} is out of range: a tile needs at least "
+                             f"{MIN_TILE_FRAMES} frames (the deltas' filter width)")
 
     @property
     def channels(self) -> int:
@@ -231,7 +247,13 @@ class InputConfig:
         return 4 if self.freq_channel else 3
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings as a checkpoint records them (``network_input``); the method's tile length
+        is left out, so the checkpoints of method-shaped experiments hold what they held before
+        ``tile_frames`` existed (``from_dict`` reads its absence as 256)."""
+        values = dataclasses.asdict(self)
+        if self.tile_frames == InputConfig.tile_frames:
+            del values["tile_frames"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "InputConfig":
@@ -433,6 +455,14 @@ class Experiment:
     #: The folder of the TOML file, for resolving relative paths ("" when built in code).
     source_dir: str = ""
 
+    def __post_init__(self):
+        # The training crop is the tile length, one setting: ``transforms.crop`` follows it, on a
+        # copy (a replaced Experiment shares its tables with the one it came from).
+        if self.transforms.crop != self.input.tile_frames:
+            transforms = dataclasses.replace(self.transforms)
+            object.__setattr__(transforms, "crop", self.input.tile_frames)
+            object.__setattr__(self, "transforms", transforms)
+
     def resolve_path(self, value: str) -> Path | None:
         if not value:
             return None
@@ -442,6 +472,7 @@ class Experiment:
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
         values.pop("source_dir")
+        values["transforms"].pop("crop")  # ``input.tile_frames`` states it
         return values
 
 
@@ -543,8 +574,30 @@ def _key(where: str, name: str) -> str:
     return f"{where}.{name}" if where else name
 
 
+def _crop_as_tile_frames(values: dict, where: str) -> dict:
+    """``values`` with a ``[transforms] crop`` (the older name of ``[input] tile_frames``, in
+    files and fold configs written before it) moved to ``[input] tile_frames``.
+
+    Raises
+    ------
+    ConfigError
+        Both are stated and differ.
+    """
+    transforms = values.get("transforms")
+    if not (isinstance(transforms, dict) and "crop" in transforms):
+        return values
+    transforms = dict(transforms)
+    crop = transforms.pop("crop")
+    inputs = dict(values.get("input") or {})
+    if inputs.setdefault("tile_frames", crop) != crop:
+        raise ConfigError(f"{_key(_section(where, 'transforms'), 'crop')} = {crop!r} and "
+                          f"{_key(_section(where, 'input'), 'tile_frames')} = {inputs['tile_frames']!r} disagree: "
+                          "crop is the older name of tile_frames, state tile_frames only")
+    return {**values, "transforms": transforms, "input": inputs}
+
+
 def experiment_from_dict(values: dict, *, name: str = "default", source_dir: str = "", where: str = "") -> Experiment:
-    values = dict(values)
+    values = _crop_as_tile_frames(dict(values), where)
     values.setdefault("name", name)
     experiment = _build(Experiment, values, where)
     return dataclasses.replace(experiment, source_dir=source_dir)

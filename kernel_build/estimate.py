@@ -70,7 +70,8 @@ def seconds_per_tile(tagger: Tagger, batches: int = TIMED_BATCHES) -> float:
     after one warm-up batch (export, oneDNN set-up)."""
     single = tagger.subset(1)
     rng = np.random.default_rng(0)
-    tiles = rng.uniform(-0.5, 0.5, (tagger.batch_size, tagger.input_config.channels, tagger.audio_config.n_mels, 256)
+    tiles = rng.uniform(-0.5, 0.5, (tagger.batch_size, tagger.input_config.channels, tagger.audio_config.n_mels,
+                                    tagger.input_config.tile_frames)
                         ).astype(np.float32)
     single._forward(tiles)
     start = time.perf_counter()
@@ -121,7 +122,8 @@ def estimate_kernel(taggers: dict, widths, *, stackers: bool = False, tiles_per_
     rates = {name: (1.0 / tiles_per_second if tiles_per_second else seconds_per_tile(tagger))
              for name, tagger in taggers.items()}
     ladder = plan_ladder(folds, stackers, tile_step=step)
-    units = plan_units(ladder[0], widths)
+    tiles = {name: tagger.input_config.tile_frames for name, tagger in taggers.items()}
+    units = plan_units(ladder[0], widths, tiles)
     model_seconds = len(widths) * sum(units[name] * rates[name] for name in units)
     frontend = frontend_seconds_per_frame(config, float(np.mean(widths)) * config.hop_length / config.sample_rate)
     frontend_seconds = frontend * float(widths.sum())
@@ -132,7 +134,7 @@ def estimate_kernel(taggers: dict, widths, *, stackers: bool = False, tiles_per_
     else:
         total = model_seconds + frontend_seconds
     budget = budget_seconds(time_limit, device_type)
-    index, projected = choose_plan(ladder, 0, budget, widths, len(widths), rates, per_clip)
+    index, projected = choose_plan(ladder, 0, budget, widths, len(widths), rates, per_clip, tiles=tiles)
     return {
         "clips": len(widths), "audio_hours": float(widths.sum()) * config.hop_length / config.sample_rate / 3600,
         "tiles": {name: int(round(units[name] * len(widths))) for name in units},

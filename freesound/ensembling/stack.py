@@ -51,11 +51,18 @@ def stacked_oof(experiments, work, folds=None) -> OOFTiles:
         for path, oof in zip(paths, tiles):
             check_oof_folds(path, oof.fnames, oof.folds, folds, work)
     first = tiles[0]
+    for name, oof in zip(experiments[1:], tiles[1:]):
+        if oof.tile_frames != first.tile_frames:
+            raise FreesoundError(
+                f"experiments {experiments[0]!r} ({first.tile_frames}-frame tiles) and {name!r} "
+                f"({oof.tile_frames}-frame tiles) cannot share a stacker: its tile subsets pair the experiments' "
+                "tiles one to one, so stack experiments of one tile length")
     aligned = [first] + [t.reorder(first.fnames) for t in tiles[1:]]
     for name, other in zip(experiments[1:], aligned[1:]):
         if not np.array_equal(other.offsets, first.offsets):
             raise FreesoundError(f"experiment {name!r} has other tiles per clip than {experiments[0]!r}")
-    return OOFTiles(first.fnames, first.folds, first.offsets, np.concatenate([t.probs for t in aligned], axis=1))
+    return OOFTiles(first.fnames, first.folds, first.offsets, np.concatenate([t.probs for t in aligned], axis=1),
+                    first.tile_frames)
 
 
 def stacker_inputs(experiments, dataset: Dataset, work) -> tuple:

@@ -18,7 +18,8 @@ first:
    dropped: they read every experiment's probabilities.
 
 The kernel measures, after a first part of the clips, how many seconds one *unit* costs (one tile
-through one fold model, per experiment) and how many seconds a clip costs besides (decoding not
+through one fold model, per experiment, in tiles of that experiment's length; a step longer than
+an experiment's tile is its tile) and how many seconds a clip costs besides (decoding not
 hidden behind the model, stackers, bookkeeping), projects each plan on the tiles the clips to come
 will give (their widths from their file sizes, ``expected_widths``), and keeps the first plan of
 the ladder that fits the time left (``choose_plan``).
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from freesound.predict.tiles import tile_layout
+from freesound.predict.tiles import TILE, tile_layout
 
 #: The tile steps the ladder tries, in order; 64 is the method's.
 TILE_STEPS = (64, 128, 256)
@@ -110,12 +111,13 @@ def plan_ladder(folds: dict, stackers: bool, *, tile_step: int = 64, ranking=Non
     return ladder
 
 
-def mean_tiles(widths, step: int) -> float:
-    """The mean number of tiles per clip at ``step`` over clips of ``widths`` frames."""
+def mean_tiles(widths, step: int, tile: int = TILE) -> float:
+    """The mean number of tiles of ``tile`` frames per clip at ``step`` (at most ``tile``: the
+    step the ``Tagger`` takes) over clips of ``widths`` frames."""
     widths = np.asarray(widths, dtype=np.int64)
     if widths.size == 0:
         raise ValueError("no clip widths to project from")
-    return float(np.mean([tile_layout(int(width), step)[0] for width in widths]))
+    return float(np.mean([tile_layout(int(width), min(step, tile), tile)[0] for width in widths]))
 
 
 def expected_widths(widths, sizes, coming_sizes) -> np.ndarray:
@@ -142,14 +144,18 @@ def expected_widths(widths, sizes, coming_sizes) -> np.ndarray:
     return np.maximum(1, np.rint(coming * float(np.sum(widths)) / total_bytes)).astype(np.int64)
 
 
-def plan_units(plan: Plan, widths) -> dict:
+def plan_units(plan: Plan, widths, tiles: dict | None = None) -> dict:
     """Units (one tile through one fold model) per clip of each experiment of ``plan``, for clips
-    like ``widths``: experiment -> float."""
-    tiles = mean_tiles(widths, plan.tile_step)
-    return {name: tiles * n for name, n in plan.folds}
+    like ``widths``: experiment -> float. ``tiles`` maps an experiment to its tile length in
+    frames (``[input] tile_frames``; default, and for experiments it leaves out, the method's 256)."""
+    tiles = tiles or {}
+    lengths = {name: tiles.get(name, TILE) for name, _ in plan.folds}
+    counts = {tile: mean_tiles(widths, plan.tile_step, tile) for tile in set(lengths.values())}
+    return {name: counts[lengths[name]] * n for name, n in plan.folds}
 
 
-def project_seconds(plan: Plan, widths, clips: int, seconds_per_unit: dict, seconds_per_clip: float) -> float:
+def project_seconds(plan: Plan, widths, clips: int, seconds_per_unit: dict, seconds_per_clip: float,
+                    tiles: dict | None = None) -> float:
     """Seconds ``clips`` more clips like ``widths`` take under ``plan``.
 
     ``clips x (seconds_per_clip + sum over experiments of units per clip x seconds_per_unit)``.
@@ -158,15 +164,17 @@ def project_seconds(plan: Plan, widths, clips: int, seconds_per_unit: dict, seco
     ----------
     seconds_per_unit : dict experiment -> seconds one tile takes through one of its fold models
     seconds_per_clip : float, the seconds of a clip besides the models
+    tiles : dict experiment -> tile length in frames, as for ``plan_units``
     """
     per_clip = seconds_per_clip + sum(units * seconds_per_unit[name]
-                                      for name, units in plan_units(plan, widths).items())
+                                      for name, units in plan_units(plan, widths, tiles).items())
     return clips * per_clip
 
 
 def choose_plan(ladder: list, current: int, seconds_left: float, widths, clips: int, seconds_per_unit: dict,
-                seconds_per_clip: float, headroom: float = HEADROOM) -> tuple:
-    """The first plan from ``ladder[current]`` on whose projection fits ``seconds_left``.
+                seconds_per_clip: float, headroom: float = HEADROOM, tiles: dict | None = None) -> tuple:
+    """The first plan from ``ladder[current]`` on whose projection fits ``seconds_left``
+    (``tiles``: each experiment's tile length, as for ``plan_units``).
 
     Plans before ``current`` are not considered, so a run only ever gets cheaper.
 
@@ -176,7 +184,7 @@ def choose_plan(ladder: list, current: int, seconds_left: float, widths, clips: 
     """
     projections = []
     for index in range(current, len(ladder)):
-        projected = project_seconds(ladder[index], widths, clips, seconds_per_unit, seconds_per_clip)
+        projected = project_seconds(ladder[index], widths, clips, seconds_per_unit, seconds_per_clip, tiles)
         if projected <= (1.0 - headroom) * seconds_left:
             return index, projected
         projections.append(projected)

@@ -50,7 +50,6 @@ import torch
 import freesound
 from freesound.data.dataset import read_csv
 from freesound.errors import FreesoundError, one_line_warnings
-from freesound.audio import silent_logmel
 from freesound.fileio import atomic_write_csv, file_sha256
 from freesound.kaggle.budget import (
     CHUNK_SAFETY, FIRST_PART, KAGGLE_LIMIT_SECONDS, budget_seconds, choose_plan, expected_widths, plan_ladder,
@@ -58,7 +57,7 @@ from freesound.kaggle.budget import (
 )
 from freesound.kaggle.wheels import kernel_runtime, require_packages
 from freesound.predict import EnsemblePredictor, tile_layout
-from freesound.predict.files import CHUNK_CLIPS, iter_logmel_chunks
+from freesound.predict.files import CHUNK_CLIPS, iter_logmel_chunks, silent_front_end
 from freesound.predict.device import describe_device, device_problem
 from freesound.predict.tagger import check_precision
 from freesound.settings import default_device, default_workers, kaggle_root
@@ -245,21 +244,24 @@ def predict_within_budget(predictor: EnsemblePredictor, paths: list, *, budget: 
     """
     start = clock() if start is None else start
     full_folds = {name: len(tagger.models) for name, tagger in predictor.taggers.items()}
+    tiles = {name: tagger.input_config.tile_frames for name, tagger in predictor.taggers.items()}
     step = next(iter(predictor.taggers.values())).tile_step
     ladder = plan_ladder(full_folds, bool(predictor.stackers), tile_step=step, ranking=ranking)
     # One silent clip through every model first: building the inference copies, oneDNN's and
     # cuDNN's set-up are paid here and not counted in the measured cost of a clip.
-    predictor.predict_spectrograms([silent_logmel(predictor.audio_config)])
+    predictor.predict_spectrograms([silent_front_end(predictor.front_end)])
     current, runner = 0, predictor
     sizes = [file_bytes(path) for path in paths]
     first_part = max(chunk_size, math.ceil(FIRST_PART * len(paths)))
     names, frames, failures, truncated, widths, usage = [], [], [], [], [], []
     model_seconds, units = {}, dict.fromkeys(full_folds, 0.0)
     projection, next_report, loop_start = None, 0.1, clock()
-    chunks = iter_logmel_chunks(paths, predictor.audio_config, on_error="silence", failures=failures,
+    chunks = iter_logmel_chunks(paths, predictor.front_end, on_error="silence", failures=failures,
                                 truncated=truncated, workers=predictor.workers, chunk_size=chunk_size)
     for chunk_names, logmels in chunks:
-        chunk_widths = [logmel.shape[1] for logmel in logmels]
+        # The first experiment's widths stand for every experiment's (audio configs that differ in
+        # n_mels alone give the same widths).
+        chunk_widths = [logmel.shape[1] for logmel in predictor.experiment_logmels(next(iter(full_folds)), logmels)]
         if widths and math.isfinite(budget):
             seconds_per_unit = {name: model_seconds[name] / units[name] for name in units if units[name]}
             seconds_per_clip = max(0.0, clock() - loop_start - sum(model_seconds.values())) / len(widths)
@@ -267,11 +269,11 @@ def predict_within_budget(predictor: EnsemblePredictor, paths: list, *, budget: 
             if len(widths) >= first_part:
                 coming = expected_widths(widths, sizes[:len(widths)], sizes[len(widths):])
                 index, projected = choose_plan(ladder, current, seconds_left, coming, len(coming), seconds_per_unit,
-                                               seconds_per_clip)
+                                               seconds_per_clip, tiles=tiles)
                 elapsed = clock() - start
                 if projection is None:
                     full_seconds = elapsed + project_seconds(ladder[0], coming, len(coming), seconds_per_unit,
-                                                             seconds_per_clip)
+                                                             seconds_per_clip, tiles)
                     projection = {"after_clips": len(widths), "full_seconds": round(full_seconds, 1),
                                   "plan": ladder[index].describe(ladder[0]),
                                   "projected_seconds": round(elapsed + projected, 1)}
@@ -285,7 +287,7 @@ def predict_within_budget(predictor: EnsemblePredictor, paths: list, *, budget: 
                 projection.update(final_plan=ladder[current].describe(ladder[0]),
                                   final_projected_seconds=round(elapsed + projected, 1))
             needed = project_seconds(ladder[current], chunk_widths, len(chunk_widths), seconds_per_unit,
-                                     seconds_per_clip)
+                                     seconds_per_clip, tiles)
             if needed * CHUNK_SAFETY > seconds_left:
                 log(f"warning: {_s(seconds_left)} left, the next {len(chunk_widths)} clips need about {_s(needed)} "
                     f"even with plan {current}: the last {len(paths) - len(widths)} rows get the mean prediction")
@@ -293,7 +295,9 @@ def predict_within_budget(predictor: EnsemblePredictor, paths: list, *, budget: 
         frames.append(runner.predict_spectrograms(logmels, timings=model_seconds, clock=clock))
         plan = ladder[current]
         for name, folds in plan.folds:
-            units[name] += sum(tile_layout(width, plan.tile_step)[0] for width in chunk_widths) * folds
+            tile = tiles[name]
+            units[name] += folds * sum(tile_layout(width, min(plan.tile_step, tile), tile)[0]
+                                       for width in chunk_widths)
         if not usage or usage[-1][0] != current:
             usage.append([current, 0])
         usage[-1][1] += len(chunk_names)

@@ -12,7 +12,9 @@ Paths are relative to the weights folder (``<work>/experiments`` locally, the Ka
 dataset in a kernel); ``resolve`` turns them into files. A single experiment is the same spec
 with one experiment and no stackers, so local prediction and both kernels share one code path.
 
-Prediction: each experiment's folds are combined by ``Tagger`` (tile mean, fold geometric mean);
+Prediction: each experiment's folds are combined by ``Tagger`` (its own tiles, tile mean, fold
+geometric mean); experiments may differ in tile length and in audio config (``n_mels``...): each
+file is decoded once per audio config (``front_end``) and each experiment tiles its own log-mels;
 each stacker sees the experiments' probabilities concatenated in spec order and its folds are
 combined by geometric mean; the blend is the geometric mean of every experiment and stacker.
 """
@@ -52,12 +54,12 @@ class EnsemblePredictor:
         for name, tagger in taggers.items():
             if tagger.classes != first.classes:
                 raise FreesoundError(f"experiment {name!r} predicts other classes than the first experiment")
-            if tagger.audio_config != first.audio_config:
-                raise FreesoundError(f"experiment {name!r} uses another audio config than the first experiment")
         self.taggers = dict(taggers)
         self.stackers = {name: [copy.deepcopy(m).to(device).eval() for m in models]
                          for name, models in (stackers or {}).items()}
         self.classes = first.classes
+        #: The experiments' distinct audio configs, in order of first use.
+        self.audio_configs = tuple(dict.fromkeys(tagger.audio_config for tagger in taggers.values()))
         self.audio_config = first.audio_config
         self.device = torch.device(device)
         self.workers = workers
@@ -98,16 +100,42 @@ class EnsemblePredictor:
         other.stackers = self.stackers if stackers else {}
         return other
 
+    @property
+    def front_end(self):
+        """What each clip is decoded to (``freesound.predict.files.iter_logmel_chunks``): the
+        ``AudioConfig`` every experiment shares, or the tuple ``audio_configs`` when they differ
+        (a clip is then a tuple of log-mels, one per config)."""
+        return self.audio_configs if len(self.audio_configs) > 1 else self.audio_config
+
+    def experiment_logmels(self, name: str, logmels: list) -> list:
+        """The log-mels experiment ``name`` predicts from: ``logmels`` as they are under one
+        audio config; each clip's item of that experiment's audio config when they differ.
+
+        Raises
+        ------
+        FreesoundError
+            The experiments differ in audio config and a clip is not a tuple of one log-mel per
+            config (``front_end``).
+        """
+        if len(self.audio_configs) == 1:
+            return logmels
+        if not all(isinstance(clip, tuple) and len(clip) == len(self.audio_configs) for clip in logmels):
+            raise FreesoundError(f"the ensemble's experiments use {len(self.audio_configs)} audio configs: each clip "
+                                 "must be a tuple of one log-mel per config (decode it with the ensemble's front_end)")
+        index = self.audio_configs.index(self.taggers[name].audio_config)
+        return [clip[index] for clip in logmels]
+
     def level_probabilities(self, logmels, timings: dict | None = None, clock=time.perf_counter) -> dict:
         """Every experiment's and stacker's clip probabilities: name -> (N, C) float32.
 
-        ``timings``, when given, gets each experiment's seconds (by ``clock``) added to its entry.
+        ``logmels`` are decoded as ``front_end`` says. ``timings``, when given, gets each
+        experiment's seconds (by ``clock``) added to its entry.
         """
         logmels = list(logmels)
         levels = {}
         for name, tagger in self.taggers.items():
             start = clock()
-            levels[name] = tagger.predict_spectrograms(logmels)
+            levels[name] = tagger.predict_spectrograms(self.experiment_logmels(name, logmels))
             if timings is not None:
                 timings[name] = timings.get(name, 0.0) + clock() - start
         if self.stackers:

@@ -35,11 +35,36 @@ def _as_is(item):
     return item
 
 
+def silent_front_end(config):
+    """``silent_logmel`` of a front end: of an ``AudioConfig``, or a tuple of one per config of a
+    tuple (``EnsemblePredictor.front_end``)."""
+    if isinstance(config, tuple):
+        return tuple(silent_logmel(item) for item in config)
+    return silent_logmel(config)
+
+
+def read_front_end(path, config) -> tuple:
+    """``(logmel, warnings raised)`` of ``path`` under a front end: an ``AudioConfig`` gives one
+    log-mel, a tuple of them a tuple of log-mels, one per config. The warnings are those of the
+    first config's decoding (every config decodes the same file).
+
+    Raises
+    ------
+    AudioDecodeError
+        The file cannot be used.
+    """
+    if not isinstance(config, tuple):
+        return call_recording_warnings(read_as_melspectrogram, path, config)
+    decoded = [call_recording_warnings(read_as_melspectrogram, path, item) for item in config]
+    return tuple(logmel for logmel, _ in decoded), decoded[0][1]
+
+
 class _FileFeatures(TorchDataset):
     """Decodes one file per item, in DataLoader workers; an item is ``(index, logmel or None,
-    failure reason or None, warnings raised)``, the warnings for the parent to show and list."""
+    failure reason or None, warnings raised)``, the warnings for the parent to show and list
+    (a tuple of log-mels for a tuple of configs: ``read_front_end``)."""
 
-    def __init__(self, paths, config: AudioConfig):
+    def __init__(self, paths, config):
         self.paths = list(paths)
         self.config = config
 
@@ -48,13 +73,13 @@ class _FileFeatures(TorchDataset):
 
     def __getitem__(self, index):
         try:
-            logmel, caught = call_recording_warnings(read_as_melspectrogram, self.paths[index], self.config)
+            logmel, caught = read_front_end(self.paths[index], self.config)
             return index, logmel, None, caught
         except AudioDecodeError as error:
             return index, None, error.reason, []
 
 
-def iter_logmel_chunks(paths, config: AudioConfig, *, on_error: str = "raise", failures: list | None = None,
+def iter_logmel_chunks(paths, config, *, on_error: str = "raise", failures: list | None = None,
                        truncated: list | None = None, workers: int = 0, chunk_size: int = CHUNK_CLIPS, track=None,
                        desc: str = "decoding", names=None):
     """Decode files to log-mels, chunk by chunk, applying the ``on_error`` policy of
@@ -67,7 +92,8 @@ def iter_logmel_chunks(paths, config: AudioConfig, *, on_error: str = "raise", f
     Parameters
     ----------
     paths : sequence of paths
-    config : AudioConfig
+    config : AudioConfig, or a tuple of them (an ensemble's ``front_end``): each clip is then a
+        tuple of log-mels, one per config
     on_error : one of ``ON_ERROR``
     failures : list, optional; each file that cannot be used is appended as ``(fname, reason)``
         when it is reached
@@ -115,7 +141,7 @@ def iter_logmel_chunks(paths, config: AudioConfig, *, on_error: str = "raise", f
             if on_error == "skip":
                 logmel = None
             else:
-                silent = silent_logmel(config) if silent is None else silent
+                silent = silent_front_end(config) if silent is None else silent
                 logmel = silent
         if logmel is not None:
             chunk_names.append(names[index])
@@ -130,8 +156,9 @@ def predict_files(predictor, paths, *, on_error: str = "raise", failures: list |
                   names=None) -> pd.DataFrame:
     """``predictor.predict_spectrograms`` on decoded files, as a DataFrame indexed by ``fname``.
 
-    ``predictor`` is a ``Tagger`` or an ``EnsemblePredictor``: anything with ``audio_config``,
-    ``workers``, ``classes`` and ``predict_spectrograms``. Each file is decoded once; chunks of
+    ``predictor`` is a ``Tagger`` or an ``EnsemblePredictor``: anything with ``front_end`` (an
+    ``AudioConfig`` or a tuple of them), ``workers``, ``classes`` and ``predict_spectrograms``.
+    Each file is decoded once per audio config; chunks of
     ``chunk_size`` clips are predicted while the workers decode the next (``iter_logmel_chunks``).
     Clips are predicted independently, so the chunking changes the results only by float rounding
     in how tiles share the model's batches. ``track`` (as for ``iter_logmel_chunks``) counts the
@@ -140,7 +167,7 @@ def predict_files(predictor, paths, *, on_error: str = "raise", failures: list |
     index the rows.
     """
     rows, frames = [], []
-    for chunk_names, logmels in iter_logmel_chunks(paths, predictor.audio_config, on_error=on_error,
+    for chunk_names, logmels in iter_logmel_chunks(paths, predictor.front_end, on_error=on_error,
                                                     failures=failures, truncated=truncated,
                                                     workers=predictor.workers,
                                                     chunk_size=chunk_size, track=track, desc="predicting",

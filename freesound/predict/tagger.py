@@ -107,6 +107,15 @@ def _cudnn_autotuning(enabled: bool):
         torch.backends.cudnn.benchmark = previous
 
 
+def check_tile_step(step: int, tile_frames: int) -> int:
+    """``step`` if it is a valid tile step for tiles of ``tile_frames`` frames; else a
+    ``FreesoundError`` saying why (a longer step would leave frames between tiles unseen)."""
+    if not 1 <= step <= tile_frames:
+        raise FreesoundError(f"tile step {step} must be between 1 and the models' tile length of {tile_frames} "
+                             "frames, or frames between the tiles go unseen")
+    return step
+
+
 def checkpoint_input_config(checkpoint: dict, path) -> InputConfig:
     """The network input a checkpoint's model takes (its ``network_input``; absent in checkpoints
     from before it was recorded and in imported ones: the method's 3 planes).
@@ -164,7 +173,8 @@ class Tagger:
     models : list of nn.Module, first-level models returning a tuple whose first item is the main
         head's logits ``(B, C)``
     classes : sequence of str, C class names
-    tile_step : int, frames between tile starts
+    tile_step : int, frames between tile starts, at most the models' tile length
+        (``input_config.tile_frames``)
     device : str or torch.device, where the models run: each runs as an inference copy there
         (``_inference_model``), and the caller's modules stay where they are
     batch_size : int, tiles per forward pass (tiles of many clips share a batch)
@@ -175,12 +185,14 @@ class Tagger:
         (``freesound.predict.runtimes``; "auto" is an installed ONNX runtime, else torch; CUDA runs
         torch). An ONNX runtime runs each model exported once, with torch's thread count.
     input_config : InputConfig, the network input the models were trained on (default: the
-        method's log-mel, delta and delta-delta); ``from_checkpoints`` reads it from the checkpoints
+        method's log-mel, delta and delta-delta in 256-frame tiles); ``from_checkpoints`` reads it
+        from the checkpoints
 
     Raises
     ------
     FreesoundError
-        An unknown runtime, or one asked for by name that is not installed.
+        An unknown runtime, one asked for by name that is not installed, or a ``tile_step`` longer
+        than the tile.
     """
 
     def __init__(self, models, classes, tile_step: int = 64, device="cpu", batch_size: int = 64,
@@ -192,13 +204,18 @@ class Tagger:
         if not self.models:
             raise ValueError("a Tagger needs at least one model")
         self.classes = list(classes)
-        self.tile_step = tile_step
+        self.input_config = input_config or InputConfig()
+        self.tile_step = check_tile_step(tile_step, self.input_config.tile_frames)
         self.batch_size = batch_size
         self.audio_config = audio_config or AudioConfig()
         self.workers = workers
         self.precision = check_precision(precision)
-        self.input_config = input_config or InputConfig()
         self._inference_models = {}  # inference copies on self.device, see _inference_model
+
+    @property
+    def front_end(self) -> AudioConfig:
+        """What each clip is decoded with (``freesound.predict.files.predict_files``)."""
+        return self.audio_config
 
     @classmethod
     def from_checkpoints(cls, paths, **kwargs) -> "Tagger":
@@ -220,7 +237,8 @@ class Tagger:
 
     def subset(self, n_models: int | None = None, tile_step: int | None = None) -> "Tagger":
         """This Tagger on its first ``n_models`` models (default all) at another ``tile_step``
-        (default its own): what the kernel switches to when its time budget runs short.
+        (default its own; a step longer than the tile is the tile, so no frame is left out): what
+        the kernel switches to when its time budget runs short.
 
         The models and their inference copies are shared, not copied, so a subset costs nothing
         to make and its predictions for the same models and step equal this Tagger's.
@@ -230,7 +248,7 @@ class Tagger:
             raise ValueError(f"a subset needs 1 to {len(self.models)} models, got {n_models}")
         other = copy.copy(self)  # shallow: the models list is replaced, the inference cache shared
         other.models = self.models[:n_models]
-        other.tile_step = self.tile_step if tile_step is None else tile_step
+        other.tile_step = self.tile_step if tile_step is None else min(tile_step, self.input_config.tile_frames)
         return other
 
     # -- spectrograms -------------------------------------------------------------------------
@@ -295,7 +313,8 @@ class Tagger:
         if track is not None:  # a sized input gives the bar its total; otherwise ``track`` may carry one
             logmels = track(logmels, desc=desc, **({"total": len(logmels)} if hasattr(logmels, "__len__") else {}))
         for logmel in logmels:
-            tiles = make_tiles(logmel, self.tile_step, freq_channel=self.input_config.freq_channel)
+            tiles = make_tiles(logmel, self.tile_step, self.input_config.tile_frames,
+                               freq_channel=self.input_config.freq_channel)
             counts.append(len(tiles))
             queue.append(tiles)
             queued += len(tiles)

@@ -1,8 +1,9 @@
 """Tiles: how a clip's log-mel is cut into fixed-size network inputs, and how probabilities
 of several models are combined.
 
-A clip's log-mel is padded on the time axis with its minimum and cut into 256-frame tiles at a
-step of ``step`` frames; each tile gets its deltas (``freesound.audio.network_input``).
+A clip's log-mel is padded on the time axis with its minimum and cut into tiles of ``tile``
+frames (the model's ``[input] tile_frames``; the method's 256) at a step of ``step`` frames; each
+tile gets its deltas (``freesound.audio.network_input``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 
 from freesound.audio.network_input import to_network_input_batch
 
+#: The method's tile length in frames (``InputConfig.tile_frames``' default).
 TILE = 256
 
 

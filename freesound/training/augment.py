@@ -7,10 +7,12 @@ sample by sample. Deterministic transforms accept ``rng`` and ignore it.
 
 The method's pipelines (``train_transform`` / ``valid_transform``)::
 
-    train: pad to 256 (wrap | constant, p=0.5 each) -> random 256-frame crop
+    train: pad to T (wrap | constant, p=0.5 each) -> random T-frame crop
            -> RandomResizedCrop (p=0.33) [-> FrequencyWarp (transforms.freq_warp_prob, off)]
            -> SpecAugment (p=0.5) -> to_network_input
-    valid: pad to 256 (constant) -> centre 256-frame crop -> to_network_input
+    valid: pad to T (constant) -> centre T-frame crop -> to_network_input
+
+T is the experiment's tile length (``[input] tile_frames``; the method's 256 frames).
 
 ``to_network_input`` (``freesound.audio.network_input``) is shared with the inference tiler so
 train and test inputs are built the same way.

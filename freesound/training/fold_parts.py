@@ -249,11 +249,34 @@ def experiment_mixer(experiment: Experiment):
     return method_mixer(mixers.prob, mixers.sigmoid_concat, mixers.add, mixers.specmix)
 
 
+def check_input_shape(experiment: Experiment, params: dict) -> None:
+    """One forward pass of a zero tile of the experiment's shape (``[audio] n_mels`` x ``[input]
+    tile_frames``) through its model built from ``params``, where that shape is not the method's
+    128 x 256 (which every model takes), so that a tile too small for the network's pooling is a
+    ``ConfigError`` naming the shape before any data is loaded. A model that cannot be built at
+    all is left to ``check_experiment``'s own message."""
+    shape = (experiment.input.channels, experiment.audio.n_mels, experiment.input.tile_frames)
+    if shape[1:] == (128, 256):
+        return
+    try:
+        model = create_model(experiment.model.name, **params).eval()
+    except (KeyError, TypeError, ValueError):
+        return
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *shape)))
+    except RuntimeError as error:
+        raise ConfigError(f"experiment {experiment.name!r}: the model {experiment.model.name} cannot take tiles of "
+                          f"{shape[1]} mel bands x {shape[2]} frames ([audio] n_mels, [input] tile_frames): "
+                          f"{str(error).splitlines()[0]}") from None
+
+
 def check_experiment(experiment: Experiment, num_classes: int) -> None:
     """Build the experiment's model, losses, transforms and mixer once, so that an unknown model or
     loss name or a bad parameter (or mixer probabilities that do not sum to 1) is one
     ``ConfigError`` before any data is loaded."""
     params = model_params(experiment, num_classes)  # a ConfigError of its own
+    check_input_shape(experiment, params)
     try:
         check_heads(experiment, create_model(experiment.model.name, **params))
         build_loss(experiment)

@@ -39,6 +39,9 @@ class OOFTiles:
     folds: np.ndarray
     offsets: np.ndarray
     probs: np.ndarray
+    #: The experiment's tile length in frames (``[input] tile_frames``; files saved before it was
+    #: recorded hold the method's 256).
+    tile_frames: int = 256
 
     def clip(self, index: int) -> np.ndarray:
         """(n_tiles, C) probabilities of clip ``index``."""
@@ -56,7 +59,7 @@ class OOFTiles:
         order = [position[name] for name in fnames]
         pieces = [self.clip(i) for i in order]
         offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces])])
-        return OOFTiles(self.fnames[order], self.folds[order], offsets, np.concatenate(pieces))
+        return OOFTiles(self.fnames[order], self.folds[order], offsets, np.concatenate(pieces), self.tile_frames)
 
 
 def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device="cpu", batch_size: int = 64,
@@ -76,10 +79,11 @@ def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device=
     checkpoints = experiment_checkpoints(experiment_dir(work, name), folds, allow_unfinished=allow_unfinished)
     for fold, checkpoint in zip(folds, checkpoints):
         check_checkpoint_held_out(checkpoint, assignment, fold, work)
-    fnames, fold_ids, tiles = [], [], []
+    fnames, fold_ids, tiles, tile_frames = [], [], [], set()
     for fold, checkpoint in zip(folds, checkpoints):
         tagger = Tagger.from_checkpoints([checkpoint], device=device, batch_size=batch_size, precision=precision,
                                          runtime=runtime)
+        tile_frames.add(tagger.input_config.tile_frames)
         if tagger.classes != list(dataset.classes):
             raise FreesoundError(f"{checkpoint} was trained on other classes than {dataset.root}")
         valid = assignment[assignment.fold == fold].fname.tolist()
@@ -91,8 +95,12 @@ def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device=
         fnames += valid
         fold_ids += [fold] * len(valid)
         log(f"{name}: fold {fold} predicted {len(valid)} validation clips")
+    if len(tile_frames) > 1:
+        raise FreesoundError(f"{name}: its folds were trained on different tile lengths ({sorted(tile_frames)} "
+                             "frames); retrain the odd folds")
     offsets = np.concatenate([[0], np.cumsum([len(t) for t in tiles])])
-    return OOFTiles(np.array(fnames), np.array(fold_ids), offsets, np.concatenate(tiles).astype(np.float32))
+    return OOFTiles(np.array(fnames), np.array(fold_ids), offsets, np.concatenate(tiles).astype(np.float32),
+                    tile_frames.pop())
 
 
 def predict_oof(name: str, dataset: Dataset, work, *, device="cpu", batch_size: int = 64, precision: str = "fp16",
@@ -142,7 +150,8 @@ def ensure_oof(names, dataset: Dataset, work, *, device="cpu", log=print) -> Non
 
 def save_oof_tiles(path, oof: OOFTiles) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, fnames=oof.fnames, folds=oof.folds, offsets=oof.offsets, probs=oof.probs)
+        np.savez(handle, fnames=oof.fnames, folds=oof.folds, offsets=oof.offsets, probs=oof.probs,
+                 tile_frames=oof.tile_frames)
 
 
 def load_oof_tiles(path) -> OOFTiles:
@@ -150,4 +159,5 @@ def load_oof_tiles(path) -> OOFTiles:
     if not path.is_file():
         raise FreesoundError(f"{path} not found; run `freesound predict` on the experiment first")
     with np.load(path) as data:
-        return OOFTiles(data["fnames"], data["folds"], data["offsets"], data["probs"])
+        tile_frames = int(data["tile_frames"]) if "tile_frames" in data.files else OOFTiles.tile_frames
+        return OOFTiles(data["fnames"], data["folds"], data["offsets"], data["probs"], tile_frames)
