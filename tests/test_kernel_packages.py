@@ -110,7 +110,7 @@ def test_an_attached_timm_older_than_the_minimum_is_refused_in_one_sentence(tmp_
 def test_an_attached_timm_that_fails_to_import_is_named_with_the_reason(tmp_path, clean_imports):
     write_wheel(tmp_path / "input" / "timm-wheel", versions.TIMM,
                 init="raise RuntimeError('operator torchvision::nms does not exist')\n")
-    with pytest.raises(FreesoundError, match=r"^this kernel's ensemble needs timm, and timm 1\.0\.15 cannot be "
+    with pytest.raises(FreesoundError, match=r"^this kernel's ensemble needs timm, and timm 1\.0\.22 cannot be "
                                              r"imported here \(timm: RuntimeError: operator torchvision::nms does "
                                              r"not exist\); attach a dataset"):
         require_packages(["timm"], tmp_path / "input", print)
