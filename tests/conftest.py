@@ -10,6 +10,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from freesound.data.dataset import load_dataset
@@ -154,3 +155,23 @@ def random_model(seed=0, classes=5):
             module.running_mean.uniform_(-0.1, 0.1)
             module.running_var.uniform_(0.5, 1.5)
     return model
+
+
+def fake_oof_predictions(dataset, work, names, seed=0) -> np.ndarray:
+    """Random OOF predictions of experiments ``names`` as ``freesound predict`` writes them (2 tiles
+    a clip, ``oof_tiles.npz``, ``oof.csv``, ``oof_scores.json``); return each curated clip's fold."""
+    from freesound.data.dataset import probability_frame
+    from freesound.data.folds import read_folds
+    from freesound.paths import predictions_dir
+    from freesound.training.oof import OOFTiles, save_oof_tiles
+
+    folds = read_folds(work, dataset.curated.fname).set_index("fname").loc[dataset.curated.fname, "fold"].to_numpy()
+    rng = np.random.default_rng(seed)
+    for name in names:
+        probs = rng.random((2 * len(folds), len(dataset.classes))).astype(np.float32)
+        tiles = OOFTiles(dataset.curated.fname.to_numpy(dtype=str), folds, np.arange(0, 2 * len(folds) + 1, 2), probs)
+        save_oof_tiles(predictions_dir(work, name) / "oof_tiles.npz", tiles)
+        probability_frame(tiles.fnames, tiles.clip_means(), dataset.classes).to_csv(
+            predictions_dir(work, name) / "oof.csv", index=False)
+        (predictions_dir(work, name) / "oof_scores.json").write_text("{}")
+    return folds

@@ -18,13 +18,10 @@ import pytest
 from click.testing import CliRunner
 
 import freesound.tools.search as search_module
-from conftest import REPO, tiny_ensemble_toml, tiny_experiment_toml
+from conftest import REPO, fake_oof_predictions, tiny_ensemble_toml, tiny_experiment_toml
 from freesound.cli import main
 from freesound.config import Experiment, experiment_from_dict, load_ensemble, load_experiment
-from freesound.data.dataset import probability_frame
-from freesound.data.folds import read_folds
 from freesound.errors import FreesoundError
-from freesound.paths import predictions_dir
 from freesound.tools.search import (
     DEFAULT_EXPERIMENT_SPACE,
     DEFAULT_STACKER_SPACE,
@@ -40,7 +37,6 @@ from freesound.tools.search import (
     storage_url,
 )
 from freesound.tools.spaces import EXAMPLE_SPACE, describe_space
-from freesound.training.oof import OOFTiles, save_oof_tiles
 
 SPACE = """
 "train.lr" = { loguniform = [1e-3, 1e-2] }
@@ -382,15 +378,7 @@ def test_a_killed_worker_leaves_a_usable_study_and_its_trial_is_retried(tiny_wor
 
 def test_stacker_search_writes_a_loadable_ensemble(tiny_work, experiments):
     dataset, work = tiny_work
-    folds = read_folds(work, dataset.curated.fname).set_index("fname").loc[dataset.curated.fname, "fold"].to_numpy()
-    rng = np.random.default_rng(0)
-    for name in ("fake_a", "fake_b"):  # OOF predictions as `freesound predict` writes them, 2 tiles a clip
-        probs = rng.random((2 * len(folds), len(dataset.classes))).astype(np.float32)
-        tiles = OOFTiles(dataset.curated.fname.to_numpy(dtype=str), folds, np.arange(0, 2 * len(folds) + 1, 2), probs)
-        save_oof_tiles(predictions_dir(work, name) / "oof_tiles.npz", tiles)
-        probability_frame(tiles.fnames, tiles.clip_means(), dataset.classes).to_csv(
-            predictions_dir(work, name) / "oof.csv", index=False)
-        (predictions_dir(work, name) / "oof_scores.json").write_text("{}")
+    fake_oof_predictions(dataset, work, ("fake_a", "fake_b"))
     ens = target(experiments, "ens")
     space = parse_space({"lr": {"loguniform": [1e-3, 1e-2]}, "base_size": {"choice": [4, 8]}}, ens)
     setup = TrialSetup.create(dataset, work, [0, 1], device="cpu", max_epochs=1)

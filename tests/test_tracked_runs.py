@@ -5,20 +5,16 @@ the search's or stack's result is the same as without it."""
 import json
 import math
 
-import numpy as np
 import optuna
 import pandas as pd
 import pytest
 
-from conftest import run_cli, tiny_ensemble_toml, tiny_experiment_toml
+from conftest import fake_oof_predictions, run_cli, tiny_ensemble_toml, tiny_experiment_toml
 from freesound.config import TrackingConfig, load_experiment
-from freesound.data.dataset import probability_frame
-from freesound.data.folds import read_folds
 from freesound.paths import predictions_dir
 from freesound.tools.search import ExperimentTarget, TrialSetup, load_target, parse_space, run_search
 from freesound.tools.tracked_runs import search_group
 from freesound.training import tracking
-from freesound.training.oof import OOFTiles, save_oof_tiles
 from freesound.training.tracking import track_summary
 from test_tracking import free_port, scalars, wandb_key, wandb_records
 
@@ -222,15 +218,7 @@ def test_search_track_options_reach_the_trials(tiny_work, tmp_path):
 def stackable(tiny_work, tmp_path):
     """An ensemble ``ens`` of two experiments whose OOF predictions are random (2 tiles a clip)."""
     dataset, work = tiny_work
-    folds = read_folds(work, dataset.curated.fname).set_index("fname").loc[dataset.curated.fname, "fold"].to_numpy()
-    rng = np.random.default_rng(0)
-    for name in ("fake_a", "fake_b"):
-        probs = rng.random((2 * len(folds), len(dataset.classes))).astype(np.float32)
-        tiles = OOFTiles(dataset.curated.fname.to_numpy(dtype=str), folds, np.arange(0, 2 * len(folds) + 1, 2), probs)
-        save_oof_tiles(predictions_dir(work, name) / "oof_tiles.npz", tiles)
-        probability_frame(tiles.fnames, tiles.clip_means(), dataset.classes).to_csv(
-            predictions_dir(work, name) / "oof.csv", index=False)
-        (predictions_dir(work, name) / "oof_scores.json").write_text("{}")
+    folds = fake_oof_predictions(dataset, work, ("fake_a", "fake_b"))
     (tmp_path / "ens.toml").write_text(tiny_ensemble_toml(["fake_a", "fake_b"], max_epochs=1))
     return dataset, work, tmp_path / "ens.toml", sorted(set(folds.tolist()))
 
