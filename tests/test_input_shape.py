@@ -299,3 +299,14 @@ def test_a_fold_config_written_before_tile_frames_has_todays_settings(tmp_path):
     path.parent.mkdir(parents=True)
     path.write_text(dump_toml(written))
     assert fold_config_settings(tmp_path, "old", 0) == Experiment(name="old").to_dict()
+
+
+def test_a_tile_shorter_than_the_method_s_step_steps_by_its_tile(tmp_path):
+    """The default step is the method's 64 frames, or the tile where that is shorter: a 32-frame
+    model predicts (every frame in a tile) instead of refusing its own default."""
+    model = create_model("simple_cnn", num_classes=len(CLASSES), base_size=4).eval()
+    tagger = Tagger([model], CLASSES, input_config=InputConfig(tile_frames=32))
+    assert tagger.tile_step == 32
+    probs = tagger.tile_probabilities([np.zeros((128, 100), np.float32)])
+    assert probs[0].shape == (1, expected_tiles(100, 32, 32), len(CLASSES))
+    assert Tagger([model], CLASSES).tile_step == 64

@@ -66,8 +66,9 @@ class EnsemblePredictor:
 
     @classmethod
     def from_spec(cls, spec: dict, resolve, *, device="cpu", batch_size: int = 64, workers: int = 0,
-                  tile_step: int = 64, precision: str = "fp16", runtime: str = "torch") -> "EnsemblePredictor":
-        """Load every checkpoint named by ``spec``; ``resolve(relative_path) -> Path``.
+                  tile_step: int | None = None, precision: str = "fp16", runtime: str = "torch") -> "EnsemblePredictor":
+        """Load every checkpoint named by ``spec``; ``resolve(relative_path) -> Path``; ``tile_step``
+        as ``Tagger``'s (default: 64 frames, or a model's tile where that is shorter).
         ``precision`` is the first-level models' arithmetic on CUDA, ``runtime`` what runs them on
         a CPU (``Tagger``)."""
         taggers = {

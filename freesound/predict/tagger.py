@@ -107,6 +107,10 @@ def _cudnn_autotuning(enabled: bool):
         torch.backends.cudnn.benchmark = previous
 
 
+#: The method's step between tile starts, in frames; a model of shorter tiles steps by its tile.
+DEFAULT_TILE_STEP = 64
+
+
 def check_tile_step(step: int, tile_frames: int) -> int:
     """``step`` if it is a valid tile step for tiles of ``tile_frames`` frames; else a
     ``FreesoundError`` saying why (a longer step would leave frames between tiles unseen)."""
@@ -174,7 +178,8 @@ class Tagger:
         head's logits ``(B, C)``
     classes : sequence of str, C class names
     tile_step : int, frames between tile starts, at most the models' tile length
-        (``input_config.tile_frames``)
+        (``input_config.tile_frames``); default ``DEFAULT_TILE_STEP``, or the tile length where
+        that is shorter
     device : str or torch.device, where the models run: each runs as an inference copy there
         (``_inference_model``), and the caller's modules stay where they are
     batch_size : int, tiles per forward pass (tiles of many clips share a batch)
@@ -195,7 +200,7 @@ class Tagger:
         than the tile.
     """
 
-    def __init__(self, models, classes, tile_step: int = 64, device="cpu", batch_size: int = 64,
+    def __init__(self, models, classes, tile_step: int | None = None, device="cpu", batch_size: int = 64,
                  audio_config: AudioConfig | None = None, workers: int = 0, precision: str = "fp16",
                  runtime: str = "torch", input_config: InputConfig | None = None):
         self.device = torch.device(device)
@@ -205,7 +210,8 @@ class Tagger:
             raise ValueError("a Tagger needs at least one model")
         self.classes = list(classes)
         self.input_config = input_config or InputConfig()
-        self.tile_step = check_tile_step(tile_step, self.input_config.tile_frames)
+        tile = self.input_config.tile_frames
+        self.tile_step = min(DEFAULT_TILE_STEP, tile) if tile_step is None else check_tile_step(tile_step, tile)
         self.batch_size = batch_size
         self.audio_config = audio_config or AudioConfig()
         self.workers = workers
