@@ -329,6 +329,20 @@ def test_resume_refuses_a_fold_trained_with_other_settings(tiny_work):
     assert train_fold(changed, dataset, work, 0, resume=True, **quiet).epochs == 1
 
 
+def test_a_state_whose_model_pt_is_gone_trains_the_fold_from_the_start(tiny_work):
+    """model.pt holds the state's best epoch: resuming without it would finish with no model (a
+    fold that looks trained and has no weights). The fold trains afresh and says why."""
+    dataset, work = tiny_work
+    lines = []
+    train_fold(tiny_experiment(max_epochs=1), dataset, work, 0, progress=False, log=lambda *_: None)
+    model = work / "experiments" / "tiny" / "fold_0" / "model.pt"
+    model.unlink()
+    result = train_fold(tiny_experiment(max_epochs=1), dataset, work, 0, resume=True, progress=False, log=lines.append)
+    assert model.is_file() and result.epochs == 1
+    assert any(line.startswith(f"fold 0: {train_state_path(work, 'tiny', 0)} was saved beside a model.pt that is gone")
+               and line.endswith("training the fold from the start") for line in lines), lines
+
+
 def test_changed_settings_compares_nested_keys():
     a = {"model": {"name": "x", "params": {"base_size": 8}}, "train": {"lr": 1.0, "max_epochs": 3}}
     b = {"model": {"name": "x", "params": {"base_size": 4, "ratio": 2}}, "train": {"lr": 1.0, "max_epochs": 9}}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -47,7 +48,11 @@ def import_timm():
         (e.g. a torchvision built for another torch).
     """
     try:
-        import timm
+        with warnings.catch_warnings():
+            # timm's import reaches torch.jit.interface, which newer torch marks deprecated: a
+            # two-line warning before every command's output that says nothing about the run.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.interface.* is deprecated", category=FutureWarning)
+            import timm
     except ImportError as error:
         if error.name == "timm":
             raise FreesoundError(MISSING_TIMM) from None

@@ -139,7 +139,8 @@ def write_round_file(experiment: Experiment, experiments_dir, work, header: str)
         if any(experiment_dir(work, experiment.name).glob("fold_*")):
             raise FreesoundError(f"{path} was trained with other settings than self-train derives now "
                                  f"({', '.join(changed[:5])}); restore them, or delete {path} and "
-                                 f"{experiment_dir(work, experiment.name)} to train the round again")
+                                 f"{experiment_dir(work, experiment.name)} to train the round again (and the later rounds' "
+                                 "files and folders: their pseudo-labels came from it)")
     lines = "".join(f"# {line}\n" for line in header.splitlines())
     atomic_write_text(path, lines + dump_experiment(experiment))
     return path

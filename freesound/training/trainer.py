@@ -251,9 +251,15 @@ class FoldRun:
     def _resumed(self) -> FitState | None:
         """The saved state restored (None: a fresh run), after refusing one trained with other settings."""
         processes = self.context.processes
+        saved = self.resume and processes.main and self.state_path.is_file()
+        if saved and not (self.out_dir / "model.pt").is_file():
+            # The state's best epoch lives in model.pt; resuming without it would end with no model.
+            self.context.log(f"fold {self.fold}: {self.state_path} was saved beside a model.pt that is gone "
+                             f"({self.out_dir / 'model.pt'}): training the fold from the start")
+            saved = False
         # Process 0 reads the state (on the CPU, see load_state); every process gets it.
         state = processes.broadcast(read_fold_state(self.state_path, self.work, self.experiment.name, self.fold)
-                                    if self.resume and processes.main and self.state_path.is_file() else None)
+                                    if saved else None)
         if state is None:
             return None
         refuse_conflicts(state, self.experiment, self.fold, self.state_path)
