@@ -3,10 +3,10 @@
     .venv/bin/python benchmarks/bench_real.py [--fsdd DIR] [--work DIR] [--experiment fsdd]
                                               [--folds 3] [--epochs N] [--quick] [--resume]
 
-Stages, each a ``freesound`` command run as a subprocess and timed: ``prepare`` (file-name
-pattern ``{label}_{group}_{index}.wav``; index 0-4 is the dataset's own test split), ``features``,
-``make-folds --group-by group`` (speakers kept apart), ``train`` (every fold, then the out-of-fold
-prediction), ``predict`` (the test split, the folds' geometric mean).
+Stages, each a ``freesound`` command run as a subprocess and timed in wall and CPU seconds:
+``prepare`` (file-name pattern ``{label}_{group}_{index}.wav``; index 0-4 is the dataset's own test
+split), ``features``, ``make-folds --group-by group`` (speakers kept apart), ``train`` (every fold,
+then the out-of-fold prediction), ``predict`` (the test split, the folds' geometric mean).
 
 Scores, as top-1 accuracy and lwlrap:
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -51,14 +52,25 @@ from freesound.training.baseline import fit_baseline, predict_baseline  # noqa: 
 FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
 
 
-def run_stage(name: str, args: list, times: dict, log) -> str:
-    """Run ``python -m freesound ARGS``; record its wall time; fail loudly with its output."""
-    start = time.perf_counter()
+def children_cpu_seconds() -> float:
+    """User plus system CPU seconds of this process's finished children (every worker included)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_stage(name: str, args: list, times: dict, log, cpu_times: dict) -> str:
+    """Run ``python -m freesound ARGS``; record its wall and CPU time; fail loudly with its output.
+
+    CPU time (the stage's processes, DataLoader workers included) is what a comparison of
+    training costs on a shared machine can rely on: wall time grows with the neighbours' load.
+    """
+    start, cpu_start = time.perf_counter(), children_cpu_seconds()
     result = subprocess.run([sys.executable, "-m", "freesound", *map(str, args)], cwd=REPO, env=os.environ.copy(),
                             capture_output=True, text=True)
     times[name] = time.perf_counter() - start
+    cpu_times[name] = children_cpu_seconds() - cpu_start
     lines = [line for line in result.stdout.splitlines() if line.strip()]
-    log(f"[{name}: {times[name]:.0f} s] " + (lines[-1] if lines else ""))
+    log(f"[{name}: {times[name]:.0f} s, {cpu_times[name]:.0f} CPU s] " + (lines[-1] if lines else ""))
     if result.returncode != 0:
         sys.exit(f"{name} failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result.stdout
@@ -112,18 +124,18 @@ def main() -> None:
     epochs = ["--epochs", 1] if args.quick else (["--epochs", args.epochs] if args.epochs else [])
     print(header("Real recordings: FSDD end to end"))
     print(f"experiment {args.experiment}; {args.folds} folds grouped by speaker; work in {root}\n")
-    times = {}
+    times, cpu_times = {}, {}
     start = time.perf_counter()
     if not (data / "metadata.csv").is_file():
         run_stage("prepare", ["prepare", args.fsdd, data, "--pattern", "{label}_{group}_{index}.wav",
-                              "--test-column", "index", "--test-value", "0,1,2,3,4"], times, print)
-    run_stage("features", ["features", "--data", data, "--work", work, "--workers", 2], times, print)
+                              "--test-column", "index", "--test-value", "0,1,2,3,4"], times, print, cpu_times)
+    run_stage("features", ["features", "--data", data, "--work", work, "--workers", 2], times, print, cpu_times)
     run_stage("make-folds", ["make-folds", "--data", data, "--work", work, "--folds", args.folds,
-                             "--group-by", "group"], times, print)
+                             "--group-by", "group"], times, print, cpu_times)
     common = ["--data", data, "--work", work, "--device", "cpu"]
     run_stage("train + OOF", ["train", args.experiment, *common, *epochs, *(["--resume"] if args.resume else [])],
-              times, print)
-    run_stage("predict test", ["predict", args.experiment, *common, "--no-oof"], times, print)
+              times, print, cpu_times)
+    run_stage("predict test", ["predict", args.experiment, *common, "--no-oof"], times, print, cpu_times)
     cnn_wall = time.perf_counter() - start
 
     dataset = load_dataset(data)
@@ -151,10 +163,12 @@ def main() -> None:
     print(table(["model", "split accuracy", "split lwlrap", "held-out speakers accuracy",
                  "held-out speakers lwlrap"], rows))
     print()
-    print(table(["stage", "wall s"], [[name, f"{seconds:.0f}"] for name, seconds in times.items()]
-                + [["CNN end to end", f"{cnn_wall:.0f}"]]))
+    stages = [[name, f"{seconds:.0f}", f"{cpu_times[name]:.0f}" if name in cpu_times else ""]
+              for name, seconds in times.items()]
+    stages.append(["CNN end to end", f"{cnn_wall:.0f}", f"{sum(cpu_times.values()):.0f}"])
+    print(table(["stage", "wall s", "CPU s"], stages))
     (root / "bench_real.json").write_text(json.dumps(
-        {"times": times, "cnn": {"split": cnn_split, "speakers": cnn_speakers},
+        {"times": times, "cpu_times": cpu_times, "cnn": {"split": cnn_split, "speakers": cnn_speakers},
          "baseline": {"split": base_split, "speakers": base_speakers}}, indent=2))
 
 
