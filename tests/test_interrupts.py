@@ -26,11 +26,21 @@ ORPHAN_TIMEOUT_S = 15
 EPOCH_LINE = re.compile(r"epoch 1: ")
 
 
+def terminal_signals() -> None:
+    """What a shell gives a program it starts: SIGINT at its default action and no signal blocked.
+    A child inherits both from this pytest process, where earlier tests' libraries may have
+    changed them; a child started with SIGINT ignored or blocked never sees the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 def start(args, cwd) -> subprocess.Popen:
-    """``python -m freesound ARGS`` in a new session (its own process group), stdout and stderr piped."""
+    """``python -m freesound ARGS`` in a new session (its own process group), as from a terminal
+    (``terminal_signals``), stdout and stderr piped."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "freesound", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=terminal_signals)
 
 
 def wait_for_first_epoch(process: subprocess.Popen) -> list:
