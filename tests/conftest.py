@@ -90,6 +90,14 @@ def tiny_work(tiny_data, tmp_path):
     return dataset, copy
 
 
+@pytest.fixture
+def wandb_offline(monkeypatch):
+    """W&B as on a machine nobody logged in to: no mode or API key from the environment (so runs
+    are offline files under the work folder), and quiet."""
+    for variable in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
 def tiny_experiment_toml(model="simple_cnn", *, base_size=4, lr=3e-3, epoch_size=16, max_epochs=1,
                          extra_params="") -> str:
     """An experiment TOML that trains in about a second a fold on the tiny dataset."""

@@ -86,10 +86,7 @@ def test_search_trials_are_runs_with_their_folds_nested(tiny_work, tmp_path):
 
 
 @pytest.mark.slow
-def test_search_trials_in_wandb_are_grouped_with_their_folds(tiny_work, tmp_path, monkeypatch):
-    for variable in ("WANDB_MODE", "WANDB_API_KEY"):
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setenv("WANDB_SILENT", "true")
+def test_search_trials_in_wandb_are_grouped_with_their_folds(tiny_work, tmp_path, wandb_offline):
     dataset, work = tiny_work
     result = tiny_search(dataset, work, tmp_path, ("wandb",))
     found = {}
@@ -259,10 +256,7 @@ def test_stack_logs_each_stacker_and_the_blend(stackable):
 
 
 @pytest.mark.slow
-def test_stack_logs_to_wandb_offline(stackable, monkeypatch):
-    for variable in ("WANDB_MODE", "WANDB_API_KEY"):
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setenv("WANDB_SILENT", "true")
+def test_stack_logs_to_wandb_offline(stackable, wandb_offline):
     dataset, work, path, _ = stackable
     stack(dataset, work, path, "--track", "wandb")
     cv = json.loads((predictions_dir(work, "ens") / "cv_scores.json").read_text())

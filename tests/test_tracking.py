@@ -393,10 +393,7 @@ def wandb_key(item) -> str:
     return item.key or ".".join(item.nested_key)
 
 
-def test_wandb_logs_offline_under_the_work_folder(tiny_work, tmp_path, monkeypatch):
-    for variable in ("WANDB_MODE", "WANDB_API_KEY"):
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setenv("WANDB_SILENT", "true")
+def test_wandb_logs_offline_under_the_work_folder(tiny_work, tmp_path, wandb_offline):
     dataset, work = tiny_work
     train(dataset, work, tmp_path, "--track", "wandb")
     [run_file] = list((work / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -417,10 +414,7 @@ def test_wandb_logs_offline_under_the_work_folder(tiny_work, tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_a_resumed_fold_continues_its_wandb_run(tiny_work, tmp_path, monkeypatch):
-    for variable in ("WANDB_MODE", "WANDB_API_KEY"):
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setenv("WANDB_SILENT", "true")
+def test_a_resumed_fold_continues_its_wandb_run(tiny_work, tmp_path, wandb_offline):
     dataset, work = tiny_work
     train(dataset, work, tmp_path, "--track", "wandb", epochs=1)
     train(dataset, work, tmp_path, "--resume", "--epochs", "2", "--track", "wandb", epochs=1)
