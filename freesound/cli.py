@@ -469,8 +469,20 @@ def self_train_command(experiment, data_dir, work_dir, experiments_dir, rounds, 
                    "(pip install 'freesound[onnx]'), else torch; CUDA always runs torch.")
 @click.option("--allow-unfinished", is_flag=True,
               help="Use folds whose training was interrupted (their best epoch so far), with a warning.")
+@click.option("--windows", "window_seconds", type=click.FloatRange(0, min_open=True), default=None,
+              help="One row per window of SECONDS of each file (row_id <file stem>_<end second>, BirdCLEF's), "
+                   "from the untrimmed audio; no out-of-fold pass, no stackers.")
+@click.option("--hop", "hop_seconds", type=click.FloatRange(0, min_open=True), default=None,
+              help="With --windows: seconds between window starts [default: the window].")
+@click.option("--combine", type=click.Choice(["gmean", "mean", "min"]), default="gmean", show_default=True,
+              help="With --windows: how folds and experiments combine per window.")
+@click.option("--smooth", default=None,
+              help="With --windows: weights over neighbouring windows, centred, e.g. 0.15,0.7,0.15 "
+                   "(renormalised at a file's ends).")
+@click.option("--file-rescale", type=click.FloatRange(0), default=None,
+              help="With --windows: multiply each window by the file's maximum per class to this power.")
 def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_files, out_csv, no_oof, batch_size, workers,
-            device, precision, runtime, allow_unfinished):
+            device, precision, runtime, allow_unfinished, window_seconds, hop_seconds, combine, smooth, file_rescale):
     """Predict with a trained EXPERIMENT or ENSEMBLE (name under experiments/ or TOML path).
 
     Writes a submission-format CSV: fname, then one probability column per class. Files that
@@ -487,18 +499,25 @@ def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_file
         raise click.UsageError("give exactly one of --data (a dataset's test set) or --audio (a folder)")
     if all_files and audio_dir is None:
         raise click.UsageError("--all-files goes with --audio")
+    if window_seconds is None and (hop_seconds or combine != "gmean" or smooth or file_rescale is not None):
+        raise click.UsageError("--hop, --combine, --smooth and --file-rescale go with --windows")
+    from freesound.predict import WindowSpec, parse_weights
+
+    windows = WindowSpec(window_seconds, hop_seconds) if window_seconds is not None else None
     result = run_prediction(
         load_config(experiment, experiments_dir), work_dir, dataset=load_dataset(data_dir) if data_dir else None,
         audio_dir=audio_dir, out_csv=out_csv, oof=not no_oof, device=device,
         batch_size=batch_size, workers=workers, all_files=all_files, feature_workers=settings.default_workers(),
-        precision=precision, runtime=runtime, allow_unfinished=allow_unfinished, log=click.echo,
+        precision=precision, runtime=runtime, allow_unfinished=allow_unfinished, windows=windows, combine=combine,
+        smooth=parse_weights(smooth), file_rescale=file_rescale, log=click.echo,
     )
     if result.audio_folder is not None and result.audio_folder.left_out:
         click.echo(f"left out as not audio by name: {result.audio_folder.describe_left_out()}; "
                    "--all-files decodes every file", err=True)
     if result.oof_scores is not None:
         click.echo(format_scores(result.name, result.oof_scores, top=10))
-    click.echo(f"{result.name}: predicted {len(result.predictions)} clips with {result.checkpoints} first-level and "
+    rows = f"{len(result.predictions)} windows" if windows else f"{len(result.predictions)} clips"
+    click.echo(f"{result.name}: predicted {rows} with {result.checkpoints} first-level and "
                f"{result.stacker_checkpoints} stacker checkpoints -> {result.out_csv}")
     if result.truncated:
         click.echo(f"{len(result.truncated)} file(s) are truncated and were predicted from the audio that decodes: "
