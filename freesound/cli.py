@@ -713,7 +713,16 @@ def evaluate(predictions_csv, labels_csv, top, subset, data_dir):
 @work_option
 @click.option("--top", type=click.IntRange(1), default=5, show_default=True)
 @device_option
-def tag(files, experiment, work_dir, top, device):
+@click.option("--timeline", is_flag=True,
+              help="Tag each FILE window by window: print the top classes per window, write "
+                   "<out>/<stem>_timeline.csv (row_id + classes) and a heat map <stem>_timeline.png.")
+@click.option("--windows", "window_seconds", type=click.FloatRange(0, min_open=True), default=5.0,
+              show_default=True, help="With --timeline: seconds per window.")
+@click.option("--hop", "hop_seconds", type=click.FloatRange(0, min_open=True), default=None,
+              help="With --timeline: seconds between window starts [default: the window].")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="With --timeline: where the CSVs and PNGs go [default: <work>/predictions/<experiment>/timeline].")
+def tag(files, experiment, work_dir, top, device, timeline, window_seconds, hop_seconds, out_dir):
     """Print the top classes of each audio FILE.
 
     An undecodable FILE gets one error line on stderr and exit status 1; the others are still tagged.
@@ -721,6 +730,9 @@ def tag(files, experiment, work_dir, top, device):
     from freesound.ensembling.specs import trained_tagger
 
     tagger = trained_tagger(work_dir, experiment, device=device)
+    if timeline:
+        _tag_timelines(tagger, files, experiment, work_dir, top, window_seconds, hop_seconds, out_dir)
+        return
     failures, truncated = [], []
     # Rows named by the file names, or, where two share one (a/x.wav, b/x.wav), by the paths as given.
     names = [Path(path).name for path in files]
@@ -737,6 +749,32 @@ def tag(files, experiment, work_dir, top, device):
     for fname, reason in failures:
         click.echo(f"error: cannot decode {fname}: {reason}", err=True)
     if failures:
+        sys.exit(1)
+
+
+def _tag_timelines(tagger, files, experiment, work_dir, top, window_seconds, hop_seconds, out_dir):
+    """``tag --timeline``: each file window by window (``freesound.tools.timeline``)."""
+    from freesound.audio import AudioDecodeError
+    from freesound.paths import predictions_dir
+    from freesound.predict import WindowSpec
+    from freesound.tools.timeline import format_timeline, tag_timeline
+
+    windows = WindowSpec(window_seconds, hop_seconds)
+    out_dir = out_dir or predictions_dir(work_dir, experiment) / "timeline"
+    failed = False
+    for path in files:
+        try:
+            result = tag_timeline(tagger, path, windows, out_dir, top=max(top, 10))
+        except AudioDecodeError as error:
+            click.echo(f"error: cannot decode {Path(path).name}: {error.reason}", err=True)
+            failed = True
+            continue
+        click.echo(f"{Path(path).name}: {len(result.probabilities)} windows of {windows.seconds:g} s "
+                   f"every {windows.hop:g} s")
+        for line in format_timeline(result, windows.seconds, top):
+            click.echo(line)
+        click.echo(f"timeline -> {result.csv}, {result.png}")
+    if failed:
         sys.exit(1)
 
 
