@@ -911,8 +911,25 @@ def experiments_command(experiments_dir):
                    "benchmarks/bench_inference.py there) instead of measuring this machine.")
 @click.option("--allow-unfinished", is_flag=True,
               help="Bundle folds whose training was interrupted (their best epoch so far), with a warning.")
+@click.option("--windows", "window_seconds", type=click.FloatRange(0, min_open=True), default=None,
+              help="Kernels write one row per window of SECONDS of each test soundscape, in sample_submission.csv's "
+                   "row_id order (BirdCLEF), as predict --windows does.")
+@click.option("--hop", "hop_seconds", type=click.FloatRange(0, min_open=True), default=None,
+              help="With --windows: seconds between window starts [default: the window].")
+@click.option("--combine", type=click.Choice(["gmean", "mean", "min"]), default="gmean", show_default=True,
+              help="With --windows: how folds and experiments combine per window.")
+@click.option("--smooth", default=None, help="With --windows: weights over neighbouring windows, e.g. 0.15,0.7,0.15.")
+@click.option("--file-rescale", type=click.FloatRange(0), default=None,
+              help="With --windows: multiply each window by the file's maximum per class to this power.")
+@click.option("--competition", default=None,
+              help="The competition folder under /kaggle/input [default: freesound-audio-tagging-2019].")
+@click.option("--test-dir", default=None, help="Its test audio folder [default: test].")
+@click.option("--target", type=click.Choice(["cpu4"]), default=None,
+              help="A Kaggle target's profile: cpu4 is BirdCLEF's 90 min on 4 CPU cores (budget 80 min; "
+                   "--estimate on 600 one-minute soundscapes, scaled to 4 cores).")
 def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, dataset_id, kernel_id, precision,
-                 time_limit, estimate, clips, audio_hours, estimate_audio, tiles_per_second, allow_unfinished):
+                 time_limit, estimate, clips, audio_hours, estimate_audio, tiles_per_second, allow_unfinished,
+                 window_seconds, hop_seconds, combine, smooth, file_rescale, competition, test_dir, target):
     """Bundle the package, a weight manifest and an entry point into self-contained Kaggle kernels.
 
     Also writes kernel/kernel-metadata.json (kaggle kernels push) and
@@ -924,17 +941,31 @@ def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, datas
         raise click.UsageError("give --experiment, --ensemble or both")
     if not estimate and (clips or audio_hours or estimate_audio or tiles_per_second):
         raise click.UsageError("--clips, --audio-hours, --estimate-audio and --tiles-per-second go with --estimate")
+    if window_seconds is None and (hop_seconds or combine != "gmean" or smooth or file_rescale is not None):
+        raise click.UsageError("--hop, --combine, --smooth and --file-rescale go with --windows")
+    from freesound.kaggle import COMPETITION, TEST_DIR
+    from freesound.kaggle.budget import TARGETS
+    from freesound.predict import parse_weights
+    from kernel_build.manifest import windows_entry
+
+    windows = (windows_entry(window_seconds, hop_seconds, combine, parse_weights(smooth), file_rescale)
+               if window_seconds is not None else None)
+    time_limit = time_limit or (TARGETS[target]["budget_seconds"] if target else None)
     if estimate:
         from kernel_build.estimate import estimate_kernels
 
         estimate_kernels(work_dir, experiment=experiment, ensemble=ensemble, experiments_dir=experiments_dir,
                          clips=clips, hours=audio_hours, audio_dir=estimate_audio, tiles_per_second=tiles_per_second,
-                         time_limit=time_limit, allow_unfinished=allow_unfinished, log=click.echo)
+                         time_limit=time_limit, allow_unfinished=allow_unfinished, windows=windows, target=target,
+                         log=click.echo)
         return
+    competition_entry = None
+    if competition or test_dir:
+        competition_entry = {"name": competition or COMPETITION, "test_dir": test_dir or TEST_DIR}
     build_kernels(work_dir, experiment=experiment, ensemble=ensemble, out_dir=out_dir,
                   dataset_id=dataset_id or DEFAULT_DATASET_ID, kernel_id=kernel_id,
                   experiments_dir=experiments_dir, precision=precision, time_limit=time_limit,
-                  allow_unfinished=allow_unfinished, log=click.echo)
+                  allow_unfinished=allow_unfinished, windows=windows, competition=competition_entry, log=click.echo)
 
 
 @main.command()

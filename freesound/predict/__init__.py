@@ -19,7 +19,7 @@ from freesound.predict.windows import WindowSpec, window_bounds, window_row_ids
 
 __all__ = [
     "COMBINE", "ON_ERROR", "PRECISIONS", "TILE", "EnsemblePredictor", "Tagger", "WindowSpec", "combine_models",
-    "geometric_mean", "make_tiles", "parse_weights", "predict_file_windows", "predict_files", "predict_logmels_from_files",
-    "predict_stacker", "rescale_by_file_max", "smooth_windows", "spec_files", "tile_layout", "window_bounds",
-    "window_row_ids",
+    "geometric_mean", "make_tiles", "parse_weights", "predict_file_windows", "predict_files",
+    "predict_logmels_from_files", "predict_stacker", "rescale_by_file_max", "smooth_windows", "spec_files",
+    "tile_layout", "window_bounds", "window_row_ids",
 ]

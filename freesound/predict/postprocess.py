@@ -108,6 +108,13 @@ def smooth_windows(probabilities: np.ndarray, weights) -> np.ndarray:
     return (total / norm[:, None]).astype(np.result_type(np.asarray(probabilities).dtype, np.float32))
 
 
+def rescale_power(power) -> float:
+    """``power`` if it is a finite number >= 0 (``rescale_by_file_max``); else a ``FreesoundError``."""
+    if isinstance(power, bool) or not (isinstance(power, (int, float)) and 0 <= power < np.inf):
+        raise FreesoundError(f"the file-rescaling power must be a non-negative number, got {power!r}")
+    return power
+
+
 def rescale_by_file_max(probabilities: np.ndarray, power: float) -> np.ndarray:
     """``p[t, c] · max_t'(p[t', c]) ** power`` for one file's windows.
 
@@ -131,8 +138,7 @@ def rescale_by_file_max(probabilities: np.ndarray, power: float) -> np.ndarray:
     FreesoundError
         A negative or non-finite ``power``.
     """
-    if not (isinstance(power, (int, float)) and 0 <= power < np.inf):
-        raise FreesoundError(f"the file-rescaling power must be a non-negative number, got {power!r}")
+    power = rescale_power(power)
     probs = np.asarray(probabilities)
     dtype = np.result_type(probs.dtype, np.float32)
     scaled = probs.astype(np.float64) * probs.astype(np.float64).max(axis=0, keepdims=True) ** power
