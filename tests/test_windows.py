@@ -224,6 +224,26 @@ def test_tag_timeline_prints_windows_and_writes_csv_and_png(scapes, tmp_path):
 # ----------------------------------------------------------------------------- the kernel
 
 
+def test_estimate_counts_each_windows_tiles_and_scales_to_the_targets_cores():
+    from freesound.kaggle.budget import TARGETS, scale_to_cores
+    from kernel_build.estimate import window_widths
+
+    widths = window_widths([frames_of(60.0)], WindowSpec(5), CONFIG)
+    assert len(widths) == 12 and set(widths) == {319, 320} and widths.sum() == frames_of(60.0)
+    assert scale_to_cores(100.0, 2, 4) == 50.0
+    assert TARGETS["cpu4"]["cores"] == 4 and TARGETS["cpu4"]["budget_seconds"] < TARGETS["cpu4"]["limit_seconds"] == 5400
+
+
+def test_build_kernel_refuses_windows_for_stackers_and_options_without_windows(scapes, tmp_path):
+    from kernel_build.manifest import build_manifest, windows_entry
+
+    spec = {"name": "ens", "experiments": {"sedx": ["sedx/fold_0/model.pt"]}, "stackers": {"mlp": ["x.pt"]}}
+    with pytest.raises(FreesoundError, match=r"window predictions do not use stackers \(mlp"):
+        build_manifest(spec, scapes["work"] / "experiments", windows=windows_entry(5))
+    result = run_cli("build-kernel", "--experiment", "sedx", "--work", scapes["work"], "--combine", "min", expect=2)
+    assert "--hop, --combine, --smooth and --file-rescale go with --windows" in result.output
+
+
 @pytest.mark.slow
 def test_window_kernel_equals_local_predict_windows_in_the_sample_order(scapes, tmp_path):
     from test_kernel import run_script
