@@ -716,8 +716,8 @@ def evaluate(predictions_csv, labels_csv, top, subset, data_dir):
 @click.option("--timeline", is_flag=True,
               help="Tag each FILE window by window: print the top classes per window, write "
                    "<out>/<stem>_timeline.csv (row_id + classes) and a heat map <stem>_timeline.png.")
-@click.option("--windows", "window_seconds", type=click.FloatRange(0, min_open=True), default=5.0,
-              show_default=True, help="With --timeline: seconds per window.")
+@click.option("--windows", "window_seconds", type=click.FloatRange(0, min_open=True), default=None,
+              help="With --timeline: seconds per window [default: 5].")
 @click.option("--hop", "hop_seconds", type=click.FloatRange(0, min_open=True), default=None,
               help="With --timeline: seconds between window starts [default: the window].")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
@@ -729,9 +729,11 @@ def tag(files, experiment, work_dir, top, device, timeline, window_seconds, hop_
     """
     from freesound.ensembling.specs import trained_tagger
 
+    if not timeline and (window_seconds or hop_seconds or out_dir):
+        raise click.UsageError("--windows, --hop and --out go with --timeline")
     tagger = trained_tagger(work_dir, experiment, device=device)
     if timeline:
-        _tag_timelines(tagger, files, experiment, work_dir, top, window_seconds, hop_seconds, out_dir)
+        _tag_timelines(tagger, files, experiment, work_dir, top, window_seconds or 5.0, hop_seconds, out_dir)
         return
     failures, truncated = [], []
     # Rows named by the file names, or, where two share one (a/x.wav, b/x.wav), by the paths as given.
@@ -965,7 +967,8 @@ def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, datas
     build_kernels(work_dir, experiment=experiment, ensemble=ensemble, out_dir=out_dir,
                   dataset_id=dataset_id or DEFAULT_DATASET_ID, kernel_id=kernel_id,
                   experiments_dir=experiments_dir, precision=precision, time_limit=time_limit,
-                  allow_unfinished=allow_unfinished, windows=windows, competition=competition_entry, log=click.echo)
+                  allow_unfinished=allow_unfinished, windows=windows, competition=competition_entry,
+                  gpu=not target or TARGETS[target]["device"] != "cpu", log=click.echo)
 
 
 @main.command()

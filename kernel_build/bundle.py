@@ -43,7 +43,7 @@ KERNELS = {
 def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dataset_id=DEFAULT_DATASET_ID,
                   kernel_id=None, title=None, experiments_dir="experiments", precision="fp16", time_limit=None,
                   allow_unfinished: bool = False, windows: dict | None = None, competition: dict | None = None,
-                  log=print) -> dict:
+                  gpu: bool = True, log=print) -> dict:
     """Render the kernel scripts and the Kaggle metadata files.
 
     Parameters
@@ -66,6 +66,7 @@ def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dat
         per window of each test soundscape, in ``sample_submission.csv``'s ``row_id`` order
     competition : dict, optional, ``name`` (the folder under ``/kaggle/input``, also the kernel's
         competition source) and ``test_dir`` (its test audio folder); default FSDKaggle2019's
+    gpu : ``enable_gpu`` of ``kernel-metadata.json`` (off for a CPU-only target such as BirdCLEF's)
     log : callable taking one line
 
     Returns
@@ -120,7 +121,7 @@ def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dat
     written["kernel_metadata"] = out_dir / "kernel-metadata.json"
     atomic_write_text(written["kernel_metadata"],
                       to_json(kernel_metadata(KERNELS[pushed_kind][1], kernel_id, title, dataset_id,
-                                              (competition or {}).get("name", COMPETITION))))
+                                              (competition or {}).get("name", COMPETITION), gpu)))
     log(f"{written['kernel_metadata']}: pushes {KERNELS[pushed_kind][1]} as {kernel_id} "
         f"(kaggle kernels push -p {out_dir})")
 
@@ -230,7 +231,7 @@ def log_kernel(path: Path, spec: dict, manifest: dict, script: str, weights_root
 
 
 def kernel_metadata(code_file: str, kernel_id: str, title: str, dataset_id: str,
-                    competition: str = COMPETITION) -> dict:
+                    competition: str = COMPETITION, gpu: bool = True) -> dict:
     """``kernel-metadata.json`` for ``kaggle kernels push``.
 
     ``enable_internet`` is written out because the CLI treats a missing field as true, and the
@@ -243,7 +244,7 @@ def kernel_metadata(code_file: str, kernel_id: str, title: str, dataset_id: str,
         "language": "python",
         "kernel_type": "script",
         "is_private": True,
-        "enable_gpu": True,
+        "enable_gpu": gpu,
         "enable_internet": False,
         "dataset_sources": [dataset_id],
         "competition_sources": [competition],

@@ -27,6 +27,8 @@ from freesound.predict.windows import split_windows
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import run_cli, tiny_experiment_toml  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CLASSES = ["a", "b", "c"]
 CONFIG = AudioConfig()
 #: Soundscapes of the fixture: name -> seconds (20 s exact, 12 s with a partial last window).
@@ -205,6 +207,9 @@ def test_window_options_without_windows_are_a_usage_error(scapes):
     result = run_cli("predict", "sedx", "--audio", scapes["audio"], "--work", scapes["work"], "--smooth", "1",
                      expect=2)
     assert "--hop, --combine, --smooth and --file-rescale go with --windows" in result.output
+    result = run_cli("tag", scapes["audio"] / "scape_a.wav", "--experiment", "sedx", "--work", scapes["work"],
+                     "--windows", "5", expect=2)
+    assert "--windows, --hop and --out go with --timeline" in result.output
 
 
 def test_tag_timeline_prints_windows_and_writes_csv_and_png(scapes, tmp_path):
@@ -244,8 +249,30 @@ def test_build_kernel_refuses_windows_for_stackers_and_options_without_windows(s
     assert "--hop, --combine, --smooth and --file-rescale go with --windows" in result.output
 
 
+def test_build_kernel_for_birdclef_records_windows_competition_and_the_cpu4_budget(scapes, tmp_path):
+    import json
+
+    from test_kernel import embedded_manifest
+
+    run_cli("build-kernel", "--experiment", "sedx", "--work", scapes["work"], "--out", tmp_path, "--windows", "5",
+            "--smooth", "0.2,0.6,0.2", "--competition", "birdclef-2025", "--test-dir", "test_soundscapes",
+            "--target", "cpu4")
+    manifest = embedded_manifest((tmp_path / "kernel.py").read_text())
+    assert manifest["windows"] == {"seconds": 5.0, "hop": 5.0, "combine": "gmean", "smooth": [0.2, 0.6, 0.2],
+                                   "file_rescale": None}
+    assert manifest["competition"] == {"name": "birdclef-2025", "test_dir": "test_soundscapes"}
+    assert manifest["time_limit"] == 4800.0
+    metadata = json.loads((tmp_path / "kernel-metadata.json").read_text())
+    assert metadata["competition_sources"] == ["birdclef-2025"] and metadata["enable_gpu"] is False
+    # Without windows the manifest is what it was: no new keys.
+    run_cli("build-kernel", "--experiment", "sedx", "--work", scapes["work"], "--out", tmp_path / "plain")
+    plain = embedded_manifest((tmp_path / "plain" / "kernel.py").read_text())
+    assert "windows" not in plain and "competition" not in plain
+    assert json.loads((tmp_path / "plain" / "kernel-metadata.json").read_text())["enable_gpu"] is True
+
+
 @pytest.mark.slow
-def test_window_kernel_equals_local_predict_windows_in_the_sample_order(scapes, tmp_path):
+def test_window_kernel_equals_local_predict_windows_in_the_sample_order(scapes, tmp_path, monkeypatch):
     from test_kernel import run_script
 
     from kernel_build import build_kernels
@@ -268,6 +295,7 @@ def test_window_kernel_equals_local_predict_windows_in_the_sample_order(scapes, 
     pd.DataFrame(0.5, index=pd.Index(rows, name="row_id"), columns=CLASSES).reset_index().to_csv(
         root / "input" / "birdclef-sim" / "sample_submission.csv", index=False)
 
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel's torch, as this module's: tiny models, busy CPUs
     result = run_script(written["kernel"], root, tmp_path / "tmp")
     assert result.returncode == 0, result.stdout + result.stderr
     submission = pd.read_csv(root / "working" / "submission.csv")

@@ -432,8 +432,9 @@ class Tagger:
             training = model.training
             try:
                 model.eval()
-                with torch.inference_mode():
-                    frames = torch.sigmoid(model.framewise(batch)).float().numpy()  # (n_tiles, T', C)
+                with torch.inference_mode():  # on the model's own device: the caller's module, not a copy
+                    device = next(model.parameters()).device
+                    frames = torch.sigmoid(model.framewise(batch.to(device))).float().cpu().numpy()  # (n_tiles, T', C)
             except ValueError as error:
                 raise FreesoundError(str(error)) from None
             finally:

@@ -8,17 +8,18 @@ whose span holds that time: window ``k`` holds the frames ``ceil(k·hop·sr / ho
 not including, ``ceil((k·hop + window)·sr / hop_length)`` (times rounded to whole samples first), so
 with ``hop = window`` every frame belongs to exactly one window.
 
-Windows run while they start before the recording's end. The recording's length is read from the
-log-mel as the time of its last frame's centre, ``(frames - 1)·hop_length / sample_rate``, which
-is at most one hop length (16 ms at the method's 690 samples) short of the file's true length:
-a file of an exact multiple of ``hop`` seconds (BirdCLEF's one-minute soundscapes: 12 windows of
-5 s) gets no extra window. A longer remainder gets a last, *partial* window holding the frames up
-to the end; it is predicted like any short clip, its tiles padded with its minimum (as
-``freesound.predict.tiles`` pads every clip), and its row named by its nominal end (a 22-second
-file's windows end at 5, 10, 15, 20 and 25).
+Windows follow each other until one reaches the recording's end (the last is the first window
+whose end is at or past it). The recording's length is read from the log-mel as the time of its
+last frame's centre, ``(frames - 1)·hop_length / sample_rate``, which is at most one hop length
+(16 ms at the method's 690 samples) short of the file's true length: a file of an exact multiple
+of ``hop`` seconds (BirdCLEF's one-minute soundscapes: 12 windows of 5 s) gets no extra window.
+A longer remainder gets a last, *partial* window holding the frames up to the end; it is
+predicted like any short clip, its tiles padded with its minimum (as ``freesound.predict.tiles``
+pads every clip), and its row named by its nominal end (a 22-second file's windows end at 5, 10,
+15, 20 and 25).
 
-Windows are predicted from the untrimmed recording (``freesound.predict.files.read_untrimmed_logmel``): trimming leading
-silence, as the clip front end does, would shift every window in time.
+Windows are predicted from the untrimmed recording (``freesound.predict.files.read_untrimmed_logmel``):
+trimming leading silence, as the clip front end does, would shift every window in time.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def window_bounds(n_frames: int, spec: WindowSpec, config: AudioConfig) -> list:
     if n_frames < 1:
         raise ValueError(f"a log-mel needs at least one frame, got {n_frames}")
     length = (n_frames - 1) * config.hop_length / config.sample_rate
-    # Windows while they start before the end; a tolerance keeps float rounding of k·hop from
+    # Windows until one reaches the end; a tolerance keeps float rounding of k·hop from
     # adding a window at an exact multiple.
     count = 1 + max(0, math.ceil((length - spec.seconds) / spec.hop - 1e-9))
     bounds = []
