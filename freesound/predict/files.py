@@ -7,6 +7,9 @@ Decoding streams: ``iter_logmel_chunks`` hands out consecutive chunks of clips w
 workers go on decoding the next ones, so the front end runs while the model predicts the chunk
 before (``benchmarks/bench_inference.py --overlap`` measures it). With ``workers=0`` everything
 runs in the calling process, one chunk after the other.
+
+``predict_file_windows`` gives one row per window of each file instead (``freesound.predict.windows``),
+from the untrimmed recording (``read_untrimmed_logmel``).
 """
 
 from __future__ import annotations

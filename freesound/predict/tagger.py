@@ -2,7 +2,9 @@
 
 A model's probability for a clip is the mean over its tiles (``freesound.predict.tiles``) of the
 sigmoid of its main head; several models (folds) are combined by geometric mean. Tiles of many
-clips share each batch.
+clips share each batch. A long recording can also be predicted window by window
+(``predict_windows``, ``freesound.predict.windows``), and a model with a frame-wise head frame by
+frame (``frame_probabilities``).
 """
 
 from __future__ import annotations

@@ -58,9 +58,6 @@ class WindowSpec:
         object.__setattr__(self, "hop", float(hop))
         object.__setattr__(self, "seconds", float(self.seconds))
 
-    def to_dict(self) -> dict:
-        return {"seconds": self.seconds, "hop": self.hop}
-
 
 def _first_frame(seconds: float, config: AudioConfig) -> int:
     """The first frame whose centre is at or after ``seconds``."""
