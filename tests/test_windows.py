@@ -271,6 +271,21 @@ def test_build_kernel_for_birdclef_records_windows_competition_and_the_cpu4_budg
     assert json.loads((tmp_path / "plain" / "kernel-metadata.json").read_text())["enable_gpu"] is True
 
 
+def test_a_window_kernel_short_of_time_leaves_the_last_soundscapes_out(scapes):
+    from freesound.kaggle.runtime import predict_windows_within_budget
+
+    ticks = iter(range(0, 1000, 10))  # every reading of the clock is 10 s later
+    lines = []
+    paths = sorted(scapes["audio"].iterdir())
+    frame, failures, _, left_out = predict_windows_within_budget(
+        EnsemblePredictor({"sedx": scapes["tagger"]}), paths, [path.name for path in paths],
+        {"seconds": 5.0, "hop": 5.0}, budget=60.0, clock=lambda: next(ticks), chunk_size=1, log=lines.append)
+    assert list(frame.index) == ["scape_a_5", "scape_a_10", "scape_a_15"] and failures == []
+    assert left_out == ["scape_b.wav"]
+    assert lines[-1] == ("warning: 20.0 s left, the next 1 soundscapes need about 20.0 s: the last 1 get the "
+                         "silent window's prediction")
+
+
 @pytest.mark.slow
 def test_window_kernel_equals_local_predict_windows_in_the_sample_order(scapes, tmp_path, monkeypatch):
     from test_kernel import run_script

@@ -66,10 +66,10 @@ from freesound.kaggle.budget import (
 )
 from freesound.kaggle.wheels import kernel_runtime, require_packages
 from freesound.predict import EnsemblePredictor, WindowSpec, tile_layout, window_row_ids
+from freesound.predict.device import describe_device, device_problem
 from freesound.predict.ensemble import refuse_window_stackers
 from freesound.predict.files import CHUNK_CLIPS, iter_logmel_chunks, silent_front_end
 from freesound.predict.postprocess import postprocess_file
-from freesound.predict.device import describe_device, device_problem
 from freesound.predict.tagger import check_precision
 from freesound.settings import default_device, default_workers, kaggle_root
 
@@ -523,9 +523,8 @@ def _run_windows(predictor: EnsemblePredictor, sample: pd.DataFrame, test_dir: P
         f"{windows['seconds']:g} s every {windows['hop']:g} s")
     frame, failures, truncated, left_out = predict_windows_within_budget(
         predictor, paths, names, windows, budget=budget, start=start, clock=clock, chunk_size=chunk_size, log=log)
-    silent, _ = predictor.predict_windows([silent_front_end(predictor.front_end)], WindowSpec(windows["seconds"],
-                                                                                               windows["hop"]),
-                                          windows.get("combine", "gmean"))
+    spec = WindowSpec(windows["seconds"], windows["hop"])
+    silent, _ = predictor.predict_windows([silent_front_end(predictor.front_end)], spec, windows.get("combine", "gmean"))
     # Post-processed as a soundscape of one window is, so a filled row equals an undecodable one's.
     fill = postprocess_file(silent[0], windows.get("smooth"), windows.get("file_rescale"))[0]
     submission, filled = to_window_submission(frame, sample, fill)
