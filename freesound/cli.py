@@ -469,8 +469,20 @@ def self_train_command(experiment, data_dir, work_dir, experiments_dir, rounds, 
                    "(pip install 'freesound[onnx]'), else torch; CUDA always runs torch.")
 @click.option("--allow-unfinished", is_flag=True,
               help="Use folds whose training was interrupted (their best epoch so far), with a warning.")
+@click.option("--windows", "window_seconds", type=click.FloatRange(0, min_open=True), default=None,
+              help="One row per window of SECONDS of each file (row_id <file stem>_<end second>, BirdCLEF's), "
+                   "from the untrimmed audio; no out-of-fold pass, no stackers.")
+@click.option("--hop", "hop_seconds", type=click.FloatRange(0, min_open=True), default=None,
+              help="With --windows: seconds between window starts [default: the window].")
+@click.option("--combine", type=click.Choice(["gmean", "mean", "min"]), default="gmean", show_default=True,
+              help="With --windows: how folds and experiments combine per window.")
+@click.option("--smooth", default=None,
+              help="With --windows: weights over neighbouring windows, centred, e.g. 0.15,0.7,0.15 "
+                   "(renormalised at a file's ends).")
+@click.option("--file-rescale", type=click.FloatRange(0), default=None,
+              help="With --windows: multiply each window by the file's maximum per class to this power.")
 def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_files, out_csv, no_oof, batch_size, workers,
-            device, precision, runtime, allow_unfinished):
+            device, precision, runtime, allow_unfinished, window_seconds, hop_seconds, combine, smooth, file_rescale):
     """Predict with a trained EXPERIMENT or ENSEMBLE (name under experiments/ or TOML path).
 
     Writes a submission-format CSV: fname, then one probability column per class. Files that
@@ -487,18 +499,25 @@ def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_file
         raise click.UsageError("give exactly one of --data (a dataset's test set) or --audio (a folder)")
     if all_files and audio_dir is None:
         raise click.UsageError("--all-files goes with --audio")
+    if window_seconds is None and (hop_seconds or combine != "gmean" or smooth or file_rescale is not None):
+        raise click.UsageError("--hop, --combine, --smooth and --file-rescale go with --windows")
+    from freesound.predict import WindowSpec, parse_weights
+
+    windows = WindowSpec(window_seconds, hop_seconds) if window_seconds is not None else None
     result = run_prediction(
         load_config(experiment, experiments_dir), work_dir, dataset=load_dataset(data_dir) if data_dir else None,
         audio_dir=audio_dir, out_csv=out_csv, oof=not no_oof, device=device,
         batch_size=batch_size, workers=workers, all_files=all_files, feature_workers=settings.default_workers(),
-        precision=precision, runtime=runtime, allow_unfinished=allow_unfinished, log=click.echo,
+        precision=precision, runtime=runtime, allow_unfinished=allow_unfinished, windows=windows, combine=combine,
+        smooth=parse_weights(smooth), file_rescale=file_rescale, log=click.echo,
     )
     if result.audio_folder is not None and result.audio_folder.left_out:
         click.echo(f"left out as not audio by name: {result.audio_folder.describe_left_out()}; "
                    "--all-files decodes every file", err=True)
     if result.oof_scores is not None:
         click.echo(format_scores(result.name, result.oof_scores, top=10))
-    click.echo(f"{result.name}: predicted {len(result.predictions)} clips with {result.checkpoints} first-level and "
+    rows = f"{len(result.predictions)} windows" if windows else f"{len(result.predictions)} clips"
+    click.echo(f"{result.name}: predicted {rows} with {result.checkpoints} first-level and "
                f"{result.stacker_checkpoints} stacker checkpoints -> {result.out_csv}")
     if result.truncated:
         click.echo(f"{len(result.truncated)} file(s) are truncated and were predicted from the audio that decodes: "
@@ -694,14 +713,28 @@ def evaluate(predictions_csv, labels_csv, top, subset, data_dir):
 @work_option
 @click.option("--top", type=click.IntRange(1), default=5, show_default=True)
 @device_option
-def tag(files, experiment, work_dir, top, device):
+@click.option("--timeline", is_flag=True,
+              help="Tag each FILE window by window: print the top classes per window, write "
+                   "<out>/<stem>_timeline.csv (row_id + classes) and a heat map <stem>_timeline.png.")
+@click.option("--windows", "window_seconds", type=click.FloatRange(0, min_open=True), default=None,
+              help="With --timeline: seconds per window [default: 5].")
+@click.option("--hop", "hop_seconds", type=click.FloatRange(0, min_open=True), default=None,
+              help="With --timeline: seconds between window starts [default: the window].")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="With --timeline: where the CSVs and PNGs go [default: <work>/predictions/<experiment>/timeline].")
+def tag(files, experiment, work_dir, top, device, timeline, window_seconds, hop_seconds, out_dir):
     """Print the top classes of each audio FILE.
 
     An undecodable FILE gets one error line on stderr and exit status 1; the others are still tagged.
     """
     from freesound.ensembling.specs import trained_tagger
 
+    if not timeline and (window_seconds or hop_seconds or out_dir):
+        raise click.UsageError("--windows, --hop and --out go with --timeline")
     tagger = trained_tagger(work_dir, experiment, device=device)
+    if timeline:
+        _tag_timelines(tagger, files, experiment, work_dir, top, window_seconds or 5.0, hop_seconds, out_dir)
+        return
     failures, truncated = [], []
     # Rows named by the file names, or, where two share one (a/x.wav, b/x.wav), by the paths as given.
     names = [Path(path).name for path in files]
@@ -718,6 +751,32 @@ def tag(files, experiment, work_dir, top, device):
     for fname, reason in failures:
         click.echo(f"error: cannot decode {fname}: {reason}", err=True)
     if failures:
+        sys.exit(1)
+
+
+def _tag_timelines(tagger, files, experiment, work_dir, top, window_seconds, hop_seconds, out_dir):
+    """``tag --timeline``: each file window by window (``freesound.tools.timeline``)."""
+    from freesound.audio import AudioDecodeError
+    from freesound.paths import predictions_dir
+    from freesound.predict import WindowSpec
+    from freesound.tools.timeline import format_timeline, tag_timeline
+
+    windows = WindowSpec(window_seconds, hop_seconds)
+    out_dir = out_dir or predictions_dir(work_dir, experiment) / "timeline"
+    failed = False
+    for path in files:
+        try:
+            result = tag_timeline(tagger, path, windows, out_dir, top=max(top, 10))
+        except AudioDecodeError as error:
+            click.echo(f"error: cannot decode {Path(path).name}: {error.reason}", err=True)
+            failed = True
+            continue
+        click.echo(f"{Path(path).name}: {len(result.probabilities)} windows of {windows.seconds:g} s "
+                   f"every {windows.hop:g} s")
+        for line in format_timeline(result, windows.seconds, top):
+            click.echo(line)
+        click.echo(f"timeline -> {result.csv}, {result.png}")
+    if failed:
         sys.exit(1)
 
 
@@ -854,8 +913,25 @@ def experiments_command(experiments_dir):
                    "benchmarks/bench_inference.py there) instead of measuring this machine.")
 @click.option("--allow-unfinished", is_flag=True,
               help="Bundle folds whose training was interrupted (their best epoch so far), with a warning.")
+@click.option("--windows", "window_seconds", type=click.FloatRange(0, min_open=True), default=None,
+              help="Kernels write one row per window of SECONDS of each test soundscape, in sample_submission.csv's "
+                   "row_id order (BirdCLEF), as predict --windows does.")
+@click.option("--hop", "hop_seconds", type=click.FloatRange(0, min_open=True), default=None,
+              help="With --windows: seconds between window starts [default: the window].")
+@click.option("--combine", type=click.Choice(["gmean", "mean", "min"]), default="gmean", show_default=True,
+              help="With --windows: how folds and experiments combine per window.")
+@click.option("--smooth", default=None, help="With --windows: weights over neighbouring windows, e.g. 0.15,0.7,0.15.")
+@click.option("--file-rescale", type=click.FloatRange(0), default=None,
+              help="With --windows: multiply each window by the file's maximum per class to this power.")
+@click.option("--competition", default=None,
+              help="The competition folder under /kaggle/input [default: freesound-audio-tagging-2019].")
+@click.option("--test-dir", default=None, help="Its test audio folder [default: test].")
+@click.option("--target", type=click.Choice(["cpu4"]), default=None,
+              help="A Kaggle target's profile: cpu4 is BirdCLEF's 90 min on 4 CPU cores (budget 80 min; "
+                   "--estimate on 600 one-minute soundscapes, scaled to 4 cores).")
 def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, dataset_id, kernel_id, precision,
-                 time_limit, estimate, clips, audio_hours, estimate_audio, tiles_per_second, allow_unfinished):
+                 time_limit, estimate, clips, audio_hours, estimate_audio, tiles_per_second, allow_unfinished,
+                 window_seconds, hop_seconds, combine, smooth, file_rescale, competition, test_dir, target):
     """Bundle the package, a weight manifest and an entry point into self-contained Kaggle kernels.
 
     Also writes kernel/kernel-metadata.json (kaggle kernels push) and
@@ -867,17 +943,32 @@ def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, datas
         raise click.UsageError("give --experiment, --ensemble or both")
     if not estimate and (clips or audio_hours or estimate_audio or tiles_per_second):
         raise click.UsageError("--clips, --audio-hours, --estimate-audio and --tiles-per-second go with --estimate")
+    if window_seconds is None and (hop_seconds or combine != "gmean" or smooth or file_rescale is not None):
+        raise click.UsageError("--hop, --combine, --smooth and --file-rescale go with --windows")
+    from freesound.kaggle import COMPETITION, TEST_DIR
+    from freesound.kaggle.budget import TARGETS
+    from freesound.predict import parse_weights
+    from kernel_build.manifest import windows_entry
+
+    windows = (windows_entry(window_seconds, hop_seconds, combine, parse_weights(smooth), file_rescale)
+               if window_seconds is not None else None)
+    time_limit = time_limit or (TARGETS[target]["budget_seconds"] if target else None)
     if estimate:
         from kernel_build.estimate import estimate_kernels
 
         estimate_kernels(work_dir, experiment=experiment, ensemble=ensemble, experiments_dir=experiments_dir,
                          clips=clips, hours=audio_hours, audio_dir=estimate_audio, tiles_per_second=tiles_per_second,
-                         time_limit=time_limit, allow_unfinished=allow_unfinished, log=click.echo)
+                         time_limit=time_limit, allow_unfinished=allow_unfinished, windows=windows, target=target,
+                         log=click.echo)
         return
+    competition_entry = None
+    if competition or test_dir:
+        competition_entry = {"name": competition or COMPETITION, "test_dir": test_dir or TEST_DIR}
     build_kernels(work_dir, experiment=experiment, ensemble=ensemble, out_dir=out_dir,
                   dataset_id=dataset_id or DEFAULT_DATASET_ID, kernel_id=kernel_id,
                   experiments_dir=experiments_dir, precision=precision, time_limit=time_limit,
-                  allow_unfinished=allow_unfinished, log=click.echo)
+                  allow_unfinished=allow_unfinished, windows=windows, competition=competition_entry,
+                  gpu=not target or TARGETS[target]["device"] != "cpu", log=click.echo)
 
 
 @main.command()

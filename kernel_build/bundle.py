@@ -24,7 +24,7 @@ from freesound.config import load_ensemble
 from freesound.ensembling.specs import ensemble_spec, experiment_spec
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_text
-from freesound.kaggle import COMPETITION
+from freesound.kaggle import COMPETITION, TEST_DIR
 from freesound.paths import predictions_dir
 from freesound.paths import weights_root as weights_folder
 from freesound.predict.tagger import check_precision
@@ -42,7 +42,8 @@ KERNELS = {
 
 def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dataset_id=DEFAULT_DATASET_ID,
                   kernel_id=None, title=None, experiments_dir="experiments", precision="fp16", time_limit=None,
-                  allow_unfinished: bool = False, log=print) -> dict:
+                  allow_unfinished: bool = False, windows: dict | None = None, competition: dict | None = None,
+                  gpu: bool = True, log=print) -> dict:
     """Render the kernel scripts and the Kaggle metadata files.
 
     Parameters
@@ -61,6 +62,11 @@ def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dat
         Kaggle's limits (``freesound.kaggle.budget.DEFAULT_BUDGET_SECONDS``)
     allow_unfinished : bundle folds that have not finished training, with a warning naming them
         (default: refused, ``freesound.paths.experiment_checkpoints``)
+    windows : dict, optional (``kernel_build.manifest.windows_entry``): the kernels write one row
+        per window of each test soundscape, in ``sample_submission.csv``'s ``row_id`` order
+    competition : dict, optional, ``name`` (the folder under ``/kaggle/input``, also the kernel's
+        competition source) and ``test_dir`` (its test audio folder); default FSDKaggle2019's
+    gpu : ``enable_gpu`` of ``kernel-metadata.json`` (off for a CPU-only target such as BirdCLEF's)
     log : callable taking one line
 
     Returns
@@ -99,7 +105,8 @@ def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dat
     written, used = {}, set()
     for kind, spec in specs.items():
         template, script_name = KERNELS[kind]
-        manifest = build_manifest(spec, weights_root, precision, time_limit, oof_lwlrap(work, spec["experiments"]))
+        manifest = build_manifest(spec, weights_root, precision, time_limit, oof_lwlrap(work, spec["experiments"]),
+                                  windows=windows, competition=competition)
         used |= {Path(weight["path"]).parts[0] for weight in manifest["weights"]}
         script = render_kernel(template, script_name, package, manifest, dataset_id)
         path = out_dir / script_name
@@ -113,7 +120,8 @@ def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dat
     kernel_id = kernel_id or f"{dataset_id.split('/')[0]}/{slugify(title)}"
     written["kernel_metadata"] = out_dir / "kernel-metadata.json"
     atomic_write_text(written["kernel_metadata"],
-                      to_json(kernel_metadata(KERNELS[pushed_kind][1], kernel_id, title, dataset_id)))
+                      to_json(kernel_metadata(KERNELS[pushed_kind][1], kernel_id, title, dataset_id,
+                                              (competition or {}).get("name", COMPETITION), gpu)))
     log(f"{written['kernel_metadata']}: pushes {KERNELS[pushed_kind][1]} as {kernel_id} "
         f"(kaggle kernels push -p {out_dir})")
 
@@ -164,6 +172,8 @@ def render_kernel(template: str, script_name: str, package: str, manifest: dict,
     )
     manifest_json = manifest_literal(manifest)
     spec = manifest["spec"]
+    windows = manifest.get("windows")
+    competition = {"name": COMPETITION, "test_dir": TEST_DIR, **manifest.get("competition", {})}
     return environment.get_template(template).render(
         name=spec["name"],
         experiments=list(spec["experiments"]),
@@ -177,6 +187,9 @@ def render_kernel(template: str, script_name: str, package: str, manifest: dict,
         content_sha256=hashlib.sha256((package + manifest_json).encode("utf-8")).hexdigest(),
         package=package,
         manifest=manifest_json,
+        windows=(f"{windows['seconds']:g} s every {windows['hop']:g} s" if windows else None),
+        competition=competition["name"],
+        test_dir=competition["test_dir"],
     )
 
 
@@ -210,10 +223,15 @@ def log_kernel(path: Path, spec: dict, manifest: dict, script: str, weights_root
     limit = (", ".join(f"{seconds:.0f} s on {kind}" for kind, seconds in limit.items()) if isinstance(limit, dict)
              else f"{limit:.0f} s")
     log(f"  time budget: {limit}; experiments kept longest when short of time: {', '.join(manifest['ranking'])}")
+    if "windows" in manifest:
+        windows = manifest["windows"]
+        log(f"  windows: {windows['seconds']:g} s every {windows['hop']:g} s, models combined by {windows['combine']}, "
+            f"smoothing {windows['smooth'] or 'none'}, file rescaling {windows['file_rescale'] or 'none'}")
     log(f"  script: {len(script.encode()) / 1e3:.1f} kB")
 
 
-def kernel_metadata(code_file: str, kernel_id: str, title: str, dataset_id: str) -> dict:
+def kernel_metadata(code_file: str, kernel_id: str, title: str, dataset_id: str,
+                    competition: str = COMPETITION, gpu: bool = True) -> dict:
     """``kernel-metadata.json`` for ``kaggle kernels push``.
 
     ``enable_internet`` is written out because the CLI treats a missing field as true, and the
@@ -226,10 +244,10 @@ def kernel_metadata(code_file: str, kernel_id: str, title: str, dataset_id: str)
         "language": "python",
         "kernel_type": "script",
         "is_private": True,
-        "enable_gpu": True,
+        "enable_gpu": gpu,
         "enable_internet": False,
         "dataset_sources": [dataset_id],
-        "competition_sources": [COMPETITION],
+        "competition_sources": [competition],
         "kernel_sources": [],
     }
 

@@ -12,6 +12,12 @@ cores are free for decoding). On a CPU they share the cores, so the two add up.
 
 The test set is a clip count and hours of audio (by default the competition's, ``KAGGLE_TEST``),
 every clip taken at the mean length, or a folder of audio files whose own lengths are read.
+
+A kernel built with windows (``build-kernel --windows``) predicts each window of a clip as a clip
+of its own: the estimate then counts the windows' tiles (``window_widths``). A target
+(``--target cpu4``: BirdCLEF's 90 minutes on 4 CPU cores) sets the test set (600 one-minute
+soundscapes) and the budget, and the time measured here is scaled to its cores
+(``freesound.kaggle.budget.scale_to_cores``).
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ import torch
 
 from freesound.audio import read_as_melspectrogram
 from freesound.errors import FreesoundError
-from freesound.kaggle.budget import budget_seconds, choose_plan, plan_ladder, plan_units
-from freesound.predict import Tagger
+from freesound.kaggle.budget import TARGETS, budget_seconds, choose_plan, plan_ladder, plan_units, scale_to_cores
+from freesound.predict import Tagger, WindowSpec, window_bounds
 from freesound.predict.runtimes import resolve_runtime
 
 #: FSDKaggle2019's test set as Kaggle ran the kernels (DESIGN.md): clips and hours of audio.
@@ -63,6 +69,12 @@ def folder_widths(folder, hop_length: int = 690, sample_rate: int = 44100) -> np
     if not widths:
         raise FreesoundError(f"{folder} holds no audio file to estimate from")
     return np.asarray(widths, dtype=np.int64)
+
+
+def window_widths(widths, windows: WindowSpec, config) -> np.ndarray:
+    """The log-mel widths of every window of clips of ``widths`` frames (``window_bounds``)."""
+    return np.asarray([end - start for width in widths for start, end, _ in window_bounds(int(width), windows, config)],
+                      dtype=np.int64)
 
 
 def seconds_per_tile(tagger: Tagger, batches: int = TIMED_BATCHES) -> float:
@@ -149,7 +161,9 @@ def format_estimate(name: str, estimate: dict, tiles_per_second: float | None) -
     """The estimate as log lines."""
     where = (f"a device running {tiles_per_second:g} tiles/s per model" if tiles_per_second
              else f"this machine ({estimate['runtime']}, {torch.get_num_threads()} threads)")
-    lines = [f"estimate for {name} on {estimate['clips']} clips ({estimate['audio_hours']:.2f} h of audio), {where}:"]
+    clips = (f"{estimate['files']} files, {estimate['clips']} windows" if estimate.get("files", estimate["clips"])
+             != estimate["clips"] else f"{estimate['clips']} clips")
+    lines = [f"estimate for {name} on {clips} ({estimate['audio_hours']:.2f} h of audio), {where}:"]
     for experiment, tiles in estimate["tiles"].items():
         rate = 1.0 / estimate["seconds_per_tile"][experiment]
         lines.append(f"  {experiment}: {tiles} tiles through its folds, {rate:.1f} tiles/s per model, "
@@ -166,10 +180,11 @@ def format_estimate(name: str, estimate: dict, tiles_per_second: float | None) -
 
 def estimate_spec(spec: dict, weights_root, *, clips: int | None = None, hours: float | None = None,
                   audio_dir=None, tiles_per_second: float | None = None, time_limit=None, device="cpu",
-                  runtime: str = "auto", batch_size: int = 64) -> dict:
+                  runtime: str = "auto", batch_size: int = 64, windows: dict | None = None) -> dict:
     """``estimate_kernel`` for an experiment or ensemble spec whose weights are under
     ``weights_root``, on ``audio_dir``'s files or ``clips`` clips of ``hours`` (default the
-    competition's test set)."""
+    competition's test set); with ``windows`` (the manifest's entry), on their windows. The
+    result's ``files`` is the number of files."""
     weights_root = Path(weights_root)
     taggers = {name: Tagger.from_checkpoints([weights_root / path for path in paths], device=device,
                                              batch_size=batch_size, runtime=resolve_runtime(runtime, device))
@@ -180,16 +195,26 @@ def estimate_spec(spec: dict, weights_root, *, clips: int | None = None, hours: 
     else:
         widths = test_widths(clips or KAGGLE_TEST["clips"], hours or KAGGLE_TEST["hours"], config.hop_length,
                              config.sample_rate)
+    files = len(widths)
+    if windows is not None:
+        widths = window_widths(widths, WindowSpec(windows["seconds"], windows["hop"]), config)
     device_type = "cuda" if tiles_per_second else torch.device(device).type
-    return estimate_kernel(taggers, widths, stackers=bool(spec.get("stackers")), tiles_per_second=tiles_per_second,
-                           time_limit=time_limit, device_type=device_type)
+    estimate = estimate_kernel(taggers, widths, stackers=bool(spec.get("stackers")),
+                               tiles_per_second=tiles_per_second, time_limit=time_limit, device_type=device_type)
+    estimate["files"] = files
+    return estimate
 
 
 def estimate_kernels(work, *, experiment=None, ensemble=None, experiments_dir="experiments", clips=None, hours=None,
                      audio_dir=None, tiles_per_second=None, time_limit=None, runtime="auto",
-                     allow_unfinished: bool = False, log=print) -> dict:
+                     allow_unfinished: bool = False, windows: dict | None = None, target: str | None = None,
+                     log=print) -> dict:
     """``build-kernel --estimate``: log the estimate of each kernel that ``build_kernels`` would
     write (nothing is written). Returns kernel kind -> ``estimate_kernel``'s dict.
+
+    ``windows`` (the manifest's entry) counts the windows' tiles; ``target`` (a key of
+    ``freesound.kaggle.budget.TARGETS``) sets the default test set and budget, and adds
+    ``target_seconds``, the total scaled from this machine's threads to the target's cores.
 
     Raises
     ------
@@ -212,8 +237,20 @@ def estimate_kernels(work, *, experiment=None, ensemble=None, experiments_dir="e
         if missing:
             raise FreesoundError(f"cannot estimate {spec['name']}: weight files missing under {root} "
                                  f"({', '.join(missing)})")
-        estimates[kind] = estimate_spec(spec, root, clips=clips, hours=hours, audio_dir=audio_dir,
-                                        tiles_per_second=tiles_per_second, time_limit=time_limit, runtime=runtime)
+        profile = TARGETS[target] if target else {}
+        estimates[kind] = estimate_spec(spec, root, clips=clips or profile.get("clips"),
+                                        hours=hours or profile.get("hours"), audio_dir=audio_dir,
+                                        tiles_per_second=tiles_per_second,
+                                        time_limit=time_limit or profile.get("budget_seconds"), runtime=runtime,
+                                        windows=windows)
         for line in format_estimate(spec["name"], estimates[kind], tiles_per_second):
             log(line)
+        if target:
+            estimate = estimates[kind]
+            threads = torch.get_num_threads()
+            estimate["target_seconds"] = scale_to_cores(estimate["total_seconds"], threads, profile["cores"])
+            verdict = "fits" if estimate["target_seconds"] <= estimate["budget"] else "does not fit"
+            log(f"  on {target} ({profile['cores']} cores, Kaggle's limit {profile['limit_seconds']:.0f} s): about "
+                f"{estimate['target_seconds']:.0f} s, scaled from {threads} thread(s) here as if the work divided "
+                f"evenly; budget {estimate['budget']:.0f} s: {verdict}")
     return estimates

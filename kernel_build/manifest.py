@@ -13,6 +13,12 @@ one number or one per device type (``freesound.kaggle.budget``); ``ranking`` lis
 best first by out-of-fold lwlrap (those without a score last, in ensemble order), the order in
 which a kernel short of time keeps them.
 
+Two keys appear only when a build asks for them, so other manifests stay as they were:
+``windows`` (``build-kernel --windows``: ``{"seconds", "hop", "combine", "smooth", "file_rescale"}``,
+BirdCLEF's rows per window of each soundscape, ``freesound.kaggle.runtime``) and ``competition``
+(``{"name", "test_dir"}``, the competition folder under ``/kaggle/input`` and its test audio
+folder, when they are not FSDKaggle2019's ``freesound-audio-tagging-2019`` and ``test``).
+
 Paths are relative to the weights dataset, which is ``<work>/experiments`` uploaded as is.
 ``freesound.kaggle.runtime`` reads it at run time.
 """
@@ -22,12 +28,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
+
 import freesound
 from freesound.errors import FreesoundError
 from freesound.fileio import file_sha256
-from freesound.kaggle import MANIFEST_FORMAT
+from freesound.kaggle import COMPETITION, MANIFEST_FORMAT, TEST_DIR
 from freesound.kaggle.budget import DEFAULT_BUDGET_SECONDS, budget_seconds
-from freesound.predict import spec_files
+from freesound.predict import WindowSpec, combine_models, spec_files
+from freesound.predict.ensemble import refuse_window_stackers
+from freesound.predict.postprocess import check_smoothing, rescale_power
 from freesound.predict.tagger import agreeing_checkpoints, check_precision
 from freesound.versions import model_packages
 
@@ -52,17 +62,37 @@ def experiment_ranking(names: list, scores: dict) -> list:
     return scored + [name for name in names if name not in scores]
 
 
-def build_manifest(spec: dict, weights_root, precision: str = "fp16", time_limit=None,
-                   oof_lwlrap: dict | None = None) -> dict:
-    """Hash every weight a spec needs, collect each experiment's and stacker's config and the
-    optional packages its models import; ``precision`` ("fp16" or "fp32") is what the kernel predicts in on a GPU, ``time_limit`` its
-    budget in seconds (default ``freesound.kaggle.budget.DEFAULT_BUDGET_SECONDS`` per device),
-    ``oof_lwlrap`` (experiment -> score) ranks the experiments.
+def windows_entry(seconds: float, hop: float | None = None, combine: str = "gmean", smooth=None,
+                  file_rescale: float | None = None) -> dict:
+    """The manifest's ``windows``: the window spec and the post-processing, checked as ``predict
+    --windows`` checks them.
 
     Raises
     ------
     FreesoundError
-        A weight file is missing (the message names every missing file), an experiment's folds
+        A bad window, hop, combination, smoothing kernel or rescaling power.
+    """
+    windows = WindowSpec(seconds, hop)
+    combine_models(np.full((1, 1), 0.5), combine)  # names the valid ones when unknown
+    return {"seconds": windows.seconds, "hop": windows.hop, "combine": combine,
+            "smooth": None if smooth is None else check_smoothing(smooth).tolist(),
+            "file_rescale": None if file_rescale is None else float(rescale_power(file_rescale))}
+
+
+def build_manifest(spec: dict, weights_root, precision: str = "fp16", time_limit=None,
+                   oof_lwlrap: dict | None = None, windows: dict | None = None,
+                   competition: dict | None = None) -> dict:
+    """Hash every weight a spec needs, collect each experiment's and stacker's config and the
+    optional packages its models import; ``precision`` ("fp16" or "fp32") is what the kernel predicts in on a GPU, ``time_limit`` its
+    budget in seconds (default ``freesound.kaggle.budget.DEFAULT_BUDGET_SECONDS`` per device),
+    ``oof_lwlrap`` (experiment -> score) ranks the experiments; ``windows`` (``windows_entry``)
+    and ``competition`` (``name``, ``test_dir``) are added when given.
+
+    Raises
+    ------
+    FreesoundError
+        A weight file is missing (the message names every missing file), windows asked of an
+        ensemble with stackers (``refuse_window_stackers``), an experiment's folds
         disagree on classes or network input (``agreeing_checkpoints``), or a time limit that is
         not a positive number of seconds.
     """
@@ -70,6 +100,8 @@ def build_manifest(spec: dict, weights_root, precision: str = "fp16", time_limit
     check_precision(precision)
     if time_limit is not None and not (isinstance(time_limit, (int, float)) and 0 < time_limit < math.inf):
         raise FreesoundError(f"the time limit must be a finite, positive number of seconds, got {time_limit!r}")
+    if windows is not None:
+        refuse_window_stackers(list(spec.get("stackers", {})))
     missing = missing_weights(spec, weights_root)
     if missing:
         raise FreesoundError(
@@ -86,7 +118,7 @@ def build_manifest(spec: dict, weights_root, precision: str = "fp16", time_limit
     ]
     groups = {**spec["experiments"], **spec.get("stackers", {})}
     configs = {name: experiment_config(paths, weights_root) for name, paths in groups.items()}
-    return {
+    manifest = {
         "format": MANIFEST_FORMAT,
         "freesound_version": freesound.__version__,
         "spec": spec,
@@ -97,3 +129,8 @@ def build_manifest(spec: dict, weights_root, precision: str = "fp16", time_limit
         "ranking": experiment_ranking(list(spec["experiments"]), oof_lwlrap or {}),
         "packages": model_packages(model_names),
     }
+    if windows is not None:
+        manifest["windows"] = windows
+    if competition is not None and competition != {"name": COMPETITION, "test_dir": TEST_DIR}:
+        manifest["competition"] = dict(competition)
+    return manifest

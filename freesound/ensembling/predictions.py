@@ -24,7 +24,8 @@ from freesound.ensembling.specs import prediction_spec
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_csv
 from freesound.paths import predictions_dir, weights_root
-from freesound.predict import EnsemblePredictor
+from freesound.predict import EnsemblePredictor, WindowSpec, predict_file_windows
+from freesound.predict.ensemble import refuse_window_stackers
 from freesound.progress import progress_bar
 from freesound.training.oof import predict_oof
 
@@ -36,7 +37,7 @@ class PredictionResult:
     Attributes
     ----------
     name : the experiment's or ensemble's name
-    predictions : DataFrame indexed by fname, one column per class
+    predictions : DataFrame indexed by fname (by row_id with windows), one column per class
     out_csv : Path of the submission-format CSV
     failures : list of (fname, reason), the files that could not be used
     errors_csv : Path of the CSV listing them (written only when there are any)
@@ -63,7 +64,8 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
                    out_csv=None, oof: bool = True, device="cpu", batch_size: int = 64, workers: int = 0,
                    all_files: bool = False, feature_workers: int = 1, precision: str = "fp16",
                    runtime: str = "torch", progress: bool = True, allow_unfinished: bool = False,
-                   log=print) -> PredictionResult:
+                   windows: WindowSpec | None = None, combine: str = "gmean", smooth=None,
+                   file_rescale: float | None = None, log=print) -> PredictionResult:
     """Predict ``dataset``'s test set, or every audio file under ``audio_dir`` (give exactly one).
 
     Parameters
@@ -81,6 +83,12 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
     progress : a progress bar over the clips predicted, and over each out-of-fold pass
     allow_unfinished : use folds that have not finished training, with a warning naming them
         (default: refused)
+    windows : WindowSpec, optional; one row per window of each file (``row_id`` then the
+        classes; ``freesound.predict.predict_file_windows``) instead of one per clip, written by
+        default to ``test_windows.csv`` (or ``audio_windows.csv``); no out-of-fold pass then
+    combine, smooth, file_rescale : with ``windows``: how models combine (gmean, mean, min), the
+        smoothing weights over neighbouring windows and the file-maximum power
+        (``freesound.predict.postprocess``)
 
     Raises
     ------
@@ -94,7 +102,11 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
     spec = prediction_spec(config, work, allow_unfinished)
     name = spec["name"]
     scores = None
-    if dataset is not None and isinstance(config, Experiment) and oof:
+    if windows is None and (combine != "gmean" or smooth is not None or file_rescale is not None):
+        raise FreesoundError("model combination, smoothing and file rescaling apply to windows: give windows")
+    if windows is not None:
+        refuse_window_stackers(list(spec["stackers"]))
+    if dataset is not None and isinstance(config, Experiment) and oof and windows is None:
         scores = predict_oof(name, dataset, work, device=device, batch_size=batch_size, precision=precision,
                              feature_workers=feature_workers, progress=progress, runtime=runtime,
                              allow_unfinished=allow_unfinished, log=log)
@@ -112,10 +124,18 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
         paths, on_error, default_name = folder.files, "skip", "audio.csv"
         # Unique where file names repeat in subfolders; a flat folder's are the competition's fname.
         names = [path.relative_to(folder.root).as_posix() for path in paths]
+    if windows is not None:
+        default_name = default_name.replace(".csv", "_windows.csv")
     out_csv = Path(out_csv or predictions_dir(work, name) / default_name)
     failures, truncated = [], []
-    frame = predictor.predict_files(paths, on_error=on_error, failures=failures, truncated=truncated, names=names,
-                                    track=partial(progress_bar, unit="clip", enabled=progress))
+    track = partial(progress_bar, unit="clip", enabled=progress)
+    if windows is None:
+        frame = predictor.predict_files(paths, on_error=on_error, failures=failures, truncated=truncated, names=names,
+                                        track=track)
+    else:
+        frame = predict_file_windows(predictor, paths, windows, combine=combine, smooth=smooth,
+                                     file_rescale=file_rescale, on_error=on_error, failures=failures,
+                                     truncated=truncated, names=names, track=track)
     atomic_write_csv(out_csv, frame.reset_index(), index=False)
     errors_csv = Path(str(out_csv).removesuffix(".csv") + ".errors.csv")
     if failures:

@@ -1,6 +1,7 @@
 """The Kaggle kernel runtime: what a built kernel script (``kernel/*.py``) runs on Kaggle.
 
-    runtime.py  find and check the weights, predict sample_submission.csv, write submission.csv
+    runtime.py  find and check the weights, predict sample_submission.csv (clips, or windows of
+                soundscapes), write submission.csv
     budget.py   the time budget: cheaper plans, their projected cost, which one fits
     wheels.py   an ONNX runtime from wheels attached as a Kaggle dataset (else torch runs)
 
@@ -10,6 +11,6 @@ import-linter contract ``kernel-runtime`` in ``.importlinter`` checks. The bundl
 kernels is ``kernel_build/``, outside the package.
 """
 
-from freesound.kaggle.runtime import COMPETITION, MANIFEST_FORMAT, main, run_kernel
+from freesound.kaggle.runtime import COMPETITION, MANIFEST_FORMAT, TEST_DIR, main, run_kernel
 
-__all__ = ["COMPETITION", "MANIFEST_FORMAT", "main", "run_kernel"]
+__all__ = ["COMPETITION", "MANIFEST_FORMAT", "TEST_DIR", "main", "run_kernel"]

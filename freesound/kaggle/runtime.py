@@ -5,7 +5,9 @@ ensemble spec (``freesound.predict.ensemble``), every weight file's path relativ
 with its size and sha256, each experiment's resolved config and the package version. At run
 time, under a root that is ``/kaggle`` unless ``FREESOUND_KAGGLE_ROOT`` names another:
 
-- the competition data is read from ``<root>/input/freesound-audio-tagging-2019/``;
+- the competition data is read from ``<root>/input/<competition>/``, the test audio from its
+  ``<test dir>/`` (the manifest's ``competition``: by default ``freesound-audio-tagging-2019`` and
+  ``test``; ``build-kernel --competition --test-dir``);
 - each weight is looked up below every ``<root>/input/*/`` folder and up to two levels deeper
   (``kaggle datasets create --dir-mode zip`` may serve a tree one level deeper than uploaded)
   and its sha256 is checked;
@@ -25,6 +27,13 @@ time, under a root that is ``/kaggle`` unless ``FREESOUND_KAGGLE_ROOT`` names an
   the plans used and the projection are in the summary;
 - on a CPU the models run in ONNX Runtime (or OpenVINO) when the image has it or its wheels are
   attached as a dataset (``freesound.kaggle.wheels``), else in torch;
+- with the manifest's ``windows`` (``build-kernel --windows SECONDS``) the kernel writes BirdCLEF's
+  rows instead: ``sample_submission.csv`` starts with ``row_id`` (``<soundscape>_<end second>``);
+  each soundscape it names is decoded once per audio config, untrimmed, predicted per window
+  (``EnsemblePredictor.predict_windows``, then the manifest's smoothing and rescaling:
+  ``predict_windows_within_budget``), and the rows are written in the sample's order; rows no
+  window gave (a missing or undecodable soundscape, a run out of time) get the prediction of a
+  silent window and are listed. Only the deadline of the budget applies there, not its cheaper plans;
 - ``<root>/working/submission.csv`` is written atomically, and nothing else is left there.
 
 Only what a Kaggle Python image has is imported: numpy, pandas, scipy, torch, librosa, soundfile
@@ -56,13 +65,18 @@ from freesound.kaggle.budget import (
     project_seconds,
 )
 from freesound.kaggle.wheels import kernel_runtime, require_packages
-from freesound.predict import EnsemblePredictor, tile_layout
-from freesound.predict.files import CHUNK_CLIPS, iter_logmel_chunks, silent_front_end
+from freesound.predict import EnsemblePredictor, WindowSpec, tile_layout, window_row_ids
 from freesound.predict.device import describe_device, device_problem
+from freesound.predict.ensemble import refuse_window_stackers
+from freesound.predict.files import CHUNK_CLIPS, iter_logmel_chunks, silent_front_end
+from freesound.predict.postprocess import postprocess_file
 from freesound.predict.tagger import check_precision
 from freesound.settings import default_device, default_workers, kaggle_root
 
+#: The competition folder under ``<root>/input/`` and its test audio folder, unless the manifest's
+#: ``competition`` names others (``build-kernel --competition --test-dir``).
 COMPETITION = "freesound-audio-tagging-2019"
+TEST_DIR = "test"
 MANIFEST_FORMAT = 1
 SUBMISSION = "submission.csv"
 # Folders below each <root>/input/*/ folder that may hold the weights tree.
@@ -141,14 +155,15 @@ def check_manifest(manifest: dict) -> None:
         )
 
 
-def read_sample_submission(competition_dir: Path) -> pd.DataFrame:
-    """``sample_submission.csv``: ``fname`` then one column per class, in submission order."""
+def read_sample_submission(competition_dir: Path, key: str = "fname") -> pd.DataFrame:
+    """``sample_submission.csv``: ``key`` (``fname``, or ``row_id`` for windows) then one column
+    per class, in submission order."""
     path = competition_dir / "sample_submission.csv"
     if not path.is_file():
-        raise FreesoundError(f"{path} not found: attach the {COMPETITION} competition data to the kernel")
+        raise FreesoundError(f"{path} not found: attach the {competition_dir.name} competition data to the kernel")
     sample = read_csv(path)
-    if sample.columns[0] != "fname":
-        raise FreesoundError(f"{path}: the first column must be fname, found {sample.columns[0]!r}")
+    if sample.columns[0] != key:
+        raise FreesoundError(f"{path}: the first column must be {key}, found {sample.columns[0]!r}")
     if sample.empty:
         raise FreesoundError(f"{path} has no rows to predict")
     return sample
@@ -316,6 +331,91 @@ def predict_within_budget(predictor: EnsemblePredictor, paths: list, *, budget: 
     return BudgetedPrediction(frame, failures, plans, projection, filled, truncated)
 
 
+def soundscape_files(sample: pd.DataFrame, test_dir: Path) -> tuple[list, list]:
+    """The soundscapes ``sample``'s ``row_id`` column names (``<stem>_<end second>``), in order of
+    first appearance, as ``(paths, names)``: each stem's file in ``test_dir`` (any extension; a
+    stem without one keeps a path that does not exist, so that its decoding fails and is listed)
+    and that file's name."""
+    stems = list(dict.fromkeys(sample["row_id"].astype(str).str.rsplit("_", n=1).str[0]))
+    files = {path.stem: path for path in sorted(test_dir.iterdir()) if path.is_file()} if test_dir.is_dir() else {}
+    paths = [files.get(stem, test_dir / stem) for stem in stems]
+    return paths, [path.name for path in paths]
+
+
+def to_window_submission(predictions: pd.DataFrame, sample: pd.DataFrame, fill: np.ndarray) -> tuple:
+    """Window predictions in the exact shape of ``sample`` (its ``row_id`` rows, its class columns,
+    in its order); rows that no window gave get ``fill`` (the classes' probabilities in
+    ``predictions``' column order).
+
+    Returns
+    -------
+    (DataFrame, list of the filled row ids)
+    """
+    classes = list(sample.columns[1:])
+    if set(classes) != set(predictions.columns):
+        missing = sorted(set(classes) - set(predictions.columns))
+        extra = sorted(set(predictions.columns) - set(classes))
+        raise FreesoundError(
+            f"the models' classes do not match sample_submission.csv: missing {missing}, not in the file {extra}"
+        )
+    ordered = predictions.reindex(pd.Index(sample["row_id"].astype(str), name="row_id"))
+    filled = ordered.index[ordered.isna().any(axis=1)]
+    ordered.loc[filled] = np.asarray(fill, dtype=np.float32)[None, :]
+    return ordered[classes].astype(np.float32).reset_index(), list(filled)
+
+
+def predict_windows_within_budget(predictor: EnsemblePredictor, paths: list, names: list, windows: dict, *,
+                                  budget: float, start: float | None = None, clock=time.perf_counter,
+                                  chunk_size: int = CHUNK_CLIPS, log=_print) -> tuple:
+    """Every soundscape of ``paths`` window by window, as local ``freesound predict --windows``
+    does (``EnsemblePredictor.predict_windows``, then ``postprocess_file``), until the budget ends.
+
+    Soundscapes stream in chunks, decoded untrimmed (``iter_logmel_chunks(trim=False)``);
+    undecodable ones are predicted from silence. Before each chunk after the first, the mean time
+    per soundscape so far projects the chunk; when ``CHUNK_SAFETY`` times that is more than the
+    time left, the rest are left out (their rows are filled by ``to_window_submission``).
+
+    Parameters
+    ----------
+    windows : dict with ``seconds``, ``hop``, ``combine``, ``smooth`` and ``file_rescale`` (the
+        manifest's ``windows``)
+    names : each path's file name (row ids are ``<stem>_<end second>``)
+
+    Returns
+    -------
+    (DataFrame indexed by row_id, failures [(name, reason)], truncated [(name, message)],
+    list of the soundscapes left out for time)
+    """
+    start = clock() if start is None else start
+    spec = WindowSpec(windows["seconds"], windows["hop"])
+    combine, smooth, rescale = windows.get("combine", "gmean"), windows.get("smooth"), windows.get("file_rescale")
+    rows, frames, failures, truncated, done = [], [], [], [], 0
+    loop_start, next_report = clock(), 0.1
+    chunks = iter_logmel_chunks(paths, predictor.front_end, on_error="silence", failures=failures,
+                                truncated=truncated, workers=predictor.workers, chunk_size=chunk_size, names=names,
+                                trim=False)
+    for chunk_names, logmels in chunks:
+        if done and math.isfinite(budget):
+            needed = (clock() - loop_start) / done * len(chunk_names)
+            seconds_left = budget - (clock() - start)
+            if needed * CHUNK_SAFETY > seconds_left:
+                log(f"warning: {_s(seconds_left)} left, the next {len(chunk_names)} soundscapes need about "
+                    f"{_s(needed)}: the last {len(paths) - done} get the silent window's prediction")
+                break
+        probabilities, bounds = predictor.predict_windows(logmels, spec, combine)
+        for name, file_probs, file_bounds in zip(chunk_names, probabilities, bounds):
+            rows += window_row_ids(name, file_bounds)
+            frames.append(postprocess_file(file_probs, smooth, rescale))
+        done += len(chunk_names)
+        if done >= next_report * len(paths) or done == len(paths):
+            log(f"  {done}/{len(paths)} soundscapes, {clock() - start:.1f} s")
+            next_report = math.floor(10 * done / len(paths) + 1) / 10
+    chunks.close()  # stops the decoding workers when the loop ended early
+    probabilities = np.concatenate(frames) if frames else np.zeros((0, len(predictor.classes)), np.float32)
+    frame = pd.DataFrame(probabilities, index=pd.Index(rows, name="row_id"), columns=predictor.classes)
+    return frame, failures, truncated, names[done:]
+
+
 def usable_device(device: torch.device, log) -> torch.device:
     """``device`` if one tiny convolution runs there (``freesound.predict.device``); else the
     CPU, after one ``warning:`` line naming the device and the architectures torch supports (a
@@ -370,8 +470,10 @@ def run_kernel(manifest: dict, root=None, *, device=None, workers: int | None = 
     require_packages(manifest.get("packages", []), root / "input", log)
     device = usable_device(torch.device(device or default_device()), log)
 
-    competition_dir = root / "input" / COMPETITION
-    sample = read_sample_submission(competition_dir)
+    competition = {"name": COMPETITION, "test_dir": TEST_DIR, **manifest.get("competition", {})}
+    competition_dir = root / "input" / competition["name"]
+    windows = manifest.get("windows")
+    sample = read_sample_submission(competition_dir, "row_id" if windows else "fname")
     weights = locate_weights(manifest["weights"], weight_folders(root / "input"))
     # The folders the relative paths hang from: the weights dataset as Kaggle served it.
     used = sorted({str(path.parents[len(Path(rel).parts) - 1]) for rel, path in weights.items()})
@@ -387,12 +489,17 @@ def run_kernel(manifest: dict, root=None, *, device=None, workers: int | None = 
     predictor = EnsemblePredictor.from_spec(spec, weights.__getitem__, device=device, batch_size=batch_size,
                                             workers=default_workers() if workers is None else workers,
                                             precision=precision, runtime=runtime)
-    paths = [competition_dir / "test" / fname for fname in sample["fname"]]
-    log(f"predicting {len(paths)} clips from {competition_dir / 'test'}")
+    test_dir = competition_dir / competition["test_dir"]
+    submission_path = root / "working" / SUBMISSION
+    if windows:
+        return _run_windows(predictor, sample, test_dir, windows, submission_path, budget=budget, start=start,
+                            clock=clock, chunk_size=chunk_size, log=log,
+                            summary={"name": spec["name"], "device": describe_device(device), "weights": used})
+    paths = [test_dir / fname for fname in sample["fname"]]
+    log(f"predicting {len(paths)} clips from {test_dir}")
     result = predict_within_budget(predictor, paths, budget=budget, start=start, clock=clock, chunk_size=chunk_size,
                                    ranking=manifest.get("ranking"), log=log)
 
-    submission_path = root / "working" / SUBMISSION
     atomic_write_csv(submission_path, to_submission(result.predictions, sample), index=False)
     summary = {
         "name": spec["name"], "clips": len(paths), "failures": result.failures,
@@ -405,8 +512,37 @@ def run_kernel(manifest: dict, root=None, *, device=None, workers: int | None = 
     return summary
 
 
+def _run_windows(predictor: EnsemblePredictor, sample: pd.DataFrame, test_dir: Path, windows: dict, submission_path,
+                 *, budget: float, start: float, clock, chunk_size: int, log, summary: dict) -> dict:
+    """``run_kernel``'s window mode: BirdCLEF's rows, in the sample's order; returns the summary
+    (``run_kernel``'s keys; ``clips`` counts soundscapes, ``rows`` the rows, ``filled`` the row
+    ids given the silent window's prediction)."""
+    refuse_window_stackers(list(predictor.stackers))
+    paths, names = soundscape_files(sample, test_dir)
+    log(f"predicting {len(sample)} rows of {len(paths)} soundscapes from {test_dir}, windows of "
+        f"{windows['seconds']:g} s every {windows['hop']:g} s")
+    frame, failures, truncated, left_out = predict_windows_within_budget(
+        predictor, paths, names, windows, budget=budget, start=start, clock=clock, chunk_size=chunk_size, log=log)
+    spec = WindowSpec(windows["seconds"], windows["hop"])
+    silent, _ = predictor.predict_windows([silent_front_end(predictor.front_end)], spec, windows.get("combine", "gmean"))
+    # Post-processed as a soundscape of one window is, so a filled row equals an undecodable one's.
+    fill = postprocess_file(silent[0], windows.get("smooth"), windows.get("file_rescale"))[0]
+    submission, filled = to_window_submission(frame, sample, fill)
+    atomic_write_csv(submission_path, submission, index=False)
+    summary.update({
+        "clips": len(paths), "rows": len(submission), "failures": failures, "seconds": round(clock() - start, 1),
+        "submission": str(submission_path), "package": freesound.__file__, "version": freesound.__version__,
+        "time_limit": budget, "plans": [], "projection": None, "filled": filled, "truncated": truncated,
+        "left_out": left_out,
+    })
+    log_summary(summary, log)
+    return summary
+
+
 def log_summary(summary: dict, log) -> None:
-    log(f"wrote {summary['submission']}: {summary['clips']} clips in {summary['seconds']} s on {summary['device']} "
+    what = (f"{summary['rows']} rows of {summary['clips']} soundscapes" if "rows" in summary
+            else f"{summary['clips']} clips")
+    log(f"wrote {summary['submission']}: {what} in {summary['seconds']} s on {summary['device']} "
         f"(budget {_s(summary['time_limit'])})")
     projection = summary["projection"]
     if projection is not None:
@@ -415,7 +551,13 @@ def log_summary(summary: dict, log) -> None:
             f"{_s(projection['final_projected_seconds'])}")
     for description, clips in summary["plans"]:
         log(f"plan: {description}: {clips} clips")
-    if summary["filled"]:
+    if "rows" in summary:
+        if summary["left_out"]:
+            log(f"out of time: {len(summary['left_out'])} soundscapes not predicted")
+        if summary["filled"]:
+            log(f"{len(summary['filled'])} rows no window gave, given the silent window's prediction: "
+                f"{', '.join(summary['filled'][:5])}{', ...' if len(summary['filled']) > 5 else ''}")
+    elif summary["filled"]:
         log(f"out of time: {len(summary['filled'])} clips given the mean prediction")
     log(f"undecodable clips (predicted from silence): {len(summary['failures'])}")
     for fname, reason in summary["failures"]:

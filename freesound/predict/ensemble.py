@@ -31,8 +31,10 @@ import torch
 from freesound.errors import FreesoundError
 from freesound.models import load_model
 from freesound.predict.files import predict_files
+from freesound.predict.postprocess import combine_models
 from freesound.predict.tagger import Tagger
 from freesound.predict.tiles import geometric_mean
+from freesound.predict.windows import WindowSpec
 
 
 class EnsemblePredictor:
@@ -151,11 +153,51 @@ class EnsemblePredictor:
         levels = self.level_probabilities(logmels, timings, clock)
         return geometric_mean(np.stack(list(levels.values())))
 
+    def predict_windows(self, logmels, windows: WindowSpec, combine: str = "gmean") -> tuple[list, list]:
+        """Each clip's window probabilities (``Tagger.predict_windows``): each experiment's folds
+        combined by ``combine``, then the experiments by ``combine`` (with the default geometric
+        mean, as clips are).
+
+        Returns
+        -------
+        (list of np.ndarray float32 (n_windows, C), one per clip; list of ``window_bounds`` lists)
+
+        Raises
+        ------
+        FreesoundError
+            The ensemble has stackers: they were trained on clip-level tile sets of whole clips, and
+            are not applied to windows; or experiments whose audio configs cut a clip into
+            different windows.
+        """
+        refuse_window_stackers(self.stackers)
+        logmels = list(logmels)
+        levels, bounds = [], None
+        for name, tagger in self.taggers.items():
+            probabilities, tagger_bounds = tagger.predict_windows(self.experiment_logmels(name, logmels), windows,
+                                                                  combine)
+            counts = [len(clip) for clip in tagger_bounds]
+            if bounds is not None and counts != [len(clip) for clip in bounds]:
+                raise FreesoundError(f"experiment {name!r} cuts the clips into other windows than "
+                                     f"{next(iter(self.taggers))!r} (their audio configs differ in hop or rate)")
+            bounds = bounds or tagger_bounds
+            levels.append(probabilities)
+        return [combine_models(np.stack(clip), combine) for clip in zip(*levels)], bounds
+
     def predict_files(self, paths, *, on_error: str = "raise", failures: list | None = None,
                       truncated: list | None = None, track=None, names=None) -> pd.DataFrame:
         """Like ``Tagger.predict_files``: each file is decoded once for all models."""
         return predict_files(self, paths, on_error=on_error, failures=failures, truncated=truncated, track=track,
                              names=names)
+
+
+def refuse_window_stackers(stackers) -> None:
+    """A ``FreesoundError`` when ``stackers`` (names) is not empty: a stacker was trained on the
+    experiments' probabilities of whole clips (random subsets of their tiles, then the mean), and a
+    window's probabilities are not what it learnt from, so window predictions do not use it."""
+    if stackers:
+        raise FreesoundError(f"window predictions do not use stackers ({', '.join(stackers)} learnt from whole "
+                             "clips' probabilities, not from windows'): predict windows with an ensemble without "
+                             "stackers")
 
 
 def predict_stacker(models, features: np.ndarray, device="cpu") -> np.ndarray:

@@ -2,7 +2,9 @@
 
 A model's probability for a clip is the mean over its tiles (``freesound.predict.tiles``) of the
 sigmoid of its main head; several models (folds) are combined by geometric mean. Tiles of many
-clips share each batch.
+clips share each batch. A long recording can also be predicted window by window
+(``predict_windows``, ``freesound.predict.windows``), and a model with a frame-wise head frame by
+frame (``frame_probabilities``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from freesound.models import load_checkpoint, load_model
 from freesound.paths import experiment_checkpoints
 from freesound.predict.files import predict_files
 from freesound.predict.runtimes import compile_model, resolve_runtime
-from freesound.predict.tiles import geometric_mean, make_tiles
+from freesound.predict.postprocess import combine_models
+from freesound.predict.tiles import geometric_mean, make_tiles, tile_layout
+from freesound.predict.windows import WindowSpec, split_windows
 
 
 #: Arithmetic of prediction on CUDA: fp16 autocast (the default, as in training with AMP) or
@@ -355,6 +359,95 @@ class Tagger:
         if not clip_probs:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return np.stack(clip_probs)
+
+    # -- windows in time -------------------------------------------------------------------
+
+    def window_probabilities(self, logmels, windows: WindowSpec) -> tuple[list, list]:
+        """Every model's probabilities for each window of each clip (``freesound.predict.windows``).
+
+        A window's probability for one model is the model's usual prediction on the window's
+        frames: the mean over the window's tiles (one tile when the tile covers the window) of the
+        sigmoid of the main head, the window cut out of the clip's log-mel and tiled as a clip of
+        its own. Windows of many clips share the model's batches.
+
+        Parameters
+        ----------
+        logmels : iterable of np.ndarray float32 (n_mels, frames), whole recordings (untrimmed)
+        windows : WindowSpec
+
+        Returns
+        -------
+        (list of np.ndarray float32 (n_models, n_windows, C), one per clip;
+         list of ``window_bounds`` lists, one per clip)
+        """
+        pieces, counts, bounds = [], [], []
+        for logmel in logmels:
+            clip_windows, clip_bounds = split_windows(logmel, windows, self.audio_config)
+            pieces += clip_windows
+            counts.append(len(clip_windows))
+            bounds.append(clip_bounds)
+        means = [probs.mean(axis=1) for probs in self.tile_probabilities(pieces)]  # each (M, C)
+        edges = np.cumsum([0] + counts)
+        return [np.stack(means[start:end], axis=1) for start, end in zip(edges[:-1], edges[1:])], bounds
+
+    def predict_windows(self, logmels, windows: WindowSpec, combine: str = "gmean") -> tuple[list, list]:
+        """Each clip's window probabilities, the models combined by ``combine`` (one of
+        ``freesound.predict.postprocess.COMBINE``; the method's geometric mean by default).
+
+        Returns
+        -------
+        (list of np.ndarray float32 (n_windows, C), one per clip; list of ``window_bounds`` lists)
+        """
+        probabilities, bounds = self.window_probabilities(logmels, windows)
+        return [combine_models(probs, combine) for probs in probabilities], bounds
+
+    def frame_probabilities(self, logmel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Frame-wise probabilities of models with ``framewise(x)`` (the SED and pooled heads of
+        ``freesound.models.heads``): the sigmoid of their frame logits along the whole clip.
+
+        The clip is cut into tiles that do not overlap (``make_tiles`` at a step of one tile, the
+        padding split as for any clip); each tile's ``T'`` output frames evenly cover its frames.
+        Output frames whose centre falls in the padding are left out.
+
+        Parameters
+        ----------
+        logmel : np.ndarray float32 (n_mels, frames)
+
+        Returns
+        -------
+        (times, probabilities): np.ndarray float64 (T,) each output frame's centre in seconds from
+        the clip's start, and np.ndarray float32 (n_models, T, C)
+
+        Raises
+        ------
+        FreesoundError
+            A model without frame-wise output (named with the reason).
+        """
+        tile = self.input_config.tile_frames
+        n_tiles, left, _ = tile_layout(logmel.shape[1], tile, tile)
+        batch = torch.from_numpy(make_tiles(logmel, tile, tile, freq_channel=self.input_config.freq_channel))
+        outputs = []
+        for model in self.models:
+            if not hasattr(model, "framewise"):
+                raise FreesoundError(f"{type(model).__name__} has no frame-wise output; a model with a "
+                                     'head = "sed" or "pooled" has')
+            training = model.training
+            try:
+                model.eval()
+                with torch.inference_mode():  # on the model's own device: the caller's module, not a copy
+                    device = next(model.parameters()).device
+                    frames = torch.sigmoid(model.framewise(batch.to(device))).float().cpu().numpy()  # (n_tiles, T', C)
+            except ValueError as error:
+                raise FreesoundError(str(error)) from None
+            finally:
+                model.train(training)
+            outputs.append(frames.reshape(-1, frames.shape[-1]))
+        per_tile = outputs[0].shape[0] // n_tiles
+        span = tile / per_tile  # log-mel frames per output frame
+        centres = (np.arange(n_tiles * per_tile) + 0.5) * span - left
+        keep = (centres >= 0) & (centres < logmel.shape[1])
+        times = centres[keep] * self.audio_config.hop_length / self.audio_config.sample_rate
+        return times, np.stack([output[keep] for output in outputs])
 
     # -- files --------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@
     plots.py         ``freesound report``: training curves, per-class scores, augmentations
     compare.py       ``freesound compare``: experiments' CV, per-class lwlrap and curves side by side
     listen.py        ``freesound listen``: live tagging in a rolling window
+    timeline.py      ``freesound tag --timeline``: a long recording tagged window by window (CSV, PNG)
     tracked_runs.py  a search's trials and ``stack``'s stackers as runs in the experiment trackers
     argus_import.py  ``freesound import-argus``: the original team's released weights
 """

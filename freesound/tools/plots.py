@@ -1,5 +1,5 @@
 """Report plots: training curves, the augmentation gallery, per-class lwlrap, ensemble selection,
-search progress, experiments compared and self-training rounds.
+search progress, experiments compared, self-training rounds and a long recording's timeline.
 
 Every plot is drawn on a ``matplotlib.figure.Figure`` with its own ``FigureCanvasAgg``, never
 through ``pyplot``: no global figure state and no interactive backend is touched, so the module
@@ -429,3 +429,40 @@ def report(name: str, work, out_dir=None, example_logmel: np.ndarray | None = No
     if example_logmel is not None:
         pngs.append(plot_augmentations(example_logmel, out_dir / AUGMENTATIONS_PNG))
     return {"pngs": pngs, "table": table}
+
+
+# --------------------------------------------------------------------------------------------
+# Timeline of a long recording
+
+
+def plot_timeline(samples: np.ndarray, sample_rate: int, probabilities: pd.DataFrame, starts, window_seconds: float,
+                  out_png, title: str, top: int = 10) -> Path:
+    """The waveform above a class-by-time heat map of the window probabilities of ``top`` classes.
+
+    Parameters
+    ----------
+    samples : np.ndarray float (n,), the recording (mono) at ``sample_rate`` Hz
+    probabilities : DataFrame (n_windows, C), one row per window in time order, columns the classes
+    starts : sequence of float, each window's start in seconds
+    window_seconds : float, the windows' length; each is drawn as a column centred on its middle,
+        as wide as the step between windows, the first and last stretched to the first window's
+        start and the last window's end
+    top : the classes drawn, those with the highest maximum over the windows, highest on top
+    """
+    starts = np.asarray(starts, dtype=np.float64)
+    centres = starts + window_seconds / 2
+    step = float(np.diff(starts).min()) if len(starts) > 1 else window_seconds
+    edges = np.concatenate([[starts[0]], centres[1:] - step / 2, [starts[-1] + window_seconds]])
+    ranked = probabilities.max(axis=0).sort_values(ascending=False).index[:top]
+    figure = _figure(12, 2.0 + 0.3 * len(ranked))
+    wave_axes, heat_axes = figure.subplots(2, 1, sharex=True, height_ratios=[1, max(2, len(ranked) // 3)])
+    stride = max(1, len(samples) // 20000)  # a few thousand points draw the envelope as well as all
+    wave_axes.plot(np.arange(0, len(samples), stride) / sample_rate, samples[::stride], linewidth=0.4, color="C0")
+    wave_axes.set(ylabel="amplitude", title=title)
+    mesh = heat_axes.pcolormesh(edges, np.arange(len(ranked) + 1), probabilities[ranked].to_numpy().T,
+                                vmin=0.0, vmax=1.0, cmap="magma")
+    heat_axes.set_yticks(np.arange(len(ranked)) + 0.5, list(ranked), fontsize="small")
+    heat_axes.invert_yaxis()
+    heat_axes.set(xlabel="time (s)", xlim=(0.0, max(edges[-1], len(samples) / sample_rate)))
+    figure.colorbar(mesh, ax=heat_axes, label="probability")
+    return _save(figure, out_png)
