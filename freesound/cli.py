@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from freesound import __version__, settings
+from freesound.config import METRIC_NAMES
 from freesound.errors import FreesoundError, file_error_sentence, one_line_warnings
 
 WORK_DEFAULT = "data"
@@ -671,21 +672,27 @@ def search(experiment, data_dir, work_dir, experiments_dir, trials, space_file, 
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
               help="Dataset whose sample_submission.csv gives the class vocabulary the class columns must be "
                    "(default: the --labels file's folder, when it holds one).")
-def evaluate(predictions_csv, labels_csv, top, subset, data_dir):
-    """Score a submission-format CSV: overall and per-class lwlrap.
+@click.option("--metric", "metrics", multiple=True, type=click.Choice(METRIC_NAMES),
+              help="Metric to report (repeatable; default lwlrap): lwlrap (FSDKaggle2019), roc_auc (macro over "
+                   "the classes with a positive, BirdCLEF 2024-25) or cmap (padded cmAP, BirdCLEF 2023).")
+def evaluate(predictions_csv, labels_csv, top, subset, data_dir, metrics):
+    """Score a submission-format CSV: overall and per-class lwlrap, ROC-AUC or cmAP.
 
-    Every clip of --labels must have exactly one row of predictions (or give --subset); scores are
-    compared in full float64 precision. The class columns must be the dataset's classes, no more
-    and no fewer (an extra column would change the score).
+    Rows are clips (first column fname) or windows (row_id, BirdCLEF's); --labels is keyed the
+    same way, with a labels column or one 0/1 column per class. Every row of --labels must have
+    exactly one row of predictions (or give --subset); scores are compared in full float64
+    precision. The class columns must be the dataset's classes, no more and no fewer (an extra
+    column would change the score).
     """
     from freesound.metrics import format_scores
     from freesound.tools.evaluate import evaluate_csv
 
     vocabulary = None if data_dir is None else data_dir / "sample_submission.csv"
-    scores = evaluate_csv(predictions_csv, labels_csv, subset=subset, vocabulary=vocabulary)
-    click.echo(format_scores(predictions_csv.name, scores, top=top, label="lwlrap"))
+    scores = evaluate_csv(predictions_csv, labels_csv, subset=subset, vocabulary=vocabulary,
+                          metrics=metrics or ("lwlrap",))
+    click.echo(format_scores(predictions_csv.name, scores, top=top, label="", unit=scores["unit"]))
     if scores["clips"] < scores["labelled_clips"]:
-        click.echo(f"scored {scores['clips']} of the {scores['labelled_clips']} labelled clips (--subset)")
+        click.echo(f"scored {scores['clips']} of the {scores['labelled_clips']} labelled {scores['unit']} (--subset)")
 
 
 @main.command()
