@@ -380,7 +380,7 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
                          where=where, score_oof=not no_oof, max_epochs=epochs, resume=resume)
     if not report.main:
         return
-    click.echo(f"\n{config.name}: best val lwlrap per fold (centre crop)")
+    click.echo(f"\n{config.name}: best val {config.train.metric} per fold (centre crop)")
     for result in report.folds:
         click.echo(f"  fold {result.fold}: {result.best_lwlrap:.4f} at epoch {result.best_epoch} of {result.epochs}")
     click.echo(f"weights -> {experiment_dir(work_dir, config.name)}")
