@@ -556,10 +556,13 @@ def stack(ensemble, data_dir, work_dir, experiments_dir, device, trackers, track
 @click.option("--stackers-from", default=None,
               help="Copy the [[stackers]] tables of this ensemble file (default: one FCNet with default settings).")
 @click.option("--no-stacker", is_flag=True, help="Write a plain geometric-mean blend with no stacker.")
+@click.option("--metric", type=click.Choice(METRIC_NAMES), default="lwlrap", show_default=True,
+              help="The blend's OOF score to maximise (roc_auc and cmap score one subset at a time: slower).")
 @device_option
 def select_ensemble_command(experiments, data_dir, work_dir, experiments_dir, max_size, out_file, top,
-                            stackers_from, no_stacker, device):
-    """Pick the subset of trained EXPERIMENTS whose geometric-mean blend has the best OOF lwlrap.
+                            stackers_from, no_stacker, metric, device):
+    """Pick the subset of trained EXPERIMENTS whose geometric-mean blend has the best OOF score
+    (lwlrap, or --metric).
 
     Every subset of 1..--max-size experiments is scored while there are at most 20,000 of them
     (e.g. all subsets of 14 experiments); beyond that, greedy forward selection adds the
@@ -580,7 +583,7 @@ def select_ensemble_command(experiments, data_dir, work_dir, experiments_dir, ma
     names = experiment_names(experiments, experiments_dir)
     dataset = load_dataset(data_dir)
     ensure_oof(names, dataset, work_dir, device=device, log=click.echo)
-    selection = select_ensemble(load_oof_set(names, dataset, work_dir, log=click.echo), max_size)
+    selection = select_ensemble(load_oof_set(names, dataset, work_dir, log=click.echo), max_size, metric=metric)
     click.echo(format_selection(selection, top))
     paths = save_selection(selection, out_file or Path(experiments_dir) / "selected.toml", stackers=stackers, top=top)
     click.echo(f"ensemble -> {paths['ensemble']}\ntable -> {paths['csv']}\nplot -> {paths['png']}")

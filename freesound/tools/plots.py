@@ -264,11 +264,12 @@ def plot_per_class(scores: dict, out_png, title: str) -> Path:
 
 
 def plot_selection(table: pd.DataFrame, out_png, title: str) -> Path:
-    """Horizontal bars of the best subsets' blend OOF lwlrap, best on top.
+    """Horizontal bars of the best subsets' blend OOF score, best on top.
 
     Parameters
     ----------
-    table : ``freesound.tools.select.Selection.table()``: ``rank``, ``size``, ``lwlrap``, ``experiments``
+    table : ``freesound.tools.select.Selection.table()``: ``rank``, ``size``, the score (its
+        third column, named by its metric: ``lwlrap``, ``roc_auc``, ``cmap``), ``experiments``
     out_png : path of the PNG to write
     title : figure title
     """
@@ -277,14 +278,16 @@ def plot_selection(table: pd.DataFrame, out_png, title: str) -> Path:
     figure = _figure(11, max(3.0, 0.35 * len(table) + 1.5))
     axes = figure.subplots()
     positions = np.arange(len(table))
-    axes.barh(positions, table.lwlrap, color=["C2"] + ["C0"] * (len(table) - 1))
-    low, high = float(table.lwlrap.min()), float(table.lwlrap.max())
+    metric = table.columns[2]
+    scores = table[metric]
+    axes.barh(positions, scores, color=["C2"] + ["C0"] * (len(table) - 1))
+    low, high = float(scores.min()), float(scores.max())
     margin = max(high - low, 0.01)
-    for y, value in zip(positions, table.lwlrap):
+    for y, value in zip(positions, scores):
         axes.text(value, y, f" {value:.4f}", va="center", fontsize="small")
     axes.set_yticks(positions, [f"{e} ({s})" for e, s in zip(table.experiments, table["size"])], fontsize="small")
     axes.invert_yaxis()
-    axes.set(xlim=(low - margin, high + 0.3 * margin), xlabel="blend OOF lwlrap (experiments in the subset)",
+    axes.set(xlim=(low - margin, high + 0.3 * margin), xlabel=f"blend OOF {metric} (experiments in the subset)",
              title=title)
     axes.grid(axis="x", alpha=0.3)
     return _save(figure, out_png)
