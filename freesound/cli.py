@@ -598,8 +598,8 @@ def _search_help() -> str:
 
     return f"""Search EXPERIMENT's settings, or an ENSEMBLE's first stacker's, by OOF lwlrap (Optuna).
 
-Each trial trains with the normal training code and is scored by its out-of-fold lwlrap on
-the trained folds; trials that trail are pruned after each epoch. The study lives in
+Each trial trains with the normal training code and is scored by its out-of-fold lwlrap (or
+--metric: roc_auc, cmap) on the trained folds; trials that trail are pruned after each epoch. The study lives in
 <work>/search/<name>/study.db (or --storage): rerunning the command resumes it, and several
 processes or machines running it on one storage share the trials. trials.csv and
 progress.png are written beside it and the best trial's config as a new experiment (or
@@ -638,7 +638,10 @@ Default space for an ensemble's stacker:
 @click.option("--sampler", type=click.Choice(["tpe", "random", "grid"]), default="tpe", show_default=True,
               help="Optuna's sampler; grid visits every value of choice and int distributions.")
 @click.option("--pruner", type=click.Choice(["median", "hyperband"]), default="median", show_default=True,
-              help="Stops trials whose val lwlrap trails the others'.")
+              help="Stops trials whose val score trails the others'.")
+@click.option("--metric", type=click.Choice(METRIC_NAMES), default=None,
+              help="Score trials by this OOF metric (default: the experiment's [train] metric, which trials also "
+                   "train by; lwlrap for an ensemble's stacker).")
 @click.option("--no-prune", is_flag=True, help="Train every trial to its end.")
 @click.option("--storage", default=None,
               help="Optuna storage URL shared by several processes or machines, e.g. postgresql://user@host/db "
@@ -646,21 +649,21 @@ Default space for an ensemble's stacker:
 @device_option
 @tracking_options("each trial (its folds nested under it)", "; added to the experiment's [tracking] ones")
 def search(experiment, data_dir, work_dir, experiments_dir, trials, space_file, seed, folds, epochs, name, out_file,
-           sampler, pruner, no_prune, storage, device, trackers, tracking_uri):
+           sampler, pruner, metric, no_prune, storage, device, trackers, tracking_uri):
     import optuna
 
     from freesound.data.dataset import load_dataset
     from freesound.tools.search import TrialSetup, format_trials, load_space, load_target, run_search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial gets its own line below
-    target = load_target(experiment, experiments_dir).tracked(trackers, tracking_uri)
+    target = load_target(experiment, experiments_dir).tracked(trackers, tracking_uri).with_metric(metric)
     space = load_space(space_file, target)
     setup = TrialSetup.create(load_dataset(data_dir), work_dir, folds, device=device,
                               max_epochs=epochs)
     result = run_search(target, space, setup, trials=trials, seed=seed, name=name, out=out_file,
                         experiments_dir=experiments_dir, sampler=sampler, pruner=None if no_prune else pruner,
                         storage=storage, log=click.echo)
-    click.echo(f"\n{name or target.name}: best of {len(result.trials)} trials by OOF lwlrap")
+    click.echo(f"\n{name or target.name}: best of {len(result.trials)} trials by OOF {result.metric}")
     click.echo(format_trials(result.trials))
     click.echo(f"trials -> {result.paths['csv']}\nplot -> {result.paths['png']}\nbest config -> {result.paths['best']}")
 

@@ -294,28 +294,30 @@ def plot_selection(table: pd.DataFrame, out_png, title: str) -> Path:
 
 
 def plot_search_progress(trials: pd.DataFrame, out_png, title: str) -> Path:
-    """OOF lwlrap of every finished trial and the best so far (a step line), by trial number.
+    """OOF score of every finished trial and the best so far (a step line), by trial number.
 
     Parameters
     ----------
-    trials : ``trials.csv`` of ``freesound search``: at least ``trial`` and ``lwlrap`` (NaN for
-        a trial whose predictions were not finite; not drawn)
+    trials : ``trials.csv`` of ``freesound search``: ``trial``, ``name``, ``state``, then the score
+        named by its metric (``lwlrap``, ``roc_auc``, ``cmap``; NaN for a trial whose predictions
+        were not finite; not drawn)
     out_png : path of the PNG to write
     title : figure title
     """
     trials = trials.sort_values("trial")
-    scored = trials[np.isfinite(trials.lwlrap)]
+    metric = trials.columns[3]
+    scored = trials[np.isfinite(trials[metric])]
     if scored.empty:
         raise FreesoundError(f"{title}: no scored trial to plot")
-    best_so_far = np.maximum.accumulate(scored.lwlrap.to_numpy())
-    best = scored.loc[scored.lwlrap.idxmax()]
+    best_so_far = np.maximum.accumulate(scored[metric].to_numpy())
+    best = scored.loc[scored[metric].idxmax()]
     figure = _figure(9, 5)
     axes = figure.subplots()
-    axes.plot(scored.trial, scored.lwlrap, "o", color="C0", label="trial")
+    axes.plot(scored.trial, scored[metric], "o", color="C0", label="trial")
     axes.step(scored.trial, best_so_far, where="post", color="C3", label="best so far")
-    axes.plot(best.trial, best.lwlrap, marker="*", markersize=16, color="C3", markeredgecolor="black",
-              linestyle="none", label=f"best: trial {int(best.trial)}, {best.lwlrap:.4f}")
-    axes.set(xlabel="trial", ylabel="OOF lwlrap", title=title)
+    axes.plot(best.trial, best[metric], marker="*", markersize=16, color="C3", markeredgecolor="black",
+              linestyle="none", label=f"best: trial {int(best.trial)}, {best[metric]:.4f}")
+    axes.set(xlabel="trial", ylabel=f"OOF {metric}", title=title)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
