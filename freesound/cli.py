@@ -517,8 +517,10 @@ def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_file
 @work_option
 @experiments_dir_option
 @device_option
+@click.option("--metric", type=click.Choice(METRIC_NAMES), default="lwlrap", show_default=True,
+              help="The OOF score reported for the experiments, stackers and blend (stackers train by val lwlrap).")
 @tracking_options("each stacker and the blend")
-def stack(ensemble, data_dir, work_dir, experiments_dir, device, trackers, tracking_uri):
+def stack(ensemble, data_dir, work_dir, experiments_dir, device, metric, trackers, tracking_uri):
     """Train ENSEMBLE's stackers on its experiments' out-of-fold predictions and score the blend.
 
     With --track each stacker (its settings, overall, per-fold and per-class OOF lwlrap and
@@ -536,11 +538,11 @@ def stack(ensemble, data_dir, work_dir, experiments_dir, device, trackers, track
     tracking = usable_trackers(ensemble_trackers(config, trackers, tracking_uri), work_dir, config.name, click.echo)
     dataset = load_dataset(data_dir)
     ensure_oof(config.experiments, dataset, work_dir, device=device, log=click.echo)
-    cv = train_stackers(config, dataset, work_dir, device=device, log=click.echo)
-    click.echo(f"\n{config.name}: OOF lwlrap")
+    cv = train_stackers(config, dataset, work_dir, device=device, log=click.echo, metric=metric)
+    click.echo(f"\n{config.name}: OOF {metric}")
     for name, score in cv.items():
         click.echo(f"  {name:<32} {score:.4f}")
-    track_stack(tracking, config, dataset, work_dir, cv, click.echo)
+    track_stack(tracking, config, dataset, work_dir, cv, click.echo, metric)
 
 
 @main.command("select-ensemble")
