@@ -343,3 +343,9 @@ def test_evaluate_names_what_it_cannot_score_for_windows(tmp_path):
         evaluate_csv(predictions, labels)
     result = run_cli("evaluate", predictions, "--labels", labels, "--metric", "auc", expect=2)
     assert "'auc' is not one of 'lwlrap', 'roc_auc', 'cmap'" in result.output
+
+
+def test_the_configs_metric_names_are_the_registrys():
+    from freesound.config import METRIC_NAMES
+
+    assert METRIC_NAMES == tuple(METRICS)
