@@ -253,7 +253,8 @@ def test_roc_auc_and_cmap_refuse_what_they_cannot_score():
     with pytest.raises(ValueError, match="^truth has no positive label; cmap is undefined$"):
         padded_cmap(np.zeros((2, 3)), np.ones((2, 3)))
     # A class positive in every row has no negative: BirdCLEF's scikit-learn call has no score either.
-    with pytest.raises(ValueError, match=r"ROC-AUC is undefined for 1 class\(es\) with no negative row \(columns \[1\]\)"):
+    with pytest.raises(ValueError,
+                       match=r"ROC-AUC is undefined for 1 class\(es\) with no negative row \(columns \[1\]\)"):
         roc_auc(np.array([[1, 1], [0, 1]]), np.ones((2, 2)))
     with pytest.raises(ValueError, match="padding_factor must be a whole number of rows, 0 or more, got -1"):
         padded_cmap(CMAP_TRUTH, CMAP_SCORES, padding_factor=-1)
@@ -332,7 +333,8 @@ def test_evaluate_names_what_it_cannot_score_for_windows(tmp_path):
                                              r"undefined for 1 class\(es\) with no negative row"):
         evaluate_csv(predictions, labels, metrics=("roc_auc",))
     frame.assign(b=[0, 2, 0, 0]).to_csv(labels, index=False)
-    with pytest.raises(FreesoundError, match=r"labels\.csv: 1 label cell\(s\) are not 0 or 1, e\.g\. 'b' of s1_10 is '2'"):
+    with pytest.raises(FreesoundError,
+                       match=r"labels\.csv: 1 label cell\(s\) are not 0 or 1, e\.g\. 'b' of s1_10 is '2'"):
         evaluate_csv(predictions, labels)
     frame.drop(columns="c").to_csv(labels, index=False)
     with pytest.raises(FreesoundError, match=r"predictions\.csv: 1 column\(s\) are not classes of the vocabulary "

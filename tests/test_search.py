@@ -457,7 +457,8 @@ def test_a_search_by_another_metric_names_it_and_trains_trials_by_it(tiny_work, 
     assert pd.read_csv(work / "search" / "auc" / "trials.csv").roc_auc.max() == pytest.approx(result.best_score)
     assert search_module.format_trials(result.trials).splitlines()[0] == "  trial  roc_auc  settings"
     best = (tmp_path / "auc.toml").read_text()
-    assert f"OOF roc_auc {result.best_score:.4f}" in best and load_experiment(tmp_path / "auc.toml").train.metric == "roc_auc"
+    assert f"OOF roc_auc {result.best_score:.4f}" in best
+    assert load_experiment(tmp_path / "auc.toml").train.metric == "roc_auc"
     # The stacker's metric is a setting of its study; lwlrap, the default, is left out as before.
     ens = target(experiments, "ens")
     assert "metric" not in ens.base_json() and ens.with_metric("cmap").base_json()["metric"] == "cmap"

@@ -248,7 +248,8 @@ def evaluate_csv(predictions_csv, labels_csv, *, subset: bool = False, vocabular
     vocabulary = vocabulary if vocabulary is not None else beside if beside.is_file() else None
     label_columns = read_csv(labels_csv, nrows=0).columns.tolist()
     # A solution file (one 0/1 column per class) names every class itself.
-    solution = [c for c in label_columns if c != key] if "labels" not in label_columns and key in label_columns else None
+    is_solution = "labels" not in label_columns and key in label_columns
+    solution = [c for c in label_columns if c != key] if is_solution else None
     if vocabulary is not None:
         classes = check_class_columns(columns, vocabulary_classes(vocabulary), vocabulary, predictions_csv)
         if solution is not None:

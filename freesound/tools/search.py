@@ -788,7 +788,8 @@ def trials_frame(study: optuna.Study, space: SearchSpace, metric: str = "lwlrap"
             "epochs": len(trial.intermediate_values), "seconds": round(seconds, 2),
             **{key: _cell(value) for key, value in space.settings(trial.params).items()},
         })
-    return pd.DataFrame(rows, columns=trial_columns(metric) + list(space.params)).sort_values("trial", ignore_index=True)
+    frame = pd.DataFrame(rows, columns=trial_columns(metric) + list(space.params))
+    return frame.sort_values("trial", ignore_index=True)
 
 
 def format_trials(trials: pd.DataFrame, top: int = 5) -> str:
@@ -905,7 +906,8 @@ def run_search(target, space: SearchSpace, setup: TrialSetup, *, trials: int, se
         recorded = _record(target, space, study, seed, paths, name)
         _log_trial(recorded[0], last["number"], log)
     bar.close()
-    if recorded is None or not recorded[0].equals(trials_frame(study, space, target.metric)):  # other processes added trials
+    # Other processes may have added trials since the last record.
+    if recorded is None or not recorded[0].equals(trials_frame(study, space, target.metric)):
         recorded = _record(target, space, study, seed, paths, name)
     frame, best = recorded
     return SearchResult(frame, *best, paths, target.metric)

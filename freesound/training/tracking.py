@@ -98,7 +98,8 @@ def epoch_metrics(row: dict, epoch_size: int) -> dict:
     """
     metrics = {name: float(row[name]) for name in EPOCH_METRICS[:-1]}
     metrics["samples_per_s"] = epoch_size / row["seconds"] if row["seconds"] > 0 else 0.0
-    metrics.update({name: float(value) for name, value in row.items() if name.startswith("val_") and name not in metrics})
+    metrics.update({name: float(value) for name, value in row.items()
+                    if name.startswith("val_") and name not in metrics})
     return metrics
 
 

@@ -4,8 +4,9 @@ Per epoch (``freesound.training.engine.fit``): train on ``epoch_size`` sampled c
 the held-out curated fold (centre-cropped), then, in this order: step the plateau scheduler on the
 val score, keep the checkpoint if the val score improved, write ``log.csv``, save the resumable
 state, and stop early after ``early_stop_patience`` epochs without improvement. The val score is
-``[train] metric`` of the fold's clips: lwlrap (the method's), ROC-AUC or padded cmAP. With ``[averaging]`` (SWA
-or EMA, ``freesound.training.averaging``) the averaged model is the one validated and kept.
+``[train] metric`` of the fold's clips: lwlrap (the method's), ROC-AUC or padded cmAP. With
+``[averaging]`` (SWA or EMA, ``freesound.training.averaging``) the averaged model is the one
+validated and kept.
 
 Files in ``<work>/experiments/<name>/fold_<k>/``::
 
@@ -89,15 +90,14 @@ from freesound.training.sampling import EpochShard
 from freesound.training.tracking import tracking_parts
 
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_lwlrap", "seconds"]
+#: The splits a fold trains and validates on.
+TRAIN_SPLITS = ("train_curated", "train_noisy")
 
 
 def log_columns(metric: str) -> list:
     """``log.csv``'s columns when the val score is ``metric``: ``LOG_COLUMNS``, with ``val_<metric>``
     before ``seconds`` for a metric other than lwlrap."""
     return LOG_COLUMNS if metric == "lwlrap" else [*LOG_COLUMNS[:-1], f"val_{metric}", LOG_COLUMNS[-1]]
-
-#: The splits a fold trains and validates on.
-TRAIN_SPLITS = ("train_curated", "train_noisy")
 
 
 @dataclass(frozen=True)
