@@ -402,7 +402,7 @@ def test_train_metric_is_checked_and_left_out_of_configs_when_lwlrap():
 
 
 @pytest.mark.slow
-def test_train_metric_chooses_the_val_score(tiny_work):
+def test_train_metric_chooses_the_val_score(tiny_work, monkeypatch):
     """``[train] metric`` keeps the best checkpoint by its score, logged beside val_lwlrap."""
     dataset, work = tiny_work
     lines = []
@@ -419,3 +419,14 @@ def test_train_metric_chooses_the_val_score(tiny_work):
     assert (0.0 <= log.val_roc_auc).all() and (log.val_roc_auc <= 1.0).all()
     assert lines[0].endswith(f"val lwlrap {log.val_lwlrap[0]:.4f}, val roc_auc {log.val_roc_auc[0]:.4f} *")
     assert 'metric = "roc_auc"' in (out / "config.toml").read_text()
+    # A fold the metric cannot score (ROC-AUC of a class every validation clip has) stops in one sentence.
+    import freesound.training.trainer as trainer
+
+    def no_negative(truth, scores):
+        raise ValueError("ROC-AUC is undefined for 1 class(es) with no negative row (columns [2])")
+
+    monkeypatch.setitem(trainer.METRICS, "roc_auc", no_negative)
+    with pytest.raises(ConfigError, match=r"^experiment 'tiny', fold 0: \[train\] metric = 'roc_auc' cannot score the "
+                                          r"fold's validation clips: ROC-AUC is undefined for 1 class\(es\)"):
+        train_fold(tiny_experiment(metric="roc_auc", max_epochs=1), dataset, work, 0, progress=False,
+                   log=lambda *_: None)

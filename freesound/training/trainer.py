@@ -335,7 +335,11 @@ class FoldRun:
         self.val_values = {"val_loss": val_loss, "val_lwlrap": lwlrap(parts.valid_targets, scores)}
         metric = self._metric
         if metric != "lwlrap":
-            self.val_values[f"val_{metric}"] = METRICS[metric](parts.valid_targets, scores)
+            try:
+                self.val_values[f"val_{metric}"] = METRICS[metric](parts.valid_targets, scores)
+            except ValueError as error:  # e.g. ROC-AUC of a class every validation clip has
+                raise ConfigError(f"experiment {self.experiment.name!r}, fold {self.fold}: [train] metric = "
+                                  f"{metric!r} cannot score the fold's validation clips: {error}") from None
         return self.val_values[f"val_{metric}"], self.val_values
 
     @property
