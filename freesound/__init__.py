@@ -15,7 +15,7 @@ The package follows the pipeline, one folder a stage; each folder's ``__init__``
     cli.py        the thin click layer (``freesound --help``)
 
 and, below all of them: ``config`` (experiments and the front end's settings as plain data),
-``paths`` (every path under ``--work``), ``metrics`` (lwlrap), ``errors``, ``fileio`` (atomic
+``paths`` (every path under ``--work``), ``metrics`` (lwlrap, ROC-AUC, cmAP), ``errors``, ``fileio`` (atomic
 writes), ``processes`` (child processes that end with their parent), ``progress`` (the one
 progress bar, readable in logs), ``settings`` (the one place that reads the environment) and
 ``versions`` (the minimum Python and dependency versions). A stage imports only the stages

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from freesound import __version__, settings
+from freesound.config import METRIC_NAMES
 from freesound.errors import FreesoundError, file_error_sentence, one_line_warnings
 
 WORK_DEFAULT = "data"
@@ -379,7 +380,7 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
                          where=where, score_oof=not no_oof, max_epochs=epochs, resume=resume)
     if not report.main:
         return
-    click.echo(f"\n{config.name}: best val lwlrap per fold (centre crop)")
+    click.echo(f"\n{config.name}: best val {config.train.metric} per fold (centre crop)")
     for result in report.folds:
         click.echo(f"  fold {result.fold}: {result.best_lwlrap:.4f} at epoch {result.best_epoch} of {result.epochs}")
     click.echo(f"weights -> {experiment_dir(work_dir, config.name)}")
@@ -535,8 +536,10 @@ def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_file
 @work_option
 @experiments_dir_option
 @device_option
+@click.option("--metric", type=click.Choice(METRIC_NAMES), default="lwlrap", show_default=True,
+              help="The OOF score reported for the experiments, stackers and blend (stackers train by val lwlrap).")
 @tracking_options("each stacker and the blend")
-def stack(ensemble, data_dir, work_dir, experiments_dir, device, trackers, tracking_uri):
+def stack(ensemble, data_dir, work_dir, experiments_dir, device, metric, trackers, tracking_uri):
     """Train ENSEMBLE's stackers on its experiments' out-of-fold predictions and score the blend.
 
     With --track each stacker (its settings, overall, per-fold and per-class OOF lwlrap and
@@ -554,11 +557,11 @@ def stack(ensemble, data_dir, work_dir, experiments_dir, device, trackers, track
     tracking = usable_trackers(ensemble_trackers(config, trackers, tracking_uri), work_dir, config.name, click.echo)
     dataset = load_dataset(data_dir)
     ensure_oof(config.experiments, dataset, work_dir, device=device, log=click.echo)
-    cv = train_stackers(config, dataset, work_dir, device=device, log=click.echo)
-    click.echo(f"\n{config.name}: OOF lwlrap")
+    cv = train_stackers(config, dataset, work_dir, device=device, log=click.echo, metric=metric)
+    click.echo(f"\n{config.name}: OOF {metric}")
     for name, score in cv.items():
         click.echo(f"  {name:<32} {score:.4f}")
-    track_stack(tracking, config, dataset, work_dir, cv, click.echo)
+    track_stack(tracking, config, dataset, work_dir, cv, click.echo, metric)
 
 
 @main.command("select-ensemble")
@@ -574,10 +577,13 @@ def stack(ensemble, data_dir, work_dir, experiments_dir, device, trackers, track
 @click.option("--stackers-from", default=None,
               help="Copy the [[stackers]] tables of this ensemble file (default: one FCNet with default settings).")
 @click.option("--no-stacker", is_flag=True, help="Write a plain geometric-mean blend with no stacker.")
+@click.option("--metric", type=click.Choice(METRIC_NAMES), default="lwlrap", show_default=True,
+              help="The blend's OOF score to maximise (roc_auc and cmap score one subset at a time: slower).")
 @device_option
 def select_ensemble_command(experiments, data_dir, work_dir, experiments_dir, max_size, out_file, top,
-                            stackers_from, no_stacker, device):
-    """Pick the subset of trained EXPERIMENTS whose geometric-mean blend has the best OOF lwlrap.
+                            stackers_from, no_stacker, metric, device):
+    """Pick the subset of trained EXPERIMENTS whose geometric-mean blend has the best OOF score
+    (lwlrap, or --metric).
 
     Every subset of 1..--max-size experiments is scored while there are at most 20,000 of them
     (e.g. all subsets of 14 experiments); beyond that, greedy forward selection adds the
@@ -598,7 +604,7 @@ def select_ensemble_command(experiments, data_dir, work_dir, experiments_dir, ma
     names = experiment_names(experiments, experiments_dir)
     dataset = load_dataset(data_dir)
     ensure_oof(names, dataset, work_dir, device=device, log=click.echo)
-    selection = select_ensemble(load_oof_set(names, dataset, work_dir, log=click.echo), max_size)
+    selection = select_ensemble(load_oof_set(names, dataset, work_dir, log=click.echo), max_size, metric=metric)
     click.echo(format_selection(selection, top))
     paths = save_selection(selection, out_file or Path(experiments_dir) / "selected.toml", stackers=stackers, top=top)
     click.echo(f"ensemble -> {paths['ensemble']}\ntable -> {paths['csv']}\nplot -> {paths['png']}")
@@ -613,8 +619,8 @@ def _search_help() -> str:
 
     return f"""Search EXPERIMENT's settings, or an ENSEMBLE's first stacker's, by OOF lwlrap (Optuna).
 
-Each trial trains with the normal training code and is scored by its out-of-fold lwlrap on
-the trained folds; trials that trail are pruned after each epoch. The study lives in
+Each trial trains with the normal training code and is scored by its out-of-fold lwlrap (or
+--metric: roc_auc, cmap) on the trained folds; trials that trail are pruned after each epoch. The study lives in
 <work>/search/<name>/study.db (or --storage): rerunning the command resumes it, and several
 processes or machines running it on one storage share the trials. trials.csv and
 progress.png are written beside it and the best trial's config as a new experiment (or
@@ -653,7 +659,10 @@ Default space for an ensemble's stacker:
 @click.option("--sampler", type=click.Choice(["tpe", "random", "grid"]), default="tpe", show_default=True,
               help="Optuna's sampler; grid visits every value of choice and int distributions.")
 @click.option("--pruner", type=click.Choice(["median", "hyperband"]), default="median", show_default=True,
-              help="Stops trials whose val lwlrap trails the others'.")
+              help="Stops trials whose val score trails the others'.")
+@click.option("--metric", type=click.Choice(METRIC_NAMES), default=None,
+              help="Score trials by this OOF metric (default: the experiment's [train] metric, which trials also "
+                   "train by; lwlrap for an ensemble's stacker).")
 @click.option("--no-prune", is_flag=True, help="Train every trial to its end.")
 @click.option("--storage", default=None,
               help="Optuna storage URL shared by several processes or machines, e.g. postgresql://user@host/db "
@@ -661,21 +670,21 @@ Default space for an ensemble's stacker:
 @device_option
 @tracking_options("each trial (its folds nested under it)", "; added to the experiment's [tracking] ones")
 def search(experiment, data_dir, work_dir, experiments_dir, trials, space_file, seed, folds, epochs, name, out_file,
-           sampler, pruner, no_prune, storage, device, trackers, tracking_uri):
+           sampler, pruner, metric, no_prune, storage, device, trackers, tracking_uri):
     import optuna
 
     from freesound.data.dataset import load_dataset
     from freesound.tools.search import TrialSetup, format_trials, load_space, load_target, run_search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial gets its own line below
-    target = load_target(experiment, experiments_dir).tracked(trackers, tracking_uri)
+    target = load_target(experiment, experiments_dir).tracked(trackers, tracking_uri).with_metric(metric)
     space = load_space(space_file, target)
     setup = TrialSetup.create(load_dataset(data_dir), work_dir, folds, device=device,
                               max_epochs=epochs)
     result = run_search(target, space, setup, trials=trials, seed=seed, name=name, out=out_file,
                         experiments_dir=experiments_dir, sampler=sampler, pruner=None if no_prune else pruner,
                         storage=storage, log=click.echo)
-    click.echo(f"\n{name or target.name}: best of {len(result.trials)} trials by OOF lwlrap")
+    click.echo(f"\n{name or target.name}: best of {len(result.trials)} trials by OOF {result.metric}")
     click.echo(format_trials(result.trials))
     click.echo(f"trials -> {result.paths['csv']}\nplot -> {result.paths['png']}\nbest config -> {result.paths['best']}")
 
@@ -690,21 +699,27 @@ def search(experiment, data_dir, work_dir, experiments_dir, trials, space_file, 
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
               help="Dataset whose sample_submission.csv gives the class vocabulary the class columns must be "
                    "(default: the --labels file's folder, when it holds one).")
-def evaluate(predictions_csv, labels_csv, top, subset, data_dir):
-    """Score a submission-format CSV: overall and per-class lwlrap.
+@click.option("--metric", "metrics", multiple=True, type=click.Choice(METRIC_NAMES),
+              help="Metric to report (repeatable; default lwlrap): lwlrap (FSDKaggle2019), roc_auc (macro over "
+                   "the classes with a positive, BirdCLEF 2024-25) or cmap (padded cmAP, BirdCLEF 2023).")
+def evaluate(predictions_csv, labels_csv, top, subset, data_dir, metrics):
+    """Score a submission-format CSV: overall and per-class lwlrap, ROC-AUC or cmAP.
 
-    Every clip of --labels must have exactly one row of predictions (or give --subset); scores are
-    compared in full float64 precision. The class columns must be the dataset's classes, no more
-    and no fewer (an extra column would change the score).
+    Rows are clips (first column fname) or windows (row_id, BirdCLEF's); --labels is keyed the
+    same way, with a labels column or one 0/1 column per class. Every row of --labels must have
+    exactly one row of predictions (or give --subset); scores are compared in full float64
+    precision. The class columns must be the dataset's classes, no more and no fewer (an extra
+    column would change the score).
     """
     from freesound.metrics import format_scores
     from freesound.tools.evaluate import evaluate_csv
 
     vocabulary = None if data_dir is None else data_dir / "sample_submission.csv"
-    scores = evaluate_csv(predictions_csv, labels_csv, subset=subset, vocabulary=vocabulary)
-    click.echo(format_scores(predictions_csv.name, scores, top=top, label="lwlrap"))
+    scores = evaluate_csv(predictions_csv, labels_csv, subset=subset, vocabulary=vocabulary,
+                          metrics=metrics or ("lwlrap",))
+    click.echo(format_scores(predictions_csv.name, scores, top=top, label="", unit=scores["unit"]))
     if scores["clips"] < scores["labelled_clips"]:
-        click.echo(f"scored {scores['clips']} of the {scores['labelled_clips']} labelled clips (--subset)")
+        click.echo(f"scored {scores['clips']} of the {scores['labelled_clips']} labelled {scores['unit']} (--subset)")
 
 
 @main.command()

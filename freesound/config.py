@@ -132,6 +132,11 @@ def check_step_settings(lr: float, batch_size: int, epoch_size: int) -> None:
                          f"({batch_size}), or an epoch trains no step")
 
 
+#: The metrics a run can be scored and chosen by (``freesound.metrics.METRICS``; repeated here,
+#: where NumPy is not imported, and held equal to it by the tests).
+METRIC_NAMES = ("lwlrap", "roc_auc", "cmap")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     lr: float = 9e-4
@@ -161,9 +166,15 @@ class TrainConfig:
     #: then delivers several times the samples (benchmarks/RESULTS.md, "Scaling"), for GPUs the
     #: CPUs cannot otherwise keep busy.
     augment_on_device: bool = False
+    #: The validation score that keeps the best checkpoint, drives reduce-on-plateau and early
+    #: stopping: one of ``METRIC_NAMES`` (lwlrap, the method's; roc_auc or cmap for BirdCLEF).
+    #: ``log.csv`` keeps ``val_lwlrap`` and adds ``val_<metric>`` for another.
+    metric: str = "lwlrap"
 
     def __post_init__(self):
         check_step_settings(self.lr, self.batch_size, self.epoch_size)
+        if self.metric not in METRIC_NAMES:
+            raise ValueError(f"metric = {self.metric!r} is not a metric; choose from {', '.join(METRIC_NAMES)}")
 
 
 @dataclass(frozen=True)
@@ -473,6 +484,8 @@ class Experiment:
         values = dataclasses.asdict(self)
         values.pop("source_dir")
         values["transforms"].pop("crop")  # ``input.tile_frames`` states it
+        if self.train.metric == TrainConfig.metric:  # the method's: configs, states and manifests as before it existed
+            del values["train"]["metric"]
         return values
 
 

@@ -442,3 +442,29 @@ def test_a_study_outlives_a_setting_added_to_the_package_since_it_began():
     changed = {**base, "train": {**base["train"], "lr": 0.5}}
     with pytest.raises(FreesoundError, match="was started with another base"):
         search_module._check_settings(study, {**settings, "base": changed})
+
+
+def test_a_search_by_another_metric_names_it_and_trains_trials_by_it(tiny_work, experiments, tmp_path):
+    dataset, work = tiny_work
+    scored = ScoredByLr(load_experiment(experiments / "tiny.toml")).with_metric("roc_auc")
+    assert scored.metric == "roc_auc" and scored.experiment.train.metric == "roc_auc"
+    assert scored.config({}, "trial").train.metric == "roc_auc"  # trials train by it too
+    space = parse_space({"train.lr": {"choice": [1e-3, 3e-3]}}, scored)
+    result = run_search(scored, space, TrialSetup.create(dataset, work, [0]), trials=2, sampler="grid", name="auc",
+                        out=tmp_path / "auc.toml", log=lambda *_: None, progress=False, pruner=None)
+    assert result.metric == "roc_auc"
+    assert list(result.trials.columns[:6]) == ["trial", "name", "state", "roc_auc", "epochs", "seconds"]
+    assert pd.read_csv(work / "search" / "auc" / "trials.csv").roc_auc.max() == pytest.approx(result.best_score)
+    assert search_module.format_trials(result.trials).splitlines()[0] == "  trial  roc_auc  settings"
+    best = (tmp_path / "auc.toml").read_text()
+    assert f"OOF roc_auc {result.best_score:.4f}" in best
+    assert load_experiment(tmp_path / "auc.toml").train.metric == "roc_auc"
+    # The stacker's metric is a setting of its study; lwlrap, the default, is left out as before.
+    ens = target(experiments, "ens")
+    assert "metric" not in ens.base_json() and ens.with_metric("cmap").base_json()["metric"] == "cmap"
+    assert ens.with_metric(None).metric == "lwlrap" and target(experiments).with_metric(None).metric == "lwlrap"
+    # Each epoch reports the trial's val score of its metric, for pruning.
+    reported = []
+    on_epoch = search_module._reporter(lambda step, value: reported.append((step, value)), (0, 2), 3, "roc_auc")
+    on_epoch(2, type("FitState", (), {"epoch": 1})(), {"val_lwlrap": 0.5, "val_roc_auc": 0.8})
+    assert reported == [(3, 0.8)]

@@ -13,13 +13,14 @@ from conftest import tiny_ensemble_toml, tiny_experiment_toml
 from freesound.config import StackerConfig, load_ensemble, load_experiment
 from freesound.data.dataset import Dataset, probability_frame
 from freesound.errors import FreesoundError
-from freesound.metrics import label_precisions, lwlrap
+from freesound.metrics import METRICS, label_precisions, lwlrap
 from freesound.paths import predictions_dir
 from freesound.predict import geometric_mean
 from freesound.tools.select import (
     count_subsets,
     enumerate_subsets,
     experiment_names,
+    format_selection,
     load_oof_set,
     save_selection,
     score_subsets,
@@ -234,3 +235,27 @@ def test_near_ties_rank_as_in_the_oof_files(tmp_path):
     np.testing.assert_array_equal(score_subsets(oof, [[True, True], [True, False], [False, True]]), [1.0, 1.0, 0.5])
     # what float32 logs would have scored the blend
     assert lwlrap(truth, np.log(near).astype(np.float32) + np.log(flat).astype(np.float32)) == 0.5
+
+
+@pytest.mark.parametrize("metric", ["roc_auc", "cmap"])
+def test_selection_by_another_metric_scores_the_geometric_mean_blend(tmp_path, metric):
+    dataset = fake_dataset()
+    probs = fake_experiments(tmp_path, dataset, 3)
+    oof = load_oof_set(list(probs), dataset, tmp_path)
+    stacked = np.stack(list(probs.values()))
+    masks = enumerate_subsets(3, 3)
+    scores = score_subsets(oof, masks, metric)
+    for mask, score in zip(masks, scores):
+        assert score == pytest.approx(METRICS[metric](oof.truth, geometric_mean(stacked[mask])), abs=1e-9)
+    selection = select_ensemble(oof, metric=metric)
+    assert selection.metric == metric and selection.best_score == pytest.approx(scores.max())
+    assert list(selection.table().columns) == ["rank", "size", metric, "experiments"]
+    text = format_selection(selection, top=2).splitlines()
+    assert text[0] == f"exhaustive selection over 3 experiments: 7 subsets scored by blend OOF {metric}"
+    assert text[1] == f"  rank  size  {metric:>7}  experiments"
+    assert text[2] == f"     1  {len(selection.best):>4}  {selection.best_score:7.4f}  {' + '.join(selection.best)}"
+    paths = save_selection(selection, tmp_path / "best.toml", top=2)
+    assert pd.read_csv(paths["csv"])[metric].iloc[0] == pytest.approx(selection.best_score)
+    assert f"blend OOF {metric} {selection.best_score:.4f}" in paths["ensemble"].read_text()
+    with pytest.raises(ValueError, match="unknown metric 'auc'"):
+        score_subsets(oof, masks, "auc")

@@ -12,6 +12,7 @@ stacker 0.802, blend 0.748 OOF lwlrap. (On 2026-11-23, with version 1's data: 0.
 and 0.785; other stacker seeds and sizes gave 0.760-0.774, all above both inputs.)
 """
 
+import json
 import shutil
 
 import numpy as np
@@ -27,7 +28,7 @@ from freesound.data.dataset import multi_hot
 from freesound.data.features import load_features
 from freesound.data.folds import read_folds
 from freesound.ensembling.stack import train_stackers
-from freesound.metrics import lwlrap
+from freesound.metrics import lwlrap, padded_cmap
 from freesound.paths import predictions_dir
 from freesound.predict import make_tiles
 from freesound.training.oof import OOFTiles, save_oof_tiles
@@ -85,3 +86,19 @@ def test_inputs_are_informative_and_scored_from_their_tiles(cv_scores):
     chance = np.mean([lwlrap(truth, np.random.default_rng(seed).random(truth.shape)) for seed in range(20)])
     assert min(cv["low_bands"], cv["high_bands"]) > chance + 0.1, (cv, chance)
     assert cv["bands_fcnet"] == pytest.approx(lwlrap(truth, stacker.to_numpy()))
+
+
+def test_stack_scores_another_metric_beside_lwlrap(cv_scores):
+    dataset, work, _ = cv_scores
+    stacker = StackerConfig(name="fcnet", batch_size=32, epoch_size=64, max_epochs=1)
+    ensemble = EnsembleConfig(name="bands_cmap", experiments=tuple(BANDS), stackers=(stacker,))
+    cv = train_stackers(ensemble, dataset, work, log=lambda *_: None, metric="cmap")
+    folder = predictions_dir(work, "bands_cmap")
+    blend = pd.read_csv(folder / "blend_oof.csv").set_index("fname")
+    truth = multi_hot(dataset.curated.set_index("fname").loc[blend.index, "labels"], dataset.classes)
+    assert cv["blend"] == pytest.approx(padded_cmap(truth, blend.to_numpy()))
+    assert json.loads((folder / "cv_scores_cmap.json").read_text()) == cv
+    blend_lwlrap = lwlrap(truth, blend.to_numpy())
+    assert json.loads((folder / "cv_scores.json").read_text())["blend"] == pytest.approx(blend_lwlrap)
+    scores = json.loads((folder / "blend_scores.json").read_text())
+    assert (scores["lwlrap"], scores["cmap"]) == (pytest.approx(blend_lwlrap), pytest.approx(cv["blend"]))

@@ -107,6 +107,8 @@ def test_flat_settings_and_epoch_metrics():
     assert epoch_metrics(row, 64) == {"train_loss": 0.5, "val_loss": 0.4, "val_lwlrap": 0.7, "lr": 0.001,
                                       "samples_per_s": 16.0}
     assert epoch_metrics({**row, "seconds": 0.0}, 64)["samples_per_s"] == 0.0
+    # a [train] metric other than lwlrap is tracked too
+    assert epoch_metrics({**row, "val_roc_auc": 0.9}, 64) == {**epoch_metrics(row, 64), "val_roc_auc": 0.9}
 
 
 def test_only_the_logging_process_tracks():

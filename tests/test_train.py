@@ -20,6 +20,7 @@ from freesound.config import (
 from freesound.models import load_checkpoint, load_model
 from freesound.paths import train_state_path
 from freesound.training.losses import lsoft
+from freesound.training.oof import reported_metrics
 from freesound.training.sampling import ClipSource, SamplingDataset
 from freesound.training.resume_state import STATE_FORMAT, upgrade_state
 from freesound.training.trainer import (
@@ -384,3 +385,48 @@ def test_folds_on_other_processes_refuse_an_epoch_hook(tiny_work):
         train_folds(tiny_experiment(), dataset, work, [0], where=OnDevices(("cpu", "cpu")),
                     on_epoch=lambda fold, fit_state, row: None)
     assert not (work / "experiments" / "tiny").exists()
+
+
+def test_train_metric_is_checked_and_left_out_of_configs_when_lwlrap():
+    """The method's lwlrap is left out of the resolved config, which stays what it was before the
+    key; another metric is a setting a resumed fold must not change."""
+    assert "metric" not in Experiment().to_dict()["train"] and "metric" not in dump_experiment(Experiment())
+    with pytest.raises(ConfigError, match=r"\[train\]: metric = 'auc' is not a metric; choose from lwlrap, "
+                                          r"roc_auc, cmap"):
+        experiment_from_dict({"train": {"metric": "auc"}}, where="exp.toml")
+    assert changed_settings(tiny_experiment().to_dict(), tiny_experiment(metric="cmap").to_dict()) == ["train.metric"]
+    cmap = tiny_experiment(metric="cmap")
+    assert experiment_from_dict(tomllib.loads(dump_experiment(cmap))).train.metric == "cmap"
+    # OOF scores report the chosen metric beside lwlrap.
+    assert reported_metrics("lwlrap") == ("lwlrap",) and reported_metrics("cmap") == ("lwlrap", "cmap")
+
+
+@pytest.mark.slow
+def test_train_metric_chooses_the_val_score(tiny_work, monkeypatch):
+    """``[train] metric`` keeps the best checkpoint by its score, logged beside val_lwlrap."""
+    dataset, work = tiny_work
+    lines = []
+    result = train_fold(tiny_experiment(metric="roc_auc", max_epochs=2), dataset, work, 0, progress=False,
+                        log=lines.append)
+    out = work / "experiments" / "tiny" / "fold_0"
+    log = pd.read_csv(out / "log.csv")
+    assert list(log.columns) == [*LOG_COLUMNS[:-1], "val_roc_auc", "seconds"]
+    best = log.loc[log.val_roc_auc.idxmax()]
+    assert (result.best_epoch, result.best_lwlrap) == (best.epoch, pytest.approx(best.val_roc_auc))
+    checkpoint = load_checkpoint(out / "model.pt")
+    assert checkpoint["val_roc_auc"] == pytest.approx(best.val_roc_auc)
+    assert checkpoint["val_lwlrap"] == pytest.approx(best.val_lwlrap)
+    assert (0.0 <= log.val_roc_auc).all() and (log.val_roc_auc <= 1.0).all()
+    assert lines[0].endswith(f"val lwlrap {log.val_lwlrap[0]:.4f}, val roc_auc {log.val_roc_auc[0]:.4f} *")
+    assert 'metric = "roc_auc"' in (out / "config.toml").read_text()
+    # A fold the metric cannot score (ROC-AUC of a class every validation clip has) stops in one sentence.
+    import freesound.training.trainer as trainer
+
+    def no_negative(truth, scores):
+        raise ValueError("ROC-AUC is undefined for 1 class(es) with no negative row (columns [2])")
+
+    monkeypatch.setitem(trainer.METRICS, "roc_auc", no_negative)
+    with pytest.raises(ConfigError, match=r"^experiment 'tiny', fold 0: \[train\] metric = 'roc_auc' cannot score the "
+                                          r"fold's validation clips: ROC-AUC is undefined for 1 class\(es\)"):
+        train_fold(tiny_experiment(metric="roc_auc", max_epochs=1), dataset, work, 0, progress=False,
+                   log=lambda *_: None)

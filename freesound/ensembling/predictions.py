@@ -27,7 +27,7 @@ from freesound.paths import predictions_dir, weights_root
 from freesound.predict import EnsemblePredictor, WindowSpec, predict_file_windows
 from freesound.predict.ensemble import refuse_window_stackers
 from freesound.progress import progress_bar
-from freesound.training.oof import predict_oof
+from freesound.training.oof import predict_oof, reported_metrics
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,8 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
     if dataset is not None and isinstance(config, Experiment) and oof and windows is None:
         scores = predict_oof(name, dataset, work, device=device, batch_size=batch_size, precision=precision,
                              feature_workers=feature_workers, progress=progress, runtime=runtime,
-                             allow_unfinished=allow_unfinished, log=log)
+                             allow_unfinished=allow_unfinished, log=log,
+                             metrics=reported_metrics(config.train.metric))
     folder = None if audio_dir is None else scan_audio_folder(audio_dir, all_files=all_files)
     if folder is not None and not folder.files:
         left_out = f"; left out as not audio by name: {folder.describe_left_out()} (--all-files decodes every file)"

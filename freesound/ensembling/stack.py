@@ -24,14 +24,14 @@ from freesound.data.dataset import Dataset, multi_hot, probability_frame
 from freesound.data.folds import read_folds
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_csv, atomic_write_text
-from freesound.metrics import lwlrap, score_predictions
+from freesound.metrics import METRICS, lwlrap, score_predictions
 from freesound.models import create_model, save_checkpoint
 from freesound.paths import fold_dir, predictions_dir
 from freesound.predict import geometric_mean
 from freesound.training.engine import Hooks, fit
 from freesound.training.fold_guard import check_oof_folds
 from freesound.training.fold_parts import adam_with_plateau
-from freesound.training.oof import OOFTiles, load_oof_tiles
+from freesound.training.oof import OOFTiles, load_oof_tiles, reported_metrics
 
 LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_lwlrap", "seconds"]
 
@@ -150,15 +150,19 @@ def train_stacker_fold(stacker: StackerConfig, oof: OOFTiles, targets: np.ndarra
     return run.best_score, valid_clips, valid_probs["best"]
 
 
-def train_stackers(ensemble: EnsembleConfig, dataset: Dataset, work, *, device="cpu", log=print) -> dict:
+def train_stackers(ensemble: EnsembleConfig, dataset: Dataset, work, *, device="cpu", log=print,
+                   metric: str = "lwlrap") -> dict:
     """Train every stacker of an ensemble on every fold, then score the stackers and the blend.
 
     Writes ``<work>/experiments/<ensemble>_<stacker>/fold_<k>/model.pt`` and, under
-    ``<work>/predictions/<ensemble>/``, the stackers' OOF predictions and ``cv_scores.json``.
+    ``<work>/predictions/<ensemble>/``, the stackers' OOF predictions, ``cv_scores.json`` (OOF
+    lwlrap) and ``blend_scores.json``. Stackers train by val lwlrap; another ``metric`` (a name
+    of ``freesound.metrics.METRICS``) scores them too, in ``cv_scores_<metric>.json`` and beside
+    lwlrap in ``blend_scores.json``.
 
     Returns
     -------
-    dict: name -> OOF lwlrap for every experiment, stacker and ``blend``.
+    dict: name -> OOF ``metric`` (lwlrap by default) for every experiment, stacker and ``blend``.
     """
     if not ensemble.stackers:
         raise FreesoundError(f"ensemble {ensemble.name!r} has no stackers to train")
@@ -184,10 +188,13 @@ def train_stackers(ensemble: EnsembleConfig, dataset: Dataset, work, *, device="
                              index=False)
     blend = geometric_mean(np.stack(list(levels.values())))
     atomic_write_csv(out_dir / "blend_oof.csv", probability_frame(oof.fnames, blend, dataset.classes), index=False)
+    levels["blend"] = blend
     cv = {name: float(lwlrap(targets, probs)) for name, probs in levels.items()}
-    cv["blend"] = float(lwlrap(targets, blend))
     atomic_write_text(out_dir / "cv_scores.json", json.dumps(cv, indent=2) + "\n")
-    atomic_write_text(out_dir / "blend_scores.json",
-                      json.dumps(score_predictions(targets, blend, dataset.classes, oof.folds), indent=2) + "\n")
+    if metric != "lwlrap":
+        cv = {name: float(METRICS[metric](targets, probs)) for name, probs in levels.items()}
+        atomic_write_text(out_dir / f"cv_scores_{metric}.json", json.dumps(cv, indent=2) + "\n")
+    scores = score_predictions(targets, blend, dataset.classes, oof.folds, metrics=reported_metrics(metric))
+    atomic_write_text(out_dir / "blend_scores.json", json.dumps(scores, indent=2) + "\n")
     return cv
 

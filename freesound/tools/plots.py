@@ -264,11 +264,12 @@ def plot_per_class(scores: dict, out_png, title: str) -> Path:
 
 
 def plot_selection(table: pd.DataFrame, out_png, title: str) -> Path:
-    """Horizontal bars of the best subsets' blend OOF lwlrap, best on top.
+    """Horizontal bars of the best subsets' blend OOF score, best on top.
 
     Parameters
     ----------
-    table : ``freesound.tools.select.Selection.table()``: ``rank``, ``size``, ``lwlrap``, ``experiments``
+    table : ``freesound.tools.select.Selection.table()``: ``rank``, ``size``, the score (its
+        third column, named by its metric: ``lwlrap``, ``roc_auc``, ``cmap``), ``experiments``
     out_png : path of the PNG to write
     title : figure title
     """
@@ -277,42 +278,46 @@ def plot_selection(table: pd.DataFrame, out_png, title: str) -> Path:
     figure = _figure(11, max(3.0, 0.35 * len(table) + 1.5))
     axes = figure.subplots()
     positions = np.arange(len(table))
-    axes.barh(positions, table.lwlrap, color=["C2"] + ["C0"] * (len(table) - 1))
-    low, high = float(table.lwlrap.min()), float(table.lwlrap.max())
+    metric = table.columns[2]
+    scores = table[metric]
+    axes.barh(positions, scores, color=["C2"] + ["C0"] * (len(table) - 1))
+    low, high = float(scores.min()), float(scores.max())
     margin = max(high - low, 0.01)
-    for y, value in zip(positions, table.lwlrap):
+    for y, value in zip(positions, scores):
         axes.text(value, y, f" {value:.4f}", va="center", fontsize="small")
     axes.set_yticks(positions, [f"{e} ({s})" for e, s in zip(table.experiments, table["size"])], fontsize="small")
     axes.invert_yaxis()
-    axes.set(xlim=(low - margin, high + 0.3 * margin), xlabel="blend OOF lwlrap (experiments in the subset)",
+    axes.set(xlim=(low - margin, high + 0.3 * margin), xlabel=f"blend OOF {metric} (experiments in the subset)",
              title=title)
     axes.grid(axis="x", alpha=0.3)
     return _save(figure, out_png)
 
 
 def plot_search_progress(trials: pd.DataFrame, out_png, title: str) -> Path:
-    """OOF lwlrap of every finished trial and the best so far (a step line), by trial number.
+    """OOF score of every finished trial and the best so far (a step line), by trial number.
 
     Parameters
     ----------
-    trials : ``trials.csv`` of ``freesound search``: at least ``trial`` and ``lwlrap`` (NaN for
-        a trial whose predictions were not finite; not drawn)
+    trials : ``trials.csv`` of ``freesound search``: ``trial``, ``name``, ``state``, then the score
+        named by its metric (``lwlrap``, ``roc_auc``, ``cmap``; NaN for a trial whose predictions
+        were not finite; not drawn)
     out_png : path of the PNG to write
     title : figure title
     """
     trials = trials.sort_values("trial")
-    scored = trials[np.isfinite(trials.lwlrap)]
+    metric = trials.columns[3]
+    scored = trials[np.isfinite(trials[metric])]
     if scored.empty:
         raise FreesoundError(f"{title}: no scored trial to plot")
-    best_so_far = np.maximum.accumulate(scored.lwlrap.to_numpy())
-    best = scored.loc[scored.lwlrap.idxmax()]
+    best_so_far = np.maximum.accumulate(scored[metric].to_numpy())
+    best = scored.loc[scored[metric].idxmax()]
     figure = _figure(9, 5)
     axes = figure.subplots()
-    axes.plot(scored.trial, scored.lwlrap, "o", color="C0", label="trial")
+    axes.plot(scored.trial, scored[metric], "o", color="C0", label="trial")
     axes.step(scored.trial, best_so_far, where="post", color="C3", label="best so far")
-    axes.plot(best.trial, best.lwlrap, marker="*", markersize=16, color="C3", markeredgecolor="black",
-              linestyle="none", label=f"best: trial {int(best.trial)}, {best.lwlrap:.4f}")
-    axes.set(xlabel="trial", ylabel="OOF lwlrap", title=title)
+    axes.plot(best.trial, best[metric], marker="*", markersize=16, color="C3", markeredgecolor="black",
+              linestyle="none", label=f"best: trial {int(best.trial)}, {best[metric]:.4f}")
+    axes.set(xlabel="trial", ylabel=f"OOF {metric}", title=title)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")

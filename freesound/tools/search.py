@@ -1,5 +1,5 @@
 """Hyperparameter search on Optuna, each trial trained by the normal training code and scored by
-OOF lwlrap.
+OOF lwlrap (or another metric of ``freesound.metrics.METRICS``, see Metric below).
 
 Targets
 -------
@@ -10,6 +10,14 @@ trained folds. An ensemble file: each trial is a copy of the ensemble's first st
 ``StackerConfig`` defaults when it has none) with sampled settings, trained with
 ``freesound.ensembling.stack.train_stacker_fold`` on the ensemble's OOF predictions and scored by
 its out-of-fold lwlrap.
+
+Metric
+------
+A target's ``metric`` (``with_metric``, ``search --metric``) is what a trial is scored by: lwlrap
+by default, or ROC-AUC or padded cmAP. An experiment target's is its ``[train] metric``, which its
+trials also train by (best checkpoint, plateau, early stop) and report each epoch for pruning; a
+stacker target's scores the stackers' out-of-fold predictions (stackers still train and report
+val lwlrap). ``trials.csv``'s score column is named by the metric.
 
 Search space
 ------------
@@ -48,7 +56,7 @@ Files
 Under ``<work>/search/<name>/``::
 
     study.db      the Optuna study (unless --storage names another)
-    trials.csv    trial, name, state, lwlrap, epochs, seconds, then one column per searched key;
+    trials.csv    trial, name, state, lwlrap (the metric), epochs, seconds, then one column per searched key;
                   rewritten from the study after every trial
     progress.png  OOF lwlrap per trial and the best so far
 
@@ -104,7 +112,7 @@ from freesound.data.folds import read_folds
 from freesound.ensembling.stack import stacker_inputs, train_stacker_fold
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_csv, atomic_write_text
-from freesound.metrics import lwlrap
+from freesound.metrics import METRICS, check_metric
 from freesound.paths import experiment_dir, fold_dir, search_dir, train_state_dir
 from freesound.progress import progress_bar
 from freesound.tools.plots import plot_search_progress
@@ -387,26 +395,26 @@ class TrialSetup:
         return cls(dataset, Path(work), tuple(sorted(set(folds))) or tuple(known), **kwargs)
 
 
-def _finite_lwlrap(truth: np.ndarray, probs: np.ndarray) -> float:
-    """lwlrap, or NaN for predictions that are not finite (a diverged trial)."""
-    return float(lwlrap(truth, probs)) if np.isfinite(probs).all() else math.nan
+def _finite_score(truth: np.ndarray, probs: np.ndarray, metric: str = "lwlrap") -> float:
+    """``metric`` (lwlrap by default), or NaN for predictions that are not finite (a diverged trial)."""
+    return float(METRICS[metric](truth, probs)) if np.isfinite(probs).all() else math.nan
 
 
-def fold_oof_lwlrap(name: str, setup: TrialSetup) -> float:
-    """OOF lwlrap of a trained experiment on the validation clips of ``setup.folds``: each fold's
-    model on its held-out curated clips, as ``freesound predict`` does for all folds."""
+def fold_oof_score(name: str, setup: TrialSetup, metric: str = "lwlrap") -> float:
+    """OOF ``metric`` of a trained experiment on the validation clips of ``setup.folds``: each
+    fold's model on its held-out curated clips, as ``freesound predict`` does for all folds."""
     oof = predict_fold_tiles(name, setup.dataset, setup.work, setup.folds, device=setup.device, progress=False,
                              log=lambda *_: None)
     labels = setup.dataset.curated.set_index("fname").loc[list(oof.fnames), "labels"]
-    return _finite_lwlrap(multi_hot(labels, setup.dataset.classes), oof.clip_means())
+    return _finite_score(multi_hot(labels, setup.dataset.classes), oof.clip_means(), metric)
 
 
-def _reporter(report, folds: tuple, max_epochs: int):
-    """A ``train_folds`` ``on_epoch`` hook passing each epoch's val lwlrap to ``report`` as one
-    step: step = the fold's position in ``folds`` * ``max_epochs`` + epoch - 1."""
+def _reporter(report, folds: tuple, max_epochs: int, metric: str = "lwlrap"):
+    """A ``train_folds`` ``on_epoch`` hook passing each epoch's val score (``val_<metric>``) to
+    ``report`` as one step: step = the fold's position in ``folds`` * ``max_epochs`` + epoch - 1."""
 
     def on_epoch(fold, fit_state, row) -> None:
-        report(folds.index(fold) * max_epochs + fit_state.epoch - 1, row["val_lwlrap"])
+        report(folds.index(fold) * max_epochs + fit_state.epoch - 1, row[f"val_{metric}"])
 
     return on_epoch
 
@@ -420,6 +428,8 @@ class ExperimentTarget:
     def __init__(self, experiment: Experiment, tracking: TrackingConfig | None = None):
         self.experiment = experiment
         self.name = experiment.name
+        #: What trials are scored by: the experiment's ``[train] metric``.
+        self.metric = experiment.train.metric
         #: The trials' trackers: the experiment's ``[tracking]`` and ``search --track``'s.
         self.tracking = experiment.tracking if tracking is None else tracking
 
@@ -449,9 +459,20 @@ class ExperimentTarget:
         best trial's file keeps the experiment's own ``[tracking]``."""
         return with_tracking(self, with_trackers(self.experiment, trackers, uri).tracking)
 
+    def with_metric(self, metric: str | None) -> "ExperimentTarget":
+        """This target with trials trained and scored by ``metric`` (its ``[train] metric``, which
+        the best trial's file keeps); None: the experiment's own."""
+        if metric is None or metric == self.metric:
+            return self
+        copied = copy.copy(self)
+        copied.experiment = dataclasses.replace(
+            self.experiment, train=dataclasses.replace(self.experiment.train, metric=check_metric(metric)))
+        copied.metric = metric
+        return copied
+
     def prepare(self, setup: TrialSetup, log=print):
-        """A ``run(trial_name, params, report, parent=None) -> OOF lwlrap`` that trains a trial on
-        ``setup.folds``, calling ``report(step, val lwlrap)`` after every epoch (step = fold
+        """A ``run(trial_name, params, report, parent=None) -> OOF score`` that trains a trial on
+        ``setup.folds``, calling ``report(step, val score)`` after every epoch (step = fold
         position * max_epochs + epoch - 1); the folds' tracker runs nest under ``parent``
         (``tracking.ParentRun``)."""
 
@@ -461,8 +482,9 @@ class ExperimentTarget:
             context = dataclasses.replace(RunContext.create(setup.device, log=log, progress=False),
                                           tracked_under=parent)
             train_folds(experiment, setup.dataset, setup.work, list(setup.folds), max_epochs=max_epochs,
-                        context=context, score_oof=False, on_epoch=_reporter(report, setup.folds, max_epochs))
-            return fold_oof_lwlrap(trial_name, setup)
+                        context=context, score_oof=False,
+                        on_epoch=_reporter(report, setup.folds, max_epochs, self.metric))
+            return fold_oof_score(trial_name, setup, self.metric)
 
         return run
 
@@ -483,10 +505,18 @@ class StackerTarget:
     kind = "stacker"
     default_space = DEFAULT_STACKER_SPACE
 
-    def __init__(self, ensemble: EnsembleConfig, tracking: TrackingConfig = TrackingConfig()):
+    def __init__(self, ensemble: EnsembleConfig, tracking: TrackingConfig = TrackingConfig(), metric: str = "lwlrap"):
         self.ensemble, self.tracking = ensemble, tracking
         self.name = ensemble.name
         self.stacker = ensemble.stackers[0] if ensemble.stackers else StackerConfig()
+        #: What trials' out-of-fold predictions are scored by.
+        self.metric = check_metric(metric)
+
+    def with_metric(self, metric: str | None) -> "StackerTarget":
+        """This target with trials scored by ``metric`` (None: lwlrap)."""
+        copied = copy.copy(self)
+        copied.metric = check_metric(metric or "lwlrap")
+        return copied
 
     def tracked(self, trackers=(), uri: str = "") -> "StackerTarget":
         """This target with its trials logged to ``trackers`` (an ensemble file names none)."""
@@ -496,7 +526,9 @@ class StackerTarget:
         return dataclasses.asdict(self.stacker)
 
     def base_json(self):
-        return {"experiments": list(self.ensemble.experiments), "stacker": self.template()}
+        base = {"experiments": list(self.ensemble.experiments), "stacker": self.template()}
+        # Another metric is a setting of the study; lwlrap is left out, as studies before metrics hold it.
+        return base if self.metric == "lwlrap" else {**base, "metric": self.metric}
 
     def config(self, params: dict, max_epochs: int | None = None) -> StackerConfig:
         values = self.template()
@@ -526,7 +558,7 @@ class StackerTarget:
                     device=setup.device, log=log, on_epoch=functools.partial(reporter, fold))
                 clips.append(fold_clips)
                 probs.append(fold_probs)
-            return _finite_lwlrap(truth[np.concatenate(clips)], np.concatenate(probs))
+            return _finite_score(truth[np.concatenate(clips)], np.concatenate(probs), self.metric)
 
         return run
 
@@ -564,7 +596,7 @@ def storage_url(work, name: str, storage: str | None = None) -> str:
 
 
 def open_study(name: str, url: str, *, heartbeat: tuple = HEARTBEAT) -> optuna.Study:
-    """Create or join the study ``name`` in the storage at ``url``, maximising OOF lwlrap.
+    """Create or join the study ``name`` in the storage at ``url``, maximising the OOF score.
 
     ``heartbeat`` is ``(interval, grace period)`` in seconds: a running trial writes a heartbeat
     every interval, and one silent for longer than the grace period (its process was killed) is
@@ -717,9 +749,10 @@ class SearchResult:
     ----------
     trials : DataFrame of ``trials.csv``, by trial
     best_trial : int
-    best_score : float, the best trial's OOF lwlrap
+    best_score : float, the best trial's OOF score
     best_params : dict, the best trial's settings (dotted key -> value)
     paths : dict with ``csv``, ``png`` and ``best`` (the best config file)
+    metric : the score's metric (the target's)
     """
 
     trials: pd.DataFrame
@@ -727,6 +760,7 @@ class SearchResult:
     best_score: float
     best_params: dict
     paths: dict
+    metric: str = "lwlrap"
 
 
 def _cell(value):
@@ -734,31 +768,38 @@ def _cell(value):
     return value if isinstance(value, (int, float, str)) else json.dumps(value)
 
 
-def trials_frame(study: optuna.Study, space: SearchSpace) -> pd.DataFrame:
+def trial_columns(metric: str = "lwlrap") -> list:
+    """``trials.csv``'s first columns, the score's named by its ``metric``."""
+    return [metric if column == "lwlrap" else column for column in TRIAL_COLUMNS]
+
+
+def trials_frame(study: optuna.Study, space: SearchSpace, metric: str = "lwlrap") -> pd.DataFrame:
     """Every trial of the study as a ``trials.csv`` table, by trial number.
 
-    ``lwlrap`` is the OOF lwlrap of a complete trial (NaN otherwise), ``epochs`` the epochs it
-    trained (over all its folds), ``seconds`` its duration so far.
+    ``lwlrap`` (named by ``metric``) is the OOF score of a complete trial (NaN otherwise),
+    ``epochs`` the epochs it trained (over all its folds), ``seconds`` its duration so far.
     """
     rows = []
     for trial in study.get_trials(deepcopy=False):
         seconds = trial.duration.total_seconds() if trial.duration is not None else math.nan
         rows.append({
             "trial": trial.number, "name": trial.user_attrs.get("name", ""), "state": trial.state.name,
-            "lwlrap": trial.value if trial.state == TrialState.COMPLETE else math.nan,
+            metric: trial.value if trial.state == TrialState.COMPLETE else math.nan,
             "epochs": len(trial.intermediate_values), "seconds": round(seconds, 2),
             **{key: _cell(value) for key, value in space.settings(trial.params).items()},
         })
-    return pd.DataFrame(rows, columns=TRIAL_COLUMNS + list(space.params)).sort_values("trial", ignore_index=True)
+    frame = pd.DataFrame(rows, columns=trial_columns(metric) + list(space.params))
+    return frame.sort_values("trial", ignore_index=True)
 
 
 def format_trials(trials: pd.DataFrame, top: int = 5) -> str:
-    """The best complete trials as a text table."""
-    ranked = trials[np.isfinite(trials.lwlrap.astype(float))].sort_values(["lwlrap", "trial"],
-                                                                           ascending=[False, True]).head(top)
-    keys = [c for c in trials.columns if c not in TRIAL_COLUMNS]
-    lines = [f"  {'trial':>5}  {'lwlrap':>7}  settings"]
-    lines += [f"  {int(row.trial):>5}  {row.lwlrap:7.4f}  " + ", ".join(f"{k}={row[k]}" for k in keys)
+    """The best complete trials as a text table (``trials_frame``'s, its score named by its metric)."""
+    metric = trials.columns[TRIAL_COLUMNS.index("lwlrap")]
+    ranked = trials[np.isfinite(trials[metric].astype(float))].sort_values([metric, "trial"],
+                                                                            ascending=[False, True]).head(top)
+    keys = list(trials.columns[len(TRIAL_COLUMNS):])
+    lines = [f"  {'trial':>5}  {metric:>7}  settings"]
+    lines += [f"  {int(row.trial):>5}  {row[metric]:7.4f}  " + ", ".join(f"{k}={row[k]}" for k in keys)
               for _, row in ranked.iterrows()]
     return "\n".join(lines)
 
@@ -820,7 +861,7 @@ def run_search(target, space: SearchSpace, setup: TrialSetup, *, trials: int, se
             reported.append(value)
             trial.report(value, step)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"val lwlrap {value:.4f} at step {step} trails the other trials")
+                raise optuna.TrialPruned(f"val {target.metric} {value:.4f} at step {step} trails the other trials")
 
         try:
             value = run(trial_name, params, report, tracked.parent())
@@ -865,16 +906,17 @@ def run_search(target, space: SearchSpace, setup: TrialSetup, *, trials: int, se
         recorded = _record(target, space, study, seed, paths, name)
         _log_trial(recorded[0], last["number"], log)
     bar.close()
-    if recorded is None or not recorded[0].equals(trials_frame(study, space)):  # other processes added trials
+    # Other processes may have added trials since the last record.
+    if recorded is None or not recorded[0].equals(trials_frame(study, space, target.metric)):
         recorded = _record(target, space, study, seed, paths, name)
     frame, best = recorded
-    return SearchResult(frame, *best, paths)
+    return SearchResult(frame, *best, paths, target.metric)
 
 
 def _record(target, space: SearchSpace, study: optuna.Study, seed: int, paths: dict, name: str) -> tuple:
     """Write ``trials.csv``, the best trial's config file and the progress plot from the study;
     return (the trials frame, (best trial, its score, its settings))."""
-    frame = trials_frame(study, space)
+    frame = trials_frame(study, space, target.metric)
     atomic_write_csv(paths["csv"], frame, index=False)
     return frame, _write_best(target, space, study, frame, seed, paths, name)
 
@@ -898,8 +940,9 @@ def _quiet_failure_logs(interrupted):
 
 def _log_trial(frame: pd.DataFrame, number: int, log) -> None:
     row = frame.set_index("trial").loc[number]
-    settings = ", ".join(f"{key}={row[key]}" for key in frame.columns if key not in TRIAL_COLUMNS)
-    outcome = f"OOF lwlrap {row.lwlrap:.4f}" if row.state == "COMPLETE" else row.state.lower()
+    metric = frame.columns[TRIAL_COLUMNS.index("lwlrap")]
+    settings = ", ".join(f"{key}={row[key]}" for key in frame.columns[len(TRIAL_COLUMNS):])
+    outcome = f"OOF {metric} {row[metric]:.4f}" if row.state == "COMPLETE" else row.state.lower()
     log(f"trial {number}: {outcome} after {row.epochs} epoch(s)  {settings}")
 
 
@@ -913,8 +956,8 @@ def _write_best(target, space: SearchSpace, study: optuna.Study, frame: pd.DataF
     best = max(complete, key=lambda t: (t.value, -t.number))
     settings = space.settings(best.params)
     header = (f"Best of {len(frame)} trials of `freesound search {target.name}` (seed {seed}): trial {best.number}, "
-              f"OOF lwlrap {best.value:.4f}\n"
+              f"OOF {target.metric} {best.value:.4f}\n"
               + "\n".join(f"  {key} = {json.dumps(value)}" for key, value in settings.items()))
     atomic_write_text(paths["best"], target.best_text(settings, paths["best"], header))
-    plot_search_progress(frame, paths["png"], f"search {name}: OOF lwlrap per trial")
+    plot_search_progress(frame, paths["png"], f"search {name}: OOF {target.metric} per trial")
     return best.number, float(best.value), settings

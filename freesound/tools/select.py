@@ -19,6 +19,11 @@ mean: lwlrap ranks classes within each clip, so neither the ``exp`` nor the divi
 subset's size changes anything) and blocks of subsets are
 blended by matrix products and scored at once (``freesound.metrics.label_precisions``). No file
 is read per subset.
+
+Another metric of ``freesound.metrics.METRICS`` (``metric``: ROC-AUC or padded cmAP, which rank
+the clips within each class) scores each subset's geometric-mean blend itself, one subset at a
+time: about as long per subset as one call of the metric on ``(N, C)`` (0.1 to 0.2 s for 5,000
+clips of 80 classes), so ``--max-size`` or the greedy search keep large selections short.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from freesound.config import ConfigError, StackerConfig, dump_ensemble, is_ensem
 from freesound.data.dataset import Dataset, multi_hot, read_csv
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_csv, atomic_write_text
-from freesound.metrics import label_precisions
+from freesound.metrics import METRICS, check_metric, label_precisions
 from freesound.paths import predictions_dir
 from freesound.tools.plots import plot_selection
 
@@ -81,14 +86,16 @@ class Selection:
     names : tuple of str, the ``E`` experiments subsets are drawn from
     masks : np.ndarray ``(S, E)`` bool, one row per scored subset, sorted by OOF lwlrap (highest
         first; on ties the subset scored first, which is the smaller one, comes first)
-    scores : np.ndarray ``(S,)`` float64, each subset's blend OOF lwlrap
+    scores : np.ndarray ``(S,)`` float64, each subset's blend OOF score
     method : ``"exhaustive"`` or ``"greedy"``
+    metric : the score's metric (``freesound.metrics.METRICS``)
     """
 
     names: tuple
     masks: np.ndarray
     scores: np.ndarray
     method: str
+    metric: str = "lwlrap"
 
     def subset(self, index: int) -> tuple:
         """Experiment names of the ``index``-th best subset, in the order they were given."""
@@ -103,17 +110,18 @@ class Selection:
         return float(self.scores[0])
 
     def single_scores(self) -> dict:
-        """OOF lwlrap of each experiment on its own (every selection scores all of them)."""
+        """OOF score of each experiment on its own (every selection scores all of them)."""
         singles = np.flatnonzero(self.masks.sum(axis=1) == 1)
         return {self.subset(i)[0]: float(self.scores[i]) for i in singles}
 
     def table(self, top: int | None = None) -> pd.DataFrame:
-        """``rank``, ``size``, ``lwlrap`` and ``experiments`` (joined by ``SEPARATOR``), best first."""
+        """``rank``, ``size``, the score (named by its metric) and ``experiments`` (joined by ``SEPARATOR``),
+        best first."""
         count = len(self.scores) if top is None else min(top, len(self.scores))
         return pd.DataFrame({
             "rank": np.arange(1, count + 1),
             "size": self.masks[:count].sum(axis=1),
-            "lwlrap": self.scores[:count],
+            self.metric: self.scores[:count],
             "experiments": [SEPARATOR.join(self.subset(i)) for i in range(count)],
         })
 
@@ -210,18 +218,19 @@ def enumerate_subsets(n: int, max_size: int) -> np.ndarray:
     return masks
 
 
-def score_subsets(oof: OOFSet, masks) -> np.ndarray:
-    """OOF lwlrap of the geometric-mean blend of each subset.
+def score_subsets(oof: OOFSet, masks, metric: str = "lwlrap") -> np.ndarray:
+    """OOF score (``metric``, lwlrap by default) of the geometric-mean blend of each subset.
 
     Parameters
     ----------
     oof : the experiments' aligned OOF probabilities
     masks : array-like ``(S, E)`` bool, each row a non-empty subset of ``oof.names``
+    metric : a name of ``freesound.metrics.METRICS``
 
     Returns
     -------
-    np.ndarray ``(S,)`` float64, equal to ``lwlrap(oof.truth, geometric_mean(probs[subset]))``
-    (summed logs in the dtype of ``oof.log_probs``).
+    np.ndarray ``(S,)`` float64, equal to ``METRICS[metric](oof.truth, geometric_mean(probs[subset]))``
+    (for lwlrap: summed logs in the dtype of ``oof.log_probs``).
 
     Only the clip rows lwlrap looks at are blended: the log-probabilities are gathered once per
     positive label into ``(E, P, C)``, then blocks of subsets are blended by one matrix product
@@ -231,6 +240,8 @@ def score_subsets(oof: OOFSet, masks) -> np.ndarray:
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim != 2 or masks.shape[1] != len(oof.names) or not masks.any(axis=1).all():
         raise ValueError(f"masks must be (subsets, {len(oof.names)}) with at least one experiment per row")
+    if check_metric(metric) != "lwlrap":
+        return _score_blends(oof, masks, METRICS[metric])
     weights = masks.astype(oof.log_probs.dtype)  # summed logs rank classes as their mean does
     clips, labels = np.nonzero(oof.truth)
     n_experiments, _, n_classes = oof.log_probs.shape
@@ -248,7 +259,18 @@ def score_subsets(oof: OOFSet, masks) -> np.ndarray:
     return sums / len(labels)
 
 
-def greedy_selection(oof: OOFSet, max_size: int) -> tuple:
+def _score_blends(oof: OOFSet, masks: np.ndarray, score) -> np.ndarray:
+    """``score(truth, blend)`` of each subset's geometric-mean blend, one subset at a time.
+
+    The blend is the geometric mean itself, not a sum of logs: a padded metric (cmAP) pads with
+    probability 1, which must tie with a blend of 1 as it does in ``freesound predict``'s output.
+    """
+    sizes = masks.sum(axis=1)
+    return np.array([score(oof.truth, np.exp(np.tensordot(mask.astype(float), oof.log_probs, axes=1) / size))
+                     for mask, size in zip(masks, sizes)])
+
+
+def greedy_selection(oof: OOFSet, max_size: int, metric: str = "lwlrap") -> tuple:
     """Greedy forward selection (see the module docstring).
 
     Returns
@@ -264,7 +286,7 @@ def greedy_selection(oof: OOFSet, max_size: int) -> tuple:
         candidates = np.flatnonzero(~chosen)
         masks = np.repeat(chosen[None], len(candidates), axis=0)
         masks[np.arange(len(candidates)), candidates] = True
-        scores = score_subsets(oof, masks)
+        scores = score_subsets(oof, masks, metric)
         all_masks.append(masks)
         all_scores.append(scores)
         if scores.max() <= best:
@@ -274,8 +296,10 @@ def greedy_selection(oof: OOFSet, max_size: int) -> tuple:
     return np.concatenate(all_masks), np.concatenate(all_scores)
 
 
-def select_ensemble(oof: OOFSet, max_size: int | None = None, limit: int = EXHAUSTIVE_LIMIT) -> Selection:
-    """Score subsets of ``oof.names`` of at most ``max_size`` experiments (default: all).
+def select_ensemble(oof: OOFSet, max_size: int | None = None, limit: int = EXHAUSTIVE_LIMIT,
+                    metric: str = "lwlrap") -> Selection:
+    """Score subsets of ``oof.names`` of at most ``max_size`` experiments (default: all) by the
+    blend's OOF ``metric`` (a name of ``freesound.metrics.METRICS``).
 
     Exhaustive while ``count_subsets(E, max_size) <= limit``, else greedy forward selection.
     """
@@ -285,21 +309,22 @@ def select_ensemble(oof: OOFSet, max_size: int | None = None, limit: int = EXHAU
         raise FreesoundError(f"the largest subset must hold at least one experiment, got {max_size}")
     if count_subsets(n, max_size) <= limit:
         method, masks = "exhaustive", enumerate_subsets(n, max_size)
-        scores = score_subsets(oof, masks)
+        scores = score_subsets(oof, masks, metric)
     else:
         method = "greedy"
-        masks, scores = greedy_selection(oof, max_size)
+        masks, scores = greedy_selection(oof, max_size, metric)
     order = np.argsort(-scores, kind="stable")
-    return Selection(oof.names, masks[order], scores[order], method)
+    return Selection(oof.names, masks[order], scores[order], method, metric)
 
 
 def format_selection(selection: Selection, top: int = 10) -> str:
     """The top subsets as a text table, then the best blend against the best single experiment."""
-    table = selection.table(top)
+    table, metric = selection.table(top), selection.metric
     lines = [f"{selection.method} selection over {len(selection.names)} experiments: "
-             f"{len(selection.scores)} subsets scored by blend OOF lwlrap",
-             f"  {'rank':>4}  {'size':>4}  {'lwlrap':>7}  experiments"]
-    lines += [f"  {row.rank:>4}  {row.size:>4}  {row.lwlrap:7.4f}  {row.experiments}" for row in table.itertuples()]
+             f"{len(selection.scores)} subsets scored by blend OOF {metric}",
+             f"  {'rank':>4}  {'size':>4}  {metric:>7}  experiments"]
+    lines += [f"  {rank:>4}  {size:>4}  {score:7.4f}  {experiments}"
+              for rank, size, score, experiments in table.itertuples(index=False)]
     single_name, single_score = max(selection.single_scores().items(), key=lambda item: item[1])
     lines.append(f"best single experiment: {single_name} {single_score:.4f}; best blend: "
                  f"{SEPARATOR.join(selection.best)} {selection.best_score:.4f} "
@@ -339,10 +364,10 @@ def save_selection(selection: Selection, out, *, stackers=(StackerConfig(),), to
     """
     out = Path(out)
     header = (f"Selected by `freesound select-ensemble` ({selection.method}, {len(selection.scores)} subsets of "
-              f"{', '.join(selection.names)}):\nblend OOF lwlrap {selection.best_score:.4f}.")
+              f"{', '.join(selection.names)}):\nblend OOF {selection.metric} {selection.best_score:.4f}.")
     paths = {"ensemble": write_ensemble_file(out, selection.best, stackers, header)}
     paths["csv"] = out.with_suffix(".selection.csv")
     atomic_write_csv(paths["csv"], selection.table(), index=False)
     paths["png"] = plot_selection(selection.table(top), out.with_suffix(".selection.png"),
-                                  f"{out.stem}: top subsets by blend OOF lwlrap ({selection.method})")
+                                  f"{out.stem}: top subsets by blend OOF {selection.metric} ({selection.method})")
     return paths

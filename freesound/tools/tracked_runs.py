@@ -95,9 +95,10 @@ def end_trial_run(run: SummaryRun, state: str, value: float | None, reported: li
 
 
 def track_stack(config: TrackingConfig, ensemble: EnsembleConfig, dataset: Dataset, work, cv: dict,
-                log: Callable[[str], None]) -> None:
+                log: Callable[[str], None], metric: str = "lwlrap") -> None:
     """``stack``'s result as runs (the module docstring), from the files ``train_stackers`` wrote
-    (``<stacker>_oof.csv``, ``blend_scores.json``) and its ``cv`` (name -> OOF lwlrap). Each
+    (``<stacker>_oof.csv``, ``blend_scores.json``) and its ``cv`` (name -> OOF ``metric``, logged
+    as ``cv/<name>`` for lwlrap, ``cv_<metric>/<name>`` for another). Each
     stacker's per-class PNG is written beside its predictions first
     (``<work>/predictions/<ensemble>/<stacker>_per_class.png``)."""
     if not config.trackers:
@@ -118,7 +119,9 @@ def track_stack(config: TrackingConfig, ensemble: EnsembleConfig, dataset: Datas
     track_summary(config, work, ensemble.name, "blend",
                   params={"experiments": experiments,
                           "stackers": json.dumps([ensemble.stacker_dir_name(s) for s in ensemble.stackers])},
-                  metrics={**result_metrics(blend), **{f"cv/{name}": score for name, score in cv.items()}},
+                  metrics={**result_metrics(blend),
+                           **{f"{'cv' if metric == 'lwlrap' else f'cv_{metric}'}/{name}": score
+                              for name, score in cv.items()}},
                   log=log, label="the blend")
 
 

@@ -3,9 +3,10 @@
 One epoch, top to bottom::
 
     train_values = hooks.train_epoch(epoch)      # e.g. {"train_loss": 0.08}
-    score, val_values = hooks.validate()         # val lwlrap, e.g. {"val_loss": 0.05}
-    scheduler.step(score)                        # reduce-on-plateau of val lwlrap
-    log row: epoch, lr, train values, val values, val_lwlrap, seconds
+    score, val_values = hooks.validate()         # the val score (lwlrap unless a trainer's metric
+                                                 # says otherwise), e.g. {"val_loss": 0.05}
+    scheduler.step(score)                        # reduce-on-plateau of the val score
+    log row: epoch, lr, train values, val_lwlrap (the score), val values, seconds
     if hooks.restart_best(epoch): forget the best so far # SWA's first averaged model
     if score improved: hooks.save_best(epoch, score)     # keep the best checkpoint
     early stop after `early_stop_patience` epochs without improvement
@@ -42,7 +43,8 @@ class FitState:
     Attributes
     ----------
     epoch : int, epochs finished
-    best_score : float, the best val lwlrap so far (-1 before the first epoch)
+    best_score : float, the best val score so far (-1 before the first epoch; saved as ``best_lwlrap``
+        whatever the metric, the name of resumable states written before there were others)
     best_epoch : int, the epoch it was reached at (1-based; -1 before the first epoch)
     bad_epochs : int, epochs since the last improvement
     rows : list of dict, the log, one row per epoch
@@ -76,7 +78,8 @@ class Hooks:
     Attributes
     ----------
     train_epoch : ``(epoch index, 0-based) -> dict`` of log values
-    validate : ``() -> (val lwlrap, dict of other log values)``
+    validate : ``() -> (val score, dict of other log values)``; the score is logged as ``val_lwlrap``
+        unless the dict holds ``val_lwlrap`` itself (the score is then another metric's)
     save_best : ``(epoch, score) -> None``, called when the score improved
     save_state : ``(FitState) -> None``, the resumable state, after the log is written (optional)
     end_epoch : ``(FitState, row) -> None``, last; may raise to stop training, as a search does to
@@ -103,7 +106,7 @@ def fit(hooks: Hooks, optimizer, scheduler, *, max_epochs: int, early_stop_patie
     ----------
     hooks : Hooks
     optimizer : its first parameter group's ``lr`` is logged
-    scheduler : ``ReduceLROnPlateau`` in ``mode="max"``, stepped on the val lwlrap
+    scheduler : ``ReduceLROnPlateau`` in ``mode="max"``, stepped on the val score
     max_epochs : total epochs, counting those of a ``resumed`` run
     early_stop_patience : stop after this many epochs without improvement
     log_path : ``log.csv``, rewritten atomically after every epoch; None: not written (a torchrun
@@ -118,8 +121,8 @@ def fit(hooks: Hooks, optimizer, scheduler, *, max_epochs: int, early_stop_patie
         score, val_values = hooks.validate()
         scheduler.step(score)
         state.epoch += 1
-        row = {"epoch": state.epoch, "lr": optimizer.param_groups[0]["lr"], **train_values, **val_values,
-               "val_lwlrap": score, "seconds": time.perf_counter() - started}
+        row = {"epoch": state.epoch, "lr": optimizer.param_groups[0]["lr"], **train_values, "val_lwlrap": score,
+               **val_values, "seconds": time.perf_counter() - started}
         state.rows.append({column: row[column] for column in columns})
         if hooks.restart_best is not None and hooks.restart_best(state.epoch):
             state.best_score, state.bad_epochs = -1.0, 0

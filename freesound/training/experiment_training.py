@@ -30,7 +30,7 @@ from freesound.paths import checkpoint_path, fold_unfinished
 from freesound.training.context import RunContext
 from freesound.training.distributed import process_device, process_group
 from freesound.training.fold_devices import train_folds_on_devices
-from freesound.training.oof import predict_oof
+from freesound.training.oof import predict_oof, reported_metrics
 from freesound.training.tracking import reachable
 from freesound.training.trainer import train_experiment
 
@@ -136,5 +136,6 @@ def score_trained(experiment: Experiment, dataset: Dataset, work, results: list,
                  or fold_unfinished(work, experiment.name, fold)]
     scores = None
     if score_oof and not untrained:
-        scores = predict_oof(experiment.name, dataset, work, **context.predicting())
+        scores = predict_oof(experiment.name, dataset, work, **context.predicting(),
+                             metrics=reported_metrics(experiment.train.metric))
     return TrainingReport(results, untrained, scores, experiment=experiment)

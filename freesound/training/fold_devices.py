@@ -101,7 +101,7 @@ class _Job:
 
 def _fold_process(slot: int, device: str, job: _Job, folds, events, parent: int) -> None:
     """A fold process: train folds from ``folds`` until its ``None``, reporting to ``events``:
-    ``("log", slot, line)``, ``("epoch", slot, fold, epoch, val_lwlrap)``, ``("done", slot,
+    ``("log", slot, line)``, ``("epoch", slot, fold, epoch, val score)`` (of ``[train] metric``), ``("done", slot,
     FoldResult)``, and last ``("exit", slot)`` or ``("failed", slot, fold, message, traceback or
     None)``. It ends when ``parent`` dies; interrupted (Ctrl-C), it ends quietly: the parent
     reports the interrupt."""
@@ -109,13 +109,13 @@ def _fold_process(slot: int, device: str, job: _Job, folds, events, parent: int)
     if torch.device(device).type == "cpu":
         torch.set_num_threads(job.cpu_threads)
     context = RunContext.create(device, log=lambda line: events.put(("log", slot, line)), progress=False)
-    fold = None
+    fold, score = None, f"val_{job.experiment.train.metric}"
     try:
         while (fold := folds.get()) is not None:
             result = train_fold(
                 job.experiment, job.dataset, job.work, fold, context=context, max_epochs=job.max_epochs,
                 resume=job.resume,
-                on_epoch=lambda run, row, fold=fold: events.put(("epoch", slot, fold, run.epoch, row["val_lwlrap"])))
+                on_epoch=lambda run, row, fold=fold: events.put(("epoch", slot, fold, run.epoch, row[score])))
             events.put(("done", slot, result))
     except Exception as error:  # reported to the parent, which stops the job with it
         expected = isinstance(error, FreesoundError)

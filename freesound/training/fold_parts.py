@@ -44,7 +44,7 @@ class FoldParts:
     Attributes
     ----------
     model : the network on the device, channels-last (not wrapped for DDP or compiled)
-    optimizer, scheduler : Adam and its reduce-on-plateau scheduler on val lwlrap
+    optimizer, scheduler : Adam and its reduce-on-plateau scheduler on the val score (``[train] metric``)
     scaler : torch.amp.GradScaler, disabled without AMP
     averaging : WeightAverage (disabled without ``[averaging]``)
     loss_fn : the training loss over the model's heads; valid_loss_fn : the curated loss
@@ -113,7 +113,8 @@ def build_fold_parts(experiment: Experiment, dataset: Dataset, work, fold: int, 
 
 def adam_with_plateau(parameters, lr: float, factor: float, patience: int) -> tuple:
     """``(Adam(parameters, lr), ReduceLROnPlateau(mode="max", factor, patience))``: the optimiser
-    and schedule of the method's first-level models and of its stackers, stepped on val lwlrap."""
+    and schedule of the method's first-level models and of its stackers, stepped on the val score
+    (val lwlrap, or the ``[train] metric`` of a first-level model)."""
     optimizer = torch.optim.Adam(parameters, lr=lr)
     return optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=factor,
                                                                   patience=patience)

@@ -5,7 +5,8 @@ Written to ``<work>/predictions/<experiment>/``::
     oof_tiles.npz    fnames (N,), folds (N,), offsets (N+1,), probs (total tiles, C) float32:
                      clip i's tile probabilities are probs[offsets[i]:offsets[i+1]]
     oof.csv          fname + class columns: each clip's mean over tiles
-    oof_scores.json  lwlrap overall, per fold and per class
+    oof_scores.json  lwlrap overall, per fold and per class; beside it the experiment's
+                     ``[train] metric`` when that is another (``reported_metrics``)
 
 The stacker trains on the per-tile probabilities; the clip means give the experiment's CV score.
 """
@@ -103,16 +104,22 @@ def predict_fold_tiles(name: str, dataset: Dataset, work, folds=None, *, device=
                     tile_frames.pop())
 
 
+def reported_metrics(metric: str) -> tuple:
+    """The metrics OOF scores report for an experiment trained by ``metric``: lwlrap, then it."""
+    return tuple(dict.fromkeys(("lwlrap", metric)))
+
+
 def predict_oof(name: str, dataset: Dataset, work, *, device="cpu", batch_size: int = 64, precision: str = "fp16",
                 feature_workers: int = 1, progress: bool = True, runtime: str = "torch",
-                allow_unfinished: bool = False, log=print) -> dict:
+                allow_unfinished: bool = False, log=print, metrics=("lwlrap",)) -> dict:
     """Predict every fold's validation clips with that fold's model; write and score them
     (``predict_fold_tiles``: missing curated log-mels are computed first; unfinished folds are
     refused unless ``allow_unfinished``).
 
     Returns
     -------
-    dict with ``lwlrap`` (overall), ``per_fold`` and ``per_class`` scores (as written to JSON)
+    dict with ``lwlrap`` (overall), ``per_fold`` and ``per_class`` scores (as written to JSON), and
+    those of the other ``metrics`` (``freesound.metrics.score_predictions``)
     """
     oof = predict_fold_tiles(name, dataset, work, device=device, batch_size=batch_size, precision=precision,
                              feature_workers=feature_workers, progress=progress, runtime=runtime,
@@ -125,7 +132,8 @@ def predict_oof(name: str, dataset: Dataset, work, *, device="cpu", batch_size: 
     clip_probs = oof.clip_means()
     atomic_write_csv(out_dir / "oof.csv", probability_frame(oof.fnames, clip_probs, dataset.classes), index=False)
     labels = dataset.curated.set_index("fname").loc[list(oof.fnames), "labels"]
-    scores = score_predictions(multi_hot(labels, dataset.classes), clip_probs, dataset.classes, oof.folds)
+    scores = score_predictions(multi_hot(labels, dataset.classes), clip_probs, dataset.classes, oof.folds,
+                               metrics=metrics)
     atomic_write_text(out_dir / "oof_scores.json", json.dumps(scores, indent=2) + "\n")
     return scores
 

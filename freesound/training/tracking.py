@@ -93,10 +93,13 @@ def epoch_metrics(row: dict, epoch_size: int) -> dict:
     """An epoch's ``log.csv`` row as the values a tracker logs (``EPOCH_METRICS``).
 
     ``samples_per_s`` is ``epoch_size`` clips over the epoch's ``seconds`` (training and
-    validation); 0.0 when no time was measured.
+    validation); 0.0 when no time was measured. The val score of a ``[train] metric`` other than
+    lwlrap (``val_roc_auc``, ``val_cmap``) comes after them.
     """
     metrics = {name: float(row[name]) for name in EPOCH_METRICS[:-1]}
     metrics["samples_per_s"] = epoch_size / row["seconds"] if row["seconds"] > 0 else 0.0
+    metrics.update({name: float(value) for name, value in row.items()
+                    if name.startswith("val_") and name not in metrics})
     return metrics
 
 

@@ -1,16 +1,19 @@
 """The method's first-level training: one fold of one experiment.
 
 Per epoch (``freesound.training.engine.fit``): train on ``epoch_size`` sampled clips, validate on
-the held-out curated fold (centre-cropped), then, in this order: step the plateau scheduler on val
-lwlrap, keep the checkpoint if val lwlrap improved, write ``log.csv``, save the resumable state,
-and stop early after ``early_stop_patience`` epochs without improvement. With ``[averaging]`` (SWA
-or EMA, ``freesound.training.averaging``) the averaged model is the one validated and kept.
+the held-out curated fold (centre-cropped), then, in this order: step the plateau scheduler on the
+val score, keep the checkpoint if the val score improved, write ``log.csv``, save the resumable
+state, and stop early after ``early_stop_patience`` epochs without improvement. The val score is
+``[train] metric`` of the fold's clips: lwlrap (the method's), ROC-AUC or padded cmAP. With
+``[averaging]`` (SWA or EMA, ``freesound.training.averaging``) the averaged model is the one
+validated and kept.
 
 Files in ``<work>/experiments/<name>/fold_<k>/``::
 
     model.pt    best checkpoint (``freesound.models.load_model`` reads it)
     config.toml the resolved experiment
-    log.csv     epoch, lr, train_loss, val_loss, val_lwlrap, seconds
+    log.csv     epoch, lr, train_loss, val_loss, val_lwlrap, seconds (and val_<metric> before
+                seconds when ``[train] metric`` is not lwlrap)
 
 and ``<work>/train_state/<name>/fold_<k>/state.pt``: everything needed to resume
 (``freesound.training.resume_state``). It lives outside ``experiments/`` because that folder is
@@ -42,7 +45,7 @@ from freesound.data.dataset import Dataset
 from freesound.data.features import ensure_features
 from freesound.data.folds import fold_fingerprint, read_folds, requested_folds
 from freesound.fileio import atomic_write_text
-from freesound.metrics import lwlrap
+from freesound.metrics import METRICS, lwlrap
 from freesound.models import save_checkpoint
 from freesound.paths import fold_dir, train_state_path
 from freesound.progress import progress_bar
@@ -91,8 +94,16 @@ LOG_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "val_lwlrap", "seconds"]
 TRAIN_SPLITS = ("train_curated", "train_noisy")
 
 
+def log_columns(metric: str) -> list:
+    """``log.csv``'s columns when the val score is ``metric``: ``LOG_COLUMNS``, with ``val_<metric>``
+    before ``seconds`` for a metric other than lwlrap."""
+    return LOG_COLUMNS if metric == "lwlrap" else [*LOG_COLUMNS[:-1], f"val_{metric}", LOG_COLUMNS[-1]]
+
+
 @dataclass(frozen=True)
 class FoldResult:
+    """A trained fold; ``best_lwlrap`` is its best val score, of ``[train] metric`` (lwlrap by default)."""
+
     fold: int
     best_epoch: int
     best_lwlrap: float
@@ -177,6 +188,8 @@ class FoldRun:
         self.max_epochs = experiment.train.max_epochs if max_epochs is None else max_epochs
         self.resume, self.on_epoch = resume, on_epoch
         self.out_dir = fold_dir(work, experiment.name, fold)
+        self.columns = log_columns(experiment.train.metric)
+        self.val_values: dict = {}  # the last validation's log values, for the checkpoint
         self.state_path = train_state_path(work, experiment.name, fold)
         cfg = experiment.train
         self.group = ProcessGroup(context.processes, context.device, cfg.sync_batchnorm, cfg.seed + fold)
@@ -209,7 +222,7 @@ class FoldRun:
         try:
             fit_state = fit(self._hooks(), self.parts.optimizer, self.parts.scheduler, max_epochs=self.max_epochs,
                             early_stop_patience=self.experiment.train.early_stop_patience,
-                            log_path=self.out_dir / "log.csv" if self.context.main else None, columns=LOG_COLUMNS,
+                            log_path=self.out_dir / "log.csv" if self.context.main else None, columns=self.columns,
                             resumed=resumed)
         except BaseException as error:
             self._each("abort_fold", error)
@@ -268,9 +281,9 @@ class FoldRun:
         # A disabled scaler saved {}, which an enabled one refuses to load: it starts fresh then.
         restored = {name: module for name, module in self._modules().items()
                     if name != "scaler" or state["amp"] == scaler.is_enabled()}
-        fit_state = restore(state, restored, LOG_COLUMNS)
+        fit_state = restore(state, restored, self.columns)
         generators = restore_generators(state, self.context.device, processes.rank, processes.world_size)
-        self.context.log(f"fold {self.fold}: resuming after epoch {fit_state.epoch} (best val lwlrap "
+        self.context.log(f"fold {self.fold}: resuming after epoch {fit_state.epoch} (best val {self._metric} "
                          f"{fit_state.best_score:.4f} at epoch {fit_state.best_epoch})")
         note = resume_note(self.fold, state["device"], state["amp"], self.context.device, scaler.is_enabled(),
                            generators, saved_processes=state["world_size"], processes=processes.world_size)
@@ -319,7 +332,19 @@ class FoldRun:
                                      len(self.dataset.classes))
         scores = processes.gather(scores)
         val_loss = sum(processes.gather_objects(loss_sum)) / len(parts.valid_set)
-        return lwlrap(parts.valid_targets, scores), {"val_loss": val_loss}
+        self.val_values = {"val_loss": val_loss, "val_lwlrap": lwlrap(parts.valid_targets, scores)}
+        metric = self._metric
+        if metric != "lwlrap":
+            try:
+                self.val_values[f"val_{metric}"] = METRICS[metric](parts.valid_targets, scores)
+            except ValueError as error:  # e.g. ROC-AUC of a class every validation clip has
+                raise ConfigError(f"experiment {self.experiment.name!r}, fold {self.fold}: [train] metric = "
+                                  f"{metric!r} cannot score the fold's validation clips: {error}") from None
+        return self.val_values[f"val_{metric}"], self.val_values
+
+    @property
+    def _metric(self) -> str:
+        return self.experiment.train.metric
 
     def restarts_best(self, epoch: int) -> bool:
         return any(option.restarts_best(epoch) for option in self.options)
@@ -331,25 +356,36 @@ class FoldRun:
             self.out_dir / "model.pt", self.evaluated(),
             model_name=experiment.model.name, model_params=model_params(experiment, len(classes)),
             classes=list(classes), audio_config=experiment.audio.to_dict(), network_input=experiment.input.to_dict(),
-            experiment=experiment.name, fold=self.fold, epoch=epoch, val_lwlrap=float(score), **fields,
+            experiment=experiment.name, fold=self.fold, epoch=epoch, **self._val_fields(score), **fields,
         )
+
+    def _val_fields(self, score: float) -> dict:
+        """The checkpoint's val scores: ``val_lwlrap``, and ``val_<metric>`` when that is the score."""
+        if self._metric == "lwlrap":
+            return {"val_lwlrap": float(score)}
+        return {"val_lwlrap": float(self.val_values["val_lwlrap"]), f"val_{self._metric}": float(score)}
 
     def save_fold_state(self, fit_state: FitState) -> None:
         processes, device = self.context.processes, self.context.device
         rank_rng = processes.gather_objects(rng_states(device))  # every process takes part
         fields = self._merged("state_fields")
         processes.main_only(save_state)(
-            self.state_path, self._modules(), fit_state, LOG_COLUMNS, **rank_rng[0], rank_rng=rank_rng,
+            self.state_path, self._modules(), fit_state, self.columns, **rank_rng[0], rank_rng=rank_rng,
             world_size=processes.world_size, experiment=self.experiment.to_dict(), device=str(device),
             amp=self.parts.scaler.is_enabled(), format=STATE_FORMAT, **fields)
 
     def end_epoch(self, fit_state: FitState, row: dict) -> None:
         self.context.log(f"fold {self.fold} epoch {fit_state.epoch}: train loss {row['train_loss']:.4f}, val loss "
-                         f"{row['val_loss']:.4f}, val lwlrap {row['val_lwlrap']:.4f}"
+                         f"{row['val_loss']:.4f}, val lwlrap {row['val_lwlrap']:.4f}{self._other_score(row)}"
                          f"{' *' if fit_state.best_epoch == fit_state.epoch else ''}")
         self._each("end_epoch", fit_state, row)
         if self.on_epoch is not None:
             self.on_epoch(fit_state, row)
+
+    def _other_score(self, row: dict) -> str:
+        """The log line's val score of ``[train] metric`` when it is not lwlrap."""
+        metric = self._metric
+        return "" if metric == "lwlrap" else f", val {metric} {row[f'val_{metric}']:.4f}"
 
     def _each(self, hook: str, *args) -> None:
         """Call the ``FoldOption`` hook ``hook`` of every option, in order."""
