@@ -73,6 +73,30 @@ def test_valid_crops_take_the_first_centre_or_whole_clip():
         valid_transform(16, crop="last")
 
 
+def test_whole_clip_validation_scores_clips_of_any_length_one_a_batch():
+    import torch
+
+    from freesound.models import create_model
+    from freesound.training.fold_parts import validation_batch_size
+    from freesound.training.sampling import ValidationDataset
+    from freesound.training.trainer import _validate
+
+    assert validation_batch_size(experiment_from_dict({"train": {"valid_crop": "whole", "batch_size": 8}})) == 1
+    assert validation_batch_size(experiment_from_dict({"train": {"valid_crop": "first", "batch_size": 8}})) == 8
+    rng = np.random.default_rng(0)
+    specs = [rng.standard_normal((32, frames)).astype(np.float32) for frames in (20, 75, 140)]
+    targets = np.eye(3, 2, dtype=np.float32)
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", num_classes=2, base_size=4)
+    valid_set = ValidationDataset(specs, targets, valid_transform(32, crop="whole"))
+    assert [tuple(valid_set[i][0].shape) for i in range(3)] == [(3, 32, 32), (3, 32, 75), (3, 32, 140)]
+    loss, scores = _validate(model, valid_set, torch.nn.BCEWithLogitsLoss(), 1, torch.device("cpu"), False, 2)
+    assert scores.shape == (3, 2) and np.isfinite(loss) and ((scores > 0) & (scores < 1)).all()
+    model.eval()
+    with torch.no_grad():  # each clip's score is the model on that whole clip
+        np.testing.assert_allclose(scores[2], torch.sigmoid(model(valid_set[2][0][None])[0])[0].numpy(), rtol=1e-5)
+
+
 def test_a_chunk_of_a_long_memory_mapped_log_mel_reads_only_the_chunk(tmp_path):
     # 128 mel bands x 40,000 frames (about 6.7 min at BirdCLEF's 10 ms hops): 20 MB of float32.
     long = np.random.default_rng(0).standard_normal((128, 40_000)).astype(np.float32)
