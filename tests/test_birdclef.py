@@ -38,7 +38,8 @@ def test_new_train_keys_are_left_out_of_resolved_configs_at_their_defaults():
 
 def test_chunk_frames_follow_the_audio_config_and_default_to_the_tile():
     assert experiment_from_dict({"input": {"tile_frames": 128}}).chunk_frames == 128
-    chunked = experiment_from_dict({"train": {"chunk_seconds": 5.0}, "audio": {"sample_rate": 32000, "hop_length": 320}})
+    chunked = experiment_from_dict({"train": {"chunk_seconds": 5.0},
+                                    "audio": {"sample_rate": 32000, "hop_length": 320}})
     assert chunked.chunk_frames == 501  # 1 + 160000 // 320, as a 5 s file gives
     assert load_experiment("birdclef_sed").chunk_frames == load_experiment("birdclef_sed").input.tile_frames == 501
 
@@ -298,8 +299,11 @@ def test_birdclef_sed_trains_on_chunks_of_prepared_soundscape_data(soundscapes, 
     run_cli("prepare", soundscapes, data)
     experiment = tmp_path / "bc.toml"
     text = (Path(__file__).parents[1] / "experiments" / "birdclef_sed.toml").read_text()
-    experiment.write_text(text.replace("epoch_size = 128", "epoch_size = 32").replace("max_epochs = 10", "max_epochs = 1")
-                          .replace("batch_size = 16", "batch_size = 8").replace("workers = 1", "workers = 0"))
+    for setting, tiny in (("epoch_size = 128", "epoch_size = 32"), ("max_epochs = 10", "max_epochs = 1"),
+                          ("batch_size = 16", "batch_size = 8"), ("workers = 1", "workers = 0")):
+        assert setting in text
+        text = text.replace(setting, tiny)
+    experiment.write_text(text)
     run_cli("features", "--data", data, "--work", work, "--experiment", experiment, "--workers", 1)
     folds = run_cli("make-folds", "--data", data, "--work", work, "--group-by", "group", "--folds", 2)
     assert "groups kept apart" in folds.output

@@ -105,8 +105,9 @@ def read_train_csv(src, csv=None) -> tuple:
     Returns
     -------
     table : DataFrame with ``file`` (the audio path, below ``SRC/train_audio``), ``filename`` (as
-        written, relative to ``train_audio/``), ``where`` (the row, for messages), ``primary`` (str), ``secondary`` (tuple of str, in the vocabulary) and
-        ``group`` (the author; empty without the column)
+        written, relative to ``train_audio/``), ``where`` (the row, for messages), ``primary``
+        (str), ``secondary`` (tuple of str, in the vocabulary) and ``group`` (the author; empty
+        without the column)
     classes : tuple of str, the vocabulary (``read_vocabulary``)
     dropped : dict, secondary labels outside the vocabulary and how many rows named each (left
         out: BirdCLEF's recordists name background species the competition does not score)

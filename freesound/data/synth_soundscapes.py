@@ -293,7 +293,8 @@ def _write_tables(root: Path, classes, recordings, soundscapes) -> None:
             "primary_label": code, "secondary_labels": _label_list(classes[c] for c in plan.secondary),
             "type": "['song']", "latitude": round(float(rng.uniform(-40, 60)), 4),
             "longitude": round(float(rng.uniform(-120, 150)), 4),
-            "scientific_name": taxonomy.scientific_name[plan.primary], "common_name": taxonomy.common_name[plan.primary],
+            "scientific_name": taxonomy.scientific_name[plan.primary],
+            "common_name": taxonomy.common_name[plan.primary],
             "author": plan.author, "license": "Creative Commons Attribution-NonCommercial-ShareAlike 4.0",
             "rating": float(rng.integers(1, 11)) / 2,
             "url": f"https://xeno-canto.org/{Path(plan.filename).stem.removeprefix('XC')}",
@@ -309,7 +310,8 @@ def _write_tables(root: Path, classes, recordings, soundscapes) -> None:
     solution = pd.DataFrame(truth, columns=list(classes))
     solution.insert(0, ROW_ID, row_ids)
     solution.to_csv(root / SOLUTION_CSV, index=False)
-    events = pd.DataFrame([(plan.stem, classes[cls], start, end) for plan in soundscapes for cls, start, end in plan.events],
+    events = pd.DataFrame([(plan.stem, classes[cls], start, end)
+                           for plan in soundscapes for cls, start, end in plan.events],
                           columns=["soundscape", "primary_label", "start", "end"])
     events.to_csv(root / EVENTS_CSV, index=False)
 
