@@ -90,20 +90,43 @@ def experiments_dir_option(function):
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, byte-identical dataset.")
 @click.option("--like", "like_dir", type=click.Path(path_type=Path), default=None,
               help="Replicate this FSDKaggle2019 metadata folder (train_curated.csv, train_noisy.csv, "
-              "test_post_competition.csv, vocabulary.csv): its names, labels, counts and order, synthetic audio. "
-              "--classes/--curated/--noisy/--test do not apply.")
+              "test_post_competition.csv, vocabulary.csv), or a BirdCLEF one (train.csv, taxonomy.csv): its names, "
+              "labels, counts and order, synthetic audio. --classes/--curated/--noisy/--test do not apply.")
 @click.option("--duration-scale", type=click.FloatRange(0, min_open=True), default=None,
               help="With --like: multiply every clip length by this (0.1: about 10 h of audio for the real metadata).  [default: 1]")
-def synth(out_dir, num_classes, num_curated, num_noisy, num_test, seed, like_dir, duration_scale):
+@click.option("--soundscapes", is_flag=True,
+              help="Write the BirdCLEF layout instead: train.csv, train_audio/ (--curated recordings of 3-60 s, "
+              "default 100), taxonomy.csv, test_soundscapes/ (--test one-minute soundscapes, default 10), "
+              "sample_submission.csv and solution.csv (5 s windows); --classes defaults to 10.")
+@click.pass_context
+def synth(ctx, out_dir, num_classes, num_curated, num_noisy, num_test, seed, like_dir, duration_scale, soundscapes):
     """Write a synthetic FSDKaggle2019-shaped dataset to OUT_DIR.
 
-    With --like, a replica of the real metadata; an interrupted --like run resumes where it stopped.
+    With --like, a replica of the real metadata (FSDKaggle2019's, or a BirdCLEF train.csv and
+    taxonomy.csv); an interrupted --like run resumes where it stopped. With --soundscapes, a
+    BirdCLEF-shaped dataset.
     """
-    if like_dir is not None:
-        from freesound.data.synth_like import synthesize_like
+    if soundscapes:
+        from freesound.data.synth_soundscapes import synthesize_soundscapes
 
-        summary = synthesize_like(out_dir, like_dir, duration_scale=1.0 if duration_scale is None else duration_scale,
-                                  seed=seed, workers=settings.default_workers())
+        given = {name: ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+                 for name in ("num_classes", "num_curated", "num_noisy", "num_test")}
+        if like_dir is not None or duration_scale is not None or given["num_noisy"]:
+            raise click.UsageError("--soundscapes takes --classes, --curated, --test and --seed only")
+        summary = synthesize_soundscapes(
+            out_dir, num_classes=num_classes if given["num_classes"] else 10,
+            num_recordings=num_curated if given["num_curated"] else 100,
+            num_soundscapes=num_test if given["num_test"] else 10, seed=seed, workers=settings.default_workers())
+        click.echo(f"wrote {summary}")
+        return
+    if like_dir is not None:
+        from freesound.data.birdclef import TRAIN_CSV, is_birdclef_csv
+        from freesound.data.synth_like import synthesize_like
+        from freesound.data.synth_soundscapes import synthesize_birdclef_like
+
+        like = synthesize_birdclef_like if is_birdclef_csv(like_dir / TRAIN_CSV) else synthesize_like
+        summary = like(out_dir, like_dir, duration_scale=1.0 if duration_scale is None else duration_scale,
+                       seed=seed, workers=settings.default_workers())
         click.echo(f"wrote {summary}")
         return
     if duration_scale is not None:
@@ -184,8 +207,10 @@ def prepare(src, out, csv_file, pattern, file_column, audio_dir, label_column, s
             fold_column, test_column, test_values, copy, skip_missing, unlabeled_dir):
     """Turn a labeled collection at SRC into the FSDKaggle2019 layout at OUT (a new folder).
 
-    SRC is a folder per class (default), or described by --csv or --pattern. Audio is linked or
-    copied, never re-encoded; OUT also gets metadata.csv (groups, given folds) for make-folds.
+    SRC is a folder per class (default), or described by --csv or --pattern, or a BirdCLEF
+    competition folder (train.csv, train_audio/: secondary labels kept, author as the group).
+    Audio is linked or copied, never re-encoded; OUT also gets metadata.csv (groups, given folds)
+    for make-folds.
     """
     from freesound.data.prepare import prepare_collection
 
@@ -200,6 +225,9 @@ def prepare(src, out, csv_file, pattern, file_column, audio_dir, label_column, s
         click.echo(f"  renamed: {source} -> {fname} (another file has its name)")
     for where, path in report.missing:
         click.echo(f"  skipped: {where}: {path} not found", err=True)
+    if report.dropped_secondary:
+        click.echo(f"  left out {sum(report.dropped_secondary.values())} secondary label(s) of "
+                   f"{len(report.dropped_secondary)} species outside the class list", err=True)
     how = ", ".join(f"{n} {word}" for n, word in ((report.linked, "hard-linked"), (report.symlinked, "symlinked"),
                                                   (report.copied, "copied")) if n)
     extra = "".join(f", {word}" for flag, word in ((report.has_groups, "groups"), (report.has_folds, "given folds"))
@@ -380,7 +408,8 @@ def train(experiment, data_dir, work_dir, experiments_dir, folds, epochs, device
                          where=where, score_oof=not no_oof, max_epochs=epochs, resume=resume)
     if not report.main:
         return
-    click.echo(f"\n{config.name}: best val {config.train.metric} per fold (centre crop)")
+    crop = {"center": "centre crop", "first": "first chunk", "whole": "whole clips"}[config.train.valid_crop]
+    click.echo(f"\n{config.name}: best val {config.train.metric} per fold ({crop})")
     for result in report.folds:
         click.echo(f"  fold {result.fold}: {result.best_lwlrap:.4f} at epoch {result.best_epoch} of {result.epochs}")
     click.echo(f"weights -> {experiment_dir(work_dir, config.name)}")

@@ -135,6 +135,11 @@ def check_step_settings(lr: float, batch_size: int, epoch_size: int) -> None:
 #: The metrics a run can be scored and chosen by (``freesound.metrics.METRICS``; repeated here,
 #: where NumPy is not imported, and held equal to it by the tests).
 METRIC_NAMES = ("lwlrap", "roc_auc", "cmap")
+#: Where validation crops each held-out clip (``TrainConfig.valid_crop``).
+VALID_CROPS = ("center", "first", "whole")
+#: ``[train]`` keys left out of a resolved config while at their defaults, so the configs (and
+#: kernel manifests) of experiments that do not use them hold what they held before these keys.
+TRAIN_KEYS_OMITTED_AT_DEFAULT = ("metric", "chunk_seconds", "secondary_weight", "valid_crop")
 
 
 @dataclass(frozen=True)
@@ -170,9 +175,27 @@ class TrainConfig:
     #: stopping: one of ``METRIC_NAMES`` (lwlrap, the method's; roc_auc or cmap for BirdCLEF).
     #: ``log.csv`` keeps ``val_lwlrap`` and adds ``val_<metric>`` for another.
     metric: str = "lwlrap"
+    #: Train on random chunks of this many seconds of each clip (BirdCLEF's long, weakly labelled
+    #: recordings: winners train on 5-20 s chunks), read from a memory map of the cached log-mel so
+    #: that a sample of a minute-long file reads only its chunk. 0: the tile (``[input]
+    #: tile_frames``), as the method does. Models that pool over time take either length.
+    chunk_seconds: float = 0.0
+    #: The target of a clip's secondary labels (``secondary_labels`` column of the label file,
+    #: e.g. BirdCLEF's background species); its labels (the primary one) are 1. 0: ignored.
+    secondary_weight: float = 0.0
+    #: What validation scores of each held-out clip: ``"center"``, the middle tile (or chunk);
+    #: ``"first"``, the first (where a recordist centres the primary species: BirdCLEF practice);
+    #: ``"whole"``, the whole file in one pass (one clip a batch).
+    valid_crop: str = "center"
 
     def __post_init__(self):
         check_step_settings(self.lr, self.batch_size, self.epoch_size)
+        if self.chunk_seconds < 0:
+            raise ValueError(f"chunk_seconds = {self.chunk_seconds!r} is out of range: 0 (the tile) or more seconds")
+        if not 0.0 <= self.secondary_weight <= 1.0:
+            raise ValueError(f"secondary_weight = {self.secondary_weight!r} is out of range: it must be in [0, 1]")
+        if self.valid_crop not in VALID_CROPS:
+            raise ValueError(f"valid_crop must be one of {', '.join(VALID_CROPS)}, got {self.valid_crop!r}")
         if self.metric not in METRIC_NAMES:
             raise ValueError(f"metric = {self.metric!r} is not a metric; choose from {', '.join(METRIC_NAMES)}")
 
@@ -473,6 +496,18 @@ class Experiment:
             transforms = dataclasses.replace(self.transforms)
             object.__setattr__(transforms, "crop", self.input.tile_frames)
             object.__setattr__(self, "transforms", transforms)
+        if self.chunk_frames < MIN_TILE_FRAMES:
+            raise ValueError(f"[train] chunk_seconds = {self.train.chunk_seconds!r} is {self.chunk_frames} log-mel "
+                             f"frames; a chunk needs at least {MIN_TILE_FRAMES} (the deltas' filter width)")
+
+    @property
+    def chunk_frames(self) -> int:
+        """Frames of a training sample: the log-mel frames of ``[train] chunk_seconds`` of audio
+        (``1 + samples // hop_length``, as a centred STFT of a file that long gives), or the tile
+        (``[input] tile_frames``) when it is 0."""
+        if not self.train.chunk_seconds:
+            return self.input.tile_frames
+        return 1 + int(round(self.train.chunk_seconds * self.audio.sample_rate)) // self.audio.hop_length
 
     def resolve_path(self, value: str) -> Path | None:
         if not value:
@@ -484,8 +519,9 @@ class Experiment:
         values = dataclasses.asdict(self)
         values.pop("source_dir")
         values["transforms"].pop("crop")  # ``input.tile_frames`` states it
-        if self.train.metric == TrainConfig.metric:  # the method's: configs, states and manifests as before it existed
-            del values["train"]["metric"]
+        for key in TRAIN_KEYS_OMITTED_AT_DEFAULT:
+            if values["train"][key] == getattr(TrainConfig, key):
+                del values["train"][key]
         return values
 
 

@@ -50,7 +50,7 @@ def test_the_users_folder_comes_first(tmp_path):
 
 def test_an_unknown_name_lists_the_folder_and_the_presets(tmp_path):
     (tmp_path / "mine.toml").write_text("[train]\nlr = 0.5\n")
-    with pytest.raises(ConfigError, match=r"unknown experiment 'nope'; known in .*: mine; presets: default, .*small"):
+    with pytest.raises(ConfigError, match=r"unknown experiment 'nope'; known in .*: mine; presets: birdclef_sed, default, .*small"):
         load_experiment("nope", tmp_path)
 
 

@@ -6,6 +6,10 @@
     features.py  the on-disk log-mel cache (``freesound features``)
     folds.py     cross-validation folds of the curated clips (``freesound make-folds``): shuffled,
                  grouped, stratified or given by the dataset, checked
-    prepare.py   a labeled collection (a folder per class, a CSV, file names) -> the layout
-                 (``freesound prepare``)
+    prepare.py   a labeled collection (a folder per class, a CSV, file names, a BirdCLEF
+                 folder) -> the layout (``freesound prepare``)
+    birdclef.py  the BirdCLEF layout read: train.csv's primary and secondary labels, the class
+                 order, soundscape window row ids
+    synth_soundscapes.py  a synthetic dataset in the BirdCLEF layout (``freesound synth
+                 --soundscapes``), and a replica of a BirdCLEF metadata folder (``synth --like``)
 """

@@ -8,6 +8,11 @@ A dataset directory holds::
     train_unlabeled.csv  train_unlabeled/  optional: clips without labels (fname only), the pool
                                            that self-training pseudo-labels; nothing else reads them
 
+``train_curated.csv`` / ``train_noisy.csv`` may have a ``secondary_labels`` column (comma-separated,
+often empty): weak labels of sounds in the background of a recording (BirdCLEF's secondary
+species; ``freesound prepare`` writes it). Only ``[train] secondary_weight`` uses them; every
+other reader takes ``fname`` and ``labels`` alone.
+
 Everything here reads files and returns plain pandas / numpy objects; nothing is cached.
 """
 
@@ -16,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +138,8 @@ class Dataset:
     test_fnames : tuple of str, ``sample_submission.csv`` row order
     unlabeled : tuple of str, the clips without labels (``train_unlabeled.csv``; empty without one),
         paths relative to ``unlabeled_dir`` (default ``root/train_unlabeled``)
+    secondary : dict, ``{split: {fname: tuple of str}}``, the secondary labels of the splits whose
+        label file has a ``secondary_labels`` column (``read_secondary_labels``); empty without
     """
 
     root: Path
@@ -142,6 +149,12 @@ class Dataset:
     test_fnames: tuple
     unlabeled: tuple = ()
     unlabeled_dir: Path | None = None
+    secondary: dict = field(default_factory=dict)
+
+    def secondary_labels(self, split: str, fnames) -> list:
+        """The secondary labels of ``fnames`` of ``split`` (an empty tuple for a clip without)."""
+        known = self.secondary.get(split, {})
+        return [known.get(fname, ()) for fname in fnames]
 
     def audio_dir(self, split: str) -> Path:
         if split not in SPLITS:
@@ -220,6 +233,29 @@ def read_labels_csv(path, classes) -> pd.DataFrame:
     return pd.DataFrame({"fname": frame.fname.tolist(), "labels": labels})
 
 
+#: The optional column of a label file holding each clip's secondary labels.
+SECONDARY_COLUMN = "secondary_labels"
+
+
+def read_secondary_labels(path, classes) -> dict:
+    """The ``secondary_labels`` column of a ``fname,labels`` file: ``{fname: tuple of str}`` for the
+    clips that have any (comma-separated; an empty cell is none); ``{}`` without the column.
+
+    Raises
+    ------
+    DatasetError
+        A secondary label outside ``classes`` (named with its file and row).
+    """
+    path = Path(path)
+    frame = read_csv(path, dtype=str, keep_default_na=False)
+    if SECONDARY_COLUMN not in frame.columns:
+        return {}
+    return {
+        fname: parse_labels(text, classes, where=f"{path}, row {row + 2} ({fname}), {SECONDARY_COLUMN}")
+        for row, (fname, text) in enumerate(zip(frame.fname, frame[SECONDARY_COLUMN])) if text.strip()
+    }
+
+
 def read_unlabeled_csv(path) -> tuple:
     """The ``fname`` column of ``train_unlabeled.csv`` (other columns are not read: no labels).
 
@@ -277,6 +313,8 @@ def load_dataset(root) -> Dataset:
         raise DatasetError(f"{sample_submission}: file not found (is {root} an FSDKaggle2019 directory?)")
     classes = read_classes(sample_submission)
     test_fnames = tuple(read_csv(sample_submission, usecols=["fname"], dtype=str).fname)
+    secondary = {split: labels for split in ("train_curated", "train_noisy")
+                 if (labels := read_secondary_labels(root / f"{split}.csv", classes))}
     return Dataset(
         root=root,
         classes=classes,
@@ -284,6 +322,7 @@ def load_dataset(root) -> Dataset:
         noisy=read_labels_csv(root / "train_noisy.csv", classes),
         test_fnames=test_fnames,
         unlabeled=read_unlabeled_csv(unlabeled) if (unlabeled := root / f"{UNLABELED}.csv").is_file() else (),
+        secondary=secondary,
     )
 
 
@@ -294,6 +333,18 @@ def multi_hot(labels, classes) -> np.ndarray:
     for row, clip_labels in enumerate(labels):
         target[row, [index[label] for label in clip_labels]] = 1.0
     return target
+
+
+def weak_targets(labels, secondary, classes, secondary_weight: float) -> np.ndarray:
+    """Targets of weakly labelled recordings: float32 (N, C), 1 for each clip's ``labels`` (the
+    primary), ``secondary_weight`` for its ``secondary`` labels that are not also primary, 0 else.
+
+    Parameters
+    ----------
+    labels, secondary : sequences of N label tuples
+    secondary_weight : float in [0, 1]; 0 gives ``multi_hot(labels, classes)``
+    """
+    return np.maximum(multi_hot(labels, classes), np.float32(secondary_weight) * multi_hot(secondary, classes))
 
 
 class Corrections(dict):

@@ -305,19 +305,21 @@ class LazyLogmels(Sequence):
     """Cached log-mels read from disk each time one is asked for: holds only the file paths.
 
     ``logmels[i]`` is the float32 ``(n_mels, frames)`` array of clip ``i``, as ``load_features``
-    would return it.
+    would return it; with ``mmap``, a read-only ``np.memmap`` of its cache file, so that cropping
+    a chunk of a long recording reads only the pages of that chunk (``[train] chunk_seconds``).
     """
 
-    def __init__(self, paths):
+    def __init__(self, paths, mmap: bool = False):
         self.paths = tuple(paths)
+        self.mmap_mode = "r" if mmap else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return [np.load(path) for path in self.paths[index]]
-        return np.load(self.paths[index])
+            return [np.load(path, mmap_mode=self.mmap_mode) for path in self.paths[index]]
+        return np.load(self.paths[index], mmap_mode=self.mmap_mode)
 
 
 def cache_paths(dataset: Dataset, work, split: str, fnames=None, config: AudioConfig | None = None) -> list:
@@ -350,11 +352,12 @@ def cache_paths(dataset: Dataset, work, split: str, fnames=None, config: AudioCo
 
 
 def load_features(dataset: Dataset, work, split: str, fnames=None, config: AudioConfig | None = None, *,
-                  lazy: bool = False):
+                  lazy: bool = False, mmap: bool = False):
     """Read cached log-mels for ``fnames`` (default: the whole split), in that order.
 
     With ``lazy`` every clip is still read once, to refuse a log-mel that is not finite, but none
-    is kept: the result is a ``LazyLogmels`` that reads each from disk when asked.
+    is kept: the result is a ``LazyLogmels`` that reads each from disk when asked. ``mmap`` (which
+    implies ``lazy``) makes that a memory map of each cache file (``LazyLogmels``).
 
     Returns
     -------
@@ -371,6 +374,7 @@ def load_features(dataset: Dataset, work, split: str, fnames=None, config: Audio
     """
     fnames = dataset.fnames(split) if fnames is None else list(fnames)
     paths = cache_paths(dataset, work, split, fnames, config)
+    lazy = lazy or mmap
     logmels, bad = [], []
     for fname, path in zip(fnames, paths):
         logmel = read_cached_logmel(path, dataset)
@@ -386,7 +390,7 @@ def load_features(dataset: Dataset, work, split: str, fnames=None, config: Audio
             f"cannot be used: {shown}; delete these cache files and run `freesound features --data {dataset.root}`, "
             "which names the cause"
         )
-    return LazyLogmels(paths) if lazy else logmels
+    return LazyLogmels(paths, mmap) if lazy else logmels
 
 
 def cached_bytes(dataset: Dataset, work, split: str, fnames=None, config: AudioConfig | None = None) -> int:

@@ -7,12 +7,17 @@ Three kinds of input, each read into one table with a row per clip (``file`` plu
   column of the CSV is a field; audio under ``SRC/<audio_dir>``, where ``audio_dir`` may name
   columns, e.g. ``audio/fold{fold}`` for UrbanSound8K);
 - a file-name pattern: ``{label}_{group}_{index}.wav`` (FSDD) parses each audio file's name
-  below ``SRC`` into the fields in braces.
+  below ``SRC`` into the fields in braces;
+- a BirdCLEF competition folder (``SRC/train.csv`` with ``primary_label`` and ``filename``,
+  ``freesound.data.birdclef``): the primary label is the clip's label, its secondary labels go to
+  a ``secondary_labels`` column of ``train_curated.csv``, its author is its group, and the class
+  order is the competition's.
 
 From that table, ``label_column`` (split on ``separator`` for multi-label), ``group_column``,
 ``fold_column`` and ``test_column``/``test_values`` (the rows that are test clips) make the layout::
 
-    OUT/train_curated.csv  train_curated/   the training clips (fname,labels; labels comma-separated)
+    OUT/train_curated.csv  train_curated/   the training clips (fname,labels; labels comma-separated;
+                                            a BirdCLEF folder adds secondary_labels, the same way)
     OUT/train_noisy.csv    train_noisy/     empty: a collection has no noisy part
     OUT/test/  sample_submission.csv  test_labels.csv
     OUT/train_unlabeled.csv  train_unlabeled/  with ``unlabeled``: clips without labels (fname only)
@@ -36,7 +41,8 @@ from pathlib import Path
 import pandas as pd
 
 from freesound.audio.files import AUDIO_EXTENSIONS, find_audio_files
-from freesound.data.dataset import DatasetError, read_csv
+from freesound.data import birdclef
+from freesound.data.dataset import SECONDARY_COLUMN, DatasetError, read_csv
 from freesound.data.folds import METADATA_FILE
 from freesound.fileio import atomic_write_csv
 
@@ -66,6 +72,7 @@ class Clip:
     group : str, empty for none
     fold : str, empty for none (the dataset's own fold, as written in the collection)
     test : bool, whether it goes to ``test/``
+    secondary : tuple of str, weak labels of background sounds (BirdCLEF's secondary labels)
     """
 
     source: Path
@@ -74,6 +81,7 @@ class Clip:
     group: str = ""
     fold: str = ""
     test: bool = False
+    secondary: tuple = ()
 
 
 @dataclass
@@ -90,6 +98,7 @@ class PrepareReport:
     missing : list of (where, path): missing files skipped with ``skip_missing``
     has_groups, has_folds : bool
     unlabeled : int, clips without labels (``train_unlabeled/``)
+    dropped_secondary : dict, secondary labels outside the vocabulary (left out) and their counts
     """
 
     out: Path
@@ -104,6 +113,7 @@ class PrepareReport:
     missing: list = field(default_factory=list)
     has_groups: bool = False
     has_folds: bool = False
+    dropped_secondary: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,7 +393,8 @@ def place_file(source: Path, target: Path, mode: str = "link") -> str:
         return "symlinked"
 
 
-def prepare_dataset(clips, out, *, mode: str = "link", skip_missing: bool = False, unlabeled=()) -> PrepareReport:
+def prepare_dataset(clips, out, *, mode: str = "link", skip_missing: bool = False, unlabeled=(),
+                    classes=None) -> PrepareReport:
     """Write the FSDKaggle2019 layout for ``clips`` into a new folder ``out``.
 
     Parameters
@@ -395,6 +406,7 @@ def prepare_dataset(clips, out, *, mode: str = "link", skip_missing: bool = Fals
     mode : "link" (hard link, symlink fallback) or "copy"
     skip_missing : leave out clips whose audio file is missing (listed in the report) instead
         of stopping
+    classes : the vocabulary in submission column order (default: the clips' labels, sorted)
 
     Raises
     ------
@@ -422,7 +434,8 @@ def prepare_dataset(clips, out, *, mode: str = "link", skip_missing: bool = Fals
     if not train:
         raise PrepareError("no training clips left: every clip is a test clip or missing")
     names, report.renamed = unique_names(present)
-    report.classes = tuple(sorted({label for clip in present for label in clip.labels}))
+    report.classes = tuple(classes) if classes is not None else tuple(
+        sorted({label for clip in present for label in clip.labels}))
     report.train, report.test = len(train), len(present) - len(train)
     report.has_groups = any(clip.group for clip in present)
     report.has_folds = any(clip.fold for clip in present)
@@ -460,7 +473,13 @@ def _write_layout(root: Path, clips, names, report: PrepareReport, mode: str) ->
                      "labels": LAYOUT_SEPARATOR.join(clip.labels), "group": clip.group, "fold": clip.fold})
     meta = pd.DataFrame(rows, columns=list(METADATA_COLUMNS))
     train, test = meta[meta.split == "train_curated"], meta[meta.split == "test"]
-    atomic_write_csv(root / "train_curated.csv", train[["fname", "labels"]])
+    label_columns = ["fname", "labels"]
+    if any(clip.secondary for clip in clips):  # only then: other collections' files stay as they were
+        meta[SECONDARY_COLUMN] = [LAYOUT_SEPARATOR.join(clip.secondary) for clip in clips]
+        train = meta[meta.split == "train_curated"]
+        label_columns.append(SECONDARY_COLUMN)
+        meta = meta.drop(columns=SECONDARY_COLUMN)
+    atomic_write_csv(root / "train_curated.csv", train[label_columns])
     atomic_write_csv(root / "train_noisy.csv", pd.DataFrame(columns=["fname", "labels"]))
     atomic_write_csv(root / "test_labels.csv", test[["fname", "labels"]])
     submission = pd.DataFrame(0.0, index=range(len(test)), columns=list(report.classes))
@@ -481,6 +500,29 @@ def _write_unlabeled(root: Path, pool, report: PrepareReport, mode: str) -> None
     report.renamed += renamed
     report.unlabeled = len(pool)
     atomic_write_csv(root / "train_unlabeled.csv", pd.DataFrame({"fname": names}))
+
+
+def birdclef_clips(src, csv=None) -> tuple:
+    """The clips of a BirdCLEF folder (``freesound.data.birdclef.read_train_csv``): each
+    recording's primary label as its label, its secondary labels, its author as its group.
+
+    Returns
+    -------
+    (list of Clip, the vocabulary in submission column order, the secondary labels left out)
+    """
+    table, classes, dropped = birdclef.read_train_csv(_existing_dir(src), csv)
+    clips = [Clip(source=Path(row.file), where=row.where, labels=(row.primary,), group=row.group,
+                  secondary=row.secondary) for row in table.itertuples()]
+    return clips, classes, dropped
+
+
+def _birdclef_csv(src, csv) -> Path | None:
+    """The BirdCLEF ``train.csv`` that ``prepare`` reads from ``src`` (``csv``, or ``SRC/train.csv``
+    when no CSV is named), or None when it is not one."""
+    path = Path(csv) if csv is not None else Path(src) / birdclef.TRAIN_CSV
+    if csv is not None and not path.is_file() and not path.is_absolute():
+        path = Path(src) / path
+    return path if birdclef.is_birdclef_csv(path) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,9 +566,11 @@ def prepare_collection(
     skip_missing: bool = False,
     unlabeled=None,
 ) -> PrepareReport:
-    """``freesound prepare``: read a collection (a CSV, a file-name pattern, or else a folder per
-    class) and write its FSDKaggle2019 layout to ``out`` (see the module docstring); every audio
-    file below the folder ``unlabeled``, when given, becomes a clip without labels.
+    """``freesound prepare``: read a collection (a CSV, a file-name pattern, a BirdCLEF folder, or
+    else a folder per class) and write its FSDKaggle2019 layout to ``out`` (see the module
+    docstring); every audio file below the folder ``unlabeled``, when given, becomes a clip without
+    labels. A BirdCLEF ``train.csv`` (``SRC/train.csv``, or ``csv`` when its header has
+    ``primary_label`` and ``filename``) is read by ``birdclef_clips``, the column options aside.
 
     With a pattern, ``label_column`` defaults to the field ``label`` and ``group_column`` to the
     field ``group`` when the pattern has one.
@@ -551,6 +595,19 @@ def prepare_collection(
                            "own audio for clips of the collection; name a folder outside it")
     if csv is not None and pattern is not None:
         raise PrepareError("give either a CSV (--csv) or a file-name pattern (--pattern), not both")
+    competition_csv = _birdclef_csv(src, csv) if pattern is None else None
+    if competition_csv is not None:
+        given = [option for option, value in (
+            ("--file-column", file_column), ("--audio-dir", audio_dir), ("--label-column", label_column),
+            ("--group-column", group_column), ("--fold-column", fold_column), ("--test-column", test_column),
+            ("--test-value", test_values), ("--separator", separator != LAYOUT_SEPARATOR)) if value]
+        if given:
+            raise PrepareError(f"{competition_csv} is a BirdCLEF train.csv, read as BirdCLEF lays it out "
+                               f"(primary_label, secondary_labels, filename, author): {', '.join(given)} do not apply")
+        clips, classes, dropped = birdclef_clips(src, competition_csv)
+        report = prepare_dataset(clips, out, mode=mode, skip_missing=skip_missing, unlabeled=pool, classes=classes)
+        report.dropped_secondary = dropped
+        return report
     if csv is not None:
         table, source = csv_table(src, csv, file_column=file_column, audio_dir=audio_dir), str(csv)
     elif pattern is not None:

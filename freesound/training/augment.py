@@ -12,7 +12,9 @@ The method's pipelines (``train_transform`` / ``valid_transform``)::
            -> SpecAugment (p=0.5) -> to_network_input
     valid: pad to T (constant) -> centre T-frame crop -> to_network_input
 
-T is the experiment's tile length (``[input] tile_frames``; the method's 256 frames).
+T is the experiment's tile length (``[input] tile_frames``; the method's 256 frames), or its
+chunk (``[train] chunk_seconds``) when it sets one; validation may crop the first T frames or
+keep the whole clip instead (``[train] valid_crop``).
 
 ``to_network_input`` (``freesound.audio.network_input``) is shared with the inference tiler so
 train and test inputs are built the same way.
@@ -147,6 +149,21 @@ class CenterCrop:
         _check_long_enough(spec, self.size)
         start = (spec.shape[1] - self.size) // 2
         return spec[:, start : start + self.size]
+
+
+class FirstCrop:
+    """Take the first ``size`` frames (BirdCLEF's fixed validation chunk: a recordist centres the
+    primary species near the start of a recording).
+
+    Input ``(n_mels, frames >= size)``; output ``(n_mels, size)`` (a view).
+    """
+
+    def __init__(self, size: int = 256):
+        self.size = size
+
+    def __call__(self, spec: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        _check_long_enough(spec, self.size)
+        return spec[:, : self.size]
 
 
 # --------------------------------------------------------------------------------------------
@@ -504,10 +521,21 @@ def train_window_transform(size: int = 256, **options) -> WindowTransform:
     return train_transform(size, deferred=True, **options)
 
 
-def valid_transform(size: int = 256, freq_channel: bool = False) -> Compose:
-    """The validation pipeline: constant pad (centred), centre crop, network input.
+def valid_transform(size: int = 256, freq_channel: bool = False, crop: str = "center") -> Compose:
+    """The validation pipeline: constant pad (centred), a crop, network input.
+
+    ``crop`` is ``"center"`` (the method's centre crop), ``"first"`` (the first ``size`` frames,
+    ``FirstCrop``) or ``"whole"`` (no crop: the whole clip, at least ``size`` frames).
 
     Deterministic; returns ``f(spec, rng=None) -> np.ndarray`` float32 ``(3, n_mels, size)``, or
     ``(4, n_mels, size)`` with the frequency-position plane when ``freq_channel``.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``crop``.
     """
-    return Compose([PadToSize(size, "constant"), CenterCrop(size), ToNetworkInput(freq_channel)])
+    crops = {"center": [CenterCrop(size)], "first": [FirstCrop(size)], "whole": []}
+    if crop not in crops:
+        raise ValueError(f"crop must be one of {', '.join(crops)}, got {crop!r}")
+    return Compose([PadToSize(size, "constant"), *crops[crop], ToNetworkInput(freq_channel)])

@@ -23,7 +23,7 @@ import torch
 
 from freesound.config import ConfigError, Experiment
 from freesound.data import features
-from freesound.data.dataset import Dataset, apply_corrections, load_corrections, multi_hot
+from freesound.data.dataset import Dataset, apply_corrections, load_corrections, multi_hot, weak_targets
 from freesound.data.features import cached_bytes, load_features
 from freesound.data.folds import read_folds
 from freesound.errors import FreesoundError
@@ -96,8 +96,9 @@ def build_fold_parts(experiment: Experiment, dataset: Dataset, work, fold: int, 
     train_set = training_set(experiment, sources, probs, seed=cfg.seed + 1000 * fold)
     for hook in train_set_hooks:
         train_set = hook(train_set)
-    crop, input_config = experiment.transforms.crop, experiment.input
-    valid_set = ValidationDataset(valid_specs, valid_targets, valid_transform(crop, input_config.freq_channel))
+    crop, input_config = experiment.chunk_frames, experiment.input
+    valid_set = ValidationDataset(valid_specs, valid_targets,
+                                  valid_transform(crop, input_config.freq_channel, cfg.valid_crop))
     augment = BatchAugment(crop, device, input_config.freq_channel) if cfg.augment_on_device else None
 
     torch.manual_seed(cfg.seed + fold)
@@ -126,6 +127,9 @@ def build_sources(experiment: Experiment, dataset: Dataset, work, fold: int,
 
     With ``teacher`` (``freesound.training.teacher``), the sources named by the experiment's
     ``[targets] sources`` train on soft targets (``soft_targets``); validation keeps the labels.
+    With ``[train] secondary_weight`` the training targets of clips with secondary labels hold
+    that weight for them (``weak_targets``); with ``[train] chunk_seconds`` the log-mels are
+    memory maps of the cache (``LazyLogmels``), so a chunk of a long recording reads only itself.
 
     Returns
     -------
@@ -158,9 +162,11 @@ def build_sources(experiment: Experiment, dataset: Dataset, work, fold: int,
     lazy = sum(cached_bytes(dataset, work, split, frame.fname, experiment.audio)
                for frame, split in parts) > features.HOLD_IN_MEMORY_BYTES
 
+    mmap = experiment.train.chunk_seconds > 0
+
     def source(name, frame, split, is_noisy):
-        specs = load_features(dataset, work, split, frame.fname, experiment.audio, lazy=lazy)
-        targets = multi_hot(frame.labels, classes)
+        specs = load_features(dataset, work, split, frame.fname, experiment.audio, lazy=lazy, mmap=mmap)
+        targets = training_targets(experiment, dataset, split, frame)
         if teacher is not None and name in experiment.targets.sources:
             targets = soft_targets(targets, teacher.probabilities(split, frame.fname), experiment.targets.weight)
         return ClipSource(name, specs, targets, is_noisy)
@@ -172,8 +178,23 @@ def build_sources(experiment: Experiment, dataset: Dataset, work, fold: int,
         source("noisy", noisy, "train_noisy", True),
     ]
     probs = [sampling.curated, sampling.corrected_noisy, sampling.noisy]
-    valid_specs = load_features(dataset, work, "train_curated", valid.fname, experiment.audio, lazy=lazy)
+    valid_specs = load_features(dataset, work, "train_curated", valid.fname, experiment.audio, lazy=lazy, mmap=mmap)
     return sources, probs, (valid_specs, multi_hot(valid.labels, classes), list(valid.fname))
+
+
+def training_targets(experiment: Experiment, dataset: Dataset, split: str, frame) -> np.ndarray:
+    """The (N, C) targets of the clips of ``frame`` (``fname``, ``labels``) of ``split``: their
+    labels, with their secondary labels at ``[train] secondary_weight`` when it is above 0."""
+    weight = experiment.train.secondary_weight
+    if not weight:
+        return multi_hot(frame.labels, dataset.classes)
+    return weak_targets(frame.labels, dataset.secondary_labels(split, frame.fname), dataset.classes, weight)
+
+
+def validation_batch_size(experiment: Experiment) -> int:
+    """Clips a validation batch holds: ``[train] batch_size``, or 1 with ``valid_crop = "whole"``
+    (whole clips differ in length)."""
+    return 1 if experiment.train.valid_crop == "whole" else experiment.train.batch_size
 
 
 def model_params(experiment: Experiment, num_classes: int) -> dict:
@@ -226,7 +247,7 @@ def training_set(experiment: Experiment, sources, probs, seed: int) -> SamplingD
     """The experiment's sampler over ``sources``: whole network inputs (``SamplingDataset``), or,
     with ``train.augment_on_device``, windows and random draws for ``BatchAugment``
     (``WindowSamplingDataset``). Both draw the same numbers for the same ``seed``."""
-    crop, options = experiment.transforms.crop, transform_options(experiment)
+    crop, options = experiment.chunk_frames, transform_options(experiment)
     mixer = experiment_mixer(experiment)
     if experiment.train.augment_on_device:
         return WindowSamplingDataset(sources, probs, experiment.train.epoch_size,
@@ -282,7 +303,7 @@ def check_experiment(experiment: Experiment, num_classes: int) -> None:
         check_heads(experiment, create_model(experiment.model.name, **params))
         build_loss(experiment)
         make_loss(**experiment.loss.curated)
-        train_transform(experiment.transforms.crop, **transform_options(experiment))
+        train_transform(experiment.chunk_frames, **transform_options(experiment))
         experiment_mixer(experiment)
     except (KeyError, TypeError, ValueError) as error:
         # KeyError's str() quotes its message; the first argument is the sentence itself.

@@ -72,6 +72,7 @@ from freesound.training.fold_parts import (
     create_training_model,
     model_params,
     training_set,
+    validation_batch_size,
 )
 from freesound.training.pretrained import check_pretrained
 from freesound.training.pseudo_labels import self_training_parts
@@ -328,7 +329,7 @@ class FoldRun:
             processes.sync_buffers(evaluated)
         part = processes.shard(len(parts.valid_set))
         loss_sum, scores = _validate(evaluated, Subset(parts.valid_set, part), parts.valid_loss_fn,
-                                     self.experiment.train.batch_size, self.context.device, parts.use_amp,
+                                     validation_batch_size(self.experiment), self.context.device, parts.use_amp,
                                      len(self.dataset.classes))
         scores = processes.gather(scores)
         val_loss = sum(processes.gather_objects(loss_sum)) / len(parts.valid_set)
