@@ -274,7 +274,7 @@ def test_a_fine_tuned_model_starts_from_the_released_file_with_a_new_head(releas
 
 def panns_experiment_toml(weights: str) -> str:
     """A tiny CNN14 fine-tuned from ``weights`` on the PANNs front end, predicting whole clips."""
-    return (tiny_experiment_toml("panns_cnn14", epoch_size=16, max_epochs=2).replace("base_size = 4", "base_width = 4")
+    return (tiny_experiment_toml("panns_cnn14", epoch_size=16, max_epochs=1).replace("base_size = 4", "base_width = 4")
             + f'\n[audio]\npreset = "panns"\n\n[input]\ntile_frames = 64\nwhole_clip = true\n\n'
               f'[pretrained]\nweights = "{weights}"\n')
 
@@ -291,7 +291,7 @@ def fine_tuned(tiny_data, tmp_path_factory, released_file, one_torch_thread):
     experiments.mkdir()
     shutil.copy(released_file[0], experiments / "start.pth")
     (experiments / "tiny_panns.toml").write_text(panns_experiment_toml("start.pth"))
-    (experiments / "tiny_asa.toml").write_text(tiny_experiment_toml("aux_skip_attention", epoch_size=16, max_epochs=2))
+    (experiments / "tiny_asa.toml").write_text(tiny_experiment_toml("aux_skip_attention", epoch_size=16, max_epochs=1))
     (experiments / "ens.toml").write_text(tiny_ensemble_toml(["tiny_panns", "tiny_asa"]))
     common = ["--data", dataset.root, "--work", work, "--experiments", experiments, "--device", "cpu"]
     run_cli("features", "--data", dataset.root, "--work", work, "--experiment", "tiny_panns",
@@ -308,7 +308,7 @@ def fine_tuned(tiny_data, tmp_path_factory, released_file, one_torch_thread):
 @pytest.mark.slow
 def test_a_fine_tuned_panns_model_stacks_beside_the_method_and_its_kernel_equals_local(fine_tuned, tmp_path):
     import test_kernel
-    from test_timm_pipeline import kaggle_tree
+    from freesound.kaggle import COMPETITION
 
     work, outputs = fine_tuned["work"], fine_tuned["outputs"]
     assert re.search(r"OOF lwlrap \d\.\d{4}", outputs["tiny_panns"]), outputs["tiny_panns"]
@@ -322,7 +322,11 @@ def test_a_fine_tuned_panns_model_stacks_beside_the_method_and_its_kernel_equals
     assert (np.diff(oof["offsets"]) == 1).all()
     assert "blend" in outputs["stack"]
 
-    root = kaggle_tree(fine_tuned, tmp_path / "kaggle")
+    root = tmp_path / "kaggle"  # the competition's test clips, the weights one level deeper
+    shutil.copytree(fine_tuned["dataset"].root / "test", root / "input" / COMPETITION / "test")
+    shutil.copy(fine_tuned["dataset"].root / "sample_submission.csv", root / "input" / COMPETITION)
+    shutil.copytree(work / "experiments", root / "input/freesound-weights/experiments")
+    (root / "working").mkdir()
     result = test_kernel.run_script(fine_tuned["root"] / "kernel" / "ensemble_kernel.py", root, tmp_path / "tmp")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     classes = list(fine_tuned["dataset"].classes)
