@@ -35,8 +35,8 @@ TOLERANCE = 1e-4
 CLIP_SECONDS = 10.0
 #: The families' training crop (``[input] tile_frames`` of docs/audioset.md's example).
 TRAIN_SECONDS = 5.0
-BATCH = {"tiled": 16, "whole_clip": 4}
-TRAIN_BATCH = 8
+BATCH = {"tiled": 8, "whole_clip": 2}
+TRAIN_BATCH = 4
 #: The method's front end: 44.1 kHz, hop 690, 128 bands; tiles of 256 frames at a step of 64.
 METHOD = {"frames_per_second": 44100 / 690, "n_mels": 128, "tile": 256, "step": 64}
 #: experiments/default.toml's model.
@@ -169,14 +169,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and ONNX Runtime")
     parser.add_argument("--rounds", type=int, default=3, help="timed batches per runtime and network")
-    parser.add_argument("--quick", action="store_true", help="2 rounds")
+    parser.add_argument("--quick", action="store_true", help="1 round")
     args = parser.parse_args(argv)
     limit_threads(args.threads)
     import torch
 
     torch.set_num_threads(args.threads)
     onnx = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
-    rounds = 2 if args.quick else args.rounds
+    rounds = 1 if args.quick else args.rounds
     print(header("AudioSet families against AuxSkipAttention"))
     print(f"{args.threads} threads, {rounds} rounds, medians; ONNX Runtime {'on' if onnx else 'not installed'}\n")
     rows = measure(args.threads, rounds, onnx)
