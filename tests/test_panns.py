@@ -163,6 +163,36 @@ def test_the_panns_front_end_is_librosas_formulas_on_a_real_clip(clip_path):
     assert logmel.min() < reference.max() - 80  # no top_db floor
 
 
+def test_the_panns_front_end_trims_no_silence():
+    from freesound.audio import trim_to_min_length
+
+    y = np.concatenate([np.zeros(16000), 0.5 * np.random.default_rng(0).standard_normal(8000)]).astype(np.float32)
+    np.testing.assert_array_equal(trim_to_min_length(y, audio_preset("panns")), y)
+    assert len(trim_to_min_length(y, AudioConfig())) < len(y)  # the method's front end trims the silence
+
+
+def test_a_whole_clip_experiments_one_tile_stands_for_each_tile_of_the_others(tiny_work):
+    from conftest import fake_oof_predictions
+    from freesound.ensembling.stack import stacked_oof
+    from freesound.paths import predictions_dir
+    from freesound.training.oof import OOFTiles, load_oof_tiles, save_oof_tiles
+
+    dataset, work = tiny_work
+    fake_oof_predictions(dataset, work, ["tiled"])
+    tiled = load_oof_tiles(predictions_dir(work, "tiled") / "oof_tiles.npz")
+    n = len(tiled.fnames)
+    whole = OOFTiles(tiled.fnames[::-1], tiled.folds[::-1], np.arange(n + 1),
+                     np.random.default_rng(1).random((n, 6)).astype(np.float32), tile_frames=64)
+    save_oof_tiles(predictions_dir(work, "whole") / "oof_tiles.npz", whole)
+    for order in (["tiled", "whole"], ["whole", "tiled"]):
+        stacked = stacked_oof(order, work)
+        assert list(stacked.fnames) == list((tiled if order[0] == "tiled" else whole).fnames)
+        assert stacked.probs.shape == (2 * n, 12) and np.diff(stacked.offsets).tolist() == [2] * n
+        i = list(stacked.fnames).index(tiled.fnames[0])
+        columns = slice(6, 12) if order[0] == "tiled" else slice(0, 6)
+        np.testing.assert_array_equal(stacked.clip(i)[:, columns], np.repeat(whole.probs[-1:], 2, axis=0))
+
+
 # -- the models -----------------------------------------------------------------------------------
 
 
