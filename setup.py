@@ -23,7 +23,8 @@ setup(
     packages=find_packages(include=["freesound", "freesound.*", "kernel_build", "kernel_build.*"])
     + ["freesound.presets"],
     package_dir={"freesound.presets": "experiments"},
-    package_data={"kernel_build": ["templates/*.j2"], "freesound.presets": ["*.toml"]},
+    package_data={"kernel_build": ["templates/*.j2"], "freesound.presets": ["*.toml"],
+                  "freesound.tools": ["audioset/*.csv", "audioset/*.md"]},
     install_requires=VERSIONS["requirements"](),
     extras_require={
         "dev": ["pytest>=7.4", "hypothesis>=6.80", "import-linter>=2.1"],

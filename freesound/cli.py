@@ -839,6 +839,22 @@ def import_argus_command(src, name, work_dir, stacker):
         click.echo(f"imported -> {path}")
 
 
+@main.command("import-weights")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--format", "weights_format", required=True,
+              help="The checkpoint's family: panns (PANNs CNN14/CNN10/CNN6), or another registered format.")
+@click.option("--name", required=True, help="Experiment name to import as (writes EXPERIMENTS/NAME.toml).")
+@work_option
+@experiments_dir_option
+def import_weights_command(file, weights_format, name, work_dir, experiments_dir):
+    """Import a released AudioSet tagger's checkpoint FILE as an experiment of the 527 AudioSet classes."""
+    from freesound.tools.import_weights import import_weights
+
+    checkpoint, toml_path = import_weights(file, weights_format, name, work_dir, experiments_dir)
+    click.echo(f"imported -> {checkpoint}")
+    click.echo(f"experiment -> {toml_path} (freesound tag FILE --experiment {name})")
+
+
 @main.command()
 @click.argument("experiment")
 @data_option

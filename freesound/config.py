@@ -61,6 +61,8 @@ class AudioConfig:
     #: Longer files are cropped to their first ``max_seconds`` (with a warning), bounding the
     #: memory and time one file can take. FSDKaggle2019 clips are at most 30 s long.
     max_seconds: float = 600.0
+    # Fields added after the method's front end go here, at the end, each with the default that
+    # keeps today's behaviour, and into ``_ADDED_AUDIO_DEFAULTS`` (see there).
 
     def __post_init__(self):
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "min_seconds", "max_seconds", "amin"):
@@ -70,7 +72,11 @@ class AudioConfig:
             raise ValueError(f"audio max_seconds ({self.max_seconds:g}) is below min_seconds ({self.min_seconds:g})")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as a plain dict, less each added field (``_ADDED_AUDIO_DEFAULTS``) that holds
+        its default: what checkpoints, kernel manifests and ``key()`` record, so that the method's
+        stay byte-identical as fields are added."""
+        return {name: value for name, value in dataclasses.asdict(self).items()
+                if not (name in _ADDED_AUDIO_DEFAULTS and value == _ADDED_AUDIO_DEFAULTS[name])}
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "AudioConfig":
@@ -90,8 +96,40 @@ class AudioConfig:
         return int(round(self.min_seconds * self.sample_rate))
 
 
+#: Every ``AudioConfig`` field added after the method's front end, with its default (the value
+#: that keeps the earlier behaviour). ``to_dict`` and ``key`` leave such a field out while it holds
+#: this value, so the feature-cache keys, checkpoints and kernel manifests of every experiment
+#: that does not use it stay what they were. None yet: the PANNs front end is expressed with the
+#: method's fields (``AUDIO_PRESETS``).
+_ADDED_AUDIO_DEFAULTS: dict = {}
+
 #: The method's front end.
 DEFAULT_AUDIO_CONFIG = AudioConfig()
+
+#: Named front ends, ``[audio] preset = "<name>"`` in an experiment file: the fields each sets
+#: (the rest keep ``AudioConfig``'s defaults). ``"panns"`` is the front end of the PANNs AudioSet
+#: taggers (Kong et al. 2020): 32 kHz, a 1024-point Hann STFT at hop 320, 64 Slaney mel bands
+#: from 50 Hz to 14 kHz, ``10 log10(max(power, 1e-10))`` with no floor below the peak
+#: (``top_db = inf``) and no silence trimming (``trim_top_db = inf``); its batch norm over the
+#: mel bands (``bn0``) is part of the model (``freesound.models.panns``).
+AUDIO_PRESETS: dict = {
+    "panns": {"sample_rate": 32000, "n_fft": 1024, "hop_length": 320, "n_mels": 64, "fmin": 50.0,
+              "fmax": 14000.0, "trim_top_db": float("inf"), "ref": 1.0, "amin": 1e-10, "top_db": float("inf"),
+              "pad_mode": "reflect"},
+}
+
+
+def audio_preset(name: str) -> AudioConfig:
+    """The front end of ``AUDIO_PRESETS[name]``.
+
+    Raises
+    ------
+    ConfigError
+        No such preset (the message lists them).
+    """
+    if name not in AUDIO_PRESETS:
+        raise ConfigError(f"unknown audio preset {name!r}; presets are {', '.join(sorted(AUDIO_PRESETS))}")
+    return AudioConfig(**AUDIO_PRESETS[name])
 
 
 @dataclass(frozen=True)
@@ -269,6 +307,11 @@ class InputConfig:
     #: Frames of a tile: the training crop and the prediction tile (the method's 256, ~4 s). A
     #: short-clip dataset trains faster on shorter tiles (benchmarks/RESULTS.md, "Tile length").
     tile_frames: int = 256
+    #: Predict a whole clip in one pass, as the AudioSet taggers do (``freesound.predict.tiles.
+    #: whole_clip_input``), instead of 256-frame tiles at a step: the network sees the clip's whole
+    #: log-mel (a clip shorter than ``tile_frames`` padded to it as a tile is), one "tile" per clip.
+    #: Training still crops ``tile_frames``.
+    whole_clip: bool = False
 
     def __post_init__(self):
         if not (isinstance(self.tile_frames, int) and self.tile_frames >= MIN_TILE_FRAMES):
@@ -282,11 +325,13 @@ class InputConfig:
 
     def to_dict(self) -> dict:
         """The settings as a checkpoint records them (``network_input``); the method's tile length
-        is left out, so the checkpoints of method-shaped experiments hold what they held before
-        ``tile_frames`` existed (``from_dict`` reads its absence as 256)."""
+        and ``whole_clip = false`` are left out, so the checkpoints of method-shaped experiments
+        hold what they held before those fields existed (``from_dict`` reads their absence as the
+        defaults)."""
         values = dataclasses.asdict(self)
-        if self.tile_frames == InputConfig.tile_frames:
-            del values["tile_frames"]
+        for name in ("tile_frames", "whole_clip"):  # fields added after the method's input
+            if values[name] == getattr(InputConfig, name):
+                del values[name]
         return values
 
     @classmethod
@@ -376,9 +421,20 @@ class PretrainedConfig:
     Noisy pretraining then curated fine-tuning (7th place of Freesound Audio Tagging 2019): the
     pretraining experiment samples only noisy clips, and this one starts from its weights. The
     models must match (name, parameters and classes).
+
+    ``weights`` instead starts every fold from a released checkpoint file (a path, relative to the
+    experiment file's folder), e.g. PANNs' ``Cnn14_mAP=0.431.pth`` for ``[model] name =
+    "panns_cnn14"``: the model takes it as its ``pretrained`` parameter, converts and checks it,
+    and keeps a new head for the dataset's classes. A start-only setting: the trained checkpoints
+    hold every weight, and ``load_model`` and the kernels never read the file.
     """
 
     experiment: str = ""
+    weights: str = ""
+
+    def __post_init__(self):
+        if self.experiment and self.weights:
+            raise ValueError("experiment and weights both name where the folds start; set one of them")
 
 
 #: Where a student's pseudo-labels come from (``SelfTrainingConfig.teacher_folds``).
@@ -645,8 +701,30 @@ def _crop_as_tile_frames(values: dict, where: str) -> dict:
     return {**values, "transforms": transforms, "input": inputs}
 
 
+def _expand_audio_preset(values: dict, where: str) -> dict:
+    """``values`` with an ``[audio] preset = "<name>"`` replaced by the preset's fields
+    (``AUDIO_PRESETS``); fields the table states beside it override the preset's (a longer
+    ``max_seconds``, say; a changed STFT or mel setting no longer matches the weights the preset
+    was made for, which ``import-weights`` and ``[pretrained] weights`` check).
+
+    Raises
+    ------
+    ConfigError
+        The preset is not a string or not a preset (the message lists them).
+    """
+    audio = values.get("audio")
+    if not (isinstance(audio, dict) and "preset" in audio):
+        return values
+    audio = dict(audio)
+    preset = audio.pop("preset")
+    if not isinstance(preset, str) or preset not in AUDIO_PRESETS:
+        raise ConfigError(f"{_key(_section(where, 'audio'), 'preset')} = {preset!r} is not an audio preset; "
+                          f"presets are {', '.join(sorted(AUDIO_PRESETS))}")
+    return {**values, "audio": {**AUDIO_PRESETS[preset], **audio}}
+
+
 def experiment_from_dict(values: dict, *, name: str = "default", source_dir: str = "", where: str = "") -> Experiment:
-    values = _crop_as_tile_frames(dict(values), where)
+    values = _expand_audio_preset(_crop_as_tile_frames(dict(values), where), where)
     values.setdefault("name", name)
     experiment = _build(Experiment, values, where)
     return dataclasses.replace(experiment, source_dir=source_dir)

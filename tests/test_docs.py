@@ -182,7 +182,7 @@ def test_the_readme_is_a_front_page_with_the_reference_behind_it():
 
 @pytest.mark.parametrize("snippet, problem", [
     ("freesound train small --data d --made-up 3", "freesound train has no option --made-up"),
-    ("freesound import-weights model.pth --format panns", "no command 'import-weights'"),
+    ("freesound export-weights model.pth --format panns", "no command 'export-weights'"),
     ("freesound predict small --audio clips --frames 5", "freesound predict has no option --frames"),
     ("OMP_NUM_THREADS=1 python -m freesound --debug --verbose tag a.wav", "freesound has no option --verbose"),
     ("torchrun --nproc_per_node=2 -m freesound train small --data d --devicez cuda",

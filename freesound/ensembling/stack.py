@@ -1,7 +1,8 @@
 """Second level: ``FCNet`` stackers on the first-level experiments' out-of-fold tile probabilities.
 
 A clip's stacker input is, for a random subset of its tiles, the mean over those tiles of the
-experiments' tile probabilities concatenated (E·C values). Training draws subsets two ways, half
+experiments' tile probabilities concatenated (E·C values); a whole-clip experiment's one
+probability per clip (``[input] whole_clip``) stands for each of the clip's tiles. Training draws subsets two ways, half
 the time each: a random contiguous run of tiles, or every s-th tile from a random offset.
 Validation and prediction use all tiles. At test time the stacker sees each experiment's
 fold-geometric-mean clip probabilities instead (``freesound.predict.ensemble``).
@@ -50,19 +51,28 @@ def stacked_oof(experiments, work, folds=None) -> OOFTiles:
     if folds is not None:
         for path, oof in zip(paths, tiles):
             check_oof_folds(path, oof.fnames, oof.folds, folds, work)
-    first = tiles[0]
-    for name, oof in zip(experiments[1:], tiles[1:]):
-        if oof.tile_frames != first.tile_frames:
+    aligned = [tiles[0]] + [t.reorder(tiles[0].fnames) for t in tiles[1:]]
+    # A whole-clip experiment ([input] whole_clip: one tile per clip) has the same probability
+    # for every tile subset: its tile is repeated over the tiled experiments' tiles.
+    tiled = [(name, oof) for name, oof in zip(experiments, aligned) if not _one_tile_per_clip(oof)]
+    reference_name, reference = tiled[0] if tiled else (experiments[0], aligned[0])
+    for name, oof in tiled[1:]:
+        if oof.tile_frames != reference.tile_frames:
             raise FreesoundError(
-                f"experiments {experiments[0]!r} ({first.tile_frames}-frame tiles) and {name!r} "
+                f"experiments {reference_name!r} ({reference.tile_frames}-frame tiles) and {name!r} "
                 f"({oof.tile_frames}-frame tiles) cannot share a stacker: its tile subsets pair the experiments' "
                 "tiles one to one, so stack experiments of one tile length")
-    aligned = [first] + [t.reorder(first.fnames) for t in tiles[1:]]
-    for name, other in zip(experiments[1:], aligned[1:]):
-        if not np.array_equal(other.offsets, first.offsets):
-            raise FreesoundError(f"experiment {name!r} has other tiles per clip than {experiments[0]!r}")
-    return OOFTiles(first.fnames, first.folds, first.offsets, np.concatenate([t.probs for t in aligned], axis=1),
-                    first.tile_frames)
+        if not np.array_equal(oof.offsets, reference.offsets):
+            raise FreesoundError(f"experiment {name!r} has other tiles per clip than {reference_name!r}")
+    counts = np.diff(reference.offsets)
+    probs = [oof.probs if not _one_tile_per_clip(oof) else np.repeat(oof.probs, counts, axis=0) for oof in aligned]
+    return OOFTiles(reference.fnames, reference.folds, reference.offsets, np.concatenate(probs, axis=1),
+                    reference.tile_frames)
+
+
+def _one_tile_per_clip(oof: OOFTiles) -> bool:
+    """Whether every clip has a single tile: a whole-clip experiment's predictions."""
+    return bool(np.all(np.diff(oof.offsets) == 1))
 
 
 def stacker_inputs(experiments, dataset: Dataset, work) -> tuple:

@@ -27,15 +27,13 @@ import torch
 from torch import nn
 
 from freesound.errors import FreesoundError
-from freesound.models.checkpoint import CheckpointError
+from freesound.models.checkpoint import CheckpointError, state_dict_misfit
 from freesound.models.heads import HEADS, make_head
 from freesound.models.registry import register_model
 
 __all__ = ["TimmModel", "import_timm", "load_backbone_weights"]
 
 MISSING_TIMM = "the timm model needs timm: pip install 'freesound[timm]'"
-#: How many names of missing, unexpected or misshapen keys a message lists.
-SHOWN_KEYS = 3
 
 
 def import_timm():
@@ -218,7 +216,7 @@ def load_backbone_weights(backbone: nn.Module, path, name: str) -> None:
         key = f"{conv}.weight"
         if key in state and key in expected and state[key].dim() == 4 and state[key].shape[1] != expected[key].shape[1]:
             state[key] = _adapted_conv(state[key], expected[key].shape[1], path, name)
-    problem = _misfit(state, expected)
+    problem = state_dict_misfit(state, expected)
     if problem:
         raise CheckpointError(f"pretrained weights file {path} does not fit timm backbone {name!r} "
                               f"(weights of another architecture?): {problem}")
@@ -260,23 +258,3 @@ def _adapted_conv(weight: torch.Tensor, in_channels: int, path: Path, name: str)
     except NotImplementedError:
         raise CheckpointError(f"pretrained weights file {path}: the first convolution of {name!r} takes "
                               f"{weight.shape[1]} planes, which timm cannot adapt to {in_channels}") from None
-
-
-def _misfit(state: dict, expected: dict) -> str:
-    """What keeps ``state`` from loading into a model whose state dict is ``expected`` ("" when
-    nothing): counts and the first ``SHOWN_KEYS`` names of each kind of problem."""
-
-    def listed(keys):
-        return ", ".join(keys[:SHOWN_KEYS]) + (", ..." if len(keys) > SHOWN_KEYS else "")
-
-    def shape(tensor):
-        return "x".join(map(str, tensor.shape)) or "scalar"
-
-    missing = [key for key in expected if key not in state]
-    unexpected = sorted(key for key in state if key not in expected)  # safetensors keeps no module order
-    shapes = [f"{key} {shape(state[key])} in the file against {shape(expected[key])} here"
-              for key in expected if key in state and state[key].shape != expected[key].shape]
-    problems = [f"{len(keys)} {kind} ({listed(keys)})" for kind, keys in
-                (("missing key(s)", missing), ("unexpected key(s)", unexpected), ("key(s) of another shape", shapes))
-                if keys]
-    return "; ".join(problems)

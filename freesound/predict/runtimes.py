@@ -78,19 +78,21 @@ class _MainProbabilities(torch.nn.Module):
         return torch.sigmoid(self.model(tiles)[0])
 
 
-def export_onnx(model: torch.nn.Module, tile_shape=(3, 128, 256)) -> bytes:
-    """The ONNX model (bytes) of ``model``'s main-head probabilities, for any batch size.
+def export_onnx(model: torch.nn.Module, tile_shape=(3, 128, 256), dynamic_frames: bool = False) -> bytes:
+    """The ONNX model (bytes) of ``model``'s main-head probabilities, for any batch size (and,
+    with ``dynamic_frames``, any number of frames: a whole-clip model's, ``[input] whole_clip``).
 
     Input ``tiles`` float32 ``(B, *tile_shape)``, output ``probabilities`` float32 ``(B, C)``.
     The caller's model is not modified (an eval-mode copy is exported).
     """
+    tile_axes = {0: "batch", 3: "frames"} if dynamic_frames else {0: "batch"}
     wrapper = _MainProbabilities(copy.deepcopy(model).cpu().float()).eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
         torch.onnx.export(wrapper, (torch.zeros(1, *tile_shape),), buffer, dynamo=False, opset_version=OPSET,
                           input_names=["tiles"], output_names=["probabilities"],
-                          dynamic_axes={"tiles": {0: "batch"}, "probabilities": {0: "batch"}})
+                          dynamic_axes={"tiles": tile_axes, "probabilities": {0: "batch"}})
     return buffer.getvalue()
 
 
@@ -165,6 +167,7 @@ class CompiledModel:
         return np.asarray(self._compiled(tiles)[0], dtype=np.float32)
 
 
-def compile_model(model: torch.nn.Module, runtime: str, threads: int = 0, tile_shape=(3, 128, 256)) -> CompiledModel:
+def compile_model(model: torch.nn.Module, runtime: str, threads: int = 0, tile_shape=(3, 128, 256),
+                  dynamic_frames: bool = False) -> CompiledModel:
     """``export_onnx`` then ``CompiledModel``: ``model`` ready to run in ``runtime``."""
-    return CompiledModel(export_onnx(model, tile_shape), runtime, threads)
+    return CompiledModel(export_onnx(model, tile_shape, dynamic_frames), runtime, threads)

@@ -25,7 +25,7 @@ from freesound.paths import experiment_checkpoints
 from freesound.predict.files import predict_files
 from freesound.predict.runtimes import compile_model, resolve_runtime
 from freesound.predict.postprocess import combine_models
-from freesound.predict.tiles import geometric_mean, make_tiles, tile_layout
+from freesound.predict.tiles import geometric_mean, make_tiles, tile_layout, whole_clip_input
 from freesound.predict.windows import WindowSpec, split_windows
 
 
@@ -295,15 +295,26 @@ class Tagger:
             fingerprint = _weights_fingerprint(model)
         except RuntimeError:  # inference tensors carry no version counter
             fingerprint = None
-        key = ("compiled", id(model), tuple(tile_shape))
+        # A whole-clip model is exported once, for inputs of any number of frames.
+        whole_clip = self.input_config.whole_clip
+        key = ("compiled", id(model), tuple(tile_shape[:-1]) if whole_clip else tuple(tile_shape))
         entry = self._inference_models.get(key)
         if entry is None or entry[0] is not model or entry[1] != fingerprint:
             with torch.inference_mode(False):
-                compiled = compile_model(model, self.runtime, torch.get_num_threads(), tuple(tile_shape))
+                compiled = compile_model(model, self.runtime, torch.get_num_threads(), tuple(tile_shape),
+                                         dynamic_frames=whole_clip)
             entry = self._inference_models[key] = (model, fingerprint, compiled)
         runner = entry[2]
         return lambda tiles: np.concatenate([runner(tiles[start:start + self.batch_size])
                                              for start in range(0, len(tiles), self.batch_size)])
+
+    def _inputs(self, logmel: np.ndarray) -> np.ndarray:
+        """A clip's network inputs: its tiles (``make_tiles``), or with ``[input] whole_clip`` the
+        whole clip as one (``whole_clip_input``)."""
+        config = self.input_config
+        if config.whole_clip:
+            return whole_clip_input(logmel, config.tile_frames, freq_channel=config.freq_channel)
+        return make_tiles(logmel, self.tile_step, config.tile_frames, freq_channel=config.freq_channel)
 
     def tile_probabilities(self, logmels, *, track=None, desc: str = "predicting") -> list:
         """Per-tile probabilities of every model for every clip.
@@ -314,7 +325,8 @@ class Tagger:
 
         Returns
         -------
-        list of np.ndarray, one per clip, float32 (n_models, n_tiles, C)
+        list of np.ndarray, one per clip, float32 (n_models, n_tiles, C); n_tiles is 1 for a
+        whole-clip model (``[input] whole_clip``)
         """
         # Tiles of consecutive clips queue up and run in full batches of ``batch_size``; what is
         # left over waits for the next clip's tiles, so only the very last batch can be short.
@@ -322,9 +334,10 @@ class Tagger:
         queue, queued = [], 0
         if track is not None:  # a sized input gives the bar its total; otherwise ``track`` may carry one
             logmels = track(logmels, desc=desc, **({"total": len(logmels)} if hasattr(logmels, "__len__") else {}))
+        if self.input_config.whole_clip:  # one input per clip, of its own length: no shared batches
+            return [self._forward(self._inputs(logmel)) for logmel in logmels]
         for logmel in logmels:
-            tiles = make_tiles(logmel, self.tile_step, self.input_config.tile_frames,
-                               freq_channel=self.input_config.freq_channel)
+            tiles = self._inputs(logmel)
             counts.append(len(tiles))
             queue.append(tiles)
             queued += len(tiles)

@@ -3,7 +3,8 @@ of several models are combined.
 
 A clip's log-mel is padded on the time axis with its minimum and cut into tiles of ``tile``
 frames (the model's ``[input] tile_frames``; the method's 256) at a step of ``step`` frames; each
-tile gets its deltas (``freesound.audio.network_input``).
+tile gets its deltas (``freesound.audio.network_input``). With ``[input] whole_clip`` the whole
+log-mel is one input instead (``whole_clip_input``), as the AudioSet taggers predict.
 """
 
 from __future__ import annotations
@@ -55,6 +56,25 @@ def make_tiles(logmel: np.ndarray, step: int = 64, tile: int = TILE, freq_channe
     # The tiles as overlapping views (n_mels, n_tiles, tile); their deltas in one vectorised call.
     windows = np.lib.stride_tricks.sliding_window_view(padded, tile, axis=1)[:, ::step][:, :n_tiles]
     return to_network_input_batch(windows.transpose(1, 0, 2), freq_channel)
+
+
+def whole_clip_input(logmel: np.ndarray, min_frames: int = TILE, freq_channel: bool = False) -> np.ndarray:
+    """A clip's whole log-mel as one network input (``[input] whole_clip``): the AudioSet taggers'
+    one pass over the clip.
+
+    A clip shorter than ``min_frames`` (the experiment's tile) is padded to it with its minimum as
+    its single tile would be (``tile_layout``); a longer one keeps all its frames.
+
+    Returns
+    -------
+    np.ndarray, float32 (1, 3, n_mels, max(frames, min_frames)) with its deltas, /100
+    (``(1, 4, ...)`` with ``freq_channel``).
+    """
+    width = logmel.shape[1]
+    if width < min_frames:
+        _, left, right = tile_layout(width, min_frames, min_frames)
+        logmel = np.pad(logmel, ((0, 0), (left, right)), mode="constant", constant_values=logmel.min())
+    return to_network_input_batch(logmel[None], freq_channel)
 
 
 def geometric_mean(probabilities: np.ndarray, axis: int = 0) -> np.ndarray:

@@ -15,4 +15,7 @@
     timeline.py      ``freesound tag --timeline``: a long recording tagged window by window (CSV, PNG)
     tracked_runs.py  a search's trials and ``stack``'s stackers as runs in the experiment trackers
     argus_import.py  ``freesound import-argus``: the original team's released weights
+    import_weights.py  ``freesound import-weights``: a released AudioSet tagger's checkpoint (PANNs, ...)
+                     as an experiment of the 527 AudioSet classes (``FORMATS``; the labels in
+                     ``audioset/``)
 """

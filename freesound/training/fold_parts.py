@@ -200,8 +200,10 @@ def validation_batch_size(experiment: Experiment) -> int:
 def model_params(experiment: Experiment, num_classes: int) -> dict:
     """The keyword arguments of the experiment's network (as its checkpoints store them): the
     ``[model] params``, with ``in_channels`` set to the input's plane count when ``[input]
-    freq_channel`` adds one (the method's 3-plane input leaves the params as they are), and a
-    ``pretrained`` weights file given relative to the experiment file's folder made a full path.
+    freq_channel`` adds one (the method's 3-plane input leaves the params as they are), a
+    ``[pretrained] weights`` file as the model's ``pretrained`` parameter (a start-only one,
+    ``START_ONLY_PARAMS``), and a ``pretrained`` weights file given relative to the experiment
+    file's folder made a full path.
 
     Raises
     ------
@@ -216,6 +218,8 @@ def model_params(experiment: Experiment, num_classes: int) -> dict:
                           f"{str(experiment.input.freq_channel).lower()}); leave in_channels out")
     if experiment.input.freq_channel:
         params["in_channels"] = channels
+    if experiment.pretrained.weights:
+        params["pretrained"] = experiment.pretrained.weights
     if isinstance(params.get("pretrained"), str) and params["pretrained"]:
         params["pretrained"] = str(experiment.resolve_path(params["pretrained"]))
     return params
