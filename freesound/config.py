@@ -461,7 +461,8 @@ class SelfTrainingConfig:
     experiment: ``noise`` is laid over the experiment's tables for every round from 1 on
     (``merge_table``; e.g. ``{ model = { params = { dropout = 0.3 } } }``: stronger dropout or
     augmentation for the student); ``warm_start`` starts each round's folds from the previous
-    round's weights (``[pretrained]``), trained for ``warm_epochs`` epochs (0: ``max_epochs``).
+    round's weights (``[pretrained]``), trained for ``warm_epochs`` epochs (0: ``max_epochs``),
+    from round ``warm_from_round`` on (earlier rounds train from scratch).
     """
 
     teacher: str = ""
@@ -476,6 +477,7 @@ class SelfTrainingConfig:
     noise: dict = field(default_factory=dict)
     warm_start: bool = False
     warm_epochs: int = 0
+    warm_from_round: int = 1
 
     def __post_init__(self):
         if self.teacher_folds not in TEACHER_FOLDS:
@@ -492,6 +494,9 @@ class SelfTrainingConfig:
             raise ValueError(f"mix_weight = {self.mix_weight!r} is out of range: it must be in (0, 1)")
         if self.warm_epochs < 0:
             raise ValueError(f"warm_epochs = {self.warm_epochs!r} is out of range: 0 (max_epochs) or more")
+        if self.warm_from_round < 1:
+            raise ValueError(f"warm_from_round = {self.warm_from_round!r} is out of range: round 1 or later "
+                             "(round 0 has no earlier round to start from)")
 
     @property
     def enabled(self) -> bool:
@@ -578,6 +583,8 @@ class Experiment:
         for key in TRAIN_KEYS_OMITTED_AT_DEFAULT:
             if values["train"][key] == getattr(TrainConfig, key):
                 del values["train"][key]
+        if self.self_training.warm_from_round == SelfTrainingConfig.warm_from_round:  # configs as before it
+            del values["self_training"]["warm_from_round"]
         return values
 
 

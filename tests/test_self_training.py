@@ -150,6 +150,20 @@ def test_round_experiment_applies_the_noise_the_teacher_and_a_warm_start(tmp_pat
         round_experiment(idle, "exp_r1", "exp")
 
 
+def test_a_warm_start_can_wait_for_a_later_round(tmp_path):
+    student = experiment_from_dict({"train": {"max_epochs": 18},
+                                    "self_training": {"warm_start": True, "warm_epochs": 8, "warm_from_round": 2}},
+                                   name="exp", source_dir=str(tmp_path))
+    round_1 = round_experiment(student, "exp_r1", "exp", round_index=1)
+    round_2 = round_experiment(student, "exp_r2", "exp_r1", round_index=2)
+    assert (round_1.pretrained.experiment, round_1.train.max_epochs) == ("", 18)
+    assert (round_2.pretrained.experiment, round_2.train.max_epochs) == ("exp_r1", 8)
+    assert round_2.to_dict()["self_training"]["warm_from_round"] == 2
+    assert "warm_from_round" not in experiment_from_dict({}).to_dict()["self_training"]  # configs as before it
+    with pytest.raises(ConfigError, match=r"warm_from_round = 0 is out of range"):
+        experiment_from_dict({"self_training": {"warm_from_round": 0}})
+
+
 def test_a_round_file_is_rewritten_until_a_fold_trains_then_a_change_is_refused(tmp_path):
     experiments, work = tmp_path / "experiments", tmp_path / "work"
     experiments.mkdir()

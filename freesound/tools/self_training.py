@@ -85,9 +85,11 @@ def round_name(experiment: str, k: int) -> str:
     return experiment if k == 0 else f"{experiment}_r{k}"
 
 
-def round_experiment(student: Experiment, name: str, teacher: str, *, unlabeled: str = "") -> Experiment:
-    """The experiment of a round after 0: ``student`` named ``name``, its ``[self_training] noise``
-    laid over its tables, taught by ``teacher`` (with ``warm_start``, also started from it).
+def round_experiment(student: Experiment, name: str, teacher: str, *, unlabeled: str = "",
+                     round_index: int = 1) -> Experiment:
+    """The experiment of round ``round_index`` (1 or later): ``student`` named ``name``, its
+    ``[self_training] noise`` laid over its tables, taught by ``teacher`` (with ``warm_start``,
+    from round ``warm_from_round`` on, also started from it).
 
     Paths (corrections files, the pool folder) are made absolute, since the round's file may be
     written elsewhere than the student's. ``unlabeled`` (a folder) replaces the student's pool.
@@ -114,7 +116,7 @@ def round_experiment(student: Experiment, name: str, teacher: str, *, unlabeled:
     for key in ("corrections", "noisy_corrections"):
         path = student.resolve_path(values["data"][key])
         values["data"][key] = str(path.resolve()) if path else ""
-    if config.warm_start:
+    if config.warm_start and round_index >= config.warm_from_round:
         values["pretrained"] = {"experiment": teacher}
         if config.warm_epochs:
             values["train"]["max_epochs"] = config.warm_epochs
@@ -208,7 +210,8 @@ def self_train(experiment: Experiment, dataset: Dataset, work, rounds: int, *, s
         name = round_name(experiment.name, k)
         config = experiment
         if k:
-            config = round_experiment(student, name, round_name(experiment.name, k - 1), unlabeled=pool_dir)
+            config = round_experiment(student, name, round_name(experiment.name, k - 1), unlabeled=pool_dir,
+                                      round_index=k)
             write_round_file(config, experiments_dir, work, f"Round {k} of `freesound self-train {experiment.name}`: "
                              f"{student.name} taught by {config.self_training.teacher}. Written by self-train; "
                              "a change is refused once a fold of it has trained.")
