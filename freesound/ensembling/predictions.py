@@ -25,7 +25,6 @@ from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_csv
 from freesound.paths import predictions_dir, weights_root
 from freesound.predict import EnsemblePredictor, WindowSpec, predict_file_windows
-from freesound.predict.ensemble import refuse_window_stackers
 from freesound.progress import progress_bar
 from freesound.training.oof import predict_oof, reported_metrics
 
@@ -104,8 +103,6 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
     scores = None
     if windows is None and (combine != "gmean" or smooth is not None or file_rescale is not None):
         raise FreesoundError("model combination, smoothing and file rescaling apply to windows: give windows")
-    if windows is not None:
-        refuse_window_stackers(list(spec["stackers"]))
     if dataset is not None and isinstance(config, Experiment) and oof and windows is None:
         scores = predict_oof(name, dataset, work, device=device, batch_size=batch_size, precision=precision,
                              feature_workers=feature_workers, progress=progress, runtime=runtime,
