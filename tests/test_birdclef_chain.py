@@ -4,6 +4,7 @@ chunks (birdclef_sed shrunk, and a simple CNN on the same 32 kHz front end) -> O
 predict ENSEMBLE --windows 5 -> both window kernels in a simulated Kaggle tree -> evaluate
 --metric roc_auc."""
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -75,10 +76,12 @@ def chain(tmp_path_factory, one_torch_thread):
         stackers = 2 if name == "bc_ens" else 0  # the stacker's two folds apply per window
         assert (f"predicted 24 windows with {4 if name == 'bc_ens' else 2} first-level and {stackers} stacker"
                 in result.output)
+        assert "warning" not in result.output  # a 5 s window is one tile, as some training clip gives
     run_cli("build-kernel", "--experiment", "bc_cnn", "--ensemble", "bc_ens", "--work", work, "--experiments",
             experiments, "--out", base / "kernel", "--windows", 5, "--competition", COMPETITION, "--test-dir",
             TEST_DIR, "--target", "cpu4")
-    return {"base": base, "source": source, "work": work, "local": local, "kernel": base / "kernel"}
+    return {"base": base, "source": source, "work": work, "experiments": experiments, "local": local,
+            "kernel": base / "kernel"}
 
 
 def kaggle_tree(chain, root: Path) -> list:
@@ -108,6 +111,16 @@ def test_the_ensemble_blends_its_experiments_and_its_stacker_on_their_window_pro
     stacked = predict_stacker(folds, np.concatenate([sed, cnn], axis=1).astype(np.float32))
     np.testing.assert_allclose(ensemble.to_numpy(), geometric_mean(np.stack([sed, cnn, stacked])), rtol=0, atol=1e-5)
     assert not np.allclose(ensemble.to_numpy(), geometric_mean(np.stack([sed, cnn])), atol=1e-4)
+
+
+def test_windows_longer_than_the_stackers_training_clips_are_named(chain, tmp_path):
+    # 10 s windows hold 9 tiles of 501 frames at 64-frame steps; the recordings are 3-8 s.
+    result = run_cli("predict", "bc_ens", "--audio", chain["source"] / TEST_DIR, "--work", chain["work"],
+                     "--experiments", chain["experiments"], "--windows", 10, "--out", tmp_path / "w.csv",
+                     "--device", "cpu", "--workers", 0)
+    assert re.search(r"warning: a window holds 9 tiles of 'bc_sed', and its stackers learnt from means of at most "
+                     r"[1-6] \(its longest out-of-fold clip\)", result.output), result.output
+    assert len(pd.read_csv(tmp_path / "w.csv")) == 12
 
 
 @pytest.mark.parametrize("kernel,local", [("kernel", "bc_cnn"), ("ensemble_kernel", "bc_ens")])

@@ -336,3 +336,13 @@ def test_window_kernel_equals_local_predict_windows_in_the_sample_order(scapes, 
     assert "9 rows of 3 soundscapes" in result.stdout
     assert re.search(r"undecodable clips \(predicted from silence\): 1\n  scape_gone: no such file", result.stdout)
     assert "1 rows no window gave, given the silent window's prediction: scape_a_60" in result.stdout
+
+
+def test_a_window_longer_than_every_stacker_training_clip_is_named():
+    from freesound.ensembling.stack import window_tiles_warning
+
+    assert window_tiles_warning(1, np.array([1, 4, 2]), "sed") is None
+    assert window_tiles_warning(4, np.array([1, 4, 2]), "sed") is None
+    assert window_tiles_warning(5, np.array([1, 4, 2]), "sed") == (
+        "a window holds 5 tiles of 'sed', and its stackers learnt from means of at most 4 (its longest out-of-fold "
+        "clip): their window predictions go beyond what they were trained on")
