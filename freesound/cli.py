@@ -501,7 +501,7 @@ def self_train_command(experiment, data_dir, work_dir, experiments_dir, rounds, 
               help="Use folds whose training was interrupted (their best epoch so far), with a warning.")
 @click.option("--windows", "window_seconds", type=click.FloatRange(0, min_open=True), default=None,
               help="One row per window of SECONDS of each file (row_id <file stem>_<end second>, BirdCLEF's), "
-                   "from the untrimmed audio; no out-of-fold pass, no stackers.")
+                   "from the untrimmed audio; no out-of-fold pass (stackers apply per window).")
 @click.option("--hop", "hop_seconds", type=click.FloatRange(0, min_open=True), default=None,
               help="With --windows: seconds between window starts [default: the window].")
 @click.option("--combine", type=click.Choice(["gmean", "mean", "min"]), default="gmean", show_default=True,

@@ -36,7 +36,6 @@ from freesound.fileio import file_sha256
 from freesound.kaggle import COMPETITION, MANIFEST_FORMAT, TEST_DIR
 from freesound.kaggle.budget import DEFAULT_BUDGET_SECONDS, budget_seconds
 from freesound.predict import WindowSpec, combine_models, spec_files
-from freesound.predict.ensemble import refuse_window_stackers
 from freesound.predict.postprocess import check_smoothing, rescale_power
 from freesound.predict.tagger import agreeing_checkpoints, check_precision
 from freesound.versions import model_packages
@@ -91,8 +90,7 @@ def build_manifest(spec: dict, weights_root, precision: str = "fp16", time_limit
     Raises
     ------
     FreesoundError
-        A weight file is missing (the message names every missing file), windows asked of an
-        ensemble with stackers (``refuse_window_stackers``), an experiment's folds
+        A weight file is missing (the message names every missing file), an experiment's folds
         disagree on classes or network input (``agreeing_checkpoints``), or a time limit that is
         not a positive number of seconds.
     """
@@ -100,8 +98,6 @@ def build_manifest(spec: dict, weights_root, precision: str = "fp16", time_limit
     check_precision(precision)
     if time_limit is not None and not (isinstance(time_limit, (int, float)) and 0 < time_limit < math.inf):
         raise FreesoundError(f"the time limit must be a finite, positive number of seconds, got {time_limit!r}")
-    if windows is not None:
-        refuse_window_stackers(list(spec.get("stackers", {})))
     missing = missing_weights(spec, weights_root)
     if missing:
         raise FreesoundError(

@@ -300,7 +300,9 @@ def test_birdclef_sed_trains_on_chunks_of_prepared_soundscape_data(soundscapes, 
     experiment = tmp_path / "bc.toml"
     text = (Path(__file__).parents[1] / "experiments" / "birdclef_sed.toml").read_text()
     for setting, tiny in (("epoch_size = 128", "epoch_size = 32"), ("max_epochs = 10", "max_epochs = 1"),
-                          ("batch_size = 16", "batch_size = 8"), ("workers = 1", "workers = 0")):
+                          ("batch_size = 16", "batch_size = 8"), ("workers = 1", "workers = 0"),
+                          # seed 3's second author holds one sp01 recording: a fold ROC-AUC cannot score
+                          ('metric = "roc_auc"', 'metric = "lwlrap"')):
         assert setting in text
         text = text.replace(setting, tiny)
     experiment.write_text(text)

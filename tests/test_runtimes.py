@@ -139,3 +139,28 @@ def test_kernel_attaches_wheels_from_its_inputs_and_falls_back_to_torch(tmp_path
     monkeypatch.setattr(wheels, "RUNTIME_MODULES", {"absent": ("fs_not_anywhere",)})
     assert wheels.kernel_runtime(tmp_path / "nothing", lines.append) == "torch"
     assert lines == ["runtime: torch (no ONNX runtime installed or attached as wheels)"]
+
+
+@needs("onnxruntime")
+def test_onnxruntime_windows_of_an_ensemble_with_a_stacker_agree_with_torch():
+    """The window path (window kernels included) runs the runtime the Tagger chose: a window's tiles
+    are a batch of the fixed tile shape the model was exported for."""
+    from freesound.predict import EnsemblePredictor, WindowSpec
+
+    torch.manual_seed(2)
+    sed = create_model("aux_skip_attention", num_classes=len(CLASSES), base_size=4, ratio=4, head="sed").eval()
+    stacker = create_model("fcnet", in_channels=2 * len(CLASSES), num_classes=len(CLASSES), base_size=8,
+                           reduction_scale=1).eval()
+
+    def ensemble(runtime):
+        taggers = {"a": Tagger(tiny_models(), CLASSES, runtime=runtime, batch_size=8),
+                   "sed": Tagger([sed], CLASSES, runtime=runtime, batch_size=8)}
+        return EnsemblePredictor(taggers, {"mlp": [stacker]})
+
+    onnx = ensemble("onnxruntime")
+    assert {tagger.runtime for tagger in onnx.taggers.values()} == {"onnxruntime"}
+    probs, bounds = onnx.predict_windows(logmels(), WindowSpec(5))
+    expected, expected_bounds = ensemble("torch").predict_windows(logmels(), WindowSpec(5))
+    assert bounds == expected_bounds and [len(clip) for clip in probs] == [1, 1, 3]
+    for clip, reference in zip(probs, expected):
+        np.testing.assert_allclose(clip, reference, rtol=0, atol=1e-5)

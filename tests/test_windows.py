@@ -177,11 +177,22 @@ def test_frame_probabilities_of_a_sed_head_cover_the_clip(scapes):
         plain.frame_probabilities(logmel)
 
 
-def test_window_predictions_refuse_stackers(scapes):
-    stacker = create_model("fcnet", in_channels=3, num_classes=3, base_size=8, reduction_scale=1)
+def test_stackers_apply_per_window_as_to_a_clip_of_the_windows_frames(scapes):
+    torch.manual_seed(0)
+    stacker = create_model("fcnet", in_channels=3, num_classes=3, base_size=8, reduction_scale=1).eval()
     ensemble = EnsemblePredictor({"sedx": scapes["tagger"]}, {"mlp": [stacker]})
-    with pytest.raises(FreesoundError, match=r"window predictions do not use stackers \(mlp learnt from whole clips"):
-        ensemble.predict_windows([np.zeros((128, 400), np.float32)], WindowSpec(5))
+    logmel = read_untrimmed_logmel(scapes["audio"] / "scape_a.wav", CONFIG)
+    probs, bounds = ensemble.predict_windows([logmel, logmel[:, :300]], WindowSpec(5))
+    assert [len(clip) for clip in bounds] == [3, 1] and probs[0].shape == (3, len(CLASSES))
+    # each window, stacker and blend included, is the ensemble's clip prediction on its frames
+    pieces, _ = split_windows(logmel, WindowSpec(5), CONFIG)
+    np.testing.assert_allclose(probs[0], ensemble.predict_spectrograms(pieces), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(probs[1], ensemble.predict_spectrograms([logmel[:, :300]]), rtol=0, atol=1e-6)
+    # the stacker reads the fold geometric mean whatever --combine is; levels combine by it
+    levels = ensemble.level_probabilities(pieces)
+    mean, _ = ensemble.predict_windows([logmel], WindowSpec(5), "mean")
+    folds = scapes["tagger"].window_probabilities([logmel], WindowSpec(5))[0][0]
+    np.testing.assert_allclose(mean[0], (folds.mean(axis=0) + levels["mlp"]) / 2, rtol=0, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -239,12 +250,7 @@ def test_estimate_counts_each_windows_tiles_and_scales_to_the_targets_cores():
     assert TARGETS["cpu4"]["cores"] == 4 and TARGETS["cpu4"]["budget_seconds"] < TARGETS["cpu4"]["limit_seconds"] == 5400
 
 
-def test_build_kernel_refuses_windows_for_stackers_and_options_without_windows(scapes, tmp_path):
-    from kernel_build.manifest import build_manifest, windows_entry
-
-    spec = {"name": "ens", "experiments": {"sedx": ["sedx/fold_0/model.pt"]}, "stackers": {"mlp": ["x.pt"]}}
-    with pytest.raises(FreesoundError, match=r"window predictions do not use stackers \(mlp"):
-        build_manifest(spec, scapes["work"] / "experiments", windows=windows_entry(5))
+def test_build_kernel_refuses_window_options_without_windows(scapes, tmp_path):
     result = run_cli("build-kernel", "--experiment", "sedx", "--work", scapes["work"], "--combine", "min", expect=2)
     assert "--hop, --combine, --smooth and --file-rescale go with --windows" in result.output
 
@@ -330,3 +336,13 @@ def test_window_kernel_equals_local_predict_windows_in_the_sample_order(scapes, 
     assert "9 rows of 3 soundscapes" in result.stdout
     assert re.search(r"undecodable clips \(predicted from silence\): 1\n  scape_gone: no such file", result.stdout)
     assert "1 rows no window gave, given the silent window's prediction: scape_a_60" in result.stdout
+
+
+def test_a_window_longer_than_every_stacker_training_clip_is_named():
+    from freesound.ensembling.stack import window_tiles_warning
+
+    assert window_tiles_warning(1, np.array([1, 4, 2]), "sed") is None
+    assert window_tiles_warning(4, np.array([1, 4, 2]), "sed") is None
+    assert window_tiles_warning(5, np.array([1, 4, 2]), "sed") == (
+        "a window holds 5 tiles of 'sed', and its stackers learnt from means of at most 4 (its longest out-of-fold "
+        "clip): their window predictions go beyond what they were trained on")

@@ -11,6 +11,7 @@ named by the file's path relative to the folder, so ``a/x.wav`` and ``b/x.wav`` 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,11 +22,11 @@ from freesound.audio import AudioFolder, scan_audio_folder
 from freesound.config import EnsembleConfig, Experiment
 from freesound.data.dataset import Dataset
 from freesound.ensembling.specs import prediction_spec
-from freesound.errors import FreesoundError
+from freesound.ensembling.stack import check_window_tiles
+from freesound.errors import FreesoundError, FreesoundWarning
 from freesound.fileio import atomic_write_csv
 from freesound.paths import predictions_dir, weights_root
 from freesound.predict import EnsemblePredictor, WindowSpec, predict_file_windows
-from freesound.predict.ensemble import refuse_window_stackers
 from freesound.progress import progress_bar
 from freesound.training.oof import predict_oof, reported_metrics
 
@@ -104,8 +105,6 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
     scores = None
     if windows is None and (combine != "gmean" or smooth is not None or file_rescale is not None):
         raise FreesoundError("model combination, smoothing and file rescaling apply to windows: give windows")
-    if windows is not None:
-        refuse_window_stackers(list(spec["stackers"]))
     if dataset is not None and isinstance(config, Experiment) and oof and windows is None:
         scores = predict_oof(name, dataset, work, device=device, batch_size=batch_size, precision=precision,
                              feature_workers=feature_workers, progress=progress, runtime=runtime,
@@ -118,6 +117,10 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
     predictor = EnsemblePredictor.from_spec(spec, lambda path: weights_root(work) / path, device=device,
                                             batch_size=batch_size, workers=workers, precision=precision,
                                             runtime=runtime)
+    if windows is not None and predictor.stackers:
+        beyond = check_window_tiles(predictor, windows, work)
+        if beyond:
+            warnings.warn(beyond, FreesoundWarning, stacklevel=2)
     if dataset is not None:
         paths, on_error, default_name = dataset.paths("test"), "silence", "test.csv"
         names = None

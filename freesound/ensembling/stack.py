@@ -28,7 +28,7 @@ from freesound.fileio import atomic_write_csv, atomic_write_text
 from freesound.metrics import METRICS, lwlrap, score_predictions
 from freesound.models import create_model, save_checkpoint
 from freesound.paths import fold_dir, predictions_dir
-from freesound.predict import geometric_mean
+from freesound.predict import WindowSpec, geometric_mean, tile_layout, window_bounds
 from freesound.training.engine import Hooks, fit
 from freesound.training.fold_guard import check_oof_folds
 from freesound.training.fold_parts import adam_with_plateau
@@ -208,3 +208,33 @@ def train_stackers(ensemble: EnsembleConfig, dataset: Dataset, work, *, device="
     atomic_write_text(out_dir / "blend_scores.json", json.dumps(scores, indent=2) + "\n")
     return cv
 
+
+
+def window_tiles_warning(window_tiles: int, clip_tiles: np.ndarray, experiment: str) -> str | None:
+    """A sentence when a window holds more tiles than any clip the stackers learnt from (their
+    inputs are means over runs of 1 up to a clip's tiles), else ``None``.
+
+    Parameters
+    ----------
+    window_tiles : int, tiles of one full window
+    clip_tiles : np.ndarray int (N,), tiles of each out-of-fold clip of ``experiment``
+    """
+    most = int(np.max(clip_tiles))
+    if window_tiles <= most:
+        return None
+    return (f"a window holds {window_tiles} tiles of {experiment!r}, and its stackers learnt from means of at most "
+            f"{most} (its longest out-of-fold clip): their window predictions go beyond what they were trained on")
+
+
+def check_window_tiles(predictor, windows: WindowSpec, work) -> str | None:
+    """``window_tiles_warning`` for an ensemble's first experiment, from its ``oof_tiles.npz``
+    under ``work`` (``None`` when there is none, as for imported weights)."""
+    name, tagger = next(iter(predictor.taggers.items()))
+    path = predictions_dir(work, name) / "oof_tiles.npz"
+    if not path.exists():
+        return None
+    config = tagger.audio_config
+    frames = 2 + int(round(windows.seconds * config.sample_rate)) // config.hop_length  # one full window
+    start, end, _ = window_bounds(frames, windows, config)[0]
+    tiles, _, _ = tile_layout(end - start, tagger.tile_step, tagger.input_config.tile_frames)
+    return window_tiles_warning(tiles, np.diff(load_oof_tiles(path).offsets), name)

@@ -67,7 +67,6 @@ from freesound.kaggle.budget import (
 from freesound.kaggle.wheels import kernel_runtime, require_packages
 from freesound.predict import EnsemblePredictor, WindowSpec, tile_layout, window_row_ids
 from freesound.predict.device import describe_device, device_problem
-from freesound.predict.ensemble import refuse_window_stackers
 from freesound.predict.files import CHUNK_CLIPS, iter_logmel_chunks, silent_front_end
 from freesound.predict.postprocess import postprocess_file
 from freesound.predict.tagger import check_precision
@@ -517,7 +516,6 @@ def _run_windows(predictor: EnsemblePredictor, sample: pd.DataFrame, test_dir: P
     """``run_kernel``'s window mode: BirdCLEF's rows, in the sample's order; returns the summary
     (``run_kernel``'s keys; ``clips`` counts soundscapes, ``rows`` the rows, ``filled`` the row
     ids given the silent window's prediction)."""
-    refuse_window_stackers(list(predictor.stackers))
     paths, names = soundscape_files(sample, test_dir)
     log(f"predicting {len(sample)} rows of {len(paths)} soundscapes from {test_dir}, windows of "
         f"{windows['seconds']:g} s every {windows['hop']:g} s")

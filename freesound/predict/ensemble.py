@@ -154,9 +154,10 @@ class EnsemblePredictor:
         return geometric_mean(np.stack(list(levels.values())))
 
     def predict_windows(self, logmels, windows: WindowSpec, combine: str = "gmean") -> tuple[list, list]:
-        """Each clip's window probabilities (``Tagger.predict_windows``): each experiment's folds
-        combined by ``combine``, then the experiments by ``combine`` (with the default geometric
-        mean, as clips are).
+        """Each clip's window probabilities (``Tagger.window_probabilities``): each experiment's
+        folds combined by ``combine``; each stacker on the experiments' fold-geometric-mean window
+        probabilities concatenated (its clip input, per window: ``stacker_window_inputs``); then
+        the experiments and stackers by ``combine`` (with the default geometric mean, as clips are).
 
         Returns
         -------
@@ -165,22 +166,25 @@ class EnsemblePredictor:
         Raises
         ------
         FreesoundError
-            The ensemble has stackers: they were trained on clip-level tile sets of whole clips, and
-            are not applied to windows; or experiments whose audio configs cut a clip into
-            different windows.
+            Experiments whose audio configs cut a clip into different windows.
         """
-        refuse_window_stackers(self.stackers)
         logmels = list(logmels)
-        levels, bounds = [], None
+        per_model, bounds = {}, None
         for name, tagger in self.taggers.items():
-            probabilities, tagger_bounds = tagger.predict_windows(self.experiment_logmels(name, logmels), windows,
-                                                                  combine)
+            per_model[name], tagger_bounds = tagger.window_probabilities(self.experiment_logmels(name, logmels),
+                                                                         windows)
             counts = [len(clip) for clip in tagger_bounds]
             if bounds is not None and counts != [len(clip) for clip in bounds]:
                 raise FreesoundError(f"experiment {name!r} cuts the clips into other windows than "
                                      f"{next(iter(self.taggers))!r} (their audio configs differ in hop or rate)")
             bounds = bounds or tagger_bounds
-            levels.append(probabilities)
+        levels = [[combine_models(probs, combine) for probs in clips] for clips in per_model.values()]
+        if self.stackers and logmels:
+            stack_input = stacker_window_inputs(list(per_model.values()))
+            edges = np.cumsum([0] + [len(clip) for clip in bounds])
+            for models in self.stackers.values():
+                stacked = predict_stacker(models, stack_input, self.device)
+                levels.append([stacked[start:end] for start, end in zip(edges[:-1], edges[1:])])
         return [combine_models(np.stack(clip), combine) for clip in zip(*levels)], bounds
 
     def predict_files(self, paths, *, on_error: str = "raise", failures: list | None = None,
@@ -190,14 +194,21 @@ class EnsemblePredictor:
                              names=names)
 
 
-def refuse_window_stackers(stackers) -> None:
-    """A ``FreesoundError`` when ``stackers`` (names) is not empty: a stacker was trained on the
-    experiments' probabilities of whole clips (random subsets of their tiles, then the mean), and a
-    window's probabilities are not what it learnt from, so window predictions do not use it."""
-    if stackers:
-        raise FreesoundError(f"window predictions do not use stackers ({', '.join(stackers)} learnt from whole "
-                             "clips' probabilities, not from windows'): predict windows with an ensemble without "
-                             "stackers")
+def stacker_window_inputs(per_model: list) -> np.ndarray:
+    """The stackers' input for every window: each experiment's fold geometric mean (what a
+    stacker reads for a clip, ``level_probabilities``), concatenated in stacking order.
+
+    Parameters
+    ----------
+    per_model : list over experiments of lists over clips of (n_models, n_windows, C) probabilities
+        (``Tagger.window_probabilities``)
+
+    Returns
+    -------
+    np.ndarray float32 (total windows over the clips, E·C), clips in order
+    """
+    columns = [np.concatenate([geometric_mean(probs) for probs in clips]) for clips in per_model]
+    return np.concatenate(columns, axis=1).astype(np.float32)
 
 
 def predict_stacker(models, features: np.ndarray, device="cpu") -> np.ndarray:
