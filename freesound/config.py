@@ -39,6 +39,11 @@ def _from_plain_dict(cls, values: dict | None, what: str):
     return cls(**values)
 
 
+#: ``AudioConfig.mel_scale`` and ``AudioConfig.log`` values.
+MEL_SCALES = ("slaney", "kaldi")
+LOG_SCALES = ("db", "offset")
+
+
 @dataclass(frozen=True)
 class AudioConfig:
     """The front end's numbers. Frozen so that ``key()`` can safely name a feature cache.
@@ -61,16 +66,50 @@ class AudioConfig:
     #: Longer files are cropped to their first ``max_seconds`` (with a warning), bounding the
     #: memory and time one file can take. FSDKaggle2019 clips are at most 30 s long.
     max_seconds: float = 600.0
+    # Fields added after the method's (listed in ``_ADDED_AUDIO_DEFAULTS``): each default keeps the
+    # method's front end, and ``to_dict``/``key`` leave a field at its default out, so the feature
+    # caches, checkpoints and manifests of existing experiments keep their keys and bytes.
+    #: Trim leading and trailing silence (``trim_top_db``); off: only pad to ``min_seconds``.
+    trim: bool = True
+    #: Pre-emphasis ``y[n] - preemphasis * y[n - 1]`` before the STFT (one sample shorter); 0: none.
+    preemphasis: float = 0.0
+    #: Window length in samples, centred in the ``n_fft`` frame and zero-padded (0: ``n_fft``).
+    win_length: int = 0
+    #: A periodic Hann window (librosa's, the method's); False: the symmetric one.
+    periodic_window: bool = True
+    #: ``"slaney"`` (librosa's Slaney scale and area norm, the method's) or ``"kaldi"``
+    #: (Kaldi's triangles on the 1127 ln(1 + f / 700) scale, unnormalised, no filter at Nyquist).
+    mel_scale: str = "slaney"
+    #: ``"db"`` (``power_to_db`` with ``ref``, ``amin``, ``top_db``) or ``"offset"``: ``ln(mel + log_offset)``.
+    log: str = "db"
+    log_offset: float = 1e-5
+    #: The log-mel is then ``(x + norm_shift) / norm_scale``.
+    norm_shift: float = 0.0
+    norm_scale: float = 1.0
 
     def __post_init__(self):
-        for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "min_seconds", "max_seconds", "amin"):
+        for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "min_seconds", "max_seconds", "amin",
+                     "log_offset", "norm_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"audio {name} must be positive, got {getattr(self, name)!r}")
         if self.max_seconds < self.min_seconds:
             raise ValueError(f"audio max_seconds ({self.max_seconds:g}) is below min_seconds ({self.min_seconds:g})")
+        if not (isinstance(self.win_length, int) and 0 <= self.win_length <= self.n_fft):
+            raise ValueError(f"audio win_length = {self.win_length!r} is out of range: it must be from 1 to n_fft "
+                             f"({self.n_fft}), or 0 for n_fft")
+        if not 0 <= self.preemphasis < 1:
+            raise ValueError(f"audio preemphasis = {self.preemphasis!r} is out of range: it must be from 0 to below 1")
+        for name, valid in (("mel_scale", MEL_SCALES), ("log", LOG_SCALES)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"audio {name} = {getattr(self, name)!r} is not one of {', '.join(map(repr, valid))}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every field, except an added one (``_ADDED_AUDIO_DEFAULTS``) at its default."""
+        values = dataclasses.asdict(self)
+        for name, default in _ADDED_AUDIO_DEFAULTS.items():
+            if values[name] == default:
+                del values[name]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "AudioConfig":
@@ -90,8 +129,27 @@ class AudioConfig:
         return int(round(self.min_seconds * self.sample_rate))
 
 
+#: The ``AudioConfig`` fields added after the method's, with their defaults (which reproduce the
+#: method's front end): ``AudioConfig.to_dict`` and ``key`` leave a field out at its default.
+_ADDED_AUDIO_DEFAULTS = {
+    "trim": True, "preemphasis": 0.0, "win_length": 0, "periodic_window": True, "mel_scale": "slaney",
+    "log": "db", "log_offset": 1e-5, "norm_shift": 0.0, "norm_scale": 1.0,
+}
+
 #: The method's front end.
 DEFAULT_AUDIO_CONFIG = AudioConfig()
+
+#: EfficientAT's front end (Schmid et al. 2023, ``AugmentMelSTFT`` at evaluation): 32 kHz,
+#: pre-emphasis 0.97, a symmetric 800-sample Hann window in 1024-point frames every 320 samples
+#: (centred, reflect-padded), power 2, 128 Kaldi mel bands from 0 to 15 kHz (their ``fmax``
+#: default: half the rate less half the 2 kHz augmentation range), ``(ln(mel + 1e-5) + 4.5) / 5``.
+#: No silence trimming, as the original; unlike it, a file shorter than ``min_seconds`` (0.5 s)
+#: is zero-padded to it, and one longer than ``max_seconds`` is cropped.
+EFFICIENTAT_AUDIO = {
+    "sample_rate": 32000, "n_fft": 1024, "win_length": 800, "hop_length": 320, "n_mels": 128, "fmin": 0.0,
+    "fmax": 15000.0, "pad_mode": "reflect", "trim": False, "preemphasis": 0.97, "periodic_window": False,
+    "mel_scale": "kaldi", "log": "offset", "log_offset": 1e-5, "norm_shift": 4.5, "norm_scale": 5.0,
+}
 
 
 @dataclass(frozen=True)
@@ -473,6 +531,7 @@ class Experiment:
         values = dataclasses.asdict(self)
         values.pop("source_dir")
         values["transforms"].pop("crop")  # ``input.tile_frames`` states it
+        values["audio"] = self.audio.to_dict()  # the added fields only where they are set
         return values
 
 

@@ -185,7 +185,7 @@ def _as_tuple(out):
 
 
 def test_list_models():
-    assert list_models() == ["aux_skip_attention", "fcnet", "simple_cnn", "timm"]
+    assert list_models() == ["aux_skip_attention", "efficientat_mn", "fcnet", "simple_cnn", "timm"]
     assert {"AuxSkipAttention", "FCNet"} <= set(list_models(aliases=True))
 
 

@@ -92,7 +92,7 @@ def save_checkpoint(
     """
     path = Path(path)
     if dataclasses.is_dataclass(audio_config) and not isinstance(audio_config, type):
-        audio_config = dataclasses.asdict(audio_config)
+        audio_config = audio_config.to_dict() if hasattr(audio_config, "to_dict") else dataclasses.asdict(audio_config)
     checkpoint = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "model_name": canonical_name(model_name),
