@@ -69,8 +69,6 @@ class AudioConfig:
     # Fields added after the method's (listed in ``_ADDED_AUDIO_DEFAULTS``): each default keeps the
     # method's front end, and ``to_dict``/``key`` leave a field at its default out, so the feature
     # caches, checkpoints and manifests of existing experiments keep their keys and bytes.
-    #: Trim leading and trailing silence (``trim_top_db``); off: only pad to ``min_seconds``.
-    trim: bool = True
     #: Pre-emphasis ``y[n] - preemphasis * y[n - 1]`` before the STFT (one sample shorter); 0: none.
     preemphasis: float = 0.0
     #: Window length in samples, centred in the ``n_fft`` frame and zero-padded (0: ``n_fft``).
@@ -132,7 +130,7 @@ class AudioConfig:
 #: The ``AudioConfig`` fields added after the method's, with their defaults (which reproduce the
 #: method's front end): ``AudioConfig.to_dict`` and ``key`` leave a field out at its default.
 _ADDED_AUDIO_DEFAULTS = {
-    "trim": True, "preemphasis": 0.0, "win_length": 0, "periodic_window": True, "mel_scale": "slaney",
+    "preemphasis": 0.0, "win_length": 0, "periodic_window": True, "mel_scale": "slaney",
     "log": "db", "log_offset": 1e-5, "norm_shift": 0.0, "norm_scale": 1.0,
 }
 
@@ -143,12 +141,14 @@ DEFAULT_AUDIO_CONFIG = AudioConfig()
 #: pre-emphasis 0.97, a symmetric 800-sample Hann window in 1024-point frames every 320 samples
 #: (centred, reflect-padded), power 2, 128 Kaldi mel bands from 0 to 15 kHz (their ``fmax``
 #: default: half the rate less half the 2 kHz augmentation range), ``(ln(mel + 1e-5) + 4.5) / 5``.
-#: No silence trimming, as the original; unlike it, a file shorter than ``min_seconds`` (0.5 s)
-#: is zero-padded to it, and one longer than ``max_seconds`` is cropped.
+#: No silence trimming, as the original (``trim_top_db = inf``: no frame lies infinitely far
+#: below the peak); unlike it, a file shorter than ``min_seconds`` (0.5 s) is zero-padded to it,
+#: and one longer than ``max_seconds`` is cropped.
 EFFICIENTAT_AUDIO = {
     "sample_rate": 32000, "n_fft": 1024, "win_length": 800, "hop_length": 320, "n_mels": 128, "fmin": 0.0,
-    "fmax": 15000.0, "pad_mode": "reflect", "trim": False, "preemphasis": 0.97, "periodic_window": False,
-    "mel_scale": "kaldi", "log": "offset", "log_offset": 1e-5, "norm_shift": 4.5, "norm_scale": 5.0,
+    "fmax": 15000.0, "pad_mode": "reflect", "trim_top_db": float("inf"), "preemphasis": 0.97,
+    "periodic_window": False, "mel_scale": "kaldi", "log": "offset", "log_offset": 1e-5, "norm_shift": 4.5,
+    "norm_scale": 5.0,
 }
 
 

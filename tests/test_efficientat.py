@@ -35,6 +35,9 @@ from freesound.models import CheckpointError, create_model, load_checkpoint, sav
 from freesound.models.efficientat import convert_efficientat_checkpoint, efficientat_head_keys
 from freesound.predict import runtimes
 
+#: Tiny models gain nothing from two torch threads, and lose much on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FSDD = Path("/work/shared/data/fsdd/recordings")
 EAT_CONFIG = AudioConfig(**EFFICIENTAT_AUDIO)
 
@@ -135,6 +138,24 @@ def test_a_saved_original_state_dict_converts_and_predicts_the_same(tmp_path):
     odd = create_model("efficientat_mn", num_classes=4, width_mult=0.75).state_dict()
     name, params, state = convert_efficientat_checkpoint({"state_dict": odd})
     assert {k: v.shape for k, v in create_model(name, **params).state_dict().items()} == {k: v.shape for k, v in state.items()}
+
+
+@pytest.mark.parametrize("head", ["mlp", "sed"])
+def test_fine_tuning_starts_from_a_released_file_with_a_new_head(tmp_path, head):
+    released = random_eat(width=0.2, classes=527, seed=5)
+    torch.save(released.state_dict(), tmp_path / "mn02_as.pt")
+    model = create_model("efficientat_mn", num_classes=4, width_mult=0.2, head=head,
+                         pretrained=str(tmp_path / "mn02_as.pt")).eval()
+    ours, theirs = model.state_dict(), released.state_dict()
+    carried = [key for key in ours if key in theirs and torch.equal(ours[key], theirs[key])]
+    assert len(carried) == len([k for k in ours if k.startswith("features.")]) + (2 if head == "mlp" else 0)
+    assert all(key in carried for key in theirs if key.startswith("features."))
+    assert not any(key.startswith(efficientat_head_keys(head)) for key in carried)
+    with pytest.raises(CheckpointError, match=r"is EfficientAT's MobileNetV3 at width 0.2 reading one input plane, "
+                                              r"which does not fit this one at width 0.4 reading 1: "):
+        create_model("efficientat_mn", num_classes=4, width_mult=0.4, pretrained=str(tmp_path / "mn02_as.pt"))
+    with pytest.raises(CheckpointError, match=r"mn10\.pt for efficientat_mn not found"):
+        create_model("efficientat_mn", num_classes=4, pretrained=str(tmp_path / "mn10.pt"))
 
 
 def test_a_state_dict_that_does_not_fit_is_one_sentence():
@@ -252,7 +273,7 @@ def test_no_trimming_keeps_the_silence(tmp_path):
     tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(32000) / 32000)
     soundfile.write(tmp_path / "quiet_start.wav", np.concatenate([np.zeros(32000), tone]), 32000)
     assert len(read_audio(tmp_path / "quiet_start.wav", EAT_CONFIG)) == 64000
-    assert len(read_audio(tmp_path / "quiet_start.wav", dataclasses.replace(EAT_CONFIG, trim=True))) < 40000
+    assert len(read_audio(tmp_path / "quiet_start.wav", dataclasses.replace(EAT_CONFIG, trim_top_db=60.0))) < 40000
 
 
 # --- ONNX -----------------------------------------------------------------------------------------
@@ -277,7 +298,7 @@ def eat_front_end_toml() -> str:
     """The efficientat front end at 64 mels and 64-frame tiles (a stacker pairs the tiles of
     experiments with one front end and tile length)."""
     audio = "\n".join(f"{key} = {value!r}".replace("'", '"').replace("False", "false")
-                      for key, value in {**EFFICIENTAT_AUDIO, "n_mels": 64}.items())
+                      for key, value in {**EFFICIENTAT_AUDIO, "n_mels": 64}.items())  # inf is TOML's too
     return f"\n[audio]\n{audio}\n\n[input]\ntile_frames = 64\n"
 
 

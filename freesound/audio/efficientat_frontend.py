@@ -17,14 +17,15 @@ import numpy as np
 
 from freesound.config import _ADDED_AUDIO_DEFAULTS, AudioConfig
 
-#: The added fields that change the log-mel (``trim`` acts before it, in ``read_audio``).
-_SPECTRAL_FIELDS = tuple(name for name in _ADDED_AUDIO_DEFAULTS if name != "trim")
+#: The added fields this module's steps read.
+_STEP_FIELDS = ("preemphasis", "win_length", "periodic_window", "mel_scale", "log", "log_offset", "norm_shift",
+                "norm_scale")
 
 
 def uses_added_steps(config: AudioConfig) -> bool:
     """Whether ``config`` sets any log-mel step beyond the method's (pre-emphasis, a shorter or
     symmetric window, Kaldi mels, the offset log, a normalisation)."""
-    return any(getattr(config, name) != _ADDED_AUDIO_DEFAULTS[name] for name in _SPECTRAL_FIELDS)
+    return any(getattr(config, name) != _ADDED_AUDIO_DEFAULTS[name] for name in _STEP_FIELDS)
 
 
 def preemphasize(y: np.ndarray, coefficient: float) -> np.ndarray:

@@ -100,8 +100,7 @@ def _trim_bounds(y: np.ndarray, top_db: float) -> tuple[int, int]:
 def trim_to_min_length(y: np.ndarray, config: AudioConfig = DEFAULT_AUDIO_CONFIG) -> np.ndarray:
     """Trim leading/trailing silence, keeping at least ``config.min_seconds``.
 
-    Silence is what lies ``config.trim_top_db`` below the clip's peak (``librosa.effects.trim``);
-    with ``config.trim`` off nothing is trimmed and only a file shorter than the minimum changes.
+    Silence is what lies ``config.trim_top_db`` below the clip's peak (``librosa.effects.trim``).
     When the trimmed clip is shorter than the minimum, the minimum's worth of the *untrimmed*
     signal is taken, centred on the middle of the trimmed region and shifted to stay inside the
     file; only a file shorter than the minimum is zero-padded, symmetrically.
@@ -115,9 +114,7 @@ def trim_to_min_length(y: np.ndarray, config: AudioConfig = DEFAULT_AUDIO_CONFIG
     np.ndarray, float32, shape (m,) with m >= config.min_samples
     """
     min_samples = config.min_samples
-    if not config.trim:
-        start, end = 0, len(y)
-    elif y.ndim == 1 and y.shape[0] > 0:
+    if y.ndim == 1 and y.shape[0] > 0:
         start, end = _trim_bounds(y, config.trim_top_db)
     else:
         _, (start, end) = librosa.effects.trim(y, top_db=config.trim_top_db)

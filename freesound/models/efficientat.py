@@ -22,20 +22,21 @@ the ``efficientat`` audio preset, plane 0 then holds exactly what the original m
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from freesound.audio.network_input import INPUT_SCALE
-from freesound.models.checkpoint import CheckpointError
+from freesound.models.checkpoint import CheckpointError, read_torch_file
 from freesound.models.heads import HEADS, make_head
 from freesound.models.registry import register_model
 from freesound.models.timm_family import SHOWN_KEYS, _misfit
 
 __all__ = [
     "EFFICIENTAT_HEADS", "EFFICIENTAT_WIDTHS", "EfficientATMobileNet", "convert_efficientat_checkpoint",
-    "efficientat_head_keys", "make_divisible",
+    "IMPORT_FORMAT", "efficientat_head_keys", "load_pretrained", "make_divisible",
 ]
 
 #: The heads this family builds: the original's, then ``freesound.models.heads``'.
@@ -191,6 +192,10 @@ class EfficientATMobileNet(nn.Module):
     input_planes : int
         How many of those planes, from the first, the first convolution reads: 1 (the log-mel
         alone, as the original; what AudioSet weights expect) up to ``in_channels``.
+    pretrained : str
+        A released EfficientAT state dict to start from (``[pretrained] weights``; e.g.
+        ``mn10_as_mAP_471.pt``): every weight but the new head's (``efficientat_head_keys``) is
+        loaded, after ``convert_efficientat_checkpoint`` checked it. "" starts from random weights.
 
     Notes
     -----
@@ -204,13 +209,15 @@ class EfficientATMobileNet(nn.Module):
     ValueError
         An unknown head, a width that is not positive, or ``input_planes`` outside
         ``1..in_channels``.
+    CheckpointError
+        ``pretrained`` is missing, unreadable, or another width or layout than this model.
     """
 
     #: ``forward`` returns one head: the experiment's ``aux_weights`` has one weight.
     output_heads = 1
 
     def __init__(self, num_classes: int, width_mult: float = 1.0, head: str = "mlp", dropout: float = 0.2,
-                 in_channels: int = 3, input_planes: int = 1):
+                 in_channels: int = 3, input_planes: int = 1, pretrained: str = ""):
         super().__init__()
         if head not in EFFICIENTAT_HEADS:
             raise ValueError(f"unknown head {head!r}; choose one of {', '.join(EFFICIENTAT_HEADS)}")
@@ -230,6 +237,9 @@ class EfficientATMobileNet(nn.Module):
         else:
             self.head = make_head(head, channels["last"], num_classes, dropout)
         _init_weights(self)
+        self.width_mult, self.head_name = width_mult, head
+        if pretrained:
+            load_pretrained(self, pretrained)
 
     def _head(self) -> nn.Module:
         return self.classifier if hasattr(self, "classifier") else self.head
@@ -275,6 +285,34 @@ def efficientat_head_keys(head: str = "mlp") -> tuple[str, ...]:
     if head not in EFFICIENTAT_HEADS:
         raise ValueError(f"unknown head {head!r}; choose one of {', '.join(EFFICIENTAT_HEADS)}")
     return ("classifier.5.",) if head == "mlp" else ("head.",)
+
+
+def load_pretrained(model: EfficientATMobileNet, path) -> None:
+    """Load a released EfficientAT state dict into ``model`` (in place), all but the keys its
+    new head replaces (``efficientat_head_keys``).
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing or unreadable, does not convert (``convert_efficientat_checkpoint``),
+        or is another width than ``model`` or feeds it another number of input planes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"pretrained weights file {path} for efficientat_mn not found")
+    try:
+        _, params, state = convert_efficientat_checkpoint(read_torch_file(path, what="EfficientAT state dict"))
+    except CheckpointError as error:
+        raise CheckpointError(f"pretrained weights file {path}: {error}") from None
+    new_head = efficientat_head_keys(model.head_name) + (() if model.head_name == "mlp" else ("classifier.",))
+    body = {key: value for key, value in state.items() if not key.startswith(new_head)}
+    expected = {key: value for key, value in model.state_dict().items() if not key.startswith(new_head)}
+    problem = _misfit(body, expected)
+    if problem:
+        raise CheckpointError(f"pretrained weights file {path} is EfficientAT's MobileNetV3 at width "
+                              f"{params['width_mult']:g} reading one input plane, which does not fit this one at width "
+                              f"{model.width_mult:g} reading {model.input_planes}: {problem}")
+    model.load_state_dict(body, strict=False)
 
 
 def convert_efficientat_checkpoint(raw: dict) -> tuple[str, dict, dict]:
@@ -357,3 +395,16 @@ def _width_of(state: dict) -> float:
                           f"{', '.join(map(str, found[1]))}) are those of no EfficientAT MobileNetV3 width "
                           f"from 0.01 to 4 (weights of another architecture?)")
 
+
+#: The ``import-weights --format efficientat`` entry, as ``freesound.tools.import_weights``
+#: registers a format (``register_format("efficientat", WeightsFormat(**IMPORT_FORMAT))``): the
+#: converter, the audio preset of the released models' front end (``EFFICIENTAT_AUDIO``), and the
+#: shortest input in frames (the network's stride; the front end's 0.5 s minimum is 50 frames, so
+#: no clip is padded, as the original pads none).
+IMPORT_FORMAT = {
+    "convert": convert_efficientat_checkpoint,
+    "audio_preset": "efficientat",
+    "tile_frames": 32,
+    "description": "EfficientAT's MobileNetV3 AudioSet taggers (mn04_as ... mn40_as, e.g. mn10_as_mAP_471.pt from "
+                   "github.com/fschmid56/EfficientAT/releases, MIT licence)",
+}
