@@ -134,10 +134,10 @@ def main(argv=None) -> int:
     lines = []
     for name, row in rows.items():
         line = [name, f"{row['seconds']:.1f} s", f"{row['parameters']:,}", f"{row['gflop']:.2f}",
-                f"{row['gflop'] / row['seconds']:.3f}", f"{row['torch_rate']:.0f}",
+                f"{row['gflop'] / row['seconds']:.3f}", f"{row['torch_rate']:.3g}",
                 f"{row['torch_rate'] / base['torch_rate']:.1f}x"]
         if onnx:
-            line += [f"{row['onnxruntime_rate']:.0f}", f"{row['onnxruntime_rate'] / base['onnxruntime_rate']:.1f}x",
+            line += [f"{row['onnxruntime_rate']:.3g}", f"{row['onnxruntime_rate'] / base['onnxruntime_rate']:.1f}x",
                      f"{row['difference']:.1e}"]
         lines.append(line)
     print(table(headers, lines))
