@@ -66,9 +66,8 @@ class AudioConfig:
     #: Longer files are cropped to their first ``max_seconds`` (with a warning), bounding the
     #: memory and time one file can take. FSDKaggle2019 clips are at most 30 s long.
     max_seconds: float = 600.0
-    # Fields added after the method's (listed in ``_ADDED_AUDIO_DEFAULTS``): each default keeps the
-    # method's front end, and ``to_dict``/``key`` leave a field at its default out, so the feature
-    # caches, checkpoints and manifests of existing experiments keep their keys and bytes.
+    # Fields added after the method's front end go here, at the end, each with the default that
+    # keeps today's behaviour, and into ``_ADDED_AUDIO_DEFAULTS`` (see there).
     #: Pre-emphasis ``y[n] - preemphasis * y[n - 1]`` before the STFT (one sample shorter); 0: none.
     preemphasis: float = 0.0
     #: Window length in samples, centred in the ``n_fft`` frame and zero-padded (0: ``n_fft``).
@@ -102,12 +101,11 @@ class AudioConfig:
                 raise ValueError(f"audio {name} = {getattr(self, name)!r} is not one of {', '.join(map(repr, valid))}")
 
     def to_dict(self) -> dict:
-        """Every field, except an added one (``_ADDED_AUDIO_DEFAULTS``) at its default."""
-        values = dataclasses.asdict(self)
-        for name, default in _ADDED_AUDIO_DEFAULTS.items():
-            if values[name] == default:
-                del values[name]
-        return values
+        """The fields as a plain dict, less each added field (``_ADDED_AUDIO_DEFAULTS``) that holds
+        its default: what checkpoints, kernel manifests and ``key()`` record, so that the method's
+        stay byte-identical as fields are added."""
+        return {name: value for name, value in dataclasses.asdict(self).items()
+                if not (name in _ADDED_AUDIO_DEFAULTS and value == _ADDED_AUDIO_DEFAULTS[name])}
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "AudioConfig":
@@ -127,9 +125,11 @@ class AudioConfig:
         return int(round(self.min_seconds * self.sample_rate))
 
 
-#: The ``AudioConfig`` fields added after the method's, with their defaults (which reproduce the
-#: method's front end): ``AudioConfig.to_dict`` and ``key`` leave a field out at its default.
-_ADDED_AUDIO_DEFAULTS = {
+#: Every ``AudioConfig`` field added after the method's front end, with its default (the value
+#: that keeps the earlier behaviour). ``to_dict`` and ``key`` leave such a field out while it holds
+#: this value, so the feature-cache keys, checkpoints and kernel manifests of every experiment
+#: that does not use it stay what they were. EfficientAT's front end (``EFFICIENTAT_AUDIO``) sets them.
+_ADDED_AUDIO_DEFAULTS: dict = {
     "preemphasis": 0.0, "win_length": 0, "periodic_window": True, "mel_scale": "slaney",
     "log": "db", "log_offset": 1e-5, "norm_shift": 0.0, "norm_scale": 1.0,
 }

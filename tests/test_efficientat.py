@@ -43,14 +43,26 @@ EAT_CONFIG = AudioConfig(**EFFICIENTAT_AUDIO)
 
 
 def random_eat(width=0.1, classes=6, head="mlp", seed=0):
-    """A small EfficientAT MobileNetV3 in eval mode with random weights and batch-norm statistics."""
+    """A small EfficientAT MobileNetV3 in eval mode, random weights, whose outputs spread.
+
+    Fresh batch norms in eval mode are identities, and 15 blocks of them (with 8 squeeze-excitations
+    halving) shrink the activations to about 1e-9, every probability 0.5: here each batch norm takes
+    the statistics of one random batch and a random affine, and the mlp head's class layer is scaled up.
+    """
     torch.manual_seed(seed)
-    model = create_model("efficientat_mn", num_classes=classes, width_mult=width, head=head).eval()
+    model = create_model("efficientat_mn", num_classes=classes, width_mult=width, head=head)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    return model
+            module.momentum = None  # a cumulative average: one batch sets the statistics
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.1, 0.1)
+    with torch.no_grad():
+        model.train()(torch.randn(4, 3, 64, 96) * 0.02)
+        if head == "mlp":  # EfficientAT's N(0, 0.01) class layer
+            model.classifier[5].weight.mul_(30.0)
+        if head == "sed":  # Kaiming-initialised frame logits of up to ~25: probabilities of 0 and 1 only
+            model.head.classifier.weight.mul_(0.1)
+    return model.eval()
 
 
 # --- the model ------------------------------------------------------------------------------------
@@ -131,9 +143,11 @@ def test_a_saved_original_state_dict_converts_and_predicts_the_same(tmp_path):
     assert (name, params) == ("efficientat_mn", {"num_classes": 9, "width_mult": 0.2})
     converted = create_model(name, **params).eval()
     converted.load_state_dict(state, strict=True)
-    x = torch.randn(2, 3, 64, 100)
+    x = torch.randn(2, 3, 64, 100) * 0.02
     with torch.inference_mode():
-        torch.testing.assert_close(converted(x)[0], model(x)[0], rtol=0, atol=0)
+        expected = model(x)[0]
+        assert expected.std() > 0.5
+        torch.testing.assert_close(converted(x)[0], expected, rtol=0, atol=0)
     # A width EfficientAT did not release is found from the channel counts too.
     odd = create_model("efficientat_mn", num_classes=4, width_mult=0.75).state_dict()
     name, params, state = convert_efficientat_checkpoint({"state_dict": odd})
@@ -288,6 +302,7 @@ def test_onnx_runtime_agrees_with_torch(head):
     probabilities = runtimes.CompiledModel(exported, "onnxruntime")(tiles)
     with torch.inference_mode():
         expected = torch.sigmoid(model(torch.from_numpy(tiles))[0]).numpy()
+    assert expected.std() > 0.05  # probabilities that differ, or the comparison says nothing
     np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-5)
 
 

@@ -29,6 +29,8 @@ REQUIRED_CHECKPOINT_KEYS = ("model_name", "model_params", "state_dict", "classes
 #: ``pretrained`` file or hub weights): kept in a checkpoint as a record, never used to rebuild it,
 #: since its state dict holds every weight (a kernel bundles the fine-tuned weights only).
 START_ONLY_PARAMS = ("pretrained",)
+#: How many names of missing, unexpected or misshapen keys a message lists (``state_dict_misfit``).
+SHOWN_KEYS = 3
 
 
 class CheckpointError(FreesoundError, ValueError):
@@ -91,8 +93,10 @@ def save_checkpoint(
         ``path``.
     """
     path = Path(path)
-    if dataclasses.is_dataclass(audio_config) and not isinstance(audio_config, type):
-        audio_config = audio_config.to_dict() if hasattr(audio_config, "to_dict") else dataclasses.asdict(audio_config)
+    if hasattr(audio_config, "to_dict"):  # an AudioConfig records itself (its added fields at their defaults left out)
+        audio_config = audio_config.to_dict()
+    elif dataclasses.is_dataclass(audio_config) and not isinstance(audio_config, type):
+        audio_config = dataclasses.asdict(audio_config)
     checkpoint = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "model_name": canonical_name(model_name),
@@ -187,3 +191,23 @@ def load_model(path, device="cpu") -> nn.Module:
         raise CheckpointError(f"{path}: weights do not fit {name}({params}): {error}") from error
     return model.to(device).eval()
 
+
+def state_dict_misfit(state: dict, expected: dict) -> str:
+    """What keeps ``state`` from loading into a model whose state dict is ``expected`` ("" when
+    nothing): counts and the first ``SHOWN_KEYS`` names of each kind of problem (missing,
+    unexpected, misshapen keys), for one sentence about a weights file that does not fit."""
+
+    def listed(keys):
+        return ", ".join(keys[:SHOWN_KEYS]) + (", ..." if len(keys) > SHOWN_KEYS else "")
+
+    def shape(tensor):
+        return "x".join(map(str, tensor.shape)) or "scalar"
+
+    missing = [key for key in expected if key not in state]
+    unexpected = sorted(key for key in state if key not in expected)  # safetensors keeps no module order
+    shapes = [f"{key} {shape(state[key])} in the file against {shape(expected[key])} here"
+              for key in expected if key in state and state[key].shape != expected[key].shape]
+    problems = [f"{len(keys)} {kind} ({listed(keys)})" for kind, keys in
+                (("missing key(s)", missing), ("unexpected key(s)", unexpected), ("key(s) of another shape", shapes))
+                if keys]
+    return "; ".join(problems)

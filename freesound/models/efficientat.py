@@ -29,10 +29,9 @@ import torch
 from torch import nn
 
 from freesound.audio.network_input import INPUT_SCALE
-from freesound.models.checkpoint import CheckpointError, read_torch_file
+from freesound.models.checkpoint import SHOWN_KEYS, CheckpointError, read_torch_file, state_dict_misfit
 from freesound.models.heads import HEADS, make_head
 from freesound.models.registry import register_model
-from freesound.models.timm_family import SHOWN_KEYS, _misfit
 
 __all__ = [
     "EFFICIENTAT_HEADS", "EFFICIENTAT_WIDTHS", "EfficientATMobileNet", "convert_efficientat_checkpoint",
@@ -307,7 +306,7 @@ def load_pretrained(model: EfficientATMobileNet, path) -> None:
     new_head = efficientat_head_keys(model.head_name) + (() if model.head_name == "mlp" else ("classifier.",))
     body = {key: value for key, value in state.items() if not key.startswith(new_head)}
     expected = {key: value for key, value in model.state_dict().items() if not key.startswith(new_head)}
-    problem = _misfit(body, expected)
+    problem = state_dict_misfit(body, expected)
     if problem:
         raise CheckpointError(f"pretrained weights file {path} is EfficientAT's MobileNetV3 at width "
                               f"{params['width_mult']:g} reading one input plane, which does not fit this one at width "
@@ -354,7 +353,7 @@ def convert_efficientat_checkpoint(raw: dict) -> tuple[str, dict, dict]:
     for key, value in expected.items():
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = torch.zeros_like(value)
-    problem = _misfit(state, expected)
+    problem = state_dict_misfit(state, expected)
     if problem:
         raise CheckpointError(f"the state dict does not fit EfficientAT's MobileNetV3 at width {width:g} with "
                               f"{params['num_classes']} classes: {problem}")
