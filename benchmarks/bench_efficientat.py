@@ -56,7 +56,7 @@ def efficientat_model(width: float, classes: int = 527, seed: int = 0):
             module.momentum = None  # a cumulative average: one batch sets the statistics
     inputs = np.random.default_rng(seed + 1).normal(0.0, 0.3, (BATCH, *EAT_INPUT[:2], 200)).astype(np.float32)
     with torch.no_grad():
-        model.train()(torch.from_numpy(inputs) / 15)  # plane 0 of a log-mel window / 100
+        model.train()(torch.from_numpy(inputs))  # the timed inputs' distribution (``prepare``)
         model.classifier[5].weight.mul_(30.0)
     return model.eval()
 
