@@ -39,6 +39,11 @@ def _from_plain_dict(cls, values: dict | None, what: str):
     return cls(**values)
 
 
+#: ``AudioConfig.mel_scale`` and ``AudioConfig.log`` values.
+MEL_SCALES = ("slaney", "kaldi")
+LOG_SCALES = ("db", "offset")
+
+
 @dataclass(frozen=True)
 class AudioConfig:
     """The front end's numbers. Frozen so that ``key()`` can safely name a feature cache.
@@ -63,13 +68,37 @@ class AudioConfig:
     max_seconds: float = 600.0
     # Fields added after the method's front end go here, at the end, each with the default that
     # keeps today's behaviour, and into ``_ADDED_AUDIO_DEFAULTS`` (see there).
+    #: Pre-emphasis ``y[n] - preemphasis * y[n - 1]`` before the STFT (one sample shorter); 0: none.
+    preemphasis: float = 0.0
+    #: Window length in samples, centred in the ``n_fft`` frame and zero-padded (0: ``n_fft``).
+    win_length: int = 0
+    #: A periodic Hann window (librosa's, the method's); False: the symmetric one.
+    periodic_window: bool = True
+    #: ``"slaney"`` (librosa's Slaney scale and area norm, the method's) or ``"kaldi"``
+    #: (Kaldi's triangles on the 1127 ln(1 + f / 700) scale, unnormalised, no filter at Nyquist).
+    mel_scale: str = "slaney"
+    #: ``"db"`` (``power_to_db`` with ``ref``, ``amin``, ``top_db``) or ``"offset"``: ``ln(mel + log_offset)``.
+    log: str = "db"
+    log_offset: float = 1e-5
+    #: The log-mel is then ``(x + norm_shift) / norm_scale``.
+    norm_shift: float = 0.0
+    norm_scale: float = 1.0
 
     def __post_init__(self):
-        for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "min_seconds", "max_seconds", "amin"):
+        for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "min_seconds", "max_seconds", "amin",
+                     "log_offset", "norm_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"audio {name} must be positive, got {getattr(self, name)!r}")
         if self.max_seconds < self.min_seconds:
             raise ValueError(f"audio max_seconds ({self.max_seconds:g}) is below min_seconds ({self.min_seconds:g})")
+        if not (isinstance(self.win_length, int) and 0 <= self.win_length <= self.n_fft):
+            raise ValueError(f"audio win_length = {self.win_length!r} is out of range: it must be from 1 to n_fft "
+                             f"({self.n_fft}), or 0 for n_fft")
+        if not 0 <= self.preemphasis < 1:
+            raise ValueError(f"audio preemphasis = {self.preemphasis!r} is out of range: it must be from 0 to below 1")
+        for name, valid in (("mel_scale", MEL_SCALES), ("log", LOG_SCALES)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"audio {name} = {getattr(self, name)!r} is not one of {', '.join(map(repr, valid))}")
 
     def to_dict(self) -> dict:
         """The fields as a plain dict, less each added field (``_ADDED_AUDIO_DEFAULTS``) that holds
@@ -99,12 +128,29 @@ class AudioConfig:
 #: Every ``AudioConfig`` field added after the method's front end, with its default (the value
 #: that keeps the earlier behaviour). ``to_dict`` and ``key`` leave such a field out while it holds
 #: this value, so the feature-cache keys, checkpoints and kernel manifests of every experiment
-#: that does not use it stay what they were. None yet: the PANNs front end is expressed with the
-#: method's fields (``AUDIO_PRESETS``).
-_ADDED_AUDIO_DEFAULTS: dict = {}
+#: that does not use it stay what they were. EfficientAT's front end (``EFFICIENTAT_AUDIO``) sets them.
+_ADDED_AUDIO_DEFAULTS: dict = {
+    "preemphasis": 0.0, "win_length": 0, "periodic_window": True, "mel_scale": "slaney",
+    "log": "db", "log_offset": 1e-5, "norm_shift": 0.0, "norm_scale": 1.0,
+}
 
 #: The method's front end.
 DEFAULT_AUDIO_CONFIG = AudioConfig()
+
+#: EfficientAT's front end (Schmid et al. 2023, ``AugmentMelSTFT`` at evaluation): 32 kHz,
+#: pre-emphasis 0.97, a symmetric 800-sample Hann window in 1024-point frames every 320 samples
+#: (centred, reflect-padded), power 2, 128 Kaldi mel bands from 0 to 15 kHz (their ``fmax``
+#: default: half the rate less half the 2 kHz augmentation range), ``(ln(mel + 1e-5) + 4.5) / 5``.
+#: No silence trimming, as the original (``trim_top_db = inf``: no frame lies infinitely far
+#: below the peak); unlike it, a file shorter than ``min_seconds`` (0.5 s) is zero-padded to it,
+#: and one longer than ``max_seconds`` is cropped.
+EFFICIENTAT_AUDIO = {
+    "sample_rate": 32000, "n_fft": 1024, "win_length": 800, "hop_length": 320, "n_mels": 128, "fmin": 0.0,
+    "fmax": 15000.0, "pad_mode": "reflect", "trim_top_db": float("inf"), "preemphasis": 0.97,
+    "periodic_window": False, "mel_scale": "kaldi", "log": "offset", "log_offset": 1e-5, "norm_shift": 4.5,
+    "norm_scale": 5.0,
+}
+
 
 #: Named front ends, ``[audio] preset = "<name>"`` in an experiment file: the fields each sets
 #: (the rest keep ``AudioConfig``'s defaults). ``"panns"`` is the front end of the PANNs AudioSet
@@ -116,6 +162,7 @@ AUDIO_PRESETS: dict = {
     "panns": {"sample_rate": 32000, "n_fft": 1024, "hop_length": 320, "n_mels": 64, "fmin": 50.0,
               "fmax": 14000.0, "trim_top_db": float("inf"), "ref": 1.0, "amin": 1e-10, "top_db": float("inf"),
               "pad_mode": "reflect"},
+    "efficientat": EFFICIENTAT_AUDIO,
 }
 
 
@@ -585,6 +632,7 @@ class Experiment:
                 del values["train"][key]
         if self.self_training.warm_from_round == SelfTrainingConfig.warm_from_round:  # configs as before it
             del values["self_training"]["warm_from_round"]
+        values["audio"] = self.audio.to_dict()  # the added fields only where they are set
         return values
 
 

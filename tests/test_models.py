@@ -185,7 +185,8 @@ def _as_tuple(out):
 
 
 def test_list_models():
-    assert list_models() == ["aux_skip_attention", "fcnet", "panns_cnn10", "panns_cnn14", "panns_cnn6", "simple_cnn", "timm"]
+    assert list_models() == ["aux_skip_attention", "efficientat_mn", "fcnet", "panns_cnn10", "panns_cnn14", "panns_cnn6",
+                             "simple_cnn", "timm"]
     assert {"AuxSkipAttention", "FCNet"} <= set(list_models(aliases=True))
 
 

@@ -7,6 +7,9 @@
     logmel.py         ``read_audio`` -> ``to_log_mel`` = ``read_as_melspectrogram``: float32
                       ``(n_mels, frames)`` in dB, with the original solution's numbers; a log-mel
                       that is not finite is an ``AudioDecodeError`` (``check_log_mel``)
+    efficientat_frontend.py  the steps EfficientAT's front end adds (pre-emphasis, a shorter
+                      symmetric window, Kaldi mel filters, ``ln(mel + offset)``, a normalisation),
+                      chained by ``to_log_mel`` when the config sets them
     network_input.py  a log-mel window + its deltas, /100: the ``(3, n_mels, frames)`` input
                       (``(4, ...)`` with the frequency-position plane of ``[input] freq_channel``)
     files.py          which files in a folder are audio (one rule, with what it leaves out)

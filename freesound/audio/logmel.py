@@ -18,6 +18,14 @@ import librosa.feature  # noqa: F401  (eager: librosa loads submodules lazily, i
 import numpy as np
 
 from freesound.audio.decode import AudioDecodeError, decode, resample, to_mono
+from freesound.audio.efficientat_frontend import (
+    frame_window,
+    kaldi_mel_filterbank,
+    normalize,
+    offset_log,
+    preemphasize,
+    uses_added_steps,
+)
 from freesound.audio.trim import trim_to_min_length
 from freesound.config import DEFAULT_AUDIO_CONFIG, AudioConfig
 
@@ -40,7 +48,10 @@ def read_audio(path, config: AudioConfig | None = None) -> np.ndarray:
 
 
 def mel_filterbank(config: AudioConfig = DEFAULT_AUDIO_CONFIG) -> np.ndarray:
-    """Slaney-scale, Slaney-normalised mel filters: float32 (n_mels, n_fft // 2 + 1)."""
+    """Slaney-scale, Slaney-normalised mel filters (Kaldi's with ``mel_scale = "kaldi"``):
+    float32 (n_mels, n_fft // 2 + 1)."""
+    if config.mel_scale == "kaldi":
+        return kaldi_mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax)
     return _mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax).copy()
 
 
@@ -176,11 +187,28 @@ def _to_log_mel_librosa(y: np.ndarray, config: AudioConfig) -> np.ndarray:
         return power_to_db(mel_filterbank(config) @ power, config)
 
 
+def _to_log_mel_added_steps(y: np.ndarray, config: AudioConfig) -> np.ndarray:
+    """The log-mel of a config that sets added steps (``uses_added_steps``): pre-emphasis,
+    centred frames padded by ``pad_mode``, the (shorter, symmetric) window, power, the Slaney or
+    Kaldi mel filters, dB or the offset log, the normalisation."""
+    y = preemphasize(np.asarray(y, dtype=np.float32), config.preemphasis)
+    half = config.n_fft // 2
+    padded = np.pad(y, half, mode=config.pad_mode)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, config.n_fft)[::config.hop_length]
+    window = frame_window(config.n_fft, config.win_length, config.periodic_window)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mel = mel_filterbank(config) @ _power_spectrogram(frames, window).T
+        logmel = offset_log(mel, config.log_offset) if config.log == "offset" else power_to_db(mel, config)
+        return normalize(logmel, config.norm_shift, config.norm_scale)
+
+
 def to_log_mel(y: np.ndarray, config: AudioConfig | None = None) -> np.ndarray:
     """Log-mel power spectrogram of mono audio.
 
     Centred frames with reflect padding (librosa 0.6's default, which the original used), a
-    Hann window, power 2.
+    Hann window, power 2. A config with added steps (pre-emphasis, a shorter or symmetric window,
+    Kaldi mels, the offset log, a normalisation: ``freesound.audio.efficientat_frontend``) has
+    them applied in NumPy, e.g. EfficientAT's front end (``freesound.config.EFFICIENTAT_AUDIO``).
 
     Parameters
     ----------
@@ -188,11 +216,14 @@ def to_log_mel(y: np.ndarray, config: AudioConfig | None = None) -> np.ndarray:
 
     Returns
     -------
-    np.ndarray, float32, shape (n_mels, 1 + n // hop_length), in dB; not finite where the
+    np.ndarray, float32, shape (n_mels, 1 + n // hop_length) (``1 + (n - 1) // hop_length``
+    with pre-emphasis), in dB (or the offset log, normalised); not finite where the
     samples are (or where their power overflows float32, above about 1e16): see ``check_log_mel``
     """
     config = config or DEFAULT_AUDIO_CONFIG
     y = np.asarray(y)
+    if uses_added_steps(config) and y.ndim == 1:
+        return _to_log_mel_added_steps(y, config)
     if (y.ndim != 1 or y.dtype not in (np.float32, np.float64) or y.shape[0] < config.n_fft
             or config.pad_mode not in ("reflect", "constant")):
         # Clips shorter than a frame (librosa warns), other pad modes and multichannel input

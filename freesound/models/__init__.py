@@ -7,6 +7,8 @@
     timm_family.py         any timm CNN backbone (``name = "timm"``; timm is an optional extra)
     panns.py               the PANNs AudioSet taggers CNN14 / CNN10 / CNN6 (``panns_cnn14``, ...) and
                            their released checkpoints' converter
+    efficientat.py         EfficientAT's MobileNetV3 (``name = "efficientat_mn"``, any width) and the
+                           converter of its released AudioSet state dicts
     heads.py               the pooled and SED heads (``head = "pooled" | "sed"``), frame-wise logits
     fcnet.py               the MLP stacker
 
@@ -14,10 +16,10 @@
 
     >>> from freesound.models import create_model, list_models
     >>> list_models()
-    ['aux_skip_attention', 'fcnet', 'panns_cnn10', 'panns_cnn14', 'panns_cnn6', 'simple_cnn', 'timm']
+    ['aux_skip_attention', 'efficientat_mn', 'fcnet', 'panns_cnn10', 'panns_cnn14', 'panns_cnn6', 'simple_cnn', 'timm']
     >>> model = create_model("aux_skip_attention", num_classes=80, base_size=64)
 
-First-level models (``aux_skip_attention``, ``simple_cnn``, ``timm``, ``panns_*``) take ``(B, 3, n_mels, frames)`` (their
+First-level models (``aux_skip_attention``, ``simple_cnn``, ``timm``, ``panns_*``, ``efficientat_mn``) take ``(B, 3, n_mels, frames)`` (their
 ``in_channels`` parameter: 4 planes with ``[input] freq_channel``) and
 return a tuple whose first element is the main head's logits ``(B, num_classes)``; the stacker
 ``fcnet`` takes ``(B, in_channels)`` and returns a logits tensor.
@@ -35,7 +37,7 @@ from freesound.models.checkpoint import (
 from freesound.models.registry import canonical_name, create_model, list_models, register_model
 
 # Registering the families is importing them (timm does the same).
-from freesound.models import aux_skip_attention, fcnet, panns, simple_cnn, timm_family  # noqa: E402,F401  isort: skip
+from freesound.models import aux_skip_attention, efficientat, fcnet, panns, simple_cnn, timm_family  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",

@@ -30,7 +30,7 @@ from freesound.config import AUDIO_PRESETS, InputConfig, audio_preset, dump_toml
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_text, file_sha256
 from freesound.models import CheckpointError, create_model, read_torch_file, save_checkpoint
-from freesound.models import panns
+from freesound.models import efficientat, panns
 from freesound.paths import experiment_dir
 
 __all__ = ["FORMATS", "WeightsFormat", "audioset_classes", "import_weights", "register_format"]
@@ -92,6 +92,7 @@ register_format("panns", WeightsFormat(
     description="PANNs CNN14 / CNN10 / CNN6 (Kong et al. 2020; Zenodo record 3987831, CC BY 4.0), "
                 "e.g. Cnn14_mAP=0.431.pth",
 ))
+register_format("efficientat", WeightsFormat(**efficientat.IMPORT_FORMAT))
 
 
 def audioset_classes() -> list:
