@@ -842,7 +842,7 @@ def import_argus_command(src, name, work_dir, stacker):
 @main.command("import-weights")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--format", "weights_format", required=True,
-              help="The checkpoint's family: panns (PANNs CNN14/CNN10/CNN6), or another registered format.")
+              help="The checkpoint's family: panns (PANNs CNN14/CNN10/CNN6) or efficientat (EfficientAT MobileNetV3s).")
 @click.option("--name", required=True, help="Experiment name to import as (writes EXPERIMENTS/NAME.toml).")
 @work_option
 @experiments_dir_option

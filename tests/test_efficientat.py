@@ -365,3 +365,33 @@ def test_an_efficientat_experiment_trains_stacks_and_its_kernel_equals_local_pre
     assert list(submission.columns) == classes and len(submission) == len(expected) == len(pd.read_csv(dataset.root / "sample_submission.csv"))
     np.testing.assert_allclose(submission.loc[expected.index, classes].to_numpy(), expected[classes].to_numpy(),
                                rtol=0, atol=1e-5)
+
+
+def test_import_weights_tags_a_file_with_audioset_classes_as_the_original_model(tmp_path):
+    import soundfile
+
+    from freesound.predict import Tagger
+
+    released = random_eat(width=0.2, classes=527, seed=7)
+    torch.save({k: v for k, v in released.state_dict().items() if not k.endswith("num_batches_tracked")},
+               tmp_path / "mn02_as.pt")
+    out = run_cli("import-weights", tmp_path / "mn02_as.pt", "--format", "efficientat", "--name", "mn02",
+                  "--work", tmp_path / "work", "--experiments", tmp_path / "experiments").output
+    assert "imported -> " in out
+    checkpoint = load_checkpoint(tmp_path / "work/experiments/mn02/fold_0/model.pt")
+    assert checkpoint["classes"][0] == "Speech" and len(checkpoint["classes"]) == 527
+    assert AudioConfig.from_dict(checkpoint["audio_config"]) == EAT_CONFIG
+    assert 'preset = "efficientat"' in (tmp_path / "experiments/mn02.toml").read_text()
+
+    rng = np.random.default_rng(0)
+    t = np.arange(24000) / 32000
+    soundfile.write(tmp_path / "chirp.wav", (0.3 * np.sin(2 * np.pi * (300 + 2000 * t) * t)
+                                             + 0.01 * rng.standard_normal(t.size)).astype(np.float32), 32000)
+    probs = Tagger.from_experiment(tmp_path / "work/experiments/mn02").predict_files([tmp_path / "chirp.wav"])
+    # The original: its front end by the published steps, the whole clip in one pass, the sigmoid.
+    y = read_audio(tmp_path / "chirp.wav", EAT_CONFIG)
+    logmel = torch.from_numpy(reference_log_mel(y, kaldi_banks_by_formula(32000, 1024, 128, 0.0, 15000.0)))
+    with torch.inference_mode():
+        expected = torch.sigmoid(released(logmel[None, None].repeat(1, 3, 1, 1) / 100)[0])[0].numpy()
+    assert list(probs.columns) == checkpoint["classes"]
+    np.testing.assert_allclose(probs.to_numpy()[0], expected, rtol=0, atol=1e-4)

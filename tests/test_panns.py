@@ -256,7 +256,7 @@ def test_import_weights_tags_a_file_as_the_original_model(released_file, clip_pa
 
     bad = run_cli("import-weights", path, "--format", "pan", "--name", "x", "--work", tmp_path / "work",
                   "--experiments", experiments, expect=1).output
-    assert bad.strip() == "error: unknown weights format 'pan'; formats are panns"
+    assert bad.strip() == "error: unknown weights format 'pan'; formats are efficientat, panns"
     torch.save({"model": {"bn0.weight": torch.ones(3)}}, tmp_path / "odd.pth")
     bad = run_cli("import-weights", tmp_path / "odd.pth", "--format", "panns", "--name", "x", "--work",
                   tmp_path / "work", "--experiments", experiments, expect=1).output
