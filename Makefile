@@ -14,12 +14,16 @@ $(VENV_STAMP): setup.py pyproject.toml freesound/versions.py
 	$(PY) -m pip install -q -e '.[dev,tracking]'
 	touch $(VENV_STAMP)
 
+# On every CPU (pytest-xdist, -n auto: tests/conftest.py caps it); tests that share a fixture of
+# their module stay on one worker (loadgroup), so it is built once.
+XDIST := -n auto --dist loadgroup
+
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 # Skips the end-to-end tests marked slow.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q $(XDIST) -m "not slow"
 
 # The kernel tests and a fast part of the suite again, in a fresh environment holding exactly the
 # minimum versions of freesound/versions.py (torch: the one local build). Rebuilt every run, so a
@@ -37,7 +41,7 @@ test-min:
 	python3 -c 'import runpy; print(runpy.run_path("freesound/versions.py")["constraints"](), end="")' > $(MIN_VENV)/constraints.txt
 	$(MIN_VENV)/bin/python -m pip install -q --no-compile -c $(MIN_VENV)/constraints.txt -e '.[dev]'
 	$(MIN_VENV)/bin/python -c 'from freesound import versions as v; print("minimum versions:", v.describe(v.installed_versions(v.MINIMUM)))'
-	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not slow" -k "not tagger_full_batches and not reproducible" $(MIN_TESTS)
+	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider $(XDIST) -m "not slow" -k "not tagger_full_batches and not reproducible" $(MIN_TESTS)
 
 # The timm backbones (pip install 'freesound[timm]'), in a fresh environment of their own, rebuilt
 # every run: timm needs a torchvision that matches torch exactly, and none matches the local

@@ -27,7 +27,8 @@ setup(
                   "freesound.tools": ["audioset/*.csv", "audioset/*.md"]},
     install_requires=VERSIONS["requirements"](),
     extras_require={
-        "dev": ["pytest>=7.4", "hypothesis>=6.80", "import-linter>=2.1"],
+        # pytest-xdist runs the suite on every core (make test); 3.8 is the release tested.
+        "dev": ["pytest>=7.4", "pytest-xdist>=3.8", "hypothesis>=6.80", "import-linter>=2.1"],
         # Experiment trackers (freesound.training.tracking): train --track tensorboard|mlflow|wandb.
         "tracking": VERSIONS["TRACKING"],
         "listen": ["sounddevice>=0.4"],

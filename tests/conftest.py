@@ -40,6 +40,44 @@ def _fail_if_timm_required(report) -> None:
         report.longrepr = f"FREESOUND_REQUIRE_TIMM=1, but this was skipped for want of timm: {reason}"
 
 
+#: The most pytest-xdist workers ``-n auto`` starts: past this the longest tests set the wall
+#: time, and each further worker only adds its own copy of the session fixtures and of torch.
+MAX_XDIST_WORKERS = 8
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: unknown to pytest without it
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per CPU this process may use (its affinity, so a container's or
+    ``taskset``'s limit counts; pytest-xdist's own count may see only physical cores, or all of
+    the host's), at most ``MAX_XDIST_WORKERS``."""
+    from freesound.settings import default_workers
+
+    return min(default_workers(), MAX_XDIST_WORKERS)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, torch on one thread in each worker: the workers already use every core,
+    and more threads than cores slow tiny models down. The environment (OMP_NUM_THREADS) is left
+    alone: processes the tests start must compute as they do in a plain run (BLAS sums in another
+    thread count round the last bit differently, and an exact golden check runs in a child)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that use a module-scoped fixture of their own module form one pytest-xdist group
+    (``--dist loadgroup``, as ``make test`` runs): one worker builds that fixture (often a
+    training) once, as a plain run does, instead of every worker building its own. Other tests
+    go to whichever worker is free."""
+    for item in items:
+        module = item.nodeid.partition("::")[0]
+        if any(definition.scope != "function" and definition.baseid == module
+               for definitions in item._fixtureinfo.name2fixturedefs.values() for definition in definitions):
+            item.add_marker(pytest.mark.xdist_group(module))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
