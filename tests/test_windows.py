@@ -346,3 +346,19 @@ def test_a_window_longer_than_every_stacker_training_clip_is_named():
     assert window_tiles_warning(5, np.array([1, 4, 2]), "sed") == (
         "a window holds 5 tiles of 'sed', and its stackers learnt from means of at most 4 (its longest out-of-fold "
         "clip): their window predictions go beyond what they were trained on")
+
+
+def test_submissions_refuse_models_of_other_classes_in_one_sentence():
+    from freesound.kaggle.runtime import to_submission, to_window_submission
+
+    predictions = pd.DataFrame({"a": [0.1], "c": [0.2]}, index=pd.Index(["x_5"], name="row_id"))
+    message = (r"the models' classes do not match sample_submission.csv: missing \['b'\], not in the file \['c'\]")
+    with pytest.raises(FreesoundError, match=message):
+        to_window_submission(predictions, pd.DataFrame({"row_id": ["x_5"], "a": [0.0], "b": [0.0]}), np.zeros(2))
+    with pytest.raises(FreesoundError, match=message):
+        to_submission(predictions.rename_axis("fname"), pd.DataFrame({"fname": ["x_5"], "a": [0.0], "b": [0.0]}))
+    filled, rows = to_window_submission(predictions.rename(columns={"c": "b"}),
+                                        pd.DataFrame({"row_id": ["x_10", "x_5"], "a": [0.0] * 2, "b": [0.0] * 2}),
+                                        np.array([0.5, 0.5]))
+    assert list(filled["row_id"]) == ["x_10", "x_5"] and rows == ["x_10"]
+    np.testing.assert_allclose(filled[["a", "b"]].to_numpy(), [[0.5, 0.5], [0.1, 0.2]], rtol=0, atol=1e-7)

@@ -168,8 +168,14 @@ def read_sample_submission(competition_dir: Path, key: str = "fname") -> pd.Data
     return sample
 
 
-def to_submission(predictions: pd.DataFrame, sample: pd.DataFrame) -> pd.DataFrame:
-    """Predictions in the exact shape of ``sample``: its rows, its columns, in its order."""
+def sample_classes(predictions: pd.DataFrame, sample: pd.DataFrame) -> list:
+    """``sample``'s class columns (all after its first), which must be ``predictions``' columns.
+
+    Raises
+    ------
+    FreesoundError
+        The two hold other classes (both differences named).
+    """
     classes = list(sample.columns[1:])
     if set(classes) != set(predictions.columns):
         missing = sorted(set(classes) - set(predictions.columns))
@@ -177,6 +183,12 @@ def to_submission(predictions: pd.DataFrame, sample: pd.DataFrame) -> pd.DataFra
         raise FreesoundError(
             f"the models' classes do not match sample_submission.csv: missing {missing}, not in the file {extra}"
         )
+    return classes
+
+
+def to_submission(predictions: pd.DataFrame, sample: pd.DataFrame) -> pd.DataFrame:
+    """Predictions in the exact shape of ``sample``: its rows, its columns, in its order."""
+    classes = sample_classes(predictions, sample)
     if list(predictions.index) != list(sample["fname"]):
         raise FreesoundError("the predictions do not follow the rows of sample_submission.csv")
     return predictions[classes].reset_index()
@@ -350,13 +362,7 @@ def to_window_submission(predictions: pd.DataFrame, sample: pd.DataFrame, fill: 
     -------
     (DataFrame, list of the filled row ids)
     """
-    classes = list(sample.columns[1:])
-    if set(classes) != set(predictions.columns):
-        missing = sorted(set(classes) - set(predictions.columns))
-        extra = sorted(set(predictions.columns) - set(classes))
-        raise FreesoundError(
-            f"the models' classes do not match sample_submission.csv: missing {missing}, not in the file {extra}"
-        )
+    classes = sample_classes(predictions, sample)
     ordered = predictions.reindex(pd.Index(sample["row_id"].astype(str), name="row_id"))
     filled = ordered.index[ordered.isna().any(axis=1)]
     ordered.loc[filled] = np.asarray(fill, dtype=np.float32)[None, :]
