@@ -320,7 +320,7 @@ def eat_front_end_toml() -> str:
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory, one_torch_thread):
     """tiny_eat (EfficientAT) and tiny_asa (AuxSkipAttention) trained on every fold, stacked,
-    the ensemble predicted and its kernel built."""
+    the ensemble and tiny_eat predicted and both kernels built."""
     dataset, base_work = tiny_data
     root = tmp_path_factory.mktemp("efficientat_pipeline")
     work, experiments = root / "work", root / "experiments"
@@ -334,8 +334,10 @@ def trained(tiny_data, tmp_path_factory, one_torch_thread):
     common = ["--data", dataset.root, "--work", work, "--experiments", experiments, "--device", "cpu"]
     outputs = {name: run_cli("train", name, *common).output for name in ("tiny_eat", "tiny_asa")}
     outputs["stack"] = run_cli("stack", "ens", *common).output
-    run_cli("predict", "ens", *common, "--no-oof", "--runtime", "auto")
-    run_cli("build-kernel", "--ensemble", "ens", "--work", work, "--experiments", experiments, "--out", root / "kernel")
+    for name in ("ens", "tiny_eat"):
+        run_cli("predict", name, *common, "--no-oof", "--runtime", "auto")
+    run_cli("build-kernel", "--experiment", "tiny_eat", "--ensemble", "ens", "--work", work, "--experiments", experiments,
+            "--out", root / "kernel")
     return {"dataset": dataset, "work": work, "root": root, "outputs": outputs}
 
 
@@ -355,14 +357,20 @@ def test_an_efficientat_experiment_trains_stacks_and_its_kernel_equals_local_pre
     shutil.copy(dataset.root / "sample_submission.csv", root / "input" / COMPETITION)
     shutil.copytree(work / "experiments", root / "input" / "freesound-weights" / "experiments")
     classes = list(dataset.classes)
-    # The ensemble kernel runs tiny_eat's folds through the code the single-experiment kernel
-    # runs (one kernel: the suite's time); its blend must equal local prediction.
+    # Both kernels: the ensemble's blend and tiny_eat's folds alone must equal local prediction.
     (root / "working").mkdir()
     result = run_script(trained["root"] / "kernel" / "ensemble_kernel.py", root, tmp_path / "tmp")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     submission = pd.read_csv(root / "working" / "submission.csv").set_index("fname")
     expected = pd.read_csv(work / "predictions" / "ens" / "test.csv").set_index("fname")
     assert list(submission.columns) == classes and len(submission) == len(expected) == len(pd.read_csv(dataset.root / "sample_submission.csv"))
+    np.testing.assert_allclose(submission.loc[expected.index, classes].to_numpy(), expected[classes].to_numpy(),
+                               rtol=0, atol=1e-5)
+    (root / "working" / "submission.csv").unlink()
+    result = run_script(trained["root"] / "kernel" / "kernel.py", root, tmp_path / "tmp1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    submission = pd.read_csv(root / "working" / "submission.csv").set_index("fname")
+    expected = pd.read_csv(work / "predictions" / "tiny_eat" / "test.csv").set_index("fname")
     np.testing.assert_allclose(submission.loc[expected.index, classes].to_numpy(), expected[classes].to_numpy(),
                                rtol=0, atol=1e-5)
 

@@ -328,9 +328,10 @@ def fine_tuned(tiny_data, tmp_path_factory, released_file, one_torch_thread):
             "--experiments", experiments)
     outputs = {name: run_cli("train", name, *common).output for name in ("tiny_panns", "tiny_asa")}
     outputs["stack"] = run_cli("stack", "ens", *common).output
-    run_cli("predict", "ens", *common, "--no-oof", "--runtime", "auto")
-    run_cli("build-kernel", "--ensemble", "ens", "--work", work, "--experiments", experiments,
-            "--out", root / "kernel")
+    for name in ("ens", "tiny_panns"):
+        run_cli("predict", name, *common, "--no-oof", "--runtime", "auto")
+    run_cli("build-kernel", "--experiment", "tiny_panns", "--ensemble", "ens", "--work", work,
+            "--experiments", experiments, "--out", root / "kernel")
     (experiments / "start.pth").unlink()
     return {"dataset": dataset, "work": work, "root": root, "outputs": outputs}
 
@@ -362,5 +363,13 @@ def test_a_fine_tuned_panns_model_stacks_beside_the_method_and_its_kernel_equals
     classes = list(fine_tuned["dataset"].classes)
     submission = pd.read_csv(root / "working/submission.csv").set_index("fname")
     expected = pd.read_csv(work / "predictions/ens/test.csv").set_index("fname")
+    np.testing.assert_allclose(submission.loc[expected.index, classes].to_numpy(), expected[classes].to_numpy(),
+                               rtol=0, atol=1e-5)
+    # The single-experiment kernel: the fine-tuned model's folds alone, equal to local predict.
+    (root / "working" / "submission.csv").unlink()
+    result = test_kernel.run_script(fine_tuned["root"] / "kernel" / "kernel.py", root, tmp_path / "tmp1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    submission = pd.read_csv(root / "working/submission.csv").set_index("fname")
+    expected = pd.read_csv(work / "predictions/tiny_panns/test.csv").set_index("fname")
     np.testing.assert_allclose(submission.loc[expected.index, classes].to_numpy(), expected[classes].to_numpy(),
                                rtol=0, atol=1e-5)
