@@ -31,7 +31,7 @@ from freesound.config import (
     experiment_from_dict,
 )
 from freesound.kaggle import COMPETITION
-from freesound.models import CheckpointError, create_model, load_checkpoint, save_checkpoint
+from freesound.models import CheckpointError, create_model, load_checkpoint, load_model, save_checkpoint
 from freesound.models.efficientat import convert_efficientat_checkpoint, efficientat_head_keys
 from freesound.predict import runtimes
 
@@ -319,15 +319,19 @@ def eat_front_end_toml() -> str:
 
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory, one_torch_thread):
-    """tiny_eat (EfficientAT) and tiny_asa (AuxSkipAttention) trained on every fold, stacked,
+    """tiny_eat (EfficientAT, fine-tuned from a released-layout file) and tiny_asa (AuxSkipAttention)
+    trained on every fold, stacked,
     the ensemble and tiny_eat predicted and both kernels built."""
     dataset, base_work = tiny_data
     root = tmp_path_factory.mktemp("efficientat_pipeline")
     work, experiments = root / "work", root / "experiments"
     shutil.copytree(base_work, work)
     experiments.mkdir()
+    # Fine-tuned from a file in the released layout (527 AudioSet classes), with a new head.
+    torch.save(random_eat(width=0.1, classes=527, seed=11).state_dict(), experiments / "mn01_as.pt")
     (experiments / "tiny_eat.toml").write_text(tiny_experiment_toml("efficientat_mn", epoch_size=16, max_epochs=1)
-                                               .replace("base_size = 4", "width_mult = 0.1") + eat_front_end_toml())
+                                               .replace("base_size = 4", "width_mult = 0.1") + eat_front_end_toml()
+                                               + '\n[pretrained]\nweights = "mn01_as.pt"\n')
     (experiments / "tiny_asa.toml").write_text(tiny_experiment_toml("aux_skip_attention", epoch_size=16, max_epochs=1)
                                                + eat_front_end_toml())
     (experiments / "ens.toml").write_text(tiny_ensemble_toml(["tiny_eat", "tiny_asa"]))
@@ -338,6 +342,7 @@ def trained(tiny_data, tmp_path_factory, one_torch_thread):
         run_cli("predict", name, *common, "--no-oof", "--runtime", "auto")
     run_cli("build-kernel", "--experiment", "tiny_eat", "--ensemble", "ens", "--work", work, "--experiments", experiments,
             "--out", root / "kernel")
+    (experiments / "mn01_as.pt").unlink()  # neither load_model nor the kernels need the start file
     return {"dataset": dataset, "work": work, "root": root, "outputs": outputs}
 
 
@@ -349,6 +354,8 @@ def test_an_efficientat_experiment_trains_stacks_and_its_kernel_equals_local_pre
     assert re.search(r"OOF lwlrap \d\.\d{4}", outputs["tiny_eat"]), outputs["tiny_eat"]
     checkpoint = load_checkpoint(work / "experiments" / "tiny_eat" / "fold_0" / "model.pt")
     assert checkpoint["model_name"] == "efficientat_mn" and checkpoint["model_params"]["width_mult"] == 0.1
+    assert checkpoint["model_params"]["pretrained"].endswith("mn01_as.pt")  # a record only
+    assert load_model(work / "experiments" / "tiny_eat" / "fold_0" / "model.pt").classifier[5].out_features == 6
     assert checkpoint["audio_config"]["mel_scale"] == "kaldi" and checkpoint["audio_config"]["n_mels"] == 64
     assert "blend" in outputs["stack"]
     # A simulated Kaggle tree: the test clips as the competition data, the weights one level deeper.
