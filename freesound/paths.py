@@ -28,6 +28,9 @@ CHECKPOINT_FILE = "model.pt"
 #: Written beside a fold's ``model.pt`` when its training starts and removed when it ends, so a
 #: fold killed part-way (whose ``model.pt`` is some epoch's best) is never taken as trained.
 UNFINISHED_FILE = "unfinished"
+#: Written into an experiment's folder by ``import-weights``: its one fold is a released model,
+#: not a fold of the work folder's ``folds.csv``, so that file's folds are not required of it.
+IMPORTED_FILE = "imported.json"
 
 
 def features_root(work) -> Path:
@@ -93,7 +96,8 @@ def experiment_checkpoints(directory, folds=None, required=None, allow_unfinishe
 
     A fold whose training has not ended (its ``unfinished`` marker, ``UNFINISHED_FILE``) is
     refused, or with ``allow_unfinished`` used with a ``FreesoundWarning``: its ``model.pt`` is
-    the best of the epochs done so far. Imported weights have no marker.
+    the best of the epochs done so far. Imported weights have no marker, and an ``import-weights``
+    experiment (``IMPORTED_FILE``) is not held to ``required``: its one fold is a released model.
 
     Raises
     ------
@@ -104,6 +108,8 @@ def experiment_checkpoints(directory, folds=None, required=None, allow_unfinishe
     fold_dirs = {int(path.name.removeprefix("fold_")): path for path in directory.glob("fold_*")
                  if path.is_dir() and path.name.removeprefix("fold_").isdigit()}
     found = {k: path / CHECKPOINT_FILE for k, path in fold_dirs.items() if (path / CHECKPOINT_FILE).is_file()}
+    if (directory / IMPORTED_FILE).is_file():
+        required = None
     if folds is None:
         if not found:
             raise FreesoundError(f"no trained folds in {directory} (expected fold_<k>/model.pt)")

@@ -410,3 +410,13 @@ def test_import_weights_tags_a_file_with_audioset_classes_as_the_original_model(
         expected = torch.sigmoid(released(logmel[None, None].repeat(1, 3, 1, 1) / 100)[0])[0].numpy()
     assert list(probs.columns) == checkpoint["classes"]
     np.testing.assert_allclose(probs.to_numpy()[0], expected, rtol=0, atol=1e-4)
+    # A work folder with folds.csv (folds 0 and 1) still tags with the one imported fold.
+    (tmp_path / "work" / "folds.csv").write_text("fname,fold\na.wav,0\nb.wav,1\n")
+    out = run_cli("tag", tmp_path / "chirp.wav", "--experiment", "mn02", "--work", tmp_path / "work").output
+    top = probs.iloc[0].sort_values(ascending=False).index[0]
+    assert top in out, out
+    # A file torch cannot read is named once, with the reason.
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    bad = run_cli("import-weights", tmp_path / "junk.pt", "--format", "efficientat", "--name", "junk",
+                  "--work", tmp_path / "work", "--experiments", tmp_path / "experiments", expect=1).output
+    assert bad.count("junk.pt") == 1 and "not a readable efficientat checkpoint" in bad, bad

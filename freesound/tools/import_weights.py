@@ -22,6 +22,7 @@ it). Another family registers its own with ``register_format``.
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_text, file_sha256
 from freesound.models import CheckpointError, create_model, read_torch_file, save_checkpoint
 from freesound.models import efficientat, panns
-from freesound.paths import experiment_dir
+from freesound.paths import IMPORTED_FILE, experiment_dir
 
 __all__ = ["FORMATS", "WeightsFormat", "audioset_classes", "import_weights", "register_format"]
 
@@ -127,8 +128,9 @@ def import_weights(path, weights_format: str, name: str, work, experiments_dir="
     spec = FORMATS[weights_format]
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    raw = read_torch_file(path, what=f"{weights_format} checkpoint")  # its errors name the file
     try:
-        model_name, params, state = spec.convert(read_torch_file(path, what=f"{weights_format} checkpoint"))
+        model_name, params, state = spec.convert(raw)
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from None
     classes = audioset_classes()
@@ -138,11 +140,13 @@ def import_weights(path, weights_format: str, name: str, work, experiments_dir="
     model = create_model(model_name, **params)
     model.load_state_dict(state, strict=True)
     network_input = InputConfig(tile_frames=spec.tile_frames, whole_clip=True)
+    source = {"file": str(path.resolve()), "format": weights_format, "sha256": file_sha256(path)}
     checkpoint = save_checkpoint(
         experiment_dir(work, name) / "fold_0" / "model.pt", model, model_name=model_name, model_params=params,
         classes=classes, audio_config=audio_preset(spec.audio_preset), network_input=network_input.to_dict(),
-        imported_from={"file": str(path.resolve()), "format": weights_format, "sha256": file_sha256(path)},
+        imported_from=source,
     )
+    atomic_write_text(experiment_dir(work, name) / IMPORTED_FILE, json.dumps(source, indent=2) + "\n")
     toml_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(toml_path, experiment_text(model_name, params, spec, path, weights_format))
     return checkpoint, toml_path
