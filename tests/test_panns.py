@@ -145,7 +145,7 @@ def test_the_panns_preset_expands_and_explicit_fields_override_it():
     assert (experiment.audio.sample_rate, experiment.audio.n_mels, experiment.audio.fmax) == (32000, 64, 14000.0)
     assert experiment.audio.top_db == experiment.audio.trim_top_db == float("inf")
     assert experiment.audio.key() not in (METHOD_AUDIO_KEY, audio_preset("panns").key())
-    with pytest.raises(ConfigError, match=r"x\.toml \[audio\] preset = 'pan' is not an audio preset; presets are panns"):
+    with pytest.raises(ConfigError, match=r"x\.toml \[audio\] preset = 'pan' is not an audio preset; presets are efficientat, panns"):
         experiment_from_dict({"audio": {"preset": "pan"}}, where="x.toml")
     with pytest.raises(ConfigError, match="experiment and weights both name where the folds start"):
         experiment_from_dict({"pretrained": {"experiment": "a", "weights": "b.pth"}})
