@@ -807,6 +807,8 @@ def _tag_timelines(tagger, files, experiment, work_dir, top, window_seconds, hop
 
     windows = WindowSpec(window_seconds, hop_seconds)
     out_dir = out_dir or predictions_dir(work_dir, experiment) / "timeline"
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise FreesoundError(f"--out {out_dir} is a file; the timelines' CSV and PNG files need a folder")
     failed = False
     for path in files:
         try:

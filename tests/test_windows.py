@@ -235,6 +235,20 @@ def test_tag_timeline_prints_windows_and_writes_csv_and_png(scapes, tmp_path):
     assert list(table.row_id) == ["scape_a_5", "scape_a_7.5", "scape_a_10", "scape_a_12.5"]
     assert list(table.columns[1:]) == CLASSES
     assert (tmp_path / "scape_a_timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "taken.ogg").write_bytes(b"")
+    result = run_cli("tag", scapes["audio"] / "scape_a.wav", "--experiment", "sedx", "--work", scapes["work"],
+                     "--timeline", "--out", tmp_path / "taken.ogg", expect=1)
+    assert result.output.strip().endswith("taken.ogg is a file; the timelines' CSV and PNG files need a folder")
+    assert "Traceback" not in result.output
+
+
+def test_bad_smoothing_weights_are_named_as_written():
+    from freesound.predict.postprocess import check_smoothing
+
+    with pytest.raises(FreesoundError, match=r"0\.15,0\.7,0\.15\), got 0\.2,0\.6$"):
+        check_smoothing([0.2, 0.6])
+    with pytest.raises(FreesoundError, match=r"must be positive, got 1,0,1$"):
+        check_smoothing([1.0, 0.0, 1.0])
 
 
 # ----------------------------------------------------------------------------- the kernel

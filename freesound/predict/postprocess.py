@@ -48,9 +48,9 @@ def check_smoothing(weights) -> np.ndarray:
     kernel = np.asarray(weights, dtype=np.float64)
     if kernel.ndim != 1 or len(kernel) % 2 == 0 or not np.all(np.isfinite(kernel)) or np.any(kernel < 0):
         raise FreesoundError(f"smoothing weights must be an odd number of non-negative numbers, centred on the "
-                             f"window itself (e.g. 0.15,0.7,0.15), got {list(np.atleast_1d(kernel))}")
+                             f"window itself (e.g. 0.15,0.7,0.15), got {','.join(f'{w:g}' for w in np.atleast_1d(kernel))}")
     if kernel[len(kernel) // 2] <= 0:
-        raise FreesoundError(f"the centre smoothing weight (the window's own) must be positive, got {list(kernel)}")
+        raise FreesoundError(f"the centre smoothing weight (the window's own) must be positive, got {','.join(f'{w:g}' for w in kernel)}")
     return kernel
 
 
