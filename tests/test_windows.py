@@ -376,3 +376,13 @@ def test_submissions_refuse_models_of_other_classes_in_one_sentence():
                                         np.array([0.5, 0.5]))
     assert list(filled["row_id"]) == ["x_10", "x_5"] and rows == ["x_10"]
     np.testing.assert_allclose(filled[["a", "b"]].to_numpy(), [[0.5, 0.5], [0.1, 0.2]], rtol=0, atol=1e-7)
+
+
+def test_windows_closer_than_the_frames_are_refused():
+    from freesound.predict.windows import window_bounds
+
+    config = AudioConfig()  # frames 690 / 44100 = 0.01565 s apart
+    assert len(window_bounds(3841, WindowSpec(0.02), config)) == 3005  # 3840 frames after the first: 60.08 s
+    with pytest.raises(FreesoundError, match=r"windows every 0\.001 s are closer than the log-mel's frames "
+                                             r"\(0\.01565 s apart\)"):
+        window_bounds(3841, WindowSpec(0.001), config)

@@ -77,9 +77,16 @@ def window_bounds(n_frames: int, spec: WindowSpec, config: AudioConfig) -> list:
     ------
     ValueError
         ``n_frames`` below 1.
+    FreesoundError
+        A hop shorter than one log-mel frame: windows closer than the frames would repeat one
+        another, and a minute of audio would make tens of thousands of them.
     """
     if n_frames < 1:
         raise ValueError(f"a log-mel needs at least one frame, got {n_frames}")
+    frame_seconds = config.hop_length / config.sample_rate
+    if spec.hop < frame_seconds:
+        raise FreesoundError(f"windows every {spec.hop:g} s are closer than the log-mel's frames "
+                             f"({frame_seconds:.4g} s apart); choose a window and hop of at least one frame")
     length = (n_frames - 1) * config.hop_length / config.sample_rate
     # Windows until one reaches the end; a tolerance keeps float rounding of k·hop from
     # adding a window at an exact multiple.
