@@ -420,3 +420,12 @@ def test_import_weights_tags_a_file_with_audioset_classes_as_the_original_model(
     bad = run_cli("import-weights", tmp_path / "junk.pt", "--format", "efficientat", "--name", "junk",
                   "--work", tmp_path / "work", "--experiments", tmp_path / "experiments", expect=1).output
     assert bad.count("junk.pt") == 1 and "not a readable efficientat checkpoint" in bad, bad
+
+
+def test_an_unreadable_pretrained_file_is_named_once(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError) as info:
+        create_model("efficientat_mn", num_classes=3, width_mult=0.1, pretrained=str(tmp_path / "junk.pt"))
+    assert str(info.value).count("junk.pt") == 1 and "not a readable EfficientAT state dict" in str(info.value)
+    with pytest.raises(CheckpointError, match=r"pretrained weights file \S+gone\.pt for efficientat_mn not found"):
+        create_model("efficientat_mn", num_classes=3, width_mult=0.1, pretrained=str(tmp_path / "gone.pt"))

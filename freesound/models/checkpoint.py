@@ -128,6 +128,25 @@ def read_torch_file(path, map_location="cpu", what: str = "checkpoint"):
         raise CheckpointError(f"{path}: not a readable {what} ({_unreadable_reason(error)})") from error
 
 
+def read_released_weights(path, convert, *, what: str, model: str) -> tuple:
+    """A released checkpoint for a pretrained start, read (``read_torch_file``) and converted by
+    ``convert`` (a family's ``raw -> (model_name, params, state_dict)``).
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing, unreadable (named once, with the reason) or does not convert.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"pretrained weights file {path} for {model} not found")
+    raw = read_torch_file(path, what=what)  # its error names the file
+    try:
+        return convert(raw)
+    except CheckpointError as error:
+        raise CheckpointError(f"pretrained weights file {path}: {error}") from None
+
+
 def _unreadable_reason(error: Exception) -> str:
     """The first sentence of what ``torch.load`` raised (torch appends paragraphs of advice), or
     what the file is when the error names nothing (a ``KeyError`` of a bare number: not a

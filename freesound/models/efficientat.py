@@ -22,14 +22,13 @@ the ``efficientat`` audio preset, plane 0 then holds exactly what the original m
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from freesound.audio.network_input import INPUT_SCALE
-from freesound.models.checkpoint import SHOWN_KEYS, CheckpointError, read_torch_file, state_dict_misfit
+from freesound.models.checkpoint import SHOWN_KEYS, CheckpointError, read_released_weights, state_dict_misfit
 from freesound.models.heads import HEADS, make_head
 from freesound.models.registry import register_model
 
@@ -296,13 +295,8 @@ def load_pretrained(model: EfficientATMobileNet, path) -> None:
         The file is missing or unreadable, does not convert (``convert_efficientat_checkpoint``),
         or is another width than ``model`` or feeds it another number of input planes.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"pretrained weights file {path} for efficientat_mn not found")
-    try:
-        _, params, state = convert_efficientat_checkpoint(read_torch_file(path, what="EfficientAT state dict"))
-    except CheckpointError as error:
-        raise CheckpointError(f"pretrained weights file {path}: {error}") from None
+    _, params, state = read_released_weights(path, convert_efficientat_checkpoint, what="EfficientAT state dict",
+                                             model="efficientat_mn")
     new_head = efficientat_head_keys(model.head_name) + (() if model.head_name == "mlp" else ("classifier.",))
     body = {key: value for key, value in state.items() if not key.startswith(new_head)}
     expected = {key: value for key, value in model.state_dict().items() if not key.startswith(new_head)}

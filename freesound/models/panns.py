@@ -20,7 +20,6 @@ time, dropout 0.5, ``fc1`` -> ReLU, dropout 0.5, ``fc_audioset``. ``forward`` re
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ from torch import nn
 from freesound.audio.logmel import mel_filterbank
 from freesound.audio.network_input import INPUT_SCALE
 from freesound.config import audio_preset
-from freesound.models.checkpoint import CheckpointError, read_torch_file, state_dict_misfit
+from freesound.models.checkpoint import CheckpointError, read_released_weights, state_dict_misfit
 from freesound.models.registry import register_model
 
 __all__ = ["ARCHITECTURES", "AUDIO_PRESET", "FRONT_END_KEYS", "PannsCnn", "convert_checkpoint", "frontend_mismatch"]
@@ -247,13 +246,8 @@ def load_pretrained(model: PannsCnn, path) -> None:
         The file is missing or unreadable, does not convert (``convert_checkpoint``), or is
         another architecture, width or number of mel bands than ``model``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"pretrained weights file {path} for {model.architecture} not found")
-    try:
-        name, params, state = convert_checkpoint(read_torch_file(path, what="PANNs checkpoint"))
-    except CheckpointError as error:
-        raise CheckpointError(f"pretrained weights file {path}: {error}") from None
+    name, params, state = read_released_weights(path, convert_checkpoint, what="PANNs checkpoint",
+                                                model=model.architecture)
     body = {key: value for key, value in state.items() if not key.startswith("fc_audioset.")}
     expected = {key: value for key, value in model.state_dict().items() if not key.startswith("fc_audioset.")}
     problem = state_dict_misfit(body, expected)
