@@ -338,6 +338,25 @@ def precision_option(function):
                              "predicts in fp32).")(function)
 
 
+def window_options(function):
+    """``--hop``, ``--combine``, ``--smooth`` and ``--file-rescale``: how ``--windows`` rows are
+    made (``predict`` and the kernels alike; ``freesound.predict.postprocess``, whose ``COMBINE``
+    the choices repeat: importing it would load NumPy at every command's start)."""
+    for option in reversed((
+        click.option("--hop", "hop_seconds", type=click.FloatRange(0, min_open=True), default=None,
+                     help="With --windows: seconds between window starts [default: the window]."),
+        click.option("--combine", type=click.Choice(["gmean", "mean", "min"]), default="gmean", show_default=True,
+                     help="With --windows: how folds and experiments combine per window."),
+        click.option("--smooth", default=None,
+                     help="With --windows: weights over neighbouring windows, centred, e.g. 0.15,0.7,0.15 "
+                          "(renormalised at a file's ends)."),
+        click.option("--file-rescale", type=click.FloatRange(0), default=None,
+                     help="With --windows: multiply each window by the file's maximum per class to this power."),
+    )):
+        function = option(function)
+    return function
+
+
 def tracking_options(what: str, added: str = ""):
     """``--track`` (repeatable) and ``--tracking-uri``: log ``what`` to experiment trackers."""
 
@@ -502,15 +521,7 @@ def self_train_command(experiment, data_dir, work_dir, experiments_dir, rounds, 
 @click.option("--windows", "window_seconds", type=click.FloatRange(0, min_open=True), default=None,
               help="One row per window of SECONDS of each file (row_id <file stem>_<end second>, BirdCLEF's), "
                    "from the untrimmed audio; no out-of-fold pass (stackers apply per window).")
-@click.option("--hop", "hop_seconds", type=click.FloatRange(0, min_open=True), default=None,
-              help="With --windows: seconds between window starts [default: the window].")
-@click.option("--combine", type=click.Choice(["gmean", "mean", "min"]), default="gmean", show_default=True,
-              help="With --windows: how folds and experiments combine per window.")
-@click.option("--smooth", default=None,
-              help="With --windows: weights over neighbouring windows, centred, e.g. 0.15,0.7,0.15 "
-                   "(renormalised at a file's ends).")
-@click.option("--file-rescale", type=click.FloatRange(0), default=None,
-              help="With --windows: multiply each window by the file's maximum per class to this power.")
+@window_options
 def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_files, out_csv, no_oof, batch_size, workers,
             device, precision, runtime, allow_unfinished, window_seconds, hop_seconds, combine, smooth, file_rescale):
     """Predict with a trained EXPERIMENT or ENSEMBLE (name under experiments/ or TOML path).
@@ -978,13 +989,7 @@ def experiments_command(experiments_dir):
 @click.option("--windows", "window_seconds", type=click.FloatRange(0, min_open=True), default=None,
               help="Kernels write one row per window of SECONDS of each test soundscape, in sample_submission.csv's "
                    "row_id order (BirdCLEF), as predict --windows does.")
-@click.option("--hop", "hop_seconds", type=click.FloatRange(0, min_open=True), default=None,
-              help="With --windows: seconds between window starts [default: the window].")
-@click.option("--combine", type=click.Choice(["gmean", "mean", "min"]), default="gmean", show_default=True,
-              help="With --windows: how folds and experiments combine per window.")
-@click.option("--smooth", default=None, help="With --windows: weights over neighbouring windows, e.g. 0.15,0.7,0.15.")
-@click.option("--file-rescale", type=click.FloatRange(0), default=None,
-              help="With --windows: multiply each window by the file's maximum per class to this power.")
+@window_options
 @click.option("--competition", default=None,
               help="The competition folder under /kaggle/input [default: freesound-audio-tagging-2019].")
 @click.option("--test-dir", default=None, help="Its test audio folder [default: test].")

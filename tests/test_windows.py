@@ -386,3 +386,12 @@ def test_windows_closer_than_the_frames_are_refused():
     with pytest.raises(FreesoundError, match=r"windows every 0\.001 s are closer than the log-mel's frames "
                                              r"\(0\.01565 s apart\)"):
         window_bounds(3841, WindowSpec(0.001), config)
+
+
+def test_the_window_options_offer_the_combinations_postprocess_has():
+    from freesound.cli import main
+    from freesound.predict.postprocess import COMBINE
+
+    for command in ("predict", "build-kernel"):
+        combine = next(p for p in main.commands[command].params if p.name == "combine")
+        assert tuple(combine.type.choices) == COMBINE
