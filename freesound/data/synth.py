@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import math
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -568,6 +569,14 @@ def _check_arguments(num_curated, num_noisy, num_test, seed, noise_rate) -> None
             raise SynthError(f"synth needs {name} >= 0, got {value}")
     if not 0.0 <= noise_rate <= 1.0:
         raise SynthError(f"synth needs a noise_rate between 0 and 1, got {noise_rate}")
+
+
+def check_like_arguments(duration_scale: float, seed: int) -> None:
+    """Refuse a ``synth --like`` duration scale that is not finite and positive, or a negative seed."""
+    if not 0 < duration_scale < math.inf:
+        raise SynthError(f"synth needs a finite duration scale > 0, got {duration_scale}")
+    if seed < 0:
+        raise SynthError(f"synth needs seed >= 0, got {seed}")
 
 
 def _check_replaceable(out_dir: Path) -> None:

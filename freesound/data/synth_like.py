@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -33,8 +32,8 @@ import pandas as pd
 
 from freesound.data.dataset import DatasetError, parse_labels, read_csv
 from freesound.data.synth import (
-    MANIFEST, SAMPLE_RATE, SPLITS, ClipPlan, SynthError, _check_replaceable, _generator, twin_signatures, wav_bytes,
-    render_clip,
+    MANIFEST, SAMPLE_RATE, SPLITS, ClipPlan, SynthError, _check_replaceable, _generator, check_like_arguments,
+    render_clip, twin_signatures, wav_bytes,
 )
 from freesound.fileio import atomic_write_bytes, atomic_write_csv, atomic_write_text
 from freesound.progress import progress_bar
@@ -216,10 +215,7 @@ def synthesize_like(out_dir, meta_dir, *, duration_scale: float = 1.0, seed: int
     DatasetError
         A metadata file that is missing or malformed, named with its row.
     """
-    if not 0 < duration_scale < math.inf:
-        raise SynthError(f"synth needs a finite duration scale > 0, got {duration_scale}")
-    if seed < 0:
-        raise SynthError(f"synth needs seed >= 0, got {seed}")
+    check_like_arguments(duration_scale, seed)
     out_dir, meta_dir = Path(out_dir), Path(meta_dir)
     _check_replaceable(out_dir)
     reference = read_reference(meta_dir)

@@ -32,7 +32,6 @@ import contextlib
 import hashlib
 import io
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -52,8 +51,8 @@ from freesound.data.birdclef import (
     window_row_ids,
 )
 from freesound.data.synth import (
-    MANIFEST, SAMPLE_RATE, SynthError, _check_replaceable, _generator, _log_uniform, recording_chain, render_source,
-    twin_signatures,
+    MANIFEST, SAMPLE_RATE, SynthError, _check_replaceable, _generator, _log_uniform, check_like_arguments,
+    recording_chain, render_source, twin_signatures,
 )
 from freesound.progress import progress_bar
 
@@ -431,10 +430,7 @@ def synthesize_birdclef_like(out_dir, meta_dir, *, duration_scale: float = 1.0, 
     DatasetError
         A malformed ``train.csv`` or ``taxonomy.csv`` (``read_train_csv``).
     """
-    if not 0 < duration_scale < math.inf:
-        raise SynthError(f"synth needs a finite duration scale > 0, got {duration_scale}")
-    if seed < 0:
-        raise SynthError(f"synth needs seed >= 0, got {seed}")
+    check_like_arguments(duration_scale, seed)
     out_dir, meta_dir = Path(out_dir), Path(meta_dir)
     _check_replaceable(out_dir)
     classes, recordings = plan_birdclef_like(meta_dir, duration_scale, seed)
