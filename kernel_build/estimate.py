@@ -33,7 +33,7 @@ import torch
 from freesound.audio import read_as_melspectrogram
 from freesound.errors import FreesoundError
 from freesound.kaggle.budget import TARGETS, budget_seconds, choose_plan, plan_ladder, plan_units, scale_to_cores
-from freesound.predict import Tagger, WindowSpec, window_bounds
+from freesound.predict import Tagger, WindowSpec, window_widths
 from freesound.predict.runtimes import resolve_runtime
 
 #: FSDKaggle2019's test set as Kaggle ran the kernels (DESIGN.md): clips and hours of audio.
@@ -69,12 +69,6 @@ def folder_widths(folder, hop_length: int = 690, sample_rate: int = 44100) -> np
     if not widths:
         raise FreesoundError(f"{folder} holds no audio file to estimate from")
     return np.asarray(widths, dtype=np.int64)
-
-
-def window_widths(widths, windows: WindowSpec, config) -> np.ndarray:
-    """The log-mel widths of every window of clips of ``widths`` frames (``window_bounds``)."""
-    return np.asarray([end - start for width in widths for start, end, _ in window_bounds(int(width), windows, config)],
-                      dtype=np.int64)
 
 
 def seconds_per_tile(tagger: Tagger, batches: int = TIMED_BATCHES) -> float:
@@ -122,9 +116,11 @@ def estimate_kernel(taggers: dict, widths, *, stackers: bool = False, tiles_per_
 
     Returns
     -------
-    dict with ``clips``, ``audio_hours``, ``tiles`` (per experiment, all folds), ``seconds_per_tile``
-    (per experiment, one model), ``model_seconds``, ``frontend_seconds``, ``total_seconds``,
-    ``budget``, ``runtime`` and ``plan`` (the first plan of the kernel's ladder that fits the budget)
+    dict with ``clips``, ``audio_hours``, ``tiles`` (per experiment, all folds; a whole-clip
+    experiment's passes counted in tiles of its length, ``budget.mean_tiles``), ``whole_clip``
+    (those experiments' names), ``seconds_per_tile`` (per experiment, one model),
+    ``model_seconds``, ``frontend_seconds``, ``total_seconds``, ``budget``, ``runtime`` and
+    ``plan`` (the first plan of the kernel's ladder that fits the budget)
     """
     widths = np.asarray(widths, dtype=np.int64)
     first = next(iter(taggers.values()))
@@ -134,8 +130,8 @@ def estimate_kernel(taggers: dict, widths, *, stackers: bool = False, tiles_per_
     rates = {name: (1.0 / tiles_per_second if tiles_per_second else seconds_per_tile(tagger))
              for name, tagger in taggers.items()}
     ladder = plan_ladder(folds, stackers, tile_step=step)
-    tiles = {name: tagger.input_config.tile_frames for name, tagger in taggers.items()}
-    units = plan_units(ladder[0], widths, tiles)
+    inputs = {name: tagger.input_config for name, tagger in taggers.items()}
+    units = plan_units(ladder[0], widths, inputs)
     model_seconds = len(widths) * sum(units[name] * rates[name] for name in units)
     frontend = frontend_seconds_per_frame(config, float(np.mean(widths)) * config.hop_length / config.sample_rate)
     frontend_seconds = frontend * float(widths.sum())
@@ -146,10 +142,11 @@ def estimate_kernel(taggers: dict, widths, *, stackers: bool = False, tiles_per_
     else:
         total = model_seconds + frontend_seconds
     budget = budget_seconds(time_limit, device_type)
-    index, projected = choose_plan(ladder, 0, budget, widths, len(widths), rates, per_clip, tiles=tiles)
+    index, projected = choose_plan(ladder, 0, budget, widths, len(widths), rates, per_clip, inputs=inputs)
     return {
         "clips": len(widths), "audio_hours": float(widths.sum()) * config.hop_length / config.sample_rate / 3600,
         "tiles": {name: int(round(units[name] * len(widths))) for name in units},
+        "whole_clip": [name for name, config in inputs.items() if config.whole_clip],
         "seconds_per_tile": rates, "model_seconds": model_seconds, "frontend_seconds": frontend_seconds,
         "total_seconds": total, "budget": budget, "runtime": first.runtime,
         "plan": ladder[index].describe(ladder[0]) if index else "the full ensemble",
@@ -166,7 +163,9 @@ def format_estimate(name: str, estimate: dict, tiles_per_second: float | None) -
     lines = [f"estimate for {name} on {clips} ({estimate['audio_hours']:.2f} h of audio), {where}:"]
     for experiment, tiles in estimate["tiles"].items():
         rate = 1.0 / estimate["seconds_per_tile"][experiment]
-        lines.append(f"  {experiment}: {tiles} tiles through its folds, {rate:.1f} tiles/s per model, "
+        what = ("tiles' worth of frames in whole-clip passes" if experiment in estimate.get("whole_clip", ())
+                else "tiles")
+        lines.append(f"  {experiment}: {tiles} {what} through its folds, {rate:.1f} tiles/s per model, "
                      f"{tiles / rate:.0f} s")
     lines.append(f"  front end: {estimate['frontend_seconds']:.0f} s"
                  + (" (hidden behind the models by the decoding workers)" if tiles_per_second else ""))

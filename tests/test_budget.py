@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from freesound.config import InputConfig
 from freesound.ensembling.specs import experiment_spec
 from freesound.kaggle import COMPETITION, run_kernel
 from freesound.kaggle.budget import (
@@ -243,3 +244,91 @@ def test_estimate_counts_the_tiles_and_uses_a_target_rate(budget_tree, tmp_path)
     assert "exp_a: 660 tiles through its folds" in result.output and "expected kernel time:" in result.output
     assert not (tmp_path / "k").exists()
     run_cli("build-kernel", "--experiment", "exp_a", "--work", work, "--clips", "10", expect=2)
+
+
+def test_a_whole_clip_model_counts_its_frames_in_tiles():
+    # One pass over each clip, padded to one tile: 100 frames cost a tile, 1000 cost 1000/256.
+    assert mean_tiles([100, 1000], 64, 256, whole_clip=True) == pytest.approx((256 + 1000) / 2 / 256)
+    plan = Plan(64, (("tiled", 1), ("whole", 2)), False)
+    units = plan_units(plan, [100, 1000], {"whole": InputConfig(whole_clip=True)})
+    assert units == {"tiled": 7.0, "whole": pytest.approx(2 * 1256 / 512)}
+
+
+SCAPE_SECONDS = [10.0] * 10 + [15.0, 5.0]
+WINDOW_COMPETITION = {"name": "birdclef-sim", "test_dir": "test_soundscapes"}
+
+
+@pytest.fixture(scope="module")
+def window_tree(budget_tree, tmp_path_factory):
+    """The budget tree's ensemble under a BirdCLEF-style competition of short soundscapes."""
+    root, spec, _ = budget_tree
+    base = tmp_path_factory.mktemp("window-budget")
+    (base / "input").mkdir()
+    (base / "input" / "weights").symlink_to(root / "input" / "weights")
+    scapes = base / "input" / WINDOW_COMPETITION["name"] / WINDOW_COMPETITION["test_dir"]
+    scapes.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    rows, paths = [], []
+    for index, seconds in enumerate(SCAPE_SECONDS):
+        t = np.arange(int(seconds * 44100)) / 44100
+        clip = 0.3 * np.sin(2 * np.pi * rng.uniform(200, 2000) * t) + 0.05 * rng.standard_normal(t.size)
+        paths.append(scapes / f"scape_{index:02d}.wav")
+        sf.write(paths[-1], clip.astype(np.float32), 44100, subtype="PCM_16")
+        rows += [f"scape_{index:02d}_{end}" for end in range(5, int(seconds) + 1, 5)]
+    pd.DataFrame(0.0, index=pd.Index(rows, name="row_id"), columns=CLASSES).reset_index().to_csv(
+        scapes.parent / "sample_submission.csv", index=False)
+    return base, spec, rows, paths
+
+
+def test_a_slow_window_kernel_switches_to_a_cheaper_plan_and_predicts_every_soundscape(window_tree, monkeypatch):
+    from kernel_build.manifest import windows_entry
+
+    from freesound.predict import WindowSpec, predict_file_windows
+
+    root, spec, rows, paths = window_tree
+    (root / "working").mkdir(exist_ok=True)
+    manifest = build_manifest(spec, root / "input" / "weights", windows=windows_entry(5, smooth=[0.25, 0.5, 0.25]),
+                              competition=WINDOW_COMPETITION)
+
+    def run(time_limit):
+        clock = FakeClock()
+        real_forward = Tagger._forward
+
+        def slow_forward(self, tiles):
+            clock.now += TILE_SECONDS * len(tiles) * len(self.models)
+            return real_forward(self, tiles)
+
+        monkeypatch.setattr(Tagger, "_forward", slow_forward)
+        lines = []
+        summary = run_kernel({**manifest, "time_limit": time_limit}, root, device="cpu", workers=0, chunk_size=2,
+                             clock=clock, runtime="torch", log=lines.append)
+        monkeypatch.undo()
+        return summary, pd.read_csv(root / "working" / "submission.csv"), lines
+
+    summary, _, lines = run(10_000)
+    full_plan = "tile step 64, all 2 folds, experiments exp_a, exp_b, stackers"
+    assert summary["plans"] == [(full_plan, len(paths))] and not any("switching" in line for line in lines)
+    full_seconds = summary["seconds"]
+    # Projected after the first chunk of 2 soundscapes, each window counted as a clip.
+    assert summary["projection"]["after_clips"] == 2
+    assert summary["projection"]["full_seconds"] == pytest.approx(full_seconds, rel=0.3)
+
+    budget = 0.45 * full_seconds
+    summary, submission, lines = run(budget)
+    assert summary["seconds"] <= budget and summary["left_out"] == [] and summary["filled"] == []
+    assert list(submission["row_id"]) == rows and np.isfinite(submission[CLASSES].to_numpy()).all()
+    assert summary["plans"][0] == (full_plan, 2) and len(summary["plans"]) >= 2
+    assert sum(files for _, files in summary["plans"]) == len(paths)
+    assert any(line.startswith("switching to plan") and summary["plans"][1][0] in line for line in lines)
+    assert any(line == f"plan: {summary['plans'][1][0]}: {summary['plans'][1][1]} soundscapes" for line in lines)
+
+    # Each soundscape's rows are what local predict --windows gives with the plan named for it.
+    full = EnsemblePredictor.from_spec(spec, lambda p: root / "input" / "weights" / p)
+    ladder = plan_ladder({"exp_a": 2, "exp_b": 2}, True)
+    by_row, done = submission.set_index("row_id")[CLASSES], 0
+    for description, files in summary["plans"]:
+        plan = next(p for p in ladder if p.describe(ladder[0]) == description)
+        local = predict_file_windows(full.subset(dict(plan.folds), plan.tile_step, plan.stackers),
+                                     paths[done:done + files], WindowSpec(5), smooth=[0.25, 0.5, 0.25])
+        np.testing.assert_allclose(by_row.loc[local.index].to_numpy(), local[CLASSES].to_numpy(), atol=1e-5)
+        done += files

@@ -282,7 +282,7 @@ def test_the_kernel_budget_counts_each_experiment_in_its_own_tiles():
     assert mean_tiles(widths, 64, 64) == 9.0 and mean_tiles(widths, 256, 64) == 9.0
     plan = Plan(64, (("wide", 2), ("narrow", 1)), False)
     assert plan_units(plan, widths) == {"wide": 14.0, "narrow": 7.0}
-    assert plan_units(plan, widths, {"narrow": 64}) == {"wide": 14.0, "narrow": 9.0}
+    assert plan_units(plan, widths, {"narrow": InputConfig(tile_frames=64)}) == {"wide": 14.0, "narrow": 9.0}
 
 
 def test_a_fold_config_written_before_tile_frames_has_todays_settings(tmp_path):

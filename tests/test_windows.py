@@ -256,7 +256,7 @@ def test_bad_smoothing_weights_are_named_as_written():
 
 def test_estimate_counts_each_windows_tiles_and_scales_to_the_targets_cores():
     from freesound.kaggle.budget import TARGETS, scale_to_cores
-    from kernel_build.estimate import window_widths
+    from freesound.predict.windows import window_widths
 
     widths = window_widths([frames_of(60.0)], WindowSpec(5), CONFIG)
     assert len(widths) == 12 and set(widths) == {319, 320} and widths.sum() == frames_of(60.0)
@@ -291,19 +291,31 @@ def test_build_kernel_for_birdclef_records_windows_competition_and_the_cpu4_budg
     assert json.loads((tmp_path / "plain" / "kernel-metadata.json").read_text())["enable_gpu"] is True
 
 
-def test_a_window_kernel_short_of_time_leaves_the_last_soundscapes_out(scapes):
+def test_a_window_kernel_short_of_time_leaves_the_last_soundscapes_out(scapes, monkeypatch):
     from freesound.kaggle.runtime import predict_windows_within_budget
 
-    ticks = iter(range(0, 1000, 10))  # every reading of the clock is 10 s later
+    # Time passes only when a model runs: one second a tile. The silent warm-up costs 2 s and
+    # scape_a (12 s: windows of 2, 2 and 1 tiles) 10 s with both folds; scape_b's 4 windows need
+    # 8 s even with the cheapest plan (one fold, a step of one tile), and 8 s are left.
+    clock = {"now": 0.0}
+    real_forward = Tagger._forward
+
+    def timed_forward(self, tiles):
+        clock["now"] += len(tiles) * len(self.models)
+        return real_forward(self, tiles)
+
+    monkeypatch.setattr(Tagger, "_forward", timed_forward)
     lines = []
     paths = sorted(scapes["audio"].iterdir())
-    frame, failures, _, left_out = predict_windows_within_budget(
+    result = predict_windows_within_budget(
         EnsemblePredictor({"sedx": scapes["tagger"]}), paths, [path.name for path in paths],
-        {"seconds": 5.0, "hop": 5.0}, budget=60.0, clock=lambda: next(ticks), chunk_size=1, log=lines.append)
-    assert list(frame.index) == ["scape_a_5", "scape_a_10", "scape_a_15"] and failures == []
-    assert left_out == ["scape_b.wav"]
-    assert lines[-1] == ("warning: 20.0 s left, the next 1 soundscapes need about 20.0 s: the last 1 get the "
-                         "silent window's prediction")
+        {"seconds": 5.0, "hop": 5.0}, budget=20.0, clock=lambda: clock["now"], chunk_size=1, log=lines.append)
+    assert list(result.predictions.index) == ["scape_a_5", "scape_a_10", "scape_a_15"] and result.failures == []
+    assert result.filled == ["scape_b.wav"] and result.plans == [("tile step 64, all 2 folds, experiments sedx", 1)]
+    assert lines[-2] == ("switching to plan 3 of 3: tile step 256, 1 of 2 folds, experiments sedx "
+                         "(projected 20.0 s in all)")
+    assert lines[-1] == ("warning: 8.0 s left, the next 1 soundscapes need about 8.0 s even with plan 3: the last 1 "
+                         "get the silent window's prediction")
 
 
 @pytest.mark.slow

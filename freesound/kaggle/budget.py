@@ -19,10 +19,12 @@ first:
 
 The kernel measures, after a first part of the clips, how many seconds one *unit* costs (one tile
 through one fold model, per experiment, in tiles of that experiment's length; a step longer than
-an experiment's tile is its tile) and how many seconds a clip costs besides (decoding not
-hidden behind the model, stackers, bookkeeping), projects each plan on the tiles the clips to come
-will give (their widths from their file sizes, ``expected_widths``), and keeps the first plan of
-the ladder that fits the time left (``choose_plan``).
+an experiment's tile is its tile; a whole-clip model's pass counts the clip's frames in tiles)
+and how many seconds a clip costs besides (decoding not hidden behind the model, stackers,
+bookkeeping), projects each plan on the tiles the clips to come will give (their widths from
+their file sizes, ``expected_widths``), and keeps the first plan of the ladder that fits the
+time left (``choose_plan``). A kernel with windows (BirdCLEF) predicts each window as a clip of
+its own, so there a window is what the projections count as a clip.
 Everything here is a pure function of numbers; ``freesound.kaggle.runtime`` does the measuring.
 """
 
@@ -119,12 +121,19 @@ def plan_ladder(folds: dict, stackers: bool, *, tile_step: int = 64, ranking=Non
     return ladder
 
 
-def mean_tiles(widths, step: int, tile: int = TILE) -> float:
+def mean_tiles(widths, step: int, tile: int = TILE, whole_clip: bool = False) -> float:
     """The mean number of tiles of ``tile`` frames per clip at ``step`` (at most ``tile``: the
-    step the ``Tagger`` takes) over clips of ``widths`` frames."""
+    step the ``Tagger`` takes) over clips of ``widths`` frames.
+
+    A whole-clip model (``[input] whole_clip``) makes one pass over a clip's frames, padded to at
+    least one tile: it counts as ``max(width, tile) / tile`` tiles, since a convolutional
+    network's cost grows with its input's frames.
+    """
     widths = np.asarray(widths, dtype=np.int64)
     if widths.size == 0:
         raise ValueError("no clip widths to project from")
+    if whole_clip:
+        return float(np.mean(np.maximum(widths, tile))) / tile
     return float(np.mean([tile_layout(int(width), min(step, tile), tile)[0] for width in widths]))
 
 
@@ -152,18 +161,20 @@ def expected_widths(widths, sizes, coming_sizes) -> np.ndarray:
     return np.maximum(1, np.rint(coming * float(np.sum(widths)) / total_bytes)).astype(np.int64)
 
 
-def plan_units(plan: Plan, widths, tiles: dict | None = None) -> dict:
+def plan_units(plan: Plan, widths, inputs: dict | None = None) -> dict:
     """Units (one tile through one fold model) per clip of each experiment of ``plan``, for clips
-    like ``widths``: experiment -> float. ``tiles`` maps an experiment to its tile length in
-    frames (``[input] tile_frames``; default, and for experiments it leaves out, the method's 256)."""
-    tiles = tiles or {}
-    lengths = {name: tiles.get(name, TILE) for name, _ in plan.folds}
-    counts = {tile: mean_tiles(widths, plan.tile_step, tile) for tile in set(lengths.values())}
-    return {name: counts[lengths[name]] * n for name, n in plan.folds}
+    like ``widths``: experiment -> float. ``inputs`` maps an experiment to its
+    ``freesound.config.InputConfig`` (its ``tile_frames`` and ``whole_clip``; default, and for
+    experiments it leaves out, the method's 256-frame tiles)."""
+    inputs = inputs or {}
+    layouts = {name: (inputs[name].tile_frames, inputs[name].whole_clip) if name in inputs else (TILE, False)
+               for name, _ in plan.folds}
+    counts = {layout: mean_tiles(widths, plan.tile_step, *layout) for layout in set(layouts.values())}
+    return {name: counts[layouts[name]] * n for name, n in plan.folds}
 
 
 def project_seconds(plan: Plan, widths, clips: int, seconds_per_unit: dict, seconds_per_clip: float,
-                    tiles: dict | None = None) -> float:
+                    inputs: dict | None = None) -> float:
     """Seconds ``clips`` more clips like ``widths`` take under ``plan``.
 
     ``clips x (seconds_per_clip + sum over experiments of units per clip x seconds_per_unit)``.
@@ -172,17 +183,17 @@ def project_seconds(plan: Plan, widths, clips: int, seconds_per_unit: dict, seco
     ----------
     seconds_per_unit : dict experiment -> seconds one tile takes through one of its fold models
     seconds_per_clip : float, the seconds of a clip besides the models
-    tiles : dict experiment -> tile length in frames, as for ``plan_units``
+    inputs : dict experiment -> InputConfig, as for ``plan_units``
     """
     per_clip = seconds_per_clip + sum(units * seconds_per_unit[name]
-                                      for name, units in plan_units(plan, widths, tiles).items())
+                                      for name, units in plan_units(plan, widths, inputs).items())
     return clips * per_clip
 
 
 def choose_plan(ladder: list, current: int, seconds_left: float, widths, clips: int, seconds_per_unit: dict,
-                seconds_per_clip: float, headroom: float = HEADROOM, tiles: dict | None = None) -> tuple:
+                seconds_per_clip: float, headroom: float = HEADROOM, inputs: dict | None = None) -> tuple:
     """The first plan from ``ladder[current]`` on whose projection fits ``seconds_left``
-    (``tiles``: each experiment's tile length, as for ``plan_units``).
+    (``inputs``: each experiment's InputConfig, as for ``plan_units``).
 
     Plans before ``current`` are not considered, so a run only ever gets cheaper.
 
@@ -192,7 +203,7 @@ def choose_plan(ladder: list, current: int, seconds_left: float, widths, clips: 
     """
     projections = []
     for index in range(current, len(ladder)):
-        projected = project_seconds(ladder[index], widths, clips, seconds_per_unit, seconds_per_clip, tiles)
+        projected = project_seconds(ladder[index], widths, clips, seconds_per_unit, seconds_per_clip, inputs)
         if projected <= (1.0 - headroom) * seconds_left:
             return index, projected
         projections.append(projected)

@@ -31,9 +31,9 @@ time, under a root that is ``/kaggle`` unless ``FREESOUND_KAGGLE_ROOT`` names an
   rows instead: ``sample_submission.csv`` starts with ``row_id`` (``<soundscape>_<end second>``);
   each soundscape it names is decoded once per audio config, untrimmed, predicted per window
   (``EnsemblePredictor.predict_windows``, then the manifest's smoothing and rescaling:
-  ``predict_windows_within_budget``), and the rows are written in the sample's order; rows no
-  window gave (a missing or undecodable soundscape, a run out of time) get the prediction of a
-  silent window and are listed. Only the deadline of the budget applies there, not its cheaper plans;
+  ``predict_windows_within_budget``, under the same budget and cheaper plans, each window counted
+  as a clip), and the rows are written in the sample's order; rows no window gave (a missing or
+  undecodable soundscape, a run out of time) get the prediction of a silent window and are listed;
 - ``<root>/working/submission.csv`` is written atomically, and nothing else is left there.
 
 Only what a Kaggle Python image has is imported: numpy, pandas, scipy, torch, librosa, soundfile
@@ -62,10 +62,10 @@ from freesound.errors import FreesoundError, one_line_warnings
 from freesound.fileio import atomic_write_csv, file_sha256
 from freesound.kaggle.budget import (
     CHUNK_SAFETY, FIRST_PART, KAGGLE_LIMIT_SECONDS, budget_seconds, choose_plan, expected_widths, plan_ladder,
-    project_seconds,
+    plan_units, project_seconds,
 )
 from freesound.kaggle.wheels import kernel_runtime, require_packages
-from freesound.predict import EnsemblePredictor, WindowSpec, tile_layout, window_row_ids
+from freesound.predict import EnsemblePredictor, WindowSpec, window_row_ids, window_widths
 from freesound.predict.device import describe_device, device_problem
 from freesound.predict.files import CHUNK_CLIPS, iter_logmel_chunks, silent_front_end
 from freesound.predict.postprocess import postprocess_file
@@ -221,17 +221,19 @@ def file_bytes(path) -> int:
 
 @dataclass
 class BudgetedPrediction:
-    """What ``predict_within_budget`` did.
+    """What ``predict_within_budget`` or ``predict_windows_within_budget`` did.
 
     Attributes
     ----------
-    predictions : DataFrame indexed by fname, every path's row in order
+    predictions : DataFrame indexed by fname (every path's row in order), or by row_id (the
+        windows of the soundscapes predicted)
     failures : list of (fname, reason), clips predicted from silence
     plans : list of (plan description, clips predicted with it), in the order used
     projection : dict or None: the first projection (``after_clips``, ``full_seconds``: the whole
         run's projected time with the full ensemble, ``plan``, ``projected_seconds``: with the plan
         chosen then) and the last (``final_plan``, ``final_projected_seconds``)
-    filled : list of fname, rows no plan had time for, given the mean of the predicted rows
+    filled : list of fname, files no plan had time for: clips given the mean of the predicted
+        rows, or soundscapes left out (their rows are filled by ``to_window_submission``)
     truncated : list of (fname, warning message), clips that decode fewer frames than their
         header states, predicted from the audio that decodes
     """
@@ -244,6 +246,107 @@ class BudgetedPrediction:
     truncated: list
 
 
+class PlanKeeper:
+    """One kernel run's time budget: measures what the chunks predicted so far cost, projects every
+    plan of ``plan_ladder`` over the files to come (``choose_plan``), and hands out the predictor
+    of the plan that fits for each chunk, or None when even the cheapest plan has no time for it.
+
+    The projections count *items*: clips, or with windows each file's windows, each predicted as
+    a clip of its own (``expand`` maps the widths of files to those of their items).
+
+    Parameters
+    ----------
+    predictor : EnsemblePredictor, the full ensemble
+    sizes : every file's size in bytes, in the order they are predicted (``file_bytes``)
+    budget, start, clock : seconds, the ``clock`` reading they count from, a zero-argument callable
+    chunk_size : files per chunk; the first projection comes after ``FIRST_PART`` of the files and
+        at least one chunk
+    ranking : experiment names, best first, for dropping experiments (``plan_ladder``)
+    expand : callable list of widths -> list of widths; default the files themselves
+    noun, fill : the files' name and what becomes of the files left out, for the log
+    """
+
+    def __init__(self, predictor: EnsemblePredictor, sizes: list, *, budget: float, start: float, clock,
+                 chunk_size: int, ranking=None, expand=list, noun: str = "clips",
+                 fill: str = "rows get the mean prediction", log=_print):
+        self.predictor, self.sizes, self.budget, self.start, self.clock = predictor, sizes, budget, start, clock
+        self.expand, self.noun, self.fill, self.log = expand, noun, fill, log
+        self.full_folds = {name: len(tagger.models) for name, tagger in predictor.taggers.items()}
+        self.inputs = {name: tagger.input_config for name, tagger in predictor.taggers.items()}
+        step = next(iter(predictor.taggers.values())).tile_step
+        self.ladder = plan_ladder(self.full_folds, bool(predictor.stackers), tile_step=step, ranking=ranking)
+        self.first_part = max(chunk_size, math.ceil(FIRST_PART * len(sizes)))
+        self.current, self.runner, self.projection = 0, predictor, None
+        self.file_widths, self.items, self.usage = [], 0, []
+        self.model_seconds, self.units = {}, dict.fromkeys(self.full_folds, 0.0)
+        self.loop_start = clock()
+
+    def runner_for(self, widths: list):
+        """The predictor for the next chunk, files of ``widths`` log-mel frames; None when even
+        the cheapest plan would not finish it in time (``CHUNK_SAFETY``)."""
+        if not self.file_widths or not math.isfinite(self.budget):
+            return self.runner
+        clock, done = self.clock, len(self.file_widths)
+        seconds_per_unit = {name: self.model_seconds[name] / units for name, units in self.units.items() if units}
+        seconds_per_item = max(0.0, clock() - self.loop_start - sum(self.model_seconds.values())) / self.items
+        seconds_left = self.budget - (clock() - self.start)
+        project = functools.partial(project_seconds, seconds_per_unit=seconds_per_unit,
+                                    seconds_per_clip=seconds_per_item, inputs=self.inputs)
+        if done >= self.first_part:
+            coming = self.expand(expected_widths(self.file_widths, self.sizes[:done], self.sizes[done:]))
+            index, projected = choose_plan(self.ladder, self.current, seconds_left, coming, len(coming),
+                                           seconds_per_unit, seconds_per_item, inputs=self.inputs)
+            elapsed = clock() - self.start
+            if self.projection is None:
+                full_seconds = elapsed + project(self.ladder[0], coming, len(coming))
+                self.projection = {"after_clips": done, "full_seconds": round(full_seconds, 1),
+                                   "plan": self.describe(index), "projected_seconds": round(elapsed + projected, 1)}
+                self.log(f"projection after {done} of {len(self.sizes)} {self.noun}: the full ensemble would take "
+                         f"{_s(full_seconds)} in all, budget {_s(self.budget)}")
+            if index != self.current:
+                plan = self.ladder[index]
+                self.current, self.runner = index, self.predictor.subset(dict(plan.folds), plan.tile_step,
+                                                                         plan.stackers)
+                self.log(f"switching to plan {index} of {len(self.ladder) - 1}: {self.describe(index)} "
+                         f"(projected {_s(elapsed + projected)} in all)")
+            self.projection.update(final_plan=self.describe(self.current),
+                                   final_projected_seconds=round(elapsed + projected, 1))
+        items = self.expand(widths)
+        needed = project(self.ladder[self.current], items, len(items))
+        if needed * CHUNK_SAFETY > seconds_left:
+            self.log(f"warning: {_s(seconds_left)} left, the next {len(widths)} {self.noun} need about {_s(needed)} "
+                     f"even with plan {self.current}: the last {len(self.sizes) - done} {self.fill}")
+            return None
+        return self.runner
+
+    def record(self, widths: list) -> None:
+        """Count a chunk of files of ``widths`` frames that the current plan predicted."""
+        plan, items = self.ladder[self.current], self.expand(widths)
+        for name, units in plan_units(plan, items, self.inputs).items():
+            self.units[name] += units * len(items)
+        if not self.usage or self.usage[-1][0] != self.current:
+            self.usage.append([self.current, 0])
+        self.usage[-1][1] += len(widths)
+        self.file_widths += widths
+        self.items += len(items)
+
+    def describe(self, index: int) -> str:
+        return self.ladder[index].describe(self.ladder[0])
+
+    @property
+    def plans(self) -> list:
+        """(plan description, files predicted with it), in the order used."""
+        return [(self.describe(index), files) for index, files in self.usage]
+
+
+def report_progress(done: int, total: int, noun: str, seconds: float, next_report: float, log) -> float:
+    """Log ``done/total`` at each tenth of the run; returns the next fraction to report at."""
+    if done >= next_report * total or done == total:
+        log(f"  {done}/{total} {noun}, {seconds:.1f} s")
+        return math.floor(10 * done / total + 1) / 10
+    return next_report
+
+
 def predict_within_budget(predictor: EnsemblePredictor, paths: list, *, budget: float, start: float | None = None,
                           clock=time.perf_counter, chunk_size: int = CHUNK_CLIPS, ranking=None,
                           log=_print) -> BudgetedPrediction:
@@ -252,10 +355,10 @@ def predict_within_budget(predictor: EnsemblePredictor, paths: list, *, budget: 
     Clips stream in chunks (``iter_logmel_chunks``: the next chunks decode while the model runs).
     After a first part (``freesound.kaggle.budget.FIRST_PART``) and after every chunk from then
     on, the measured cost projects each plan of ``plan_ladder`` over the clips left, and the
-    first that fits the time left predicts the next chunk (a run only gets cheaper). Should even
-    the cheapest plan not have time for the next chunk, the rows left get the mean of the rows
-    predicted (listed in ``filled``), so the submission is complete in time. Undecodable clips
-    are predicted from silence.
+    first that fits the time left predicts the next chunk (a run only gets cheaper; ``PlanKeeper``).
+    Should even the cheapest plan not have time for the next chunk, the rows left get the mean of
+    the rows predicted (listed in ``filled``), so the submission is complete in time. Undecodable
+    clips are predicted from silence.
 
     Parameters
     ----------
@@ -269,77 +372,36 @@ def predict_within_budget(predictor: EnsemblePredictor, paths: list, *, budget: 
     log : callable taking one line
     """
     start = clock() if start is None else start
-    full_folds = {name: len(tagger.models) for name, tagger in predictor.taggers.items()}
-    tiles = {name: tagger.input_config.tile_frames for name, tagger in predictor.taggers.items()}
-    step = next(iter(predictor.taggers.values())).tile_step
-    ladder = plan_ladder(full_folds, bool(predictor.stackers), tile_step=step, ranking=ranking)
     # One silent clip through every model first: building the inference copies, oneDNN's and
     # cuDNN's set-up are paid here and not counted in the measured cost of a clip.
     predictor.predict_spectrograms([silent_front_end(predictor.front_end)])
-    current, runner = 0, predictor
-    sizes = [file_bytes(path) for path in paths]
-    first_part = max(chunk_size, math.ceil(FIRST_PART * len(paths)))
-    names, frames, failures, truncated, widths, usage = [], [], [], [], [], []
-    model_seconds, units = {}, dict.fromkeys(full_folds, 0.0)
-    projection, next_report, loop_start = None, 0.1, clock()
+    keeper = PlanKeeper(predictor, [file_bytes(path) for path in paths], budget=budget, start=start, clock=clock,
+                        chunk_size=chunk_size, ranking=ranking, log=log)
+    names, frames, failures, truncated, next_report = [], [], [], [], 0.1
     chunks = iter_logmel_chunks(paths, predictor.front_end, on_error="silence", failures=failures,
                                 truncated=truncated, workers=predictor.workers, chunk_size=chunk_size)
     for chunk_names, logmels in chunks:
-        # The first experiment's widths stand for every experiment's (audio configs that differ in
-        # n_mels alone give the same widths).
-        chunk_widths = [logmel.shape[1] for logmel in predictor.experiment_logmels(next(iter(full_folds)), logmels)]
-        if widths and math.isfinite(budget):
-            seconds_per_unit = {name: model_seconds[name] / units[name] for name in units if units[name]}
-            seconds_per_clip = max(0.0, clock() - loop_start - sum(model_seconds.values())) / len(widths)
-            seconds_left = budget - (clock() - start)
-            if len(widths) >= first_part:
-                coming = expected_widths(widths, sizes[:len(widths)], sizes[len(widths):])
-                index, projected = choose_plan(ladder, current, seconds_left, coming, len(coming), seconds_per_unit,
-                                               seconds_per_clip, tiles=tiles)
-                elapsed = clock() - start
-                if projection is None:
-                    full_seconds = elapsed + project_seconds(ladder[0], coming, len(coming), seconds_per_unit,
-                                                             seconds_per_clip, tiles)
-                    projection = {"after_clips": len(widths), "full_seconds": round(full_seconds, 1),
-                                  "plan": ladder[index].describe(ladder[0]),
-                                  "projected_seconds": round(elapsed + projected, 1)}
-                    log(f"projection after {len(widths)} of {len(paths)} clips: the full ensemble would take "
-                        f"{_s(full_seconds)} in all, budget {_s(budget)}")
-                if index != current:
-                    current, runner = index, predictor.subset(dict(ladder[index].folds), ladder[index].tile_step,
-                                                              ladder[index].stackers)
-                    log(f"switching to plan {index} of {len(ladder) - 1}: {ladder[index].describe(ladder[0])} "
-                        f"(projected {_s(elapsed + projected)} in all)")
-                projection.update(final_plan=ladder[current].describe(ladder[0]),
-                                  final_projected_seconds=round(elapsed + projected, 1))
-            needed = project_seconds(ladder[current], chunk_widths, len(chunk_widths), seconds_per_unit,
-                                     seconds_per_clip, tiles)
-            if needed * CHUNK_SAFETY > seconds_left:
-                log(f"warning: {_s(seconds_left)} left, the next {len(chunk_widths)} clips need about {_s(needed)} "
-                    f"even with plan {current}: the last {len(paths) - len(widths)} rows get the mean prediction")
-                break
-        frames.append(runner.predict_spectrograms(logmels, timings=model_seconds, clock=clock))
-        plan = ladder[current]
-        for name, folds in plan.folds:
-            tile = tiles[name]
-            units[name] += folds * sum(tile_layout(width, min(plan.tile_step, tile), tile)[0]
-                                       for width in chunk_widths)
-        if not usage or usage[-1][0] != current:
-            usage.append([current, 0])
-        usage[-1][1] += len(chunk_names)
+        widths = first_widths(predictor, logmels)
+        runner = keeper.runner_for(widths)
+        if runner is None:
+            break
+        frames.append(runner.predict_spectrograms(logmels, timings=keeper.model_seconds, clock=clock))
+        keeper.record(widths)
         names += chunk_names
-        widths += chunk_widths
-        if len(widths) >= next_report * len(paths) or len(widths) == len(paths):
-            log(f"  {len(widths)}/{len(paths)} clips, {clock() - start:.1f} s")
-            next_report = math.floor(10 * len(widths) / len(paths) + 1) / 10
+        next_report = report_progress(len(names), len(paths), "clips", clock() - start, next_report, log)
     chunks.close()  # stops the decoding workers when the loop ended early
     predicted = np.concatenate(frames) if frames else np.zeros((0, len(predictor.classes)), np.float32)
     filled = [Path(path).name for path in paths[len(names):]]
     mean = predicted.mean(axis=0) if len(predicted) else np.full(len(predictor.classes), 0.5, np.float32)
     probabilities = np.concatenate([predicted, np.tile(mean.astype(np.float32), (len(filled), 1))])
     frame = pd.DataFrame(probabilities, index=pd.Index(names + filled, name="fname"), columns=predictor.classes)
-    plans = [(ladder[index].describe(ladder[0]), clips) for index, clips in usage]
-    return BudgetedPrediction(frame, failures, plans, projection, filled, truncated)
+    return BudgetedPrediction(frame, failures, keeper.plans, keeper.projection, filled, truncated)
+
+
+def first_widths(predictor: EnsemblePredictor, logmels: list) -> list:
+    """The widths (frames) of a chunk's log-mels under the first experiment's audio config, which
+    stand for every experiment's (configs that differ in n_mels alone give the same widths)."""
+    return [logmel.shape[1] for logmel in predictor.experiment_logmels(next(iter(predictor.taggers)), logmels)]
 
 
 def soundscape_files(sample: pd.DataFrame, test_dir: Path) -> tuple[list, list]:
@@ -371,54 +433,58 @@ def to_window_submission(predictions: pd.DataFrame, sample: pd.DataFrame, fill: 
 
 def predict_windows_within_budget(predictor: EnsemblePredictor, paths: list, names: list, windows: dict, *,
                                   budget: float, start: float | None = None, clock=time.perf_counter,
-                                  chunk_size: int = CHUNK_CLIPS, log=_print) -> tuple:
+                                  chunk_size: int = CHUNK_CLIPS, ranking=None, log=_print) -> BudgetedPrediction:
     """Every soundscape of ``paths`` window by window, as local ``freesound predict --windows``
-    does (``EnsemblePredictor.predict_windows``, then ``postprocess_file``), until the budget ends.
+    does (``EnsemblePredictor.predict_windows``, then ``postprocess_file``), within the budget.
 
     Soundscapes stream in chunks, decoded untrimmed (``iter_logmel_chunks(trim=False)``);
-    undecodable ones are predicted from silence. Before each chunk after the first, the mean time
-    per soundscape so far projects the chunk; when ``CHUNK_SAFETY`` times that is more than the
-    time left, the rest are left out (their rows are filled by ``to_window_submission``).
+    undecodable ones are predicted from silence. The budget works as in ``predict_within_budget``
+    with each window counted as a clip (``PlanKeeper``): a run projected over budget goes on with
+    a cheaper plan, and when even the cheapest has no time for the next chunk the soundscapes
+    left are left out (listed in ``filled``; ``to_window_submission`` fills their rows).
 
     Parameters
     ----------
     windows : dict with ``seconds``, ``hop``, ``combine``, ``smooth`` and ``file_rescale`` (the
         manifest's ``windows``)
     names : each path's file name (row ids are ``<stem>_<end second>``)
+    budget, start, clock, chunk_size, ranking, log : as for ``predict_within_budget``
 
     Returns
     -------
-    (DataFrame indexed by row_id, failures [(name, reason)], truncated [(name, message)],
-    list of the soundscapes left out for time)
+    BudgetedPrediction, its predictions indexed by row_id
     """
     start = clock() if start is None else start
     spec = WindowSpec(windows["seconds"], windows["hop"])
     combine, smooth, rescale = windows.get("combine", "gmean"), windows.get("smooth"), windows.get("file_rescale")
-    rows, frames, failures, truncated, done = [], [], [], [], 0
-    loop_start, next_report = clock(), 0.1
+    config = next(iter(predictor.taggers.values())).audio_config
+    # One silent window through every model first, as for clips.
+    predictor.predict_windows([silent_front_end(predictor.front_end)], spec, combine)
+    keeper = PlanKeeper(predictor, [file_bytes(path) for path in paths], budget=budget, start=start, clock=clock,
+                        chunk_size=chunk_size, ranking=ranking, noun="soundscapes",
+                        expand=functools.partial(window_widths, spec=spec, config=config),
+                        fill="get the silent window's prediction", log=log)
+    rows, frames, failures, truncated, done, next_report = [], [], [], [], 0, 0.1
     chunks = iter_logmel_chunks(paths, predictor.front_end, on_error="silence", failures=failures,
                                 truncated=truncated, workers=predictor.workers, chunk_size=chunk_size, names=names,
                                 trim=False)
     for chunk_names, logmels in chunks:
-        if done and math.isfinite(budget):
-            needed = (clock() - loop_start) / done * len(chunk_names)
-            seconds_left = budget - (clock() - start)
-            if needed * CHUNK_SAFETY > seconds_left:
-                log(f"warning: {_s(seconds_left)} left, the next {len(chunk_names)} soundscapes need about "
-                    f"{_s(needed)}: the last {len(paths) - done} get the silent window's prediction")
-                break
-        probabilities, bounds = predictor.predict_windows(logmels, spec, combine)
+        widths = first_widths(predictor, logmels)
+        runner = keeper.runner_for(widths)
+        if runner is None:
+            break
+        probabilities, bounds = runner.predict_windows(logmels, spec, combine, timings=keeper.model_seconds,
+                                                       clock=clock)
+        keeper.record(widths)
         for name, file_probs, file_bounds in zip(chunk_names, probabilities, bounds):
             rows += window_row_ids(name, file_bounds)
             frames.append(postprocess_file(file_probs, smooth, rescale))
         done += len(chunk_names)
-        if done >= next_report * len(paths) or done == len(paths):
-            log(f"  {done}/{len(paths)} soundscapes, {clock() - start:.1f} s")
-            next_report = math.floor(10 * done / len(paths) + 1) / 10
+        next_report = report_progress(done, len(paths), "soundscapes", clock() - start, next_report, log)
     chunks.close()  # stops the decoding workers when the loop ended early
     probabilities = np.concatenate(frames) if frames else np.zeros((0, len(predictor.classes)), np.float32)
     frame = pd.DataFrame(probabilities, index=pd.Index(rows, name="row_id"), columns=predictor.classes)
-    return frame, failures, truncated, names[done:]
+    return BudgetedPrediction(frame, failures, keeper.plans, keeper.projection, names[done:], truncated)
 
 
 def usable_device(device: torch.device, log) -> torch.device:
@@ -498,7 +564,7 @@ def run_kernel(manifest: dict, root=None, *, device=None, workers: int | None = 
     submission_path = root / "working" / SUBMISSION
     if windows:
         return _run_windows(predictor, sample, test_dir, windows, submission_path, budget=budget, start=start,
-                            clock=clock, chunk_size=chunk_size, log=log,
+                            clock=clock, chunk_size=chunk_size, ranking=manifest.get("ranking"), log=log,
                             summary={"name": spec["name"], "device": describe_device(device), "weights": used})
     paths = [test_dir / fname for fname in sample["fname"]]
     log(f"predicting {len(paths)} clips from {test_dir}")
@@ -518,26 +584,26 @@ def run_kernel(manifest: dict, root=None, *, device=None, workers: int | None = 
 
 
 def _run_windows(predictor: EnsemblePredictor, sample: pd.DataFrame, test_dir: Path, windows: dict, submission_path,
-                 *, budget: float, start: float, clock, chunk_size: int, log, summary: dict) -> dict:
+                 *, budget: float, start: float, clock, chunk_size: int, ranking, log, summary: dict) -> dict:
     """``run_kernel``'s window mode: BirdCLEF's rows, in the sample's order; returns the summary
     (``run_kernel``'s keys; ``clips`` counts soundscapes, ``rows`` the rows, ``filled`` the row
     ids given the silent window's prediction)."""
     paths, names = soundscape_files(sample, test_dir)
     log(f"predicting {len(sample)} rows of {len(paths)} soundscapes from {test_dir}, windows of "
         f"{windows['seconds']:g} s every {windows['hop']:g} s")
-    frame, failures, truncated, left_out = predict_windows_within_budget(
-        predictor, paths, names, windows, budget=budget, start=start, clock=clock, chunk_size=chunk_size, log=log)
+    result = predict_windows_within_budget(predictor, paths, names, windows, budget=budget, start=start, clock=clock,
+                                           chunk_size=chunk_size, ranking=ranking, log=log)
     spec = WindowSpec(windows["seconds"], windows["hop"])
     silent, _ = predictor.predict_windows([silent_front_end(predictor.front_end)], spec, windows.get("combine", "gmean"))
     # Post-processed as a soundscape of one window is, so a filled row equals an undecodable one's.
     fill = postprocess_file(silent[0], windows.get("smooth"), windows.get("file_rescale"))[0]
-    submission, filled = to_window_submission(frame, sample, fill)
+    submission, filled = to_window_submission(result.predictions, sample, fill)
     atomic_write_csv(submission_path, submission, index=False)
     summary.update({
-        "clips": len(paths), "rows": len(submission), "failures": failures, "seconds": round(clock() - start, 1),
-        "submission": str(submission_path), "package": freesound.__file__, "version": freesound.__version__,
-        "time_limit": budget, "plans": [], "projection": None, "filled": filled, "truncated": truncated,
-        "left_out": left_out,
+        "clips": len(paths), "rows": len(submission), "failures": result.failures,
+        "seconds": round(clock() - start, 1), "submission": str(submission_path), "package": freesound.__file__,
+        "version": freesound.__version__, "time_limit": budget, "plans": result.plans,
+        "projection": result.projection, "filled": filled, "truncated": result.truncated, "left_out": result.filled,
     })
     log_summary(summary, log)
     return summary
@@ -548,13 +614,13 @@ def log_summary(summary: dict, log) -> None:
             else f"{summary['clips']} clips")
     log(f"wrote {summary['submission']}: {what} in {summary['seconds']} s on {summary['device']} "
         f"(budget {_s(summary['time_limit'])})")
-    projection = summary["projection"]
+    projection, noun = summary["projection"], "soundscapes" if "rows" in summary else "clips"
     if projection is not None:
-        log(f"projection after {projection['after_clips']} clips: full ensemble {_s(projection['full_seconds'])}, "
+        log(f"projection after {projection['after_clips']} {noun}: full ensemble {_s(projection['full_seconds'])}, "
             f"chosen plan {_s(projection['projected_seconds'])}; last projection "
             f"{_s(projection['final_projected_seconds'])}")
     for description, clips in summary["plans"]:
-        log(f"plan: {description}: {clips} clips")
+        log(f"plan: {description}: {clips} {noun}")
     if "rows" in summary:
         if summary["left_out"]:
             log(f"out of time: {len(summary['left_out'])} soundscapes not predicted")

@@ -15,11 +15,11 @@ from freesound.predict.files import ON_ERROR, predict_file_windows, predict_file
 from freesound.predict.postprocess import COMBINE, combine_models, parse_weights, rescale_by_file_max, smooth_windows
 from freesound.predict.tagger import PRECISIONS, Tagger
 from freesound.predict.tiles import TILE, geometric_mean, make_tiles, tile_layout
-from freesound.predict.windows import WindowSpec, window_bounds, window_row_ids
+from freesound.predict.windows import WindowSpec, window_bounds, window_row_ids, window_widths
 
 __all__ = [
     "COMBINE", "ON_ERROR", "PRECISIONS", "TILE", "EnsemblePredictor", "Tagger", "WindowSpec", "combine_models",
     "geometric_mean", "make_tiles", "parse_weights", "predict_file_windows", "predict_files",
     "predict_logmels_from_files", "predict_stacker", "rescale_by_file_max", "smooth_windows", "spec_files",
-    "tile_layout", "window_bounds", "window_row_ids",
+    "tile_layout", "window_bounds", "window_row_ids", "window_widths",
 ]

@@ -153,11 +153,13 @@ class EnsemblePredictor:
         levels = self.level_probabilities(logmels, timings, clock)
         return geometric_mean(np.stack(list(levels.values())))
 
-    def predict_windows(self, logmels, windows: WindowSpec, combine: str = "gmean") -> tuple[list, list]:
+    def predict_windows(self, logmels, windows: WindowSpec, combine: str = "gmean", timings: dict | None = None,
+                        clock=time.perf_counter) -> tuple[list, list]:
         """Each clip's window probabilities (``Tagger.window_probabilities``): each experiment's
         folds combined by ``combine``; each stacker on the experiments' fold-geometric-mean window
         probabilities concatenated (its clip input, per window: ``stacker_window_inputs``); then
         the experiments and stackers by ``combine`` (with the default geometric mean, as clips are).
+        ``timings`` and ``clock``: as for ``level_probabilities``.
 
         Returns
         -------
@@ -171,8 +173,11 @@ class EnsemblePredictor:
         logmels = list(logmels)
         per_model, bounds = {}, None
         for name, tagger in self.taggers.items():
+            start = clock()
             per_model[name], tagger_bounds = tagger.window_probabilities(self.experiment_logmels(name, logmels),
                                                                          windows)
+            if timings is not None:
+                timings[name] = timings.get(name, 0.0) + clock() - start
             counts = [len(clip) for clip in tagger_bounds]
             if bounds is not None and counts != [len(clip) for clip in bounds]:
                 raise FreesoundError(f"experiment {name!r} cuts the clips into other windows than "

@@ -100,6 +100,14 @@ def window_bounds(n_frames: int, spec: WindowSpec, config: AudioConfig) -> list:
     return bounds
 
 
+def window_widths(widths, spec: WindowSpec, config: AudioConfig) -> np.ndarray:
+    """The log-mel widths (frames) of every window of recordings of ``widths`` frames, in order
+    (``window_bounds``), int64: what the kernel's time budget and ``build-kernel --estimate``
+    count, each window being predicted as a clip of its own."""
+    return np.asarray([end - start for width in widths for start, end, _ in window_bounds(int(width), spec, config)],
+                      dtype=np.int64)
+
+
 def format_second(seconds: float) -> str:
     """``5`` for 5.0, ``2.5`` for 2.5: an integer when the time is one (BirdCLEF's row ids)."""
     rounded = round(seconds, 6)
