@@ -332,3 +332,20 @@ def test_a_slow_window_kernel_switches_to_a_cheaper_plan_and_predicts_every_soun
                                      paths[done:done + files], WindowSpec(5), smooth=[0.25, 0.5, 0.25])
         np.testing.assert_allclose(by_row.loc[local.index].to_numpy(), local[CLASSES].to_numpy(), atol=1e-5)
         done += files
+
+
+def test_the_estimate_counts_a_whole_clip_models_frames(tmp_path):
+    from kernel_build.estimate import estimate_spec, format_estimate, test_widths
+
+    from test_kernel import save_fold
+
+    save_fold(tmp_path / "whole/fold_0/model.pt", "aux_skip_attention", {"num_classes": len(CLASSES), "base_size": 4},
+              seed=0, network_input={"whole_clip": True, "tile_frames": 64})
+    # 10 clips of 36 s: 2301 frames each, one pass of 2301 / 64 tiles' worth of frames.
+    assert set(test_widths(10, 0.1)) == {2301}
+    estimate = estimate_spec({"name": "whole", "experiments": {"whole": ["whole/fold_0/model.pt"]}}, tmp_path,
+                             clips=10, hours=0.1, tiles_per_second=50.0, runtime="torch")
+    assert estimate["whole_clip"] == ["whole"] and estimate["tiles"] == {"whole": round(10 * 2301 / 64)}
+    assert estimate["model_seconds"] == pytest.approx(10 * 2301 / 64 / 50.0)
+    assert "whole: 360 tiles' worth of frames in whole-clip passes through its folds" in "\n".join(
+        format_estimate("whole", estimate, 50.0))
