@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from conftest import REPO
 from freesound.cli import main
@@ -178,6 +179,21 @@ def test_the_readme_is_a_front_page_with_the_reference_behind_it():
     assert "## Bad input and interruptions" in readme
     reliability = anchors(REPO / "docs" / "reliability.md")
     assert {"refused", "warned"} <= reliability
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "small", "--made-up", "3"],  # an unknown option
+    ["evaluate", "p.csv", "--labels", "l.csv", "--metric", "auc"],  # a value outside the choices
+    ["evaluate"],  # a missing argument
+    ["predict", "small"],  # options that do not go together (neither --data nor --audio)
+])
+def test_the_documented_exit_status_of_a_command_line_click_cannot_parse(args):
+    result = CliRunner().invoke(main, args, prog_name="freesound")
+    assert result.exit_code == 2 and result.stderr.startswith("Usage: freesound ") and "Traceback" not in result.output
+    for page in ("README.md", "docs/commands.md", "docs/reliability.md"):
+        text = " ".join((REPO / page).read_text().split())
+        assert "exit status 1" in text, page
+        assert "click's usage message and exit status 2" in text, page
 
 
 @pytest.mark.parametrize("snippet, problem", [
