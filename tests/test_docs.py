@@ -158,6 +158,17 @@ def test_the_commands_page_documents_every_command():
     assert set(main.commands) <= named
 
 
+def test_where_things_land_lists_every_top_level_entry_of_the_work_folder():
+    import freesound.paths
+
+    layout = {re.split(r"[/,]", line.split()[0])[0] for line in freesound.paths.__doc__.splitlines()
+              if line.startswith("      ")}
+    section = (REPO / "docs" / "commands.md").read_text().split("## Where things land")[1].split("\n## ")[0]
+    listed = {re.split(r"[/,]", line.split()[0])[0] for line in FENCE.findall(section)[0].splitlines()}
+    assert {"self_training", "tracking", "mlflow.db"} <= layout
+    assert sorted(layout - listed) == []
+
+
 def test_every_docs_page_is_in_both_indexes():
     pages = {page.name for page in (REPO / "docs").glob("*.md")} - {"README.md"}
     assert pages >= {"commands.md", "experiments.md", "own-data.md", "real-scale.md", "gpus.md", "kernels.md",
