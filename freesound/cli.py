@@ -526,10 +526,11 @@ def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_file
             device, precision, runtime, allow_unfinished, window_seconds, hop_seconds, combine, smooth, file_rescale):
     """Predict with a trained EXPERIMENT or ENSEMBLE (name under experiments/ or TOML path).
 
-    Writes a submission-format CSV: fname, then one probability column per class. Files that
-    cannot be used are named on stderr and in <out>.errors.csv, and the exit status is 1: on a
-    test set their rows are predicted from silence (the submission stays complete), under --audio
-    they are left out. Curated log-mels the out-of-fold step needs are computed if not cached.
+    Writes a submission-format CSV: fname (row_id with --windows, one row per window), then one
+    probability column per class. Files that cannot be used are named on stderr and in
+    <out>.errors.csv, and the exit status is 1: on a test set their rows are predicted from
+    silence (the submission stays complete), under --audio they are left out. Curated log-mels
+    the out-of-fold step needs are computed if not cached.
     """
     from freesound.config import load_config
     from freesound.data.dataset import load_dataset
@@ -732,7 +733,8 @@ def search(experiment, data_dir, work_dir, experiments_dir, trials, space_file, 
 @main.command()
 @click.argument("predictions_csv", type=click.Path(path_type=Path))
 @click.option("--labels", "labels_csv", required=True, type=click.Path(path_type=Path),
-              help="fname,labels CSV with the true labels (e.g. test_labels.csv).")
+              help="CSV of the true labels, keyed as the predictions are (fname for clips, row_id for windows), "
+                   "with a labels column or one 0/1 column per class: e.g. test_labels.csv, BirdCLEF's solution.csv.")
 @click.option("--top", type=click.IntRange(1), default=None, help="Show only the N worst classes.")
 @click.option("--subset", is_flag=True,
               help="Score only the labelled clips that have predictions (default: every labelled clip must).")

@@ -169,6 +169,15 @@ def test_where_things_land_lists_every_top_level_entry_of_the_work_folder():
     assert sorted(layout - listed) == []
 
 
+@pytest.mark.parametrize("args, text", [
+    (["predict", "--help"], "Writes a submission-format CSV: fname (row_id with --windows, one row per window)"),
+    (["evaluate", "--help"], "keyed as the predictions are (fname for clips, row_id for windows)"),
+])
+def test_the_help_names_window_rows_beside_clip_rows(args, text):
+    result = CliRunner().invoke(main, args, prog_name="freesound")
+    assert result.exit_code == 0 and text in " ".join(result.output.split())
+
+
 def test_every_docs_page_is_in_both_indexes():
     pages = {page.name for page in (REPO / "docs").glob("*.md")} - {"README.md"}
     assert pages >= {"commands.md", "experiments.md", "own-data.md", "real-scale.md", "gpus.md", "kernels.md",
