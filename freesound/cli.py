@@ -526,10 +526,11 @@ def predict(experiment, data_dir, work_dir, experiments_dir, audio_dir, all_file
             device, precision, runtime, allow_unfinished, window_seconds, hop_seconds, combine, smooth, file_rescale):
     """Predict with a trained EXPERIMENT or ENSEMBLE (name under experiments/ or TOML path).
 
-    Writes a submission-format CSV: fname, then one probability column per class. Files that
-    cannot be used are named on stderr and in <out>.errors.csv, and the exit status is 1: on a
-    test set their rows are predicted from silence (the submission stays complete), under --audio
-    they are left out. Curated log-mels the out-of-fold step needs are computed if not cached.
+    Writes a submission-format CSV: fname (row_id with --windows, one row per window), then one
+    probability column per class. Files that cannot be used are named on stderr and in
+    <out>.errors.csv, and the exit status is 1: on a test set their rows are predicted from
+    silence (the submission stays complete), under --audio they are left out. Curated log-mels
+    the out-of-fold step needs are computed if not cached.
     """
     from freesound.config import load_config
     from freesound.data.dataset import load_dataset
@@ -732,7 +733,8 @@ def search(experiment, data_dir, work_dir, experiments_dir, trials, space_file, 
 @main.command()
 @click.argument("predictions_csv", type=click.Path(path_type=Path))
 @click.option("--labels", "labels_csv", required=True, type=click.Path(path_type=Path),
-              help="fname,labels CSV with the true labels (e.g. test_labels.csv).")
+              help="CSV of the true labels, keyed as the predictions are (fname for clips, row_id for windows), "
+                   "with a labels column or one 0/1 column per class: e.g. test_labels.csv, BirdCLEF's solution.csv.")
 @click.option("--top", type=click.IntRange(1), default=None, help="Show only the N worst classes.")
 @click.option("--subset", is_flag=True,
               help="Score only the labelled clips that have predictions (default: every labelled clip must).")
@@ -764,7 +766,8 @@ def evaluate(predictions_csv, labels_csv, top, subset, data_dir, metrics):
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--experiment", required=True, help="A trained experiment name (under <work>/experiments/).")
+@click.option("--experiment", required=True,
+              help="A trained experiment: its name (under <work>/experiments/) or its TOML file.")
 @work_option
 @click.option("--top", type=click.IntRange(1), default=5, show_default=True)
 @device_option
@@ -782,13 +785,15 @@ def tag(files, experiment, work_dir, top, device, timeline, window_seconds, hop_
 
     An undecodable FILE gets one error line on stderr and exit status 1; the others are still tagged.
     """
+    from freesound.config import trained_experiment_name
     from freesound.ensembling.specs import trained_tagger
 
     if not timeline and (window_seconds or hop_seconds or out_dir):
         raise click.UsageError("--windows, --hop and --out go with --timeline")
-    tagger = trained_tagger(work_dir, experiment, device=device)
+    name = trained_experiment_name(experiment)
+    tagger = trained_tagger(work_dir, name, device=device)
     if timeline:
-        _tag_timelines(tagger, files, experiment, work_dir, top, window_seconds or 5.0, hop_seconds, out_dir)
+        _tag_timelines(tagger, files, name, work_dir, top, window_seconds or 5.0, hop_seconds, out_dir)
         return
     failures, truncated = [], []
     # Rows named by the file names, or, where two share one (a/x.wav, b/x.wav), by the paths as given.
@@ -1082,7 +1087,8 @@ def compare(experiments, work_dir, out_png):
 
 
 @main.command()
-@click.option("--experiment", required=True, help="A trained experiment name (under <work>/experiments/).")
+@click.option("--experiment", required=True,
+              help="A trained experiment: its name (under <work>/experiments/) or its TOML file.")
 @work_option
 @click.option("--file", "audio_file", default=None, type=click.Path(path_type=Path),
               help="Replay this file through the rolling window instead of the microphone.")
@@ -1097,10 +1103,11 @@ def listen(experiment, work_dir, audio_file, window, hop, top, input_device, dur
 
     The microphone needs the optional sounddevice package: pip install 'freesound[listen]'.
     """
+    from freesound.config import trained_experiment_name
     from freesound.ensembling.specs import trained_tagger
     from freesound.tools.listen import format_tags, listen_microphone, replay_file
 
-    tagger = trained_tagger(work_dir, experiment, device=device)
+    tagger = trained_tagger(work_dir, trained_experiment_name(experiment), device=device)
     if audio_file is not None:
         for time_s, tags in replay_file(audio_file, tagger, window_seconds=window, hop_seconds=hop, top=top):
             click.echo(format_tags(time_s, tags))

@@ -1007,6 +1007,27 @@ def load_config(spec, experiments_dir="experiments") -> Experiment | EnsembleCon
     return experiment_from_dict(values, name=path.stem, source_dir=str(path.parent), where=str(path))
 
 
+def trained_experiment_name(spec) -> str:
+    """The trained experiment a ``--experiment`` value names (``tag``, ``listen``).
+
+    A path to an experiment file (as ``find_experiment_file`` takes one: a ``.toml`` or an
+    existing file) is read and its experiment's name returned; anything else is the name as
+    given, since a trained or imported experiment under ``<work>/experiments/`` needs no file.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, is not a valid experiment, or is an ensemble.
+    """
+    path = Path(spec)
+    if not (path.suffix == ".toml" or path.is_file()):
+        return str(spec)
+    config = load_config(path)
+    if isinstance(config, EnsembleConfig):
+        raise ConfigError(f"{path} is an ensemble; --experiment takes one experiment (its name or TOML file)")
+    return config.name
+
+
 def ensemble_from_dict(values: dict, path) -> EnsembleConfig:
     """An ``EnsembleConfig`` from an ensemble file's contents (``path`` names it in errors and,
     by its stem, names the ensemble unless the file sets ``name``)."""

@@ -140,13 +140,20 @@ def _class_mean(per_class: np.ndarray) -> float:
     return float(np.mean(per_class[~np.isnan(per_class)]))
 
 
-def per_class_roc_auc(truth, scores) -> np.ndarray:
+def _named_classes(columns: np.ndarray, classes) -> str:
+    """The first five of ``columns`` by their names in ``classes``, or by index without them."""
+    shown = [str(classes[column]) for column in columns[:5]] if classes is not None else columns[:5].tolist()
+    return f"{'classes' if classes is not None else 'columns'} {shown}{' ...' if len(columns) > 5 else ''}"
+
+
+def per_class_roc_auc(truth, scores, classes=None) -> np.ndarray:
     """Each class's ROC-AUC ``(C,)`` float64, NaN for a class without a positive row.
 
     Parameters
     ----------
     truth : array-like ``(N, C)``, binary (0/1 or bool)
     scores : array-like ``(N, C)``, real-valued, higher meaning more likely
+    classes : the ``C`` class names, for the error to name a class by (default: its column index)
 
     Raises
     ------
@@ -161,7 +168,7 @@ def per_class_roc_auc(truth, scores) -> np.ndarray:
     without_negatives = np.flatnonzero(positives == len(truth))
     if len(without_negatives):
         raise ValueError(f"ROC-AUC is undefined for {len(without_negatives)} class(es) with no negative row "
-                         f"(columns {without_negatives[:5].tolist()}{' ...' if len(without_negatives) > 5 else ''}), "
+                         f"({_named_classes(without_negatives, classes)}), "
                          "as in BirdCLEF's metric: score more rows than these classes cover")
     per_class = np.full(truth.shape[1], np.nan)
     for column in np.flatnonzero(positives):
@@ -169,7 +176,7 @@ def per_class_roc_auc(truth, scores) -> np.ndarray:
     return per_class
 
 
-def roc_auc(truth, scores) -> float:
+def roc_auc(truth, scores, classes=None) -> float:
     """Macro ROC-AUC over the classes with at least one positive row: BirdCLEF 2024's and 2025's metric.
 
     Source: the public Kaggle metric "birdclef-roc-auc" keeps the solution's columns whose sum
@@ -178,12 +185,13 @@ def roc_auc(truth, scores) -> float:
     counted half as scikit-learn does). A class with positive rows but no negative one has no
     ROC-AUC: scikit-learn refuses it (older versions raise, newer ones return NaN with a warning,
     which turns the mean into NaN), so the Kaggle metric gives no score; here it is a
-    ``ValueError`` naming the columns.
+    ``ValueError`` naming the classes.
 
     Parameters
     ----------
     truth : array-like ``(N, C)``, binary (0/1 or bool); rows are clips or windows
     scores : array-like ``(N, C)``, real-valued, higher meaning more likely
+    classes : the ``C`` class names, for an error to name a class by (default: its column index)
 
     Returns
     -------
@@ -194,10 +202,10 @@ def roc_auc(truth, scores) -> float:
     ValueError
         As ``per_class_roc_auc``.
     """
-    return _class_mean(per_class_roc_auc(truth, scores))
+    return _class_mean(per_class_roc_auc(truth, scores, classes))
 
 
-def per_class_padded_ap(truth, scores, padding_factor: int = 5) -> np.ndarray:
+def per_class_padded_ap(truth, scores, padding_factor: int = 5, classes=None) -> np.ndarray:
     """Each class's average precision ``(C,)`` after ``padded_cmap``'s padding; their mean is it.
 
     Raises
@@ -210,8 +218,10 @@ def per_class_padded_ap(truth, scores, padding_factor: int = 5) -> np.ndarray:
     truth, scores = _validate(truth, scores, "cmap")
     if not (isinstance(padding_factor, (int, np.integer)) and padding_factor >= 0):
         raise ValueError(f"padding_factor must be a whole number of rows, 0 or more, got {padding_factor!r}")
-    if padding_factor == 0 and not truth.any(axis=0).all():
-        raise ValueError("average precision is undefined for a class without a positive row; "
+    without_positives = np.flatnonzero(~truth.any(axis=0))
+    if padding_factor == 0 and len(without_positives):
+        raise ValueError("average precision is undefined for a class without a positive row "
+                         f"({_named_classes(without_positives, classes)}); "
                          "pad (padding_factor 1 or more) or leave such classes out")
     ones = np.ones((padding_factor, truth.shape[1]))
     padded_truth, padded_scores = np.vstack([truth, ones.astype(bool)]), np.vstack([scores, ones])
@@ -219,7 +229,7 @@ def per_class_padded_ap(truth, scores, padding_factor: int = 5) -> np.ndarray:
                      for column in range(truth.shape[1])])
 
 
-def padded_cmap(truth, scores, padding_factor: int = 5) -> float:
+def padded_cmap(truth, scores, padding_factor: int = 5, classes=None) -> float:
     """Padded class-mean average precision (cmAP): BirdCLEF 2023's metric.
 
     Source: BirdCLEF 2023's evaluation page and its public Kaggle metric code append
@@ -235,6 +245,7 @@ def padded_cmap(truth, scores, padding_factor: int = 5) -> float:
     scores : array-like ``(N, C)``, real-valued, higher meaning more likely; the padding scores
         1, so probabilities in ``[0, 1]`` are what the padding was made for
     padding_factor : rows of ones appended (BirdCLEF 2023: 5)
+    classes : the ``C`` class names, for an error to name a class by (default: its column index)
 
     Returns
     -------
@@ -246,7 +257,7 @@ def padded_cmap(truth, scores, padding_factor: int = 5) -> float:
         Shapes differ, truth is not binary, a score is not finite, truth has no positive at all,
         a ``padding_factor`` below 0, or 0 with a class that has no positive row.
     """
-    return _class_mean(per_class_padded_ap(truth, scores, padding_factor))
+    return _class_mean(per_class_padded_ap(truth, scores, padding_factor, classes=classes))
 
 
 #: The metrics by name, each ``(truth (N, C), scores (N, C)) -> float``, higher is better.
@@ -302,7 +313,7 @@ def score_predictions(truth: np.ndarray, probs: np.ndarray, classes, folds=None,
             for name, value, share in zip(classes, values, weight):
                 per_class[name].update(lwlrap=float(value), weight=float(share))
         else:
-            values = PER_CLASS[metric](truth, probs)
+            values = PER_CLASS[metric](truth, probs, classes=classes)
             scores[metric] = _class_mean(values)
             for name, value in zip(classes, values):
                 per_class[name][metric] = None if np.isnan(value) else float(value)
@@ -310,7 +321,8 @@ def score_predictions(truth: np.ndarray, probs: np.ndarray, classes, folds=None,
     if folds is not None:
         for metric in metrics:
             key = "per_fold" if metric == "lwlrap" else f"per_fold_{metric}"
-            scores[key] = {str(k): float(METRICS[metric](truth[folds == k], probs[folds == k]))
+            named = {} if metric == "lwlrap" else {"classes": classes}  # lwlrap names no class
+            scores[key] = {str(k): float(METRICS[metric](truth[folds == k], probs[folds == k], **named))
                            for k in sorted(set(folds))}
     return scores
 

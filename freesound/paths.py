@@ -11,6 +11,9 @@
       train_state/<name>/fold_<k>/lock                              held while the fold trains
       predictions/<name>/                                           OOF and test predictions
       search/<name>/                                                a hyperparameter search
+      self_training/<name>/{rounds.csv, rounds.png}                 self-train's rounds
+      tracking/<group>/<run>/                                       TensorBoard event files
+      mlflow.db, mlruns/<experiment>/                               MLflow's local store
 
 ``experiments/`` is uploaded to Kaggle as the weights dataset, so nothing that a kernel does not
 need (resume states, predictions) is kept in it.

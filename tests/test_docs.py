@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from conftest import REPO
 from freesound.cli import main
@@ -157,6 +158,26 @@ def test_the_commands_page_documents_every_command():
     assert set(main.commands) <= named
 
 
+def test_where_things_land_lists_every_top_level_entry_of_the_work_folder():
+    import freesound.paths
+
+    layout = {re.split(r"[/,]", line.split()[0])[0] for line in freesound.paths.__doc__.splitlines()
+              if line.startswith("      ")}
+    section = (REPO / "docs" / "commands.md").read_text().split("## Where things land")[1].split("\n## ")[0]
+    listed = {re.split(r"[/,]", line.split()[0])[0] for line in FENCE.findall(section)[0].splitlines()}
+    assert {"self_training", "tracking", "mlflow.db"} <= layout
+    assert sorted(layout - listed) == []
+
+
+@pytest.mark.parametrize("args, text", [
+    (["predict", "--help"], "Writes a submission-format CSV: fname (row_id with --windows, one row per window)"),
+    (["evaluate", "--help"], "keyed as the predictions are (fname for clips, row_id for windows)"),
+])
+def test_the_help_names_window_rows_beside_clip_rows(args, text):
+    result = CliRunner().invoke(main, args, prog_name="freesound")
+    assert result.exit_code == 0 and text in " ".join(result.output.split())
+
+
 def test_every_docs_page_is_in_both_indexes():
     pages = {page.name for page in (REPO / "docs").glob("*.md")} - {"README.md"}
     assert pages >= {"commands.md", "experiments.md", "own-data.md", "real-scale.md", "gpus.md", "kernels.md",
@@ -178,6 +199,21 @@ def test_the_readme_is_a_front_page_with_the_reference_behind_it():
     assert "## Bad input and interruptions" in readme
     reliability = anchors(REPO / "docs" / "reliability.md")
     assert {"refused", "warned"} <= reliability
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "small", "--made-up", "3"],  # an unknown option
+    ["evaluate", "p.csv", "--labels", "l.csv", "--metric", "auc"],  # a value outside the choices
+    ["evaluate"],  # a missing argument
+    ["predict", "small"],  # options that do not go together (neither --data nor --audio)
+])
+def test_the_documented_exit_status_of_a_command_line_click_cannot_parse(args):
+    result = CliRunner().invoke(main, args, prog_name="freesound")
+    assert result.exit_code == 2 and result.stderr.startswith("Usage: freesound ") and "Traceback" not in result.output
+    for page in ("README.md", "docs/commands.md", "docs/reliability.md"):
+        text = " ".join((REPO / page).read_text().split())
+        assert "exit status 1" in text, page
+        assert "click's usage message and exit status 2" in text, page
 
 
 @pytest.mark.parametrize("snippet, problem", [

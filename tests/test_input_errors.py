@@ -9,6 +9,7 @@ folders, TOML files that are not UTF-8, ``prepare`` reading its own output, and
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -256,6 +257,22 @@ def test_predict_audio_names_rows_by_their_path_under_the_folder(env):
     assert list(frame.index) == ["a/x.wav", "b/x.wav", "y.wav"]
     assert not frame.loc["a/x.wav"].equals(frame.loc["b/x.wav"])  # two clips, not one twice
     assert pd.read_csv(env.tmp / "out.errors.csv").fname.tolist() == ["c/x.wav"]
+
+
+@pytest.mark.parametrize("mode", [[], ["--no-oof"], ["--windows", "5"]], ids=["clips", "clips-no-oof", "windows"])
+def test_predict_of_a_dataset_without_test_clips_says_to_pass_the_audio_folder(env, mode):
+    # A prepared BirdCLEF folder: its test soundscapes are not part of the layout, so
+    # sample_submission.csv has a header and no row; this used to write an empty CSV and exit 0.
+    data = env.tmp / "prepared"
+    data.mkdir()
+    for name in ("train_curated.csv", "train_noisy.csv"):
+        shutil.copy(env.csvs / name, data / name)
+    pd.read_csv(env.csvs / "sample_submission.csv").head(0).to_csv(data / "sample_submission.csv", index=False)
+    out = env.tmp / "out.csv"
+    result = cli("predict", "stub", "--data", data, "--work", env.work, "--experiments", env.experiments,
+                 "--out", out, "--workers", "0", *mode)
+    assert_one_error(result, data / "sample_submission.csv", "lists no test clips", "--audio", "test_soundscapes/")
+    assert not out.exists()
 
 
 # ----------------------------------------------------------------------------- TOML encodings

@@ -256,10 +256,14 @@ def test_roc_auc_and_cmap_refuse_what_they_cannot_score():
     with pytest.raises(ValueError,
                        match=r"ROC-AUC is undefined for 1 class\(es\) with no negative row \(columns \[1\]\)"):
         roc_auc(np.array([[1, 1], [0, 1]]), np.ones((2, 2)))
+    with pytest.raises(ValueError, match=r"no negative row \(classes \['owl'\]\), as in BirdCLEF's metric"):
+        roc_auc(np.array([[1, 1], [0, 1]]), np.ones((2, 2)), classes=("wren", "owl"))
     with pytest.raises(ValueError, match="padding_factor must be a whole number of rows, 0 or more, got -1"):
         padded_cmap(CMAP_TRUTH, CMAP_SCORES, padding_factor=-1)
     with pytest.raises(ValueError, match="undefined for a class without a positive row"):
         padded_cmap(CMAP_TRUTH, CMAP_SCORES, padding_factor=0)
+    with pytest.raises(ValueError, match=r"without a positive row \(classes \['c'\]\); pad"):
+        padded_cmap(CMAP_TRUTH, CMAP_SCORES, padding_factor=0, classes=("a", "b", "c"))
     with pytest.raises(ValueError, match="unknown metric 'auc'; choose from lwlrap, roc_auc, cmap"):
         check_metric("auc")
 
@@ -279,6 +283,9 @@ def test_score_predictions_reports_each_metric_overall_per_fold_and_per_class():
                       for name, value, share in zip(classes, *per_class_lwlrap(CMAP_TRUTH, CMAP_SCORES))}}
     with_folds = score_predictions(CMAP_TRUTH, CMAP_SCORES, classes, np.array([0, 0, 0, 0]), metrics=("cmap",))
     assert with_folds["per_fold_cmap"] == {"0": pytest.approx(247 / 252)} and "lwlrap" not in with_folds
+    # A fold of one clip of class a: a has no negative row there, named as a class, not a column.
+    with pytest.raises(ValueError, match=r"no negative row \(classes \['a'\]\)"):
+        score_predictions(CMAP_TRUTH, CMAP_SCORES, classes, np.array([1, 0, 0, 0]), metrics=("roc_auc",))
     table = format_scores("windows.csv", with_folds, label="", unit="rows").splitlines()
     assert table[0] == "windows.csv: cmap 0.9802 on 4 rows"
     assert table[1] == "  per fold: 0: 0.9802"
@@ -330,7 +337,7 @@ def test_evaluate_names_what_it_cannot_score_for_windows(tmp_path):
         evaluate_csv(predictions, labels)
     frame.assign(b=[1, 1, 1, 1]).to_csv(labels, index=False)
     with pytest.raises(FreesoundError, match=r"^cannot score .*predictions\.csv against .*labels\.csv: ROC-AUC is "
-                                             r"undefined for 1 class\(es\) with no negative row"):
+                                             r"undefined for 1 class\(es\) with no negative row \(classes \['b'\]\)"):
         evaluate_csv(predictions, labels, metrics=("roc_auc",))
     frame.assign(b=[0, 2, 0, 0]).to_csv(labels, index=False)
     with pytest.raises(FreesoundError,

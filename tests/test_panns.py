@@ -28,6 +28,7 @@ from freesound.config import (
     audio_preset,
     experiment_from_dict,
 )
+from freesound.errors import FreesoundWarning
 from freesound.models import CheckpointError, create_model, load_checkpoint, load_model
 from freesound.models.panns import FRONT_END_KEYS, convert_checkpoint
 from freesound.predict import Tagger
@@ -262,6 +263,28 @@ def test_import_weights_tags_a_file_as_the_original_model(released_file, clip_pa
                   tmp_path / "work", "--experiments", experiments, expect=1).output
     assert re.fullmatch(r"error: \S+odd\.pth: not a PANNs CNN14, CNN10 or CNN6 state dict \(0 conv blocks; first "
                         r"keys bn0\.weight\)", bad.strip()), bad
+
+
+def test_a_file_without_front_end_weights_is_imported_with_a_warning_naming_it(released_file, tmp_path):
+    path, state = released_file
+    common = ("--format", "panns", "--work", tmp_path / "work", "--experiments", tmp_path / "experiments")
+    released = run_cli("import-weights", path, "--name", "released", *common)
+    assert released.stderr == ""  # its front end is checked, nothing to say
+    resaved = tmp_path / "resaved.pth"  # a re-saved state dict: the network's weights only
+    torch.save({"model": {k: v for k, v in state.items() if k not in FRONT_END_KEYS}}, resaved)
+    result = run_cli("import-weights", resaved, "--name", "resaved", *common)
+    assert result.stderr.splitlines() == [
+        f"warning: {resaved}: the checkpoint lacks 3 of the 3 front-end weights ({', '.join(FRONT_END_KEYS)}), so its "
+        "STFT and mel filterbank could not be verified; it is taken to be a 32 kHz PANNs model (a 16 kHz one would "
+        "be fed wrong input)"]
+    imported = load_checkpoint(tmp_path / "work/experiments/resaved/fold_0/model.pt")
+    assert AudioConfig.from_dict(imported["audio_config"]) == audio_preset("panns")
+    original = load_checkpoint(tmp_path / "work/experiments/released/fold_0/model.pt")["state_dict"]
+    assert all(torch.equal(imported["state_dict"][key], value) for key, value in original.items())
+    # One buffer gone: the others are still checked, the missing one is named.
+    partial = {k: v for k, v in state.items() if k != FRONT_END_KEYS[2]}
+    with pytest.warns(FreesoundWarning, match=r"lacks 1 of the 3 front-end weights \(logmel_extractor\.melW\)"):
+        convert_checkpoint({"model": partial})
 
 
 def test_whole_clip_input_pads_a_short_clip_to_the_tile_and_keeps_a_long_one():

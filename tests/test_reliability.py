@@ -317,6 +317,26 @@ def test_tag_names_files_of_one_name_by_their_paths(env):
     assert result.exit_code == 0, result.output
     assert [line for line in result.stdout.splitlines() if not line.startswith(" ")] == paths
 
+
+def test_tag_and_listen_take_an_experiment_file_as_predict_does(env):
+    clip = write_clip(env.tmp / "clip.wav", seconds=3.0)
+    toml = env.experiments / "stub.toml"
+    by_name = cli("tag", clip, "--experiment", "stub", "--work", env.work)
+    by_path = cli("tag", clip, "--experiment", toml, "--work", env.work)
+    assert by_name.exit_code == 0 and by_path.exit_code == 0, by_path.output
+    assert by_path.stdout == by_name.stdout and by_name.stdout.startswith("clip.wav\n")
+    timeline = cli("tag", clip, "--experiment", toml, "--work", env.work, "--timeline", "--windows", 1)
+    folder = env.work / "predictions" / "stub" / "timeline"  # named by the experiment, not by the path
+    assert timeline.exit_code == 0 and (folder / "clip_timeline.csv").is_file(), timeline.output
+    listened = cli("listen", "--experiment", toml, "--file", clip, "--work", env.work, "--window", 2)
+    assert listened.exit_code == 0 and [line.split()[:2] for line in listened.stdout.splitlines()] == [
+        ["1.0", "s"], ["2.0", "s"], ["3.0", "s"]], listened.output
+    assert_one_error(cli("tag", clip, "--experiment", env.tmp / "missing.toml", "--work", env.work),
+                     f"experiment file {env.tmp / 'missing.toml'} not found")
+    (env.tmp / "ens.toml").write_text('experiments = ["stub"]\n')
+    assert_one_error(cli("tag", clip, "--experiment", env.tmp / "ens.toml", "--work", env.work),
+                     f"{env.tmp / 'ens.toml'} is an ensemble; --experiment takes one experiment")
+
 # ----------------------------------------------------------------------------- unusable clips, any cause (issue #19)
 
 

@@ -96,10 +96,16 @@ def run_prediction(config: Experiment | EnsembleConfig, work, *, dataset: Datase
     ValueError
         Neither or both of ``dataset`` and ``audio_dir``.
     FreesoundError
-        ``audio_dir`` holds no file to predict (the message names what was left out).
+        ``audio_dir`` holds no file to predict (the message names what was left out), or
+        ``dataset`` has no test clip (a prepared collection without test rows, e.g. BirdCLEF's).
     """
     if (dataset is None) == (audio_dir is None):
         raise ValueError("give exactly one of dataset and audio_dir")
+    if dataset is not None and not dataset.test_fnames:
+        # Refused before any work: an empty test set would be written as an empty CSV without a word.
+        raise FreesoundError(f"{dataset.root / 'sample_submission.csv'} lists no test clips, so there is nothing "
+                             "to predict; pass the folder of recordings to predict with --audio instead "
+                             "(for BirdCLEF, its test_soundscapes/)")
     spec = prediction_spec(config, work, allow_unfinished)
     name = spec["name"]
     scores = None

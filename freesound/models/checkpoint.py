@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from freesound.errors import FreesoundError
+from freesound.errors import FreesoundError, FreesoundWarning
 from freesound.fileio import atomic_path
 from freesound.models.registry import canonical_name, create_model
 
@@ -141,10 +142,29 @@ def read_released_weights(path, convert, *, what: str, model: str) -> tuple:
     if not path.is_file():
         raise CheckpointError(f"pretrained weights file {path} for {model} not found")
     raw = read_torch_file(path, what=what)  # its error names the file
-    try:
-        return convert(raw)
-    except CheckpointError as error:
-        raise CheckpointError(f"pretrained weights file {path}: {error}") from None
+    return convert_naming_file(convert, raw, f"pretrained weights file {path}")
+
+
+def convert_naming_file(convert, raw, where: str) -> tuple:
+    """``convert(raw)`` (a family's converter), its ``CheckpointError`` and its
+    ``FreesoundWarning``s prefixed with ``where: `` (the file), since a converter sees no path.
+
+    Raises
+    ------
+    CheckpointError
+        What ``convert`` raised, naming ``where``.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = convert(raw)
+        except CheckpointError as error:
+            raise CheckpointError(f"{where}: {error}") from None
+    for warning in caught:
+        named = issubclass(warning.category, FreesoundWarning)
+        warnings.warn_explicit(f"{where}: {warning.message}" if named else warning.message, warning.category,
+                               warning.filename, warning.lineno)
+    return result
 
 
 def _unreadable_reason(error: Exception) -> str:

@@ -20,6 +20,7 @@ time, dropout 0.5, ``fc1`` -> ReLU, dropout 0.5, ``fc_audioset``. ``forward`` re
 
 from __future__ import annotations
 
+import warnings
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from torch import nn
 from freesound.audio.logmel import mel_filterbank
 from freesound.audio.network_input import INPUT_SCALE
 from freesound.config import audio_preset
+from freesound.errors import FreesoundWarning
 from freesound.models.checkpoint import CheckpointError, read_released_weights, state_dict_misfit
 from freesound.models.registry import register_model
 
@@ -205,7 +207,8 @@ def convert_checkpoint(raw) -> tuple:
     state_dict)`` in freesound's names, every key and shape checked.
 
     The architecture, width, mel bands and classes are read off the weights; the front-end
-    weights are checked against the ``"panns"`` preset (``frontend_mismatch``) and dropped; a
+    weights are checked against the ``"panns"`` preset (``frontend_mismatch``; a file without them
+    is taken to be of the preset, with a ``FreesoundWarning``) and dropped; a
     ``num_batches_tracked`` counter the file lacks (older torch) is added as 0, which no output
     depends on.
 
@@ -224,6 +227,14 @@ def convert_checkpoint(raw) -> tuple:
     if mismatch:
         raise CheckpointError(f"the checkpoint's front end is not the {AUDIO_PRESET!r} preset's ({mismatch}): a PANNs "
                               "model of another sample rate or STFT, which this front end would feed wrong input")
+    unchecked = [key for key in FRONT_END_KEYS if key not in state]
+    if unchecked:
+        # Warned, not refused: a re-saved state dict may drop them, and every released 32 kHz file has them.
+        rate = audio_preset(AUDIO_PRESET).sample_rate
+        warnings.warn(f"the checkpoint lacks {len(unchecked)} of the {len(FRONT_END_KEYS)} front-end weights "
+                      f"({', '.join(unchecked)}), so its STFT and mel filterbank could not be verified; it is "
+                      f"taken to be a {rate // 1000} kHz PANNs model (a 16 kHz one would be fed wrong input)",
+                      FreesoundWarning, stacklevel=2)
     params = {"num_classes": num_classes, "n_mels": n_mels, "base_width": base_width}
     expected = PannsCnn(num_classes, name, n_mels, base_width).state_dict()
     ours = {key: value for key, value in state.items() if key not in FRONT_END_KEYS}

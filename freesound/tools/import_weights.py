@@ -31,6 +31,7 @@ from freesound.config import AUDIO_PRESETS, InputConfig, audio_preset, dump_toml
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_text, file_sha256
 from freesound.models import CheckpointError, create_model, read_torch_file, save_checkpoint
+from freesound.models.checkpoint import convert_naming_file
 from freesound.models import efficientat, panns
 from freesound.paths import IMPORTED_FILE, experiment_dir
 
@@ -51,7 +52,8 @@ class WeightsFormat:
     convert : callable
         ``convert(raw_checkpoint: dict) -> (model_name, model_params, state_dict)``: the registered
         model, its ``create_model`` parameters and its state dict in freesound's names, every key
-        and shape checked; raises ``CheckpointError`` (one sentence) for a file it cannot import.
+        and shape checked; raises ``CheckpointError`` (one sentence) for a file it cannot import,
+        and warns (``FreesoundWarning``) of what it imports unchecked; both are prefixed with the file.
     audio_preset : str
         The ``freesound.config.AUDIO_PRESETS`` entry of the checkpoints' front end.
     tile_frames : int
@@ -129,10 +131,7 @@ def import_weights(path, weights_format: str, name: str, work, experiments_dir="
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     raw = read_torch_file(path, what=f"{weights_format} checkpoint")  # its errors name the file
-    try:
-        model_name, params, state = spec.convert(raw)
-    except CheckpointError as error:
-        raise CheckpointError(f"{path}: {error}") from None
+    model_name, params, state = convert_naming_file(spec.convert, raw, str(path))
     classes = audioset_classes()
     if params.get("num_classes") != len(classes):
         raise FreesoundError(f"{path} predicts {params.get('num_classes')} classes, not AudioSet's {len(classes)}: "
