@@ -309,6 +309,12 @@ def test_birdclef_sed_trains_on_chunks_of_prepared_soundscape_data(soundscapes, 
     run_cli("features", "--data", data, "--work", work, "--experiment", experiment, "--workers", 1)
     folds = run_cli("make-folds", "--data", data, "--work", work, "--group-by", "group", "--folds", 2)
     assert "groups kept apart" in folds.output
+    # With ROC-AUC, that fold is refused at its first validation, the class named.
+    by_auc = tmp_path / "bc_auc.toml"
+    by_auc.write_text(text.replace('metric = "lwlrap"', 'metric = "roc_auc"'))
+    refused = run_cli("train", by_auc, "--data", data, "--work", work, "--device", "cpu", expect=1)
+    assert "cannot score the fold's validation clips" in refused.output
+    assert "no negative row (classes ['sp01'])" in refused.output
     result = run_cli("train", experiment, "--data", data, "--work", work, "--device", "cpu")
     assert "best val lwlrap per fold (first chunk)" in result.output
     oof = pd.read_csv(work / "predictions" / "bc" / "oof.csv")

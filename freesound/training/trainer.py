@@ -337,7 +337,8 @@ class FoldRun:
         metric = self._metric
         if metric != "lwlrap":
             try:
-                self.val_values[f"val_{metric}"] = METRICS[metric](parts.valid_targets, scores)
+                self.val_values[f"val_{metric}"] = METRICS[metric](parts.valid_targets, scores,
+                                                                     classes=list(self.dataset.classes))
             except ValueError as error:  # e.g. ROC-AUC of a class every validation clip has
                 raise ConfigError(f"experiment {self.experiment.name!r}, fold {self.fold}: [train] metric = "
                                   f"{metric!r} cannot score the fold's validation clips: {error}") from None
