@@ -1,6 +1,7 @@
 """Experiments as TOML, the sampling dataset, and the training loop (determinism, resume)."""
 
 import dataclasses
+import re
 import tomllib
 
 import numpy as np
@@ -432,11 +433,12 @@ def test_train_metric_chooses_the_val_score(tiny_work, monkeypatch):
     # A fold the metric cannot score (ROC-AUC of a class every validation clip has) stops in one sentence.
     import freesound.training.trainer as trainer
 
-    def no_negative(truth, scores):
-        raise ValueError("ROC-AUC is undefined for 1 class(es) with no negative row (columns [2])")
+    def no_negative(truth, scores, classes):
+        raise ValueError(f"ROC-AUC is undefined for 1 class(es) with no negative row (classes [{classes[2]!r}])")
 
     monkeypatch.setitem(trainer.METRICS, "roc_auc", no_negative)
     with pytest.raises(ConfigError, match=r"^experiment 'tiny', fold 0: \[train\] metric = 'roc_auc' cannot score the "
-                                          r"fold's validation clips: ROC-AUC is undefined for 1 class\(es\)"):
+                                          r"fold's validation clips: ROC-AUC is undefined for 1 class\(es\) "
+                                          rf"with no negative row \(classes \['{re.escape(dataset.classes[2])}'\]\)"):
         train_fold(tiny_experiment(metric="roc_auc", max_epochs=1), dataset, work, 0, progress=False,
                    log=lambda *_: None)
