@@ -230,8 +230,8 @@ def prepare(src, out, csv_file, pattern, file_column, audio_dir, label_column, s
                    f"{len(report.dropped_secondary)} species outside the class list", err=True)
     how = ", ".join(f"{n} {word}" for n, word in ((report.linked, "hard-linked"), (report.symlinked, "symlinked"),
                                                   (report.copied, "copied")) if n)
-    extra = "".join(f", {word}" for flag, word in ((report.has_groups, "groups"), (report.has_folds, "given folds"))
-                    if flag)
+    extra = "".join(f", {words}" for flag, words in ((report.has_groups, "a group column (make-folds --group-by group)"),
+                                                     (report.has_folds, "the CSV's own folds")) if flag)
     pool = f", {report.unlabeled} unlabelled" if report.unlabeled else ""
     click.echo(f"prepared: {report.train} training{pool} and {report.test} test clips of {len(report.classes)} classes "
                f"({how}; {len(report.renamed)} renamed, {len(report.missing)} missing skipped{extra}) -> {report.out}")
@@ -504,7 +504,8 @@ def self_train_command(experiment, data_dir, work_dir, experiments_dir, rounds, 
 @click.option("--all-files", is_flag=True,
               help="With --audio: decode every file under the folder, whatever its name; the decoder decides.")
 @click.option("--out", "out_csv", type=click.Path(path_type=Path), default=None,
-              help="Output CSV (default: <work>/predictions/<name>/test.csv or audio.csv).")
+              help="Output CSV (default: <work>/predictions/<name>/test.csv or audio.csv; with --windows "
+                   "test_windows.csv or audio_windows.csv).")
 @click.option("--no-oof", is_flag=True, help="Skip the out-of-fold prediction of an experiment.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Tiles per forward pass.")
 @click.option("--workers", type=click.IntRange(0), default=1, show_default=True,
@@ -769,7 +770,8 @@ def evaluate(predictions_csv, labels_csv, top, subset, data_dir, metrics):
 @click.option("--experiment", required=True,
               help="A trained experiment: its name (under <work>/experiments/) or its TOML file.")
 @work_option
-@click.option("--top", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--top", type=click.IntRange(1), default=5, show_default=True,
+              help="Classes shown per file (per window with --timeline).")
 @device_option
 @click.option("--timeline", is_flag=True,
               help="Tag each FILE window by window: print the top classes per window, write "
@@ -976,14 +978,17 @@ def experiments_command(experiments_dir):
 @precision_option
 @click.option("--time-limit", type=click.FloatRange(min=1), default=None,
               help="The kernels' time budget in seconds [default: 3000 on a GPU, 12600 on a CPU, under Kaggle's "
-                   "1 h and 4 h]; a kernel projected to overrun switches to a cheaper plan it names.")
+                   "1 h and 4 h; 4800 with --target cpu4]; a kernel projected to overrun switches to a cheaper "
+                   "plan it names.")
 @click.option("--estimate", is_flag=True,
               help="Write nothing: print the kernels' expected time on the test set, from a short measurement "
                    "of their models and front end on this machine (or at --tiles-per-second).")
 @click.option("--clips", type=click.IntRange(1), default=None,
-              help="With --estimate: test clips [default: 4481, the competition's].")
+              help="With --estimate: test clips [default: 4481, the competition's; 600 soundscapes with --target "
+                   "cpu4].")
 @click.option("--audio-hours", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="With --estimate: hours of test audio [default: 12.9, the competition's].")
+              help="With --estimate: hours of test audio [default: 12.9, the competition's; 10 with --target "
+                   "cpu4].")
 @click.option("--estimate-audio", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="With --estimate: a folder of test audio whose files' lengths are used instead.")
 @click.option("--tiles-per-second", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -996,7 +1001,8 @@ def experiments_command(experiments_dir):
                    "row_id order (BirdCLEF), as predict --windows does.")
 @window_options
 @click.option("--competition", default=None,
-              help="The competition folder under /kaggle/input [default: freesound-audio-tagging-2019].")
+              help="The competition folder under /kaggle/input [default: freesound-audio-tagging-2019]; a "
+                   "window kernel needs its own (birdclef-2025, say).")
 @click.option("--test-dir", default=None, help="Its test audio folder [default: test].")
 @click.option("--target", type=click.Choice(["cpu4"]), default=None,
               help="A Kaggle target's profile: cpu4 is BirdCLEF's 90 min on 4 CPU cores (budget 80 min; "
@@ -1040,7 +1046,7 @@ def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, datas
                   dataset_id=dataset_id or DEFAULT_DATASET_ID, kernel_id=kernel_id,
                   experiments_dir=experiments_dir, precision=precision, time_limit=time_limit,
                   allow_unfinished=allow_unfinished, windows=windows, competition=competition_entry,
-                  gpu=not target or TARGETS[target]["device"] != "cpu", log=click.echo)
+                  target=target, log=click.echo)
 
 
 @main.command()
@@ -1094,7 +1100,7 @@ def compare(experiments, work_dir, out_png):
               help="Replay this file through the rolling window instead of the microphone.")
 @click.option("--window", type=click.FloatRange(0.5), default=5.0, show_default=True, help="Seconds tagged at once.")
 @click.option("--hop", type=click.FloatRange(0.1), default=1.0, show_default=True, help="Seconds between outputs.")
-@click.option("--top", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--top", type=click.IntRange(1), default=3, show_default=True, help="Classes shown per output.")
 @click.option("--input-device", default=None, help="sounddevice input device (name or index).")
 @click.option("--duration", type=click.FloatRange(0), default=None, help="Stop after this many seconds.")
 @device_option

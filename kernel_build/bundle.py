@@ -25,6 +25,7 @@ from freesound.ensembling.specs import ensemble_spec, experiment_spec
 from freesound.errors import FreesoundError
 from freesound.fileio import atomic_write_text
 from freesound.kaggle import COMPETITION, TEST_DIR
+from freesound.kaggle.budget import TARGETS
 from freesound.paths import predictions_dir
 from freesound.paths import weights_root as weights_folder
 from freesound.predict.tagger import check_precision
@@ -43,7 +44,7 @@ KERNELS = {
 def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dataset_id=DEFAULT_DATASET_ID,
                   kernel_id=None, title=None, experiments_dir="experiments", precision="fp16", time_limit=None,
                   allow_unfinished: bool = False, windows: dict | None = None, competition: dict | None = None,
-                  gpu: bool = True, log=print) -> dict:
+                  target: str | None = None, log=print) -> dict:
     """Render the kernel scripts and the Kaggle metadata files.
 
     Parameters
@@ -66,7 +67,9 @@ def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dat
         per window of each test soundscape, in ``sample_submission.csv``'s ``row_id`` order
     competition : dict, optional, ``name`` (the folder under ``/kaggle/input``, also the kernel's
         competition source) and ``test_dir`` (its test audio folder); default FSDKaggle2019's
-    gpu : ``enable_gpu`` of ``kernel-metadata.json`` (off for a CPU-only target such as BirdCLEF's)
+    target : a key of ``freesound.kaggle.budget.TARGETS`` (``cpu4``: BirdCLEF's), optional: its
+        budget is the default ``time_limit``, its Kaggle limit goes in the manifest (the kernel logs
+        it) and a CPU-only target turns ``enable_gpu`` off in ``kernel-metadata.json``
     log : callable taking one line
 
     Returns
@@ -77,10 +80,20 @@ def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dat
     Raises
     ------
     FreesoundError
-        Neither kernel asked for, an unknown precision, or a weight file a manifest needs is
-        missing; nothing is written.
+        Neither kernel asked for, an unknown precision or target, a window kernel for
+        FSDKaggle2019's competition, or a weight file a manifest needs is missing; nothing is written.
     """
     check_precision(precision)
+    if target is not None and target not in TARGETS:
+        raise FreesoundError(f"unknown Kaggle target {target!r}; choose from {', '.join(TARGETS)}")
+    profile = TARGETS[target] if target else None
+    if profile is not None and time_limit is None:
+        time_limit = profile["budget_seconds"]
+    if windows is not None and (competition or {}).get("name", COMPETITION) == COMPETITION:
+        # FSDKaggle2019's sample_submission.csv has fname rows: the kernel would stop on it after upload.
+        raise FreesoundError("a window kernel reads a competition's soundscapes and its row_id "
+                             "sample_submission.csv: name the competition's folder under /kaggle/input and its test "
+                             "folder (--competition birdclef-2025 --test-dir test_soundscapes, say)")
     weights_root = weights_folder(work)
     specs = {
         kind: resolve_spec(kind, value, work, experiments_dir, allow_unfinished)
@@ -106,7 +119,8 @@ def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dat
     for kind, spec in specs.items():
         template, script_name = KERNELS[kind]
         manifest = build_manifest(spec, weights_root, precision, time_limit, oof_lwlrap(work, spec["experiments"]),
-                                  windows=windows, competition=competition)
+                                  windows=windows, competition=competition,
+                                  limit_seconds=profile["limit_seconds"] if profile else None)
         used |= {Path(weight["path"]).parts[0] for weight in manifest["weights"]}
         script = render_kernel(template, script_name, package, manifest, dataset_id)
         path = out_dir / script_name
@@ -121,7 +135,8 @@ def build_kernels(work, *, experiment=None, ensemble=None, out_dir="kernel", dat
     written["kernel_metadata"] = out_dir / "kernel-metadata.json"
     atomic_write_text(written["kernel_metadata"],
                       to_json(kernel_metadata(KERNELS[pushed_kind][1], kernel_id, title, dataset_id,
-                                              (competition or {}).get("name", COMPETITION), gpu)))
+                                              (competition or {}).get("name", COMPETITION),
+                                              gpu=profile is None or profile["device"] != "cpu")))
     log(f"{written['kernel_metadata']}: pushes {KERNELS[pushed_kind][1]} as {kernel_id} "
         f"(kaggle kernels push -p {out_dir})")
 

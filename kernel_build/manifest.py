@@ -80,12 +80,13 @@ def windows_entry(seconds: float, hop: float | None = None, combine: str = "gmea
 
 def build_manifest(spec: dict, weights_root, precision: str = "fp16", time_limit=None,
                    oof_lwlrap: dict | None = None, windows: dict | None = None,
-                   competition: dict | None = None) -> dict:
+                   competition: dict | None = None, limit_seconds: float | None = None) -> dict:
     """Hash every weight a spec needs, collect each experiment's and stacker's config and the
     optional packages its models import; ``precision`` ("fp16" or "fp32") is what the kernel predicts in on a GPU, ``time_limit`` its
     budget in seconds (default ``freesound.kaggle.budget.DEFAULT_BUDGET_SECONDS`` per device),
-    ``oof_lwlrap`` (experiment -> score) ranks the experiments; ``windows`` (``windows_entry``)
-    and ``competition`` (``name``, ``test_dir``) are added when given.
+    ``oof_lwlrap`` (experiment -> score) ranks the experiments; ``windows`` (``windows_entry``),
+    ``competition`` (``name``, ``test_dir``) and ``limit_seconds`` (a target's Kaggle limit, which
+    the kernel logs beside its budget) are added when given.
 
     Raises
     ------
@@ -127,6 +128,8 @@ def build_manifest(spec: dict, weights_root, precision: str = "fp16", time_limit
     }
     if windows is not None:
         manifest["windows"] = windows
+    if limit_seconds is not None:
+        manifest["limit_seconds"] = float(limit_seconds)
     if competition is not None and competition != {"name": COMPETITION, "test_dir": TEST_DIR}:
         manifest["competition"] = dict(competition)
     return manifest

@@ -191,6 +191,7 @@ def test_train_csv_reads_primary_secondary_and_author(birdclef_meta):
 def test_prepare_writes_the_layout_with_secondary_labels_and_authors_as_groups(birdclef_meta, tmp_path):
     result = run_cli("prepare", birdclef_meta, tmp_path / "data")
     assert "prepared: 4 training and 0 test clips of 3 classes" in result.output
+    assert "missing skipped, a group column (make-folds --group-by group))" in result.output
     assert "left out 1 secondary label(s) of 1 species outside the class list" in result.output
     curated = pd.read_csv(tmp_path / "data" / "train_curated.csv", keep_default_na=False)
     assert list(curated.columns) == ["fname", "labels", "secondary_labels"]

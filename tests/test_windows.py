@@ -281,13 +281,18 @@ def test_build_kernel_for_birdclef_records_windows_competition_and_the_cpu4_budg
     assert manifest["windows"] == {"seconds": 5.0, "hop": 5.0, "combine": "gmean", "smooth": [0.2, 0.6, 0.2],
                                    "file_rescale": None}
     assert manifest["competition"] == {"name": "birdclef-2025", "test_dir": "test_soundscapes"}
-    assert manifest["time_limit"] == 4800.0
+    assert manifest["time_limit"] == 4800.0 and manifest["limit_seconds"] == 5400.0
     metadata = json.loads((tmp_path / "kernel-metadata.json").read_text())
     assert metadata["competition_sources"] == ["birdclef-2025"] and metadata["enable_gpu"] is False
     # Without windows the manifest is what it was: no new keys.
     run_cli("build-kernel", "--experiment", "sedx", "--work", scapes["work"], "--out", tmp_path / "plain")
     plain = embedded_manifest((tmp_path / "plain" / "kernel.py").read_text())
-    assert "windows" not in plain and "competition" not in plain
+    assert "windows" not in plain and "competition" not in plain and "limit_seconds" not in plain
+    # A window kernel for FSDKaggle2019's folders (fname rows) would stop on Kaggle: refused here.
+    refused = run_cli("build-kernel", "--experiment", "sedx", "--work", scapes["work"], "--out", tmp_path / "no",
+                      "--windows", "5", "--target", "cpu4", expect=1)
+    assert "a window kernel reads a competition's soundscapes and its row_id sample_submission.csv" in refused.output
+    assert not (tmp_path / "no").exists()
     assert json.loads((tmp_path / "plain" / "kernel-metadata.json").read_text())["enable_gpu"] is True
 
 
@@ -329,7 +334,7 @@ def test_window_kernel_equals_local_predict_windows_in_the_sample_order(scapes, 
     competition = {"name": "birdclef-sim", "test_dir": "test_soundscapes"}
     lines = []
     written = build_kernels(scapes["work"], experiment="sedx", out_dir=tmp_path / "kernel", windows=windows,
-                            competition=competition, log=lines.append)
+                            competition=competition, target="cpu4", log=lines.append)
     assert any(line.startswith("  windows: 5 s every 5 s, models combined by gmean") for line in lines)
     root = tmp_path / "kaggle"
     shutil.copytree(scapes["audio"], root / "input" / "birdclef-sim" / "test_soundscapes")
@@ -360,7 +365,8 @@ def test_window_kernel_equals_local_predict_windows_in_the_sample_order(scapes, 
     for row in ("scape_gone_5", "scape_a_60"):
         np.testing.assert_allclose(submission.loc[row, CLASSES].to_numpy(), silent[0] ** 2, rtol=0, atol=1e-5)
     assert "9 rows of 3 soundscapes" in result.stdout
-    assert re.search(r"undecodable clips \(predicted from silence\): 1\n  scape_gone: no such file", result.stdout)
+    assert re.search(r"undecodable soundscapes \(predicted from silence\): 1\n  scape_gone: no such file", result.stdout)
+    assert "time budget: 4800 s (Kaggle's limit on this device: 5400 s)" in result.stdout
     assert "1 rows no window gave, given the silent window's prediction: scape_a_60" in result.stdout
 
 

@@ -552,8 +552,8 @@ def run_kernel(manifest: dict, root=None, *, device=None, workers: int | None = 
     log(f"weights: {len(weights)} files, {total_mb:.1f} MB, sha256 verified, from {', '.join(used)}")
     log(f"device: {describe_device(device)}{f', {precision}' if device.type == 'cuda' else ''}")
     budget = budget_seconds(time_limit if time_limit is not None else manifest.get("time_limit"), device.type)
-    log(f"time budget: {_s(budget)} (Kaggle's limit on this device: "
-        f"{_s(KAGGLE_LIMIT_SECONDS['cuda' if device.type == 'cuda' else 'cpu'])})")
+    limit = manifest.get("limit_seconds", KAGGLE_LIMIT_SECONDS["cuda" if device.type == "cuda" else "cpu"])
+    log(f"time budget: {_s(budget)} (Kaggle's limit on this device: {_s(limit)})")
 
     if runtime is None:
         runtime = kernel_runtime(root / "input", log) if device.type == "cpu" else "torch"
@@ -629,11 +629,11 @@ def log_summary(summary: dict, log) -> None:
                 f"{', '.join(summary['filled'][:5])}{', ...' if len(summary['filled']) > 5 else ''}")
     elif summary["filled"]:
         log(f"out of time: {len(summary['filled'])} clips given the mean prediction")
-    log(f"undecodable clips (predicted from silence): {len(summary['failures'])}")
+    log(f"undecodable {noun} (predicted from silence): {len(summary['failures'])}")
     for fname, reason in summary["failures"]:
         log(f"  {fname}: {reason}")
     if summary["truncated"]:
-        log(f"truncated clips (predicted from the audio that decodes): {len(summary['truncated'])}")
+        log(f"truncated {noun} (predicted from the audio that decodes): {len(summary['truncated'])}")
     for fname, message in summary["truncated"]:
         log(f"  {fname}: {message}")
 
