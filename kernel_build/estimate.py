@@ -1,14 +1,17 @@
 """``build-kernel --estimate``: how long a kernel will take on the competition's test set, before
 uploading it.
 
-The kernel's time is the front end (decoding and log-mels of every clip) plus the models (every
-tile through every fold model of every experiment; the stackers cost next to nothing). Both are
-measured here, briefly, on this machine: the models on random tiles in the kernel's batches with
-the runtime the kernel would use, the front end on a synthetic clip of the test set's mean length.
+The kernel's time is the front end (decoding and log-mels of every clip), the network inputs
+(each experiment's tiles with their deltas) and the models (every tile through every fold model
+of every experiment; the stackers cost next to nothing). All are measured here, briefly, on this
+machine: the models on random tiles in the kernel's batches with the runtime the kernel would
+use, the inputs on a random log-mel, the front end on a synthetic clip of the test set's mean
+length in its format (wav, or Ogg Vorbis for ``--target cpu4``). Per-window bookkeeping and the
+decoding workers' transfers are left out, so the estimate is low (benchmarks/RESULTS.md).
 For another device a rate in tiles per second (``make gpu-check`` or
 ``benchmarks/bench_inference.py`` there) replaces the measured model rate, and the front end is
 assumed hidden behind the models by the kernel's decoding workers (true on a GPU, where the CPU
-cores are free for decoding). On a CPU they share the cores, so the two add up.
+cores are free for decoding). On a CPU they share the cores, so the three add up.
 
 The test set is a clip count and hours of audio (by default the competition's, ``KAGGLE_TEST``),
 every clip taken at the mean length, or a folder of audio files whose own lengths are read.
@@ -86,14 +89,42 @@ def seconds_per_tile(tagger: Tagger, batches: int = TIMED_BATCHES) -> float:
     return (time.perf_counter() - start) / (batches * len(tiles))
 
 
-def frontend_seconds_per_frame(config, seconds: float, rounds: int = 3) -> float:
-    """Seconds of decoding and log-mel per log-mel frame, on a noise clip of ``seconds`` written as
-    16-bit wav (the competition's format); the median of ``rounds``."""
+def input_seconds_per_tile(tagger: Tagger, rounds: int = TIMED_BATCHES) -> float:
+    """Seconds building one tile's network input takes (its deltas, ``Tagger._inputs``), once per
+    experiment whatever its folds: on a random log-mel of one tile, the median of ``rounds`` runs
+    of ``batch_size`` tiles. A window of one tile costs about as much here as one model's pass."""
     rng = np.random.default_rng(0)
-    clip = (0.1 * rng.standard_normal(max(1, int(seconds * config.sample_rate)))).astype(np.float32)
+    logmel = rng.uniform(-80.0, 0.0, (tagger.audio_config.n_mels, tagger.input_config.tile_frames)).astype(np.float32)
+    times = []
+    for _ in range(rounds + 1):
+        start = time.perf_counter()
+        for _ in range(tagger.batch_size):
+            tagger._inputs(logmel)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[1:])) / tagger.batch_size
+
+
+#: How ``frontend_seconds_per_frame`` writes its clip: soundfile's format and subtype, and the
+#: sample rate (None: the experiment's). BirdCLEF ships 32 kHz Ogg Vorbis, so the front end's
+#: resampling to another rate is timed too.
+AUDIO_FORMATS = {"wav": ("WAV", "PCM_16", None), "ogg": ("OGG", "VORBIS", 32000)}
+#: Frames per write: libsndfile 1.2.2 crashes writing a minute of 44.1 kHz noise as Vorbis in one call.
+WRITE_BLOCK = 1 << 15
+
+
+def frontend_seconds_per_frame(config, seconds: float, rounds: int = 3, audio_format: str = "wav") -> float:
+    """Seconds of decoding and log-mel per log-mel frame, on a noise clip of ``seconds`` written as
+    ``audio_format`` (``AUDIO_FORMATS``: 16-bit wav at the config's rate, FSDKaggle2019's format,
+    or 32 kHz Ogg Vorbis, BirdCLEF's, slower to decode); the median of ``rounds``."""
+    file_format, subtype, rate = AUDIO_FORMATS[audio_format]
+    rate = rate or config.sample_rate
+    rng = np.random.default_rng(0)
+    clip = (0.1 * rng.standard_normal(max(1, int(seconds * rate)))).astype(np.float32)
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "clip.wav"
-        sf.write(path, clip, config.sample_rate, subtype="PCM_16")
+        path = Path(folder) / f"clip.{audio_format}"
+        with sf.SoundFile(path, "w", rate, 1, format=file_format, subtype=subtype) as out:
+            for start in range(0, len(clip), WRITE_BLOCK):
+                out.write(clip[start:start + WRITE_BLOCK])
         times = []
         for _ in range(rounds + 1):
             start = time.perf_counter()
@@ -103,7 +134,7 @@ def frontend_seconds_per_frame(config, seconds: float, rounds: int = 3) -> float
 
 
 def estimate_kernel(taggers: dict, widths, *, stackers: bool = False, tiles_per_second: float | None = None,
-                    time_limit=None, device_type: str = "cpu") -> dict:
+                    time_limit=None, device_type: str = "cpu", file_widths=None, audio_format: str = "wav") -> dict:
     """The expected kernel time on clips of ``widths`` frames.
 
     Parameters
@@ -113,13 +144,17 @@ def estimate_kernel(taggers: dict, widths, *, stackers: bool = False, tiles_per_
     stackers : whether the ensemble has stackers (for the plan ladder)
     tiles_per_second : a target device's rate for one model; default measured here
     time_limit, device_type : the budget, as the kernel reads it (``budget_seconds``)
+    file_widths : the test files' widths when ``widths`` are their windows' (the front end decodes
+        whole files); default ``widths``
+    audio_format : the test files' format, for the front end (``frontend_seconds_per_frame``)
 
     Returns
     -------
     dict with ``clips``, ``audio_hours``, ``tiles`` (per experiment, all folds; a whole-clip
     experiment's passes counted in tiles of its length, ``budget.mean_tiles``), ``whole_clip``
     (those experiments' names), ``seconds_per_tile`` (per experiment, one model),
-    ``model_seconds``, ``frontend_seconds``, ``total_seconds``, ``budget``, ``runtime`` and
+    ``model_seconds``, ``input_seconds`` (building the tiles' network inputs),
+    ``frontend_seconds``, ``audio_format``, ``total_seconds``, ``budget``, ``runtime`` and
     ``plan`` (the first plan of the kernel's ladder that fits the budget)
     """
     widths = np.asarray(widths, dtype=np.int64)
@@ -133,21 +168,28 @@ def estimate_kernel(taggers: dict, widths, *, stackers: bool = False, tiles_per_
     inputs = {name: tagger.input_config for name, tagger in taggers.items()}
     units = plan_units(ladder[0], widths, inputs)
     model_seconds = len(widths) * sum(units[name] * rates[name] for name in units)
-    frontend = frontend_seconds_per_frame(config, float(np.mean(widths)) * config.hop_length / config.sample_rate)
-    frontend_seconds = frontend * float(widths.sum())
-    per_clip = frontend_seconds / len(widths)
+    # The network inputs are built once per experiment's tile, in the kernel's own process.
+    input_seconds = len(widths) * sum(units[name] / folds[name] * input_seconds_per_tile(tagger)
+                                      for name, tagger in taggers.items())
+    files = widths if file_widths is None else np.asarray(file_widths, dtype=np.int64)
+    frontend = frontend_seconds_per_frame(config, float(np.mean(files)) * config.hop_length / config.sample_rate,
+                                          audio_format=audio_format)
+    frontend_seconds = frontend * float(files.sum())
     # A GPU run hides decoding behind the models (the kernel's workers); on a CPU they share cores.
     if tiles_per_second:
-        total, per_clip = max(model_seconds, frontend_seconds), max(0.0, per_clip - model_seconds / len(widths))
+        total = max(model_seconds + input_seconds, frontend_seconds)
+        per_clip = (max(0.0, frontend_seconds - model_seconds - input_seconds) + input_seconds) / len(widths)
     else:
-        total = model_seconds + frontend_seconds
+        total = model_seconds + input_seconds + frontend_seconds
+        per_clip = (frontend_seconds + input_seconds) / len(widths)
     budget = budget_seconds(time_limit, device_type)
     index, projected = choose_plan(ladder, 0, budget, widths, len(widths), rates, per_clip, inputs=inputs)
     return {
         "clips": len(widths), "audio_hours": float(widths.sum()) * config.hop_length / config.sample_rate / 3600,
         "tiles": {name: int(round(units[name] * len(widths))) for name in units},
         "whole_clip": [name for name, config in inputs.items() if config.whole_clip],
-        "seconds_per_tile": rates, "model_seconds": model_seconds, "frontend_seconds": frontend_seconds,
+        "seconds_per_tile": rates, "model_seconds": model_seconds, "input_seconds": input_seconds,
+        "frontend_seconds": frontend_seconds, "audio_format": audio_format,
         "total_seconds": total, "budget": budget, "runtime": first.runtime,
         "plan": ladder[index].describe(ladder[0]) if index else "the full ensemble",
         "plan_seconds": projected,
@@ -167,7 +209,8 @@ def format_estimate(name: str, estimate: dict, tiles_per_second: float | None) -
                 else "tiles")
         lines.append(f"  {experiment}: {tiles} {what} through its folds, {rate:.1f} tiles/s per model, "
                      f"{tiles / rate:.0f} s")
-    lines.append(f"  front end: {estimate['frontend_seconds']:.0f} s"
+    lines.append(f"  network inputs (the tiles' deltas): {estimate['input_seconds']:.0f} s")
+    lines.append(f"  front end ({estimate['audio_format']} files decoded, log-mels): {estimate['frontend_seconds']:.0f} s"
                  + (" (hidden behind the models by the decoding workers)" if tiles_per_second else ""))
     verdict = ("fits" if estimate["total_seconds"] <= estimate["budget"]
                else f"does not fit; the kernel would switch to: {estimate['plan']} "
@@ -179,11 +222,13 @@ def format_estimate(name: str, estimate: dict, tiles_per_second: float | None) -
 
 def estimate_spec(spec: dict, weights_root, *, clips: int | None = None, hours: float | None = None,
                   audio_dir=None, tiles_per_second: float | None = None, time_limit=None, device="cpu",
-                  runtime: str = "auto", batch_size: int = 64, windows: dict | None = None) -> dict:
+                  runtime: str = "auto", batch_size: int = 64, windows: dict | None = None,
+                  audio_format: str = "wav") -> dict:
     """``estimate_kernel`` for an experiment or ensemble spec whose weights are under
     ``weights_root``, on ``audio_dir``'s files or ``clips`` clips of ``hours`` (default the
-    competition's test set); with ``windows`` (the manifest's entry), on their windows. The
-    result's ``files`` is the number of files."""
+    competition's test set) in ``audio_format`` (Ogg Vorbis when most of ``audio_dir``'s files are
+    .ogg); with ``windows`` (the manifest's entry), on their windows. The result's ``files`` is the
+    number of files."""
     weights_root = Path(weights_root)
     taggers = {name: Tagger.from_checkpoints([weights_root / path for path in paths], device=device,
                                              batch_size=batch_size, runtime=resolve_runtime(runtime, device))
@@ -191,16 +236,20 @@ def estimate_spec(spec: dict, weights_root, *, clips: int | None = None, hours: 
     config = next(iter(taggers.values())).audio_config
     if audio_dir is not None:
         widths = folder_widths(audio_dir, config.hop_length, config.sample_rate)
+        suffixes = [path.suffix.lower() for path in Path(audio_dir).iterdir()]
+        if suffixes.count(".ogg") > len(suffixes) / 2:  # the front end is timed in the folder's format
+            audio_format = "ogg"
     else:
         widths = test_widths(clips or KAGGLE_TEST["clips"], hours or KAGGLE_TEST["hours"], config.hop_length,
                              config.sample_rate)
-    files = len(widths)
+    files = widths
     if windows is not None:
-        widths = window_widths(widths, WindowSpec(windows["seconds"], windows["hop"]), config)
+        widths = window_widths(files, WindowSpec(windows["seconds"], windows["hop"]), config)
     device_type = "cuda" if tiles_per_second else torch.device(device).type
     estimate = estimate_kernel(taggers, widths, stackers=bool(spec.get("stackers")),
-                               tiles_per_second=tiles_per_second, time_limit=time_limit, device_type=device_type)
-    estimate["files"] = files
+                               tiles_per_second=tiles_per_second, time_limit=time_limit, device_type=device_type,
+                               file_widths=files, audio_format=audio_format)
+    estimate["files"] = len(files)
     return estimate
 
 
@@ -241,7 +290,7 @@ def estimate_kernels(work, *, experiment=None, ensemble=None, experiments_dir="e
                                         hours=hours or profile.get("hours"), audio_dir=audio_dir,
                                         tiles_per_second=tiles_per_second,
                                         time_limit=time_limit or profile.get("budget_seconds"), runtime=runtime,
-                                        windows=windows)
+                                        windows=windows, audio_format=profile.get("audio_format", "wav"))
         for line in format_estimate(spec["name"], estimates[kind], tiles_per_second):
             log(line)
         if target:

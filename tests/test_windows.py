@@ -254,6 +254,23 @@ def test_bad_smoothing_weights_are_named_as_written():
 # ----------------------------------------------------------------------------- the kernel
 
 
+def test_the_cpu4_estimate_decodes_ogg_and_counts_every_window(scapes):
+    from kernel_build.estimate import estimate_kernels
+
+    lines = []
+    estimate = estimate_kernels(scapes["work"], experiment="sedx", experiments_dir=scapes["experiments"],
+                                windows={"seconds": 5.0, "hop": 5.0}, target="cpu4", runtime="torch",
+                                log=lines.append)["experiment"]
+    # BirdCLEF's 600 soundscapes of one minute: 7,200 windows of 319-320 frames, 2 tiles each (256
+    # frames at step 64), through 2 folds.
+    assert estimate["files"] == 600 and estimate["clips"] == 7200 and estimate["tiles"] == {"sedx": 28800}
+    assert estimate["audio_format"] == "ogg" and estimate["budget"] == 4800.0
+    assert estimate["total_seconds"] == pytest.approx(
+        estimate["model_seconds"] + estimate["input_seconds"] + estimate["frontend_seconds"])
+    assert any(line.startswith("  front end (ogg files decoded, log-mels): ") for line in lines)
+    assert any(line.startswith("  network inputs (the tiles' deltas): ") for line in lines)
+
+
 def test_estimate_counts_each_windows_tiles_and_scales_to_the_targets_cores():
     from freesound.kaggle.budget import TARGETS, scale_to_cores
     from freesound.predict.windows import window_widths

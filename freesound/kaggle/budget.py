@@ -46,12 +46,12 @@ TILE_STEPS = (64, 128, 256)
 KAGGLE_LIMIT_SECONDS = {"cuda": 3600.0, "cpu": 4 * 3600.0}
 DEFAULT_BUDGET_SECONDS = {"cuda": 3000.0, "cpu": 12600.0}
 #: Kaggle targets other than this competition's (``build-kernel --target``): ``cpu4`` is BirdCLEF's
-#: (2025: 90 minutes, CPU only, 4 cores, about 600 one-minute test soundscapes, i.e. 10 h of
-#: audio). Its budget leaves 10 minutes for what the kernel's clock does not see, as above; an
-#: estimate measured here is scaled to its cores (``scale_to_cores``).
+#: (2025: 90 minutes, CPU only, 4 cores, about 600 one-minute test soundscapes in Ogg Vorbis, i.e.
+#: 10 h of audio). Its budget leaves 10 minutes for what the kernel's clock does not see, as above;
+#: an estimate measured here is scaled to its cores (``scale_to_cores``).
 TARGETS = {
     "cpu4": {"device": "cpu", "cores": 4, "limit_seconds": 5400.0, "budget_seconds": 4800.0, "clips": 600,
-             "hours": 10.0},
+             "hours": 10.0, "audio_format": "ogg"},
 }
 #: A plan is chosen only when its projection leaves this fraction of the time left unused.
 HEADROOM = 0.05
