@@ -33,7 +33,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from freesound.audio import read_as_melspectrogram
+from freesound.audio import read_as_melspectrogram, write_audio
 from freesound.errors import FreesoundError
 from freesound.kaggle.budget import TARGETS, budget_seconds, choose_plan, plan_ladder, plan_units, scale_to_cores
 from freesound.predict import Tagger, WindowSpec, window_widths
@@ -108,8 +108,6 @@ def input_seconds_per_tile(tagger: Tagger, rounds: int = TIMED_BATCHES) -> float
 #: sample rate (None: the experiment's). BirdCLEF ships 32 kHz Ogg Vorbis, so the front end's
 #: resampling to another rate is timed too.
 AUDIO_FORMATS = {"wav": ("WAV", "PCM_16", None), "ogg": ("OGG", "VORBIS", 32000)}
-#: Frames per write: libsndfile 1.2.2 crashes writing a minute of 44.1 kHz noise as Vorbis in one call.
-WRITE_BLOCK = 1 << 15
 
 
 def frontend_seconds_per_frame(config, seconds: float, rounds: int = 3, audio_format: str = "wav") -> float:
@@ -122,9 +120,7 @@ def frontend_seconds_per_frame(config, seconds: float, rounds: int = 3, audio_fo
     clip = (0.1 * rng.standard_normal(max(1, int(seconds * rate)))).astype(np.float32)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"clip.{audio_format}"
-        with sf.SoundFile(path, "w", rate, 1, format=file_format, subtype=subtype) as out:
-            for start in range(0, len(clip), WRITE_BLOCK):
-                out.write(clip[start:start + WRITE_BLOCK])
+        write_audio(path, clip, rate, file_format, subtype)
         times = []
         for _ in range(rounds + 1):
             start = time.perf_counter()

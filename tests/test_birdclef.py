@@ -280,6 +280,14 @@ def test_ogg_bytes_fix_the_stream_serial_libsndfile_draws():
     assert rate == 32000 and decoded.shape == (32000,)
 
 
+def test_a_recording_of_minutes_is_written_without_crashing_libsndfile():
+    # 90 s at 32 kHz in one sf.write call is a segmentation fault under libsndfile 1.2.2 (synth
+    # --like plans recordings of up to 120 s); written in blocks, it decodes whole.
+    x = (0.01 * np.random.default_rng(0).standard_normal(90 * 32000)).astype(np.float32)
+    decoded, rate = sf.read(io.BytesIO(ogg_bytes(x, 7)))
+    assert rate == 32000 and decoded.shape == (90 * 32000,)
+
+
 def test_like_replicates_a_birdclef_metadata_folder(birdclef_meta, tmp_path):
     summary = synthesize_birdclef_like(tmp_path / "like", birdclef_meta, duration_scale=0.02, seed=1, progress=False)
     assert summary.classes == ("asbfly", "ashdro1", "grnsan") and summary.num_recordings == 4

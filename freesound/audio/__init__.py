@@ -2,7 +2,8 @@
 
     decode.py         any file -> float32 samples (``decode``, ``to_mono``, ``resample``), or an
                       ``AudioDecodeError`` naming the file and the reason; a file that decodes
-                      fewer frames than its header states warns (``AudioTruncatedWarning``)
+                      fewer frames than its header states warns (``AudioTruncatedWarning``);
+                      ``write_audio`` writes in blocks (a libsndfile Vorbis crash)
     trim.py           silence trimming with a minimum clip length (librosa's decision, faster)
     logmel.py         ``read_audio`` -> ``to_log_mel`` = ``read_as_melspectrogram``: float32
                       ``(n_mels, frames)`` in dB, with the original solution's numbers; a log-mel
@@ -29,6 +30,7 @@ from freesound.audio.decode import (
     decode,
     resample,
     to_mono,
+    write_audio,
 )
 from freesound.audio.files import AUDIO_EXTENSIONS, AudioFolder, find_audio_files, is_audio_name, scan_audio_folder
 from freesound.audio.logmel import (

@@ -1,4 +1,5 @@
-"""Decoding: any audio file to float32 samples, mixed to mono and resampled.
+"""Decoding: any audio file to float32 samples, mixed to mono and resampled (and ``write_audio``,
+the one way the package writes long audio).
 
 Raises ``AudioDecodeError`` (naming the file and the reason) for anything that is not usable
 audio; a file longer than ``AudioConfig.max_seconds`` is cropped with an ``AudioCroppedWarning``;
@@ -273,3 +274,16 @@ def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
         return y
     return librosa.resample(y, orig_sr=orig_sr, target_sr=target_sr).astype(np.float32, copy=False)
 
+
+#: Frames per write call of ``write_audio``: libsndfile 1.2.2 crashes (a segmentation fault)
+#: encoding about two million frames or more of Ogg Vorbis in one call (90 s at 32 kHz).
+WRITE_BLOCK = 1 << 15
+
+
+def write_audio(target, x: np.ndarray, sample_rate: int, file_format: str, subtype: str) -> None:
+    """Write mono float32 samples ``x`` to ``target`` (a path or a binary file object) in
+    soundfile's ``file_format`` and ``subtype`` (``"OGG", "VORBIS"``; ``"WAV", "PCM_16"``), in
+    blocks of ``WRITE_BLOCK`` frames."""
+    with sf.SoundFile(target, "w", sample_rate, 1, format=file_format, subtype=subtype) as out:
+        for start in range(0, len(x), WRITE_BLOCK):
+            out.write(x[start:start + WRITE_BLOCK])

@@ -43,9 +43,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 from scipy.signal import resample_poly
 
+from freesound.audio import write_audio
 from freesound.data.birdclef import (
     ROW_ID, SOUNDSCAPES, SUBMISSION_CSV, TAXONOMY_CSV, TRAIN_AUDIO, TRAIN_CSV, WINDOW_SECONDS, read_train_csv,
     window_row_ids,
@@ -247,7 +247,7 @@ def with_serial(data: bytes, serial: int) -> bytes:
 def ogg_bytes(x: np.ndarray, serial: int) -> bytes:
     """A 32 kHz mono OGG Vorbis file of float32 ``x`` with a fixed stream serial, in memory."""
     buffer = io.BytesIO()
-    sf.write(buffer, np.clip(x, -1.0, 1.0), BIRDCLEF_SAMPLE_RATE, format="OGG", subtype="VORBIS")
+    write_audio(buffer, np.clip(x, -1.0, 1.0).astype(np.float32), BIRDCLEF_SAMPLE_RATE, "OGG", "VORBIS")
     return with_serial(buffer.getvalue(), serial)
 
 
