@@ -287,6 +287,16 @@ def test_a_file_without_front_end_weights_is_imported_with_a_warning_naming_it(r
         convert_checkpoint({"model": partial})
 
 
+def test_a_file_saved_without_batch_norm_counters_converts_with_them_at_zero(released_file):
+    _, state = released_file
+    older = {key: value for key, value in state.items() if not key.endswith("num_batches_tracked")}
+    assert len(older) < len(state)
+    _, _, converted = convert_checkpoint({"model": older})
+    counters = [key for key in converted if key.endswith("num_batches_tracked")]
+    assert counters and all(converted[key].item() == 0 for key in counters)
+    assert all(torch.equal(converted[key], state[key]) for key in converted if key in older)
+
+
 def test_whole_clip_input_pads_a_short_clip_to_the_tile_and_keeps_a_long_one():
     short = np.arange(64 * 20, dtype=np.float32).reshape(64, 20)
     image = whole_clip_input(short, 32)

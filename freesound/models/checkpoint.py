@@ -231,6 +231,14 @@ def load_model(path, device="cpu") -> nn.Module:
     return model.to(device).eval()
 
 
+def with_batch_counters(state: dict, expected: dict) -> dict:
+    """``state`` with each batch norm's ``num_batches_tracked`` counter that ``expected`` has and
+    ``state`` lacks (files saved by older torch) added as 0, which no output depends on."""
+    counters = {key: torch.zeros_like(value) for key, value in expected.items()
+                if key.endswith("num_batches_tracked") and key not in state}
+    return {**state, **counters}
+
+
 def state_dict_misfit(state: dict, expected: dict) -> str:
     """What keeps ``state`` from loading into a model whose state dict is ``expected`` ("" when
     nothing): counts and the first ``SHOWN_KEYS`` names of each kind of problem (missing,

@@ -28,7 +28,9 @@ import torch
 from torch import nn
 
 from freesound.audio.network_input import INPUT_SCALE
-from freesound.models.checkpoint import SHOWN_KEYS, CheckpointError, read_released_weights, state_dict_misfit
+from freesound.models.checkpoint import (
+    SHOWN_KEYS, CheckpointError, read_released_weights, state_dict_misfit, with_batch_counters,
+)
 from freesound.models.heads import HEADS, make_head
 from freesound.models.registry import register_model
 
@@ -344,9 +346,7 @@ def convert_efficientat_checkpoint(raw: dict) -> tuple[str, dict, dict]:
     width = _width_of(state)
     params = {"num_classes": int(state["classifier.5.weight"].shape[0]), "width_mult": width}
     expected = EfficientATMobileNet(**params).state_dict()
-    for key, value in expected.items():
-        if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = torch.zeros_like(value)
+    state = with_batch_counters(state, expected)
     problem = state_dict_misfit(state, expected)
     if problem:
         raise CheckpointError(f"the state dict does not fit EfficientAT's MobileNetV3 at width {width:g} with "

@@ -31,7 +31,7 @@ from freesound.audio.logmel import mel_filterbank
 from freesound.audio.network_input import INPUT_SCALE
 from freesound.config import audio_preset
 from freesound.errors import FreesoundWarning
-from freesound.models.checkpoint import CheckpointError, read_released_weights, state_dict_misfit
+from freesound.models.checkpoint import CheckpointError, read_released_weights, state_dict_misfit, with_batch_counters
 from freesound.models.registry import register_model
 
 __all__ = ["ARCHITECTURES", "AUDIO_PRESET", "FRONT_END_KEYS", "PannsCnn", "convert_checkpoint", "frontend_mismatch"]
@@ -237,10 +237,7 @@ def convert_checkpoint(raw) -> tuple:
                       FreesoundWarning, stacklevel=2)
     params = {"num_classes": num_classes, "n_mels": n_mels, "base_width": base_width}
     expected = PannsCnn(num_classes, name, n_mels, base_width).state_dict()
-    ours = {key: value for key, value in state.items() if key not in FRONT_END_KEYS}
-    for key, value in expected.items():
-        if key.endswith("num_batches_tracked") and key not in ours:
-            ours[key] = torch.zeros_like(value)
+    ours = with_batch_counters({key: value for key, value in state.items() if key not in FRONT_END_KEYS}, expected)
     problem = state_dict_misfit(ours, expected)
     if problem:
         raise CheckpointError(f"the weights do not fit {name}(base_width={base_width}, n_mels={n_mels}, "
