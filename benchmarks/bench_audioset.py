@@ -20,7 +20,6 @@ AuxSkipAttention. Exits with status 1 when torch and ONNX Runtime disagree by mo
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import header, interleaved, limit_threads, median, table  # noqa: E402
+from common import header, interleaved, median, runtime_timing_options, table  # noqa: E402
 
 TOLERANCE = 1e-4
 #: The whole-clip families' benchmark clip: AudioSet's 10 s.
@@ -166,17 +165,11 @@ def measure(threads: int, rounds: int, onnx: bool) -> list:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and ONNX Runtime")
-    parser.add_argument("--rounds", type=int, default=3, help="timed batches per runtime and network")
-    parser.add_argument("--quick", action="store_true", help="1 round")
-    args = parser.parse_args(argv)
-    limit_threads(args.threads)
+    args, rounds = runtime_timing_options(argv, __doc__.splitlines()[0], rounds=3, quick_rounds=1)
     import torch
 
     torch.set_num_threads(args.threads)
     onnx = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
-    rounds = 1 if args.quick else args.rounds
     print(header("AudioSet families against AuxSkipAttention"))
     print(f"{args.threads} threads, {rounds} rounds, medians; ONNX Runtime {'on' if onnx else 'not installed'}\n")
     rows = measure(args.threads, rounds, onnx)

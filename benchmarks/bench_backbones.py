@@ -17,13 +17,12 @@ torch and ONNX Runtime disagree by more than 1e-4 on any probability.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import header, interleaved, limit_threads, median, table  # noqa: E402
+from common import header, interleaved, median, runtime_timing_options, table  # noqa: E402
 
 TOLERANCE = 1e-4
 TILE = (3, 128, 256)
@@ -137,17 +136,11 @@ def measure(models: dict, threads: int, rounds: int) -> list:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and ONNX Runtime")
-    parser.add_argument("--rounds", type=int, default=5, help="timed batches per runtime and network")
-    parser.add_argument("--quick", action="store_true", help="2 rounds")
-    args = parser.parse_args(argv)
-    limit_threads(args.threads)
+    args, rounds = runtime_timing_options(argv, __doc__.splitlines()[0], rounds=5, quick_rounds=2)
     import timm
     import torch
 
     torch.set_num_threads(args.threads)
-    rounds = 2 if args.quick else args.rounds
     print(header("Backbones on the (3, 128, 256) tile"))
     print(f"timm {timm.__version__}; {args.threads} threads, batch {BATCH}, {rounds} rounds, medians\n")
     rows = measure(networks(), args.threads, rounds)

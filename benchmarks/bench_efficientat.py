@@ -17,13 +17,12 @@ ONNX columns are left out; exits 1 when the runtimes disagree by more than 1e-4.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import header, interleaved, limit_threads, median, table  # noqa: E402
+from common import header, interleaved, median, runtime_timing_options, table  # noqa: E402
 
 TOLERANCE = 1e-4
 BATCH = 4
@@ -104,19 +103,13 @@ def prepare(model, shape, seconds: float, threads: int, onnx: bool) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and ONNX Runtime")
-    parser.add_argument("--rounds", type=int, default=5, help="timed batches per runtime and network")
-    parser.add_argument("--quick", action="store_true", help="2 rounds")
-    args = parser.parse_args(argv)
-    limit_threads(args.threads)
+    args, rounds = runtime_timing_options(argv, __doc__.splitlines()[0], rounds=5, quick_rounds=2)
     import torch
 
     from bench_inference import full_size_model
     from freesound.predict.runtimes import runtime_usable
 
     torch.set_num_threads(args.threads)
-    rounds = 2 if args.quick else args.rounds
     onnx = runtime_usable("onnxruntime")
     runtimes = ("torch", "onnxruntime") if onnx else ("torch",)
     print(header("EfficientAT MobileNetV3 beside AuxSkipAttention"))

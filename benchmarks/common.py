@@ -9,6 +9,7 @@ report medians over the rounds. Import this module before NumPy/torch only throu
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import sys
@@ -28,6 +29,19 @@ def limit_threads(n: int = 1) -> None:
     """Cap BLAS/OpenMP pools at ``n`` threads. Call before importing numpy, scipy or torch."""
     for name in THREAD_VARIABLES:
         os.environ[name] = str(n)
+
+
+def runtime_timing_options(argv, description: str, rounds: int, quick_rounds: int) -> tuple:
+    """``--threads``, ``--rounds`` and ``--quick``, the options of the benchmarks that time networks
+    in torch and ONNX Runtime: parses ``argv`` and caps the thread pools (``limit_threads``, so call
+    it before importing torch). Returns ``(args, the rounds to time)``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and ONNX Runtime")
+    parser.add_argument("--rounds", type=int, default=rounds, help="timed batches per runtime and network")
+    parser.add_argument("--quick", action="store_true", help=f"{quick_rounds} round(s)")
+    args = parser.parse_args(argv)
+    limit_threads(args.threads)
+    return args, quick_rounds if args.quick else args.rounds
 
 
 def interleaved(candidates: dict, rounds: int, warmup: int = 1) -> dict:
