@@ -1024,13 +1024,11 @@ def build_kernel(experiment, ensemble, work_dir, experiments_dir, out_dir, datas
     if window_seconds is None and (hop_seconds or combine != "gmean" or smooth or file_rescale is not None):
         raise click.UsageError("--hop, --combine, --smooth and --file-rescale go with --windows")
     from freesound.kaggle import COMPETITION, TEST_DIR
-    from freesound.kaggle.budget import TARGETS
     from freesound.predict import parse_weights
     from kernel_build.manifest import windows_entry
 
     windows = (windows_entry(window_seconds, hop_seconds, combine, parse_weights(smooth), file_rescale)
                if window_seconds is not None else None)
-    time_limit = time_limit or (TARGETS[target]["budget_seconds"] if target else None)
     if estimate:
         from kernel_build.estimate import estimate_kernels
 
